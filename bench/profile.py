@@ -1,0 +1,293 @@
+"""Profiles: the YAML files that say what a study measures, validated before anything starts.
+
+A profile is the first step of the one-way flow (profile → plan → runtime → …). Validation uses
+pydantic models with unknown keys forbidden, so a typo is an error that names the file, the key
+and what was expected, instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.errors import BenchError
+from bench.paths import PROFILES_DIR
+
+Lang = Literal["python", "rust"]
+Api = Literal["ollama", "openai"]
+Scenario = Literal["baseline_vs_chimera", "chimera_homo", "chimera_hetero"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointSpec(Strict):
+    name: str = Field(description="agent-facing name: the collector uses the first, the insight agent the second")
+    port: int | None = Field(None, ge=1, le=65535)
+    url: str | None = Field(None, description="external runtime only: base URL")
+    api: Api = "openai"
+
+
+class ServerConfig(Strict):
+    """Load-time settings of a server: llama-server flags, or Ollama's runner options."""
+
+    gpu_layers: int = Field(ge=-1)
+    ctx: int = Field(ge=64)
+
+
+class RuntimeSpec(Strict):
+    kind: Literal["local", "external", "docker"]
+    host: str = "127.0.0.1"
+    threads: int | None = Field(None, ge=1, description="CPU threads per server; default: cores ÷ servers")
+    endpoints: list[EndpointSpec]
+    server_defaults: ServerConfig = ServerConfig(gpu_layers=-1, ctx=2048)
+    startup_timeout_s: float = Field(120.0, gt=0)
+    compose_file: str = "compose.yaml"
+
+    @model_validator(mode="after")
+    def _two_distinct_endpoints(self):
+        if len(self.endpoints) != 2:
+            raise ValueError(f"expected exactly 2 endpoints (collector, insight), got {len(self.endpoints)}")
+        if self.kind == "external":
+            missing = [e.name for e in self.endpoints if not e.url]
+            if missing:
+                raise ValueError(f"the external runtime needs a url for endpoints {missing}")
+            if self.endpoints[0].url == self.endpoints[1].url:
+                raise ValueError("the two endpoints must differ (a dual-server study on one URL measures nothing)")
+        else:
+            ports = [e.port for e in self.endpoints]
+            if None in ports:
+                raise ValueError(f"runtime kind '{self.kind}' needs a port for every endpoint")
+            if ports[0] == ports[1]:
+                raise ValueError(f"the two endpoints must use different ports, got {ports}")
+        return self
+
+
+class ModelSpec(Strict):
+    name: str = Field(min_length=1)
+    baseline: bool = False
+    optional: bool = Field(False, description="failures (e.g. OOM) are logged, and the study goes on")
+    file: str | None = Field(None, description="local runtime: a GGUF path instead of an embedded model")
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self.name)
+
+
+def model_slug(name: str) -> str:
+    """'llama3.1:8b-instruct-q4_0' → 'llama3.1_8b-instruct-q4_0' (safe in paths)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name.lower())
+
+
+class AgentConfig(Strict):
+    gpu_layers: int = Field(ge=-1)
+    ctx: int = Field(ge=64)
+    temperature: float = Field(ge=0)
+
+
+class SingleSuite(Strict):
+    enabled: bool = True
+    langs: list[Lang] = ["python", "rust"]
+    gpu_layers: list[int] = Field(min_length=1)
+    ctx: list[int] = Field(min_length=1)
+    temperature: float = Field(ge=0)
+    runs: int = Field(ge=1)
+
+
+class ContentionThresholds(Strict):
+    min_tps_ratio: float = Field(0.85, gt=0)
+    max_ttft_inflation: float = Field(2.0, gt=0)
+
+
+class HeteroConfigs(Strict):
+    collector: AgentConfig
+    insight: AgentConfig
+
+
+class MultiSuite(Strict):
+    enabled: bool = True
+    langs: list[Lang] = ["python", "rust"]
+    scenarios: list[Scenario] = Field(min_length=1)
+    chimera: AgentConfig
+    chimera_by_lang: dict[Lang, AgentConfig] = Field(default_factory=dict,
+                                                     description="per-language chimera overrides")
+    hetero: HeteroConfigs | None = None
+    runs: int = Field(ge=1)
+    contention: ContentionThresholds = ContentionThresholds()
+
+    @model_validator(mode="after")
+    def _hetero_needs_configs(self):
+        if "chimera_hetero" in self.scenarios and self.hetero is None:
+            raise ValueError("scenario chimera_hetero needs a 'hetero' block with collector and insight configs")
+        return self
+
+    def chimera_for(self, lang: str) -> AgentConfig:
+        return self.chimera_by_lang.get(lang, self.chimera)
+
+
+class WorkloadSpec(Strict):
+    seed: int = 42
+    num_predict: int = Field(ge=1)
+    ignore_eos: bool = Field(True, description="llama.cpp only: always generate num_predict tokens")
+    warmup_requests: int = Field(1, ge=1)
+    randomize_order: bool = False
+    order_seed: int = 116
+    timeout_s: float = Field(300.0, gt=0)
+    cold_load_ms: float = Field(1000.0, gt=0)
+    retries: int = Field(3, ge=1, description="attempts per request for retryable failures")
+
+
+class OutlierPolicy(Strict):
+    mad_k: float = Field(2.0, gt=0)
+    max_extra_runs: int = Field(0, ge=0)
+
+
+class Pricing(Strict):
+    electricity_usd_per_kwh: float | None = Field(None, gt=0)
+    gpu_hour_usd: float | None = Field(None, gt=0)
+
+
+class EtaHints(Strict):
+    decode_tps: float = Field(100.0, gt=0)
+    prefill_tps: float = Field(500.0, gt=0)
+    restart_s: float = Field(2.0, ge=0)
+
+
+class Profile(Strict):
+    study: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    runtime: RuntimeSpec
+    models: list[ModelSpec] = Field(min_length=1)
+    single: SingleSuite
+    multi: MultiSuite
+    workload: WorkloadSpec
+    outliers: OutlierPolicy = OutlierPolicy()
+    pricing: Pricing = Pricing()
+    eta: EtaHints = EtaHints()
+
+    @field_validator("models")
+    @classmethod
+    def _one_baseline(cls, models: list[ModelSpec]):
+        baselines = [m.name for m in models if m.baseline]
+        if len(baselines) != 1:
+            raise ValueError(f"exactly one model must have baseline: true, found {baselines or 'none'}")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        return models
+
+    @property
+    def baseline(self) -> ModelSpec:
+        return next(m for m in self.models if m.baseline)
+
+
+class LoadedProfile(BaseModel):
+    """A validated profile with where it came from (the manifest records both)."""
+
+    model_config = ConfigDict(frozen=True)
+    profile: Profile
+    path: Path
+    sha256: str
+    reason: str = ""
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"invalid profile {path}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(Profile, e["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "?"
+            lines.append(f"  {key}: unknown key (expected one of: {allowed})")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that sits at a location path, for listing its allowed keys."""
+    import typing
+
+    current: object = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+        # unwrap Optional[X], list[X], dict[K, X] down to the first pydantic model inside
+        for _ in range(3):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if isinstance(current, type) and issubclass(current, BaseModel):
+                break
+            if not args:
+                break
+            current = args[-1]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def load_profile(path: Path | str, reason: str = "") -> LoadedProfile:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"profile file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise BenchError(f"invalid profile {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"invalid profile {path}: expected a mapping at the top level")
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as err:
+        raise BenchError(_format_errors(path, err)) from None
+    return LoadedProfile(profile=profile, path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest(),
+                         reason=reason)
+
+
+def builtin_profiles() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"))}
+
+
+def detect_gpu_host() -> tuple[bool, str]:
+    """Whether a Docker engine and an NVIDIA GPU are both usable here, and why (not)."""
+    from bench import gpu
+
+    if shutil.which("docker") is None:
+        return False, "no docker client on PATH"
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:  # any failure means: no usable engine
+        return False, f"no usable Docker engine ({type(exc).__name__})"
+    count, why = gpu.nvidia_gpu_count()
+    if count == 0:
+        return False, f"Docker engine is up but no NVIDIA GPU ({why})"
+    return True, f"Docker engine is up and {count} NVIDIA GPU(s) found"
+
+
+def resolve_profile(spec: str = "auto") -> LoadedProfile:
+    """'auto', a built-in profile name, or a path to a YAML file."""
+    builtins = builtin_profiles()
+    if spec == "auto":
+        usable, why = detect_gpu_host()
+        name = "tr116" if usable else "smoke"
+        return load_profile(builtins[name], reason=f"--profile auto picked '{name}': {why}")
+    if spec in builtins:
+        return load_profile(builtins[spec], reason=f"built-in profile '{spec}'")
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_profile(path, reason=f"profile file {path}")
+    raise BenchError(f"unknown profile '{spec}': use auto, one of {sorted(builtins)}, or a path to a YAML file")

@@ -1,0 +1,110 @@
+"""How the Python matrix runs the Rust agents (rust-agents/, binary `tr116-agent`).
+
+The binary comes from the Docker image where a Docker engine is usable and the image exists,
+else from `cargo build --release`. With neither, the Rust suite is recorded as skipped with the
+reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import BenchError, RequestError
+from bench.paths import DATASET_DIR, ERROR_KINDS_FILE, REPO_ROOT, RUST_CRATE_DIR, WORKLOAD_FILE
+
+IMAGE = "tr116-rust-agents:local"
+NATIVE_BINARY = RUST_CRATE_DIR / "target" / "release" / "tr116-agent"
+
+
+@dataclass(frozen=True)
+class RustAgent:
+    """A way to run tr116-agent: a command prefix and where it came from."""
+
+    prefix: tuple[str, ...]
+    source: str  # "docker image <id>" or "native <path>"
+    binary_sha256: str | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return [*self.prefix, *args]
+
+
+def _docker_image_id() -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        return client.images.get(IMAGE).id
+    except Exception:  # no engine, no image: fall through to the native binary
+        return None
+
+
+def find_rust_agent() -> tuple[RustAgent | None, str]:
+    """The Rust agent to use, or None and the reason there is none."""
+    override = os.environ.get("TR116_AGENT_BIN")
+    if override:
+        return RustAgent((override,), f"native {override} (TR116_AGENT_BIN)"), ""
+    image = _docker_image_id()
+    if image:
+        uid = f"{os.getuid()}:{os.getgid()}"
+        # Host network so 127.0.0.1 URLs reach the servers; the repo's data and the results are
+        # mounted at the same paths, so job files need no path translation.
+        prefix = ("docker", "run", "--rm", "--network", "host", "--user", uid,
+                  "-v", f"{REPO_ROOT}:{REPO_ROOT}:ro", "-v", "{results}:{results}", IMAGE)
+        return RustAgent(prefix, f"docker image {image}", image), ""
+    if NATIVE_BINARY.is_file():
+        from bench.assets import file_sha256
+
+        return RustAgent((str(NATIVE_BINARY),), f"native {NATIVE_BINARY}", file_sha256(NATIVE_BINARY)), ""
+    reasons = ["no Docker image " + IMAGE]
+    if shutil.which("cargo") is None:
+        reasons.append("no cargo to build rust-agents")
+    else:
+        reasons.append(f"{NATIVE_BINARY} not built (run `invoke build-rust`)")
+    return None, "; ".join(reasons)
+
+
+def build_native() -> Path:
+    if shutil.which("cargo") is None:
+        raise BenchError("cargo is not installed: install Rust (rustup) to build rust-agents")
+    subprocess.run(["cargo", "build", "--release", "--locked"], cwd=RUST_CRATE_DIR, check=True)
+    return NATIVE_BINARY
+
+
+def job_document(*, suite: str, study: str, run_index: int, model: dict, config: dict,
+                 agents: dict[str, dict], timeout_s: float, cold_load_ms: float, contention: dict,
+                 phase_order: list[str] | None = None, alone_order: list[str] | None = None) -> dict:
+    """The job file tr116-agent reads: everything a run needs, explicit."""
+    job = {
+        "suite": suite, "study": study, "run_index": run_index, "model": model, "config": config,
+        "workload_file": str(WORKLOAD_FILE), "dataset_dir": str(DATASET_DIR),
+        "error_kinds_file": str(ERROR_KINDS_FILE), "timeout_s": timeout_s, "cold_load_ms": cold_load_ms,
+        "contention": contention, "first_after_start": False, "agents": agents,
+    }
+    if suite == "multi":
+        job["phase_order"] = phase_order
+        job["alone_order"] = alone_order
+    return job
+
+
+def run_job(agent: RustAgent, job: dict, out_path: Path, results_dir: Path, timeout_s: float) -> None:
+    """Run one job; raise RequestError with the agent's error kind when it fails."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    job_path = out_path.parent / "job.json"
+    job_path.write_text(json.dumps(job, indent=2))
+    prefix = [p.replace("{results}", str(results_dir)) for p in agent.prefix]
+    cmd = [*prefix, job["suite"], "--job", str(job_path), "--out", str(out_path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RequestError("timeout", f"tr116-agent did not finish within {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        line = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        kind, sep, message = line.partition(": ")
+        if not sep or " " in kind:
+            kind, message = "http", line
+        raise RequestError(kind, f"tr116-agent (exit {proc.returncode}): {message}")

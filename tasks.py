@@ -1,0 +1,191 @@
+"""invoke tasks: `invoke up bench report down` is the whole job.
+
+Every task takes --profile (default `auto`: the full `tr116` study where Docker and an NVIDIA GPU
+are usable, else the `smoke` study on the embedded CPU runtime). Expected failures print one
+clear message and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from invoke import Exit, task
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def _friendly(fn):
+    """Turn the bundle's expected errors into a message and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(c, *args, **kwargs):
+        from bench.errors import BenchError
+
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        try:
+            return fn(c, *args, **kwargs)
+        except BenchError as exc:
+            raise Exit(f"error: {exc}", code=2) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted: finished runs are saved; run the same command again to resume",
+                       code=130) from None
+
+    return wrapper
+
+
+def _load(profile: str):
+    from bench.profile import resolve_profile
+
+    loaded = resolve_profile(profile)
+    print(f"profile: {loaded.profile.study} ({loaded.path}) — {loaded.reason}")
+    return loaded
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _plan(loaded, models, langs, suites, runs):
+    from bench.errors import BenchError
+    from bench.plan import build_plan
+
+    names = _split(models)
+    if names:
+        known = [m.name for m in loaded.profile.models]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BenchError(f"unknown model(s) {unknown} for profile {loaded.profile.study}; "
+                             f"the profile's models are: {', '.join(known)}")
+    plan = build_plan(loaded.profile, models=names, langs=_split(langs), suites=_split(suites),
+                      runs=int(runs) if runs else None)
+    if not plan.items:
+        raise BenchError("the plan is empty: check --models, --langs and --suites against the profile")
+    return plan
+
+
+PROFILE_HELP = "auto (default), smoke, tr116, or a path to a profile YAML"
+FILTER_HELP = {"profile": PROFILE_HELP, "runs": "runs per config (overrides the profile, e.g. 3)",
+               "models": "comma-separated subset of the profile's models",
+               "langs": "python,rust subset", "suites": "single,multi subset"}
+
+
+@task(help={"profile": PROFILE_HELP})
+@_friendly
+def up(c, profile="auto"):
+    """Bring up the two inference servers (and the Rust agent image where Docker is usable)."""
+    from bench.runtime import create_runtime
+
+    loaded = _load(profile)
+    runtime = create_runtime(loaded.profile)
+    t0 = time.perf_counter()
+    runtime.up()
+    for ep in runtime.endpoints():
+        print(f"  endpoint {ep.name}: {ep.url} ({ep.api})")
+    print(f"up: {runtime.kind} runtime ready in {time.perf_counter() - t0:.1f} s")
+
+
+@task(help=FILTER_HELP | {"no_progress": "hide the progress bar"})
+@_friendly
+def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no_progress=False):
+    """Run the benchmark matrix (resumes an interrupted study; finished runs are kept)."""
+    from bench import manifest
+    from bench.runtime import create_runtime
+    from bench.store import Store
+
+    loaded = _load(profile)
+    plan = _plan(loaded, models, langs, suites, runs)
+    runtime = create_runtime(loaded.profile)
+    store = Store(loaded.profile.study)
+    print(f"bench: {plan.run_count} runs in {len(plan.cells)} configs → {store.root}")
+    started = manifest.utc_now()
+    from bench.runner import run_matrix
+
+    outcome = run_matrix(loaded, plan, runtime, store, progress=not no_progress)
+    manifest.write_manifest(loaded, plan, runtime, store, started_at=started)
+    print(f"bench: {outcome.done} runs done, {outcome.resumed} already there, "
+          f"{outcome.failed} failed, {outcome.skipped} skipped")
+    for note in outcome.notes:
+        print(f"  note: {note}")
+    if outcome.failed:
+        print(f"  failures are listed in {store.root / 'failures.jsonl'}")
+
+
+@task(help={"profile": PROFILE_HELP})
+@_friendly
+def report(c, profile="auto"):
+    """Write summaries, tables, plots and Technical_Report_116.md from the stored results."""
+    from bench.report import write_report
+
+    loaded = _load(profile)
+    path = write_report(loaded)
+    print(f"report: {path}")
+
+
+@task(help={"profile": PROFILE_HELP})
+@_friendly
+def down(c, profile="auto"):
+    """Stop the inference servers and clean up (no process is left behind)."""
+    from bench.runtime import create_runtime
+
+    loaded = _load(profile)
+    runtime = create_runtime(loaded.profile)
+    runtime.down()
+    print(f"down: {runtime.kind} runtime stopped")
+
+
+@task(name="plan", help=FILTER_HELP)
+@_friendly
+def plan_(c, profile="auto", runs=None, models=None, langs=None, suites=None):
+    """Dry run: print the matrix, the run count and an ETA; starts nothing."""
+    import pandas as pd
+
+    from bench.plan import estimate_seconds
+    from bench.store import Store
+
+    loaded = _load(profile)
+    plan = _plan(loaded, models, langs, suites, runs)
+    store = Store(loaded.profile.study)
+    rows = [{"suite": cell.suite, "lang": cell.lang, "model": cell.model.name, "config": cell.config_tag,
+             "runs": cell.runs,
+             "done": sum(1 for i in plan.items if i.cell == cell and store.load_valid(i.rel_dir) is not None)}
+            for cell in plan.cells]
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    eta = estimate_seconds(loaded.profile, plan)
+    print(f"\nruns: {plan.run_count} (single {plan.count('single')}, multi {plan.count('multi')}; "
+          f"python {plan.count(lang='python')}, rust {plan.count(lang='rust')}) in {len(plan.cells)} configs")
+    print(f"ETA: ~{eta / 60:.1f} min from the profile's speed hints (the progress bar refines it)")
+
+
+@task(name="build-rust")
+@_friendly
+def build_rust(c):
+    """Build the Rust agents: the Docker image where an engine is usable, else the native binary."""
+    from bench import rust
+
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        have_engine = True
+    except Exception:
+        have_engine = False
+    if have_engine:
+        c.run(f"docker build -f docker/Dockerfile.rust-agents -t {rust.IMAGE} rust-agents", pty=False)
+        print(f"build-rust: image {rust.IMAGE}")
+    else:
+        path = rust.build_native()
+        print(f"build-rust: no Docker engine; native binary {path}")
+
+
+@task(help={"fast": "skip the tests that need llama-server (marker 'llama')"})
+def test(c, fast=False):
+    """Run the test suite: pytest (real llama-server tests included) and cargo test."""
+    marker = ' -m "not llama"' if fast else ""
+    c.run(f"{sys.executable} -m pytest -q{marker}", pty=False)
+    if os.path.isdir("rust-agents"):
+        c.run("cd rust-agents && cargo test --release --locked -q", pty=False)

@@ -1,0 +1,88 @@
+"""Shared fixtures. Tests marked `llama` run real inference on the embedded llama-server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/ollama_server.py
+
+from bench.profile import builtin_profiles, load_profile  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llama_available() -> tuple[bool, str]:
+    try:
+        from bench.assets import llama_server_binary, model_file
+
+        llama_server_binary()
+        model_file("gemma3-270m")
+        model_file("smollm2-135m")
+    except Exception as exc:  # not set up: say why the real-inference tests are skipped
+        return False, str(exc)
+    return True, ""
+
+
+def pytest_collection_modifyitems(config, items):
+    ok, why = llama_available()
+    if ok or os.environ.get("CI"):
+        return  # in CI a missing runtime must fail, not skip
+    skip = pytest.mark.skip(reason=f"embedded llama-server not set up: {why}")
+    for item in items:
+        if "llama" in item.keywords:
+            item.add_marker(skip)
+
+
+def smoke_variant(tmp_path: Path, mutate=None, name: str = "profile.yaml") -> Path:
+    """The smoke profile on free ports, shrunk for tests, then `mutate(data)`."""
+    data = yaml.safe_load(builtin_profiles()["smoke"].read_text())
+    data["study"] = "test"
+    data["runtime"]["endpoints"][0]["port"] = free_port()
+    data["runtime"]["endpoints"][1]["port"] = free_port()
+    data["single"].update(langs=["python"], ctx=[512], runs=1)
+    data["multi"].update(langs=["python"], runs=1, enabled=False)
+    data["workload"].update(num_predict=8, randomize_order=False)
+    if mutate:
+        mutate(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture()
+def results_dir(tmp_path, monkeypatch) -> Path:
+    out = tmp_path / "results"
+    monkeypatch.setenv("BENCH_RESULTS", str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_runtime(tmp_path_factory):
+    """Two real llama-server processes (LocalRuntime), shared by the session's llama tests."""
+    from bench.runtime import LocalRuntime
+
+    tmp = tmp_path_factory.mktemp("llama")
+    profile = load_profile(smoke_variant(tmp)).profile
+    runtime = LocalRuntime(profile, state_dir=tmp / "state")
+    runtime.up()
+    yield runtime
+    runtime.down()
+
+
+def invoke(*args: str, results: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BENCH_RESULTS": str(results)}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,226 @@
+"""A protocol-faithful Ollama test server (we cannot run Ollama here).
+
+Built from shared/reference/protocols.md §1: NDJSON streams with chunked transfer encoding,
+durations in integer nanoseconds, omitempty metric fields, text in the done:true chunk, the real
+error bodies and status codes, /api/tags, /api/show, /api/ps and /api/version.
+
+Tokens are paced by real sleeps, so server-side durations are true measurements of this server.
+`shared_lock`: when two servers get the same lock, each token step holds it, as two model
+instances on one GPU would share its compute; independent servers get their own lock.
+
+Special model names trigger failure modes:
+- "oom:latest"          → 500 "llama runner process has terminated: error loading model: unable to allocate CUDA0 buffer"
+- "busy:latest"         → 503 "server busy, please try again.  maximum pending requests exceeded"
+- "midstream:latest"    → a few chunks, then {"error": "an error was encountered while running the model: ..."}
+- "garbage:latest"      → a few chunks, then a line that is not JSON
+- "truncated:latest"    → a few chunks, then the stream ends without done:true
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DEFAULT_MODELS = ["gemma3:latest", "qwen2.5:7b", "oom:latest", "busy:latest", "midstream:latest",
+                  "garbage:latest", "truncated:latest"]
+WORDS = ("the", " model", " reads", " data", " and", " writes", " a", " report", ".")
+
+
+def _now_rfc3339() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+class FakeOllama:
+    def __init__(self, *, token_s: float = 0.004, prompt_token_s: float = 0.0002, load_s: float = 0.05,
+                 models: list[str] | None = None, shared_lock: threading.Lock | None = None,
+                 version: str = "0.12.6"):
+        self.token_s, self.prompt_token_s, self.load_s = token_s, prompt_token_s, load_s
+        self.models = models or list(DEFAULT_MODELS)
+        self.lock = shared_lock or threading.Lock()
+        self.version = version
+        self.loaded: dict[str, dict] = {}  # model -> options that need a reload when they change
+        self.requests: list[dict] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "FakeOllama":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _resolve(self, name: str) -> str | None:
+        for n in (name, f"{name}:latest"):
+            if n in self.models:
+                return n
+        return None
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _json(self, status: int, obj) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _chunk(self, obj_or_bytes) -> None:
+                data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else (json.dumps(obj_or_bytes) + "\n").encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _end_chunks(self) -> None:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+            def do_HEAD(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                if self.path == "/":
+                    body = b"Ollama is running"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif self.path == "/api/version":
+                    self._json(200, {"version": server.version})
+                elif self.path == "/api/tags":
+                    self._json(200, {"models": [self._tag(m) for m in server.models]})
+                elif self.path == "/api/ps":
+                    self._json(200, {"models": [{**self._tag(m), "expires_at": _now_rfc3339(),
+                                                 "size_vram": 3_338_801_804, "context_length": o.get("num_ctx", 4096)}
+                                                for m, o in server.loaded.items()]})
+                else:
+                    self._json(404, {"error": "404 page not found"})
+
+            def _tag(self, name: str) -> dict:
+                return {"name": name, "model": name, "modified_at": "2025-11-01T10:00:00Z", "size": 3_338_801_804,
+                        "digest": "a2af6cc3eb7fa8be8504abaf9b04e88f17a119ec3f04a3addf55f92841195f5a",
+                        "details": {"parent_model": "", "format": "gguf", "family": "gemma3",
+                                    "families": ["gemma3"], "parameter_size": "4.3B",
+                                    "quantization_level": "Q4_K_M"}}
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                if not raw:
+                    return self._json(400, {"error": "missing request body"})
+                try:
+                    req = json.loads(raw)
+                except ValueError as exc:
+                    return self._json(400, {"error": str(exc)})
+                server.requests.append({"path": self.path, **req})
+                if self.path == "/api/show":
+                    name = server._resolve(req.get("model", ""))
+                    if not name:
+                        return self._json(404, {"error": f"model '{req.get('model')}' not found"})
+                    return self._json(200, {"modelfile": f"FROM {name}\n", "parameters": "temperature 1",
+                                            "template": "{{ .Prompt }}",
+                                            "details": self._tag(name)["details"],
+                                            "model_info": {"general.architecture": "gemma3",
+                                                           "general.parameter_count": 4_300_079_472,
+                                                           "gemma3.context_length": 131072}})
+                if self.path in ("/api/chat", "/api/generate"):
+                    return self._generate(req, chat=self.path == "/api/chat")
+                return self._json(404, {"error": "404 page not found"})
+
+            def _generate(self, req: dict, chat: bool) -> None:
+                name = server._resolve(req.get("model", ""))
+                if not name:
+                    return self._json(404, {"error": f"model '{req.get('model')}' not found"})
+                base = name.split(":")[0]
+                if base == "oom":
+                    return self._json(500, {"error": "llama runner process has terminated: error loading model: "
+                                                     "unable to allocate CUDA0 buffer"})
+                if base == "busy":
+                    return self._json(503, {"error": "server busy, please try again.  maximum pending requests exceeded"})
+                opts = req.get("options") or {}
+                t0 = time.perf_counter_ns()
+                # Runner options (num_ctx, num_gpu) are load-time settings: a change means a reload.
+                runner = {k: opts[k] for k in ("num_ctx", "num_gpu") if k in opts}
+                load_ns = 0
+                if req.get("keep_alive") == 0:
+                    server.loaded.pop(name, None)
+                    return self._json(200, {"model": name, "created_at": _now_rfc3339(), "response": "",
+                                            "done": True, "done_reason": "unload"})
+                if server.loaded.get(name) != runner:
+                    time.sleep(server.load_s)
+                    server.loaded[name] = runner
+                    load_ns = time.perf_counter_ns() - t0
+                messages = req.get("messages") if chat else None
+                if chat and not messages:
+                    return self._json(200, {"model": name, "created_at": _now_rfc3339(),
+                                            "message": {"role": "assistant", "content": ""},
+                                            "done_reason": "load", "done": True})
+                prompt = " ".join(m.get("content", "") for m in messages) if chat else req.get("prompt", "")
+                n_prompt = max(1, len(prompt) // 4)
+                n_predict = int(opts.get("num_predict", 32))
+                if n_predict < 0:
+                    n_predict = 64
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                tp = time.perf_counter_ns()
+                with server.lock:
+                    time.sleep(n_prompt * server.prompt_token_s)
+                prompt_ns = time.perf_counter_ns() - tp
+                te = time.perf_counter_ns()
+
+                def chunk(text: str, done: bool = False, **extra) -> dict:
+                    body = {"model": name, "created_at": _now_rfc3339()}
+                    if chat:
+                        body["message"] = {"role": "assistant", "content": text}
+                    else:
+                        body["response"] = text
+                    body["done"] = done
+                    body.update(extra)
+                    return body
+
+                # The last token is sent in the done:true chunk, as Ollama may do.
+                for i in range(n_predict - 1):
+                    with server.lock:
+                        time.sleep(server.token_s)
+                    if base in ("midstream", "garbage", "truncated") and i == 3:
+                        if base == "midstream":
+                            self._chunk({"error": "an error was encountered while running the model: "
+                                                  "CUDA error: an illegal memory access was encountered"})
+                        elif base == "garbage":
+                            self._chunk(b'{"model": "garbage", "message": {"content": "x"\n')
+                        self._end_chunks()
+                        return
+                    self._chunk(chunk(WORDS[i % len(WORDS)]))
+                with server.lock:
+                    time.sleep(server.token_s)
+                eval_ns = time.perf_counter_ns() - te
+                final = chunk(WORDS[(n_predict - 1) % len(WORDS)], True, done_reason="length",
+                              total_duration=time.perf_counter_ns() - t0, prompt_eval_count=n_prompt,
+                              prompt_eval_duration=prompt_ns, eval_count=n_predict, eval_duration=eval_ns)
+                if load_ns:
+                    final["load_duration"] = load_ns  # omitempty: absent when zero
+                self._chunk(final)
+                self._end_chunks()
+
+        return Handler

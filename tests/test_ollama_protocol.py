@@ -1,0 +1,79 @@
+"""The Ollama native client against the protocol-faithful test server (tests/ollama_server.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.clients import CallContext, StreamingClient
+from bench.errors import RequestError
+from ollama_server import FakeOllama
+
+MSG = [{"role": "user", "content": "Summarise the benchmark table in one line."}]
+
+
+@pytest.fixture()
+def ollama():
+    with FakeOllama(token_s=0.003) as srv:
+        yield srv
+
+
+def ctx():
+    import time
+
+    return CallContext("single", "analysis", "single", time.perf_counter_ns(), cold_load_ms=40)
+
+
+def test_stream_counts_and_durations(ollama):
+    client = StreamingClient(ollama.url, "ollama")
+    opts = {"num_predict": 12, "seed": 7, "temperature": 0.8, "num_ctx": 1024, "num_gpu": 80, "ignore_eos": True}
+    rec = client.chat("gemma3:latest", MSG, opts, ctx())
+    sent = ollama.requests[-1]
+    # runner and sampling options travel in `options`; ignore_eos is not an Ollama option
+    assert sent["options"] == {"num_predict": 12, "seed": 7, "temperature": 0.8, "num_ctx": 1024, "num_gpu": 80}
+    assert sent["stream"] is True
+    assert rec.output_tokens == 12 and not rec.output_tokens_estimated
+    assert rec.content_chunks == 12  # the last token arrived inside the done:true chunk
+    assert rec.done_reason == "length"
+    assert rec.load_ms >= 40 and rec.cold_load  # first call loads the model
+    # server and client decode rates agree (the server paces tokens with real sleeps)
+    assert rec.decode_tps_server == pytest.approx(rec.decode_tps_client, rel=0.35)
+    # timing reconciles: TTFT + gaps = last chunk ≤ e2e, and the server's work fits inside e2e
+    assert rec.ttft_ms + rec.itl_ms["mean"] * rec.itl_ms["n"] <= rec.e2e_ms + 1e-6
+    assert rec.load_ms + rec.prompt_eval_ms + rec.eval_ms <= rec.e2e_ms
+    warm = client.chat("gemma3:latest", MSG, opts, ctx())
+    assert warm.load_ms == 0.0 and not warm.cold_load  # omitempty load_duration → 0
+
+
+def test_runner_option_change_reloads(ollama):
+    client = StreamingClient(ollama.url, "ollama")
+    client.chat("gemma3:latest", MSG, {"num_predict": 3, "seed": 1, "num_ctx": 512}, ctx())
+    same = client.chat("gemma3:latest", MSG, {"num_predict": 3, "seed": 1, "num_ctx": 512}, ctx())
+    other = client.chat("gemma3:latest", MSG, {"num_predict": 3, "seed": 1, "num_ctx": 2048}, ctx())
+    assert same.load_ms == 0.0 and other.load_ms > 0
+
+
+@pytest.mark.parametrize("model, kind, text", [
+    ("nope:1b", "not_found", "model 'nope:1b' not found"),
+    ("oom", "oom", "unable to allocate CUDA0 buffer"),
+    ("busy", "busy", "server busy"),
+    ("midstream", "crash", "an error was encountered while running the model"),
+    ("garbage", "malformed_stream", "not JSON"),
+    ("truncated", "malformed_stream", "without a done:true chunk"),
+])
+def test_errors_are_classified(ollama, model, kind, text):
+    client = StreamingClient(ollama.url, "ollama")
+    with pytest.raises(RequestError) as err:
+        client.chat(model, MSG, {"num_predict": 8, "seed": 1}, ctx())
+    assert err.value.kind == kind
+    assert text in str(err.value)
+
+
+def test_dead_server_is_a_connection_error():
+    client = StreamingClient("http://127.0.0.1:9", "ollama", timeout_s=2)
+    with pytest.raises(RequestError) as err:
+        client.chat("gemma3", MSG, {"num_predict": 2, "seed": 1}, ctx())
+    assert err.value.kind == "connection" and err.value.retryable
+
+
+def test_list_models(ollama):
+    assert "gemma3:latest" in StreamingClient(ollama.url, "ollama").list_models()

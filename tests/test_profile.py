@@ -1,0 +1,100 @@
+"""Profile validation: every mistake names the file, the key and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.errors import BenchError
+from bench.plan import build_plan
+from bench.profile import builtin_profiles, load_profile, resolve_profile
+
+
+def write(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load(builtin_profiles()["smoke"].read_text())
+    mutate(data)
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(BenchError) as err:
+        load_profile(path)
+    return str(err.value)
+
+
+def test_builtin_profiles_validate_and_plan():
+    smoke = load_profile(builtin_profiles()["smoke"]).profile
+    tr116 = load_profile(builtin_profiles()["tr116"]).profile
+    assert smoke.runtime.kind == "local" and smoke.baseline.name == "gemma3-270m"
+    assert tr116.baseline.name == "gemma3:latest"
+    assert [e.port for e in tr116.runtime.endpoints] == [11434, 11435]
+    assert tr116.single.gpu_layers == [60, 80] and tr116.single.ctx == [512, 1024]
+    assert tr116.single.temperature == 0.8 and tr116.single.runs == 5
+    assert tr116.multi.chimera.ctx == 2048 and tr116.multi.chimera_for("rust").ctx == 512
+    assert any(m.name == "qwen2.5:14b" and m.optional for m in tr116.models)
+    plan = build_plan(tr116)
+    # 4 models × (single: 2 langs × 4 configs × 5 runs + multi: 2 langs × 2 scenarios × 5 runs)
+    assert plan.run_count == 4 * (40 + 20)
+    paths = {str(i.cell.rel_dir) for i in plan.items}
+    assert "single/python/qwen2.5_7b/gpu60_ctx512_temp08" in paths
+    assert "multi/rust/gemma3_latest/baseline_vs_chimera_gpu80_ctx512_temp10" in paths
+    assert "multi/python/gemma3_latest/chimera_homo_gpu80_ctx2048_temp10" in paths
+
+
+def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
+    path = write(tmp_path, lambda d: d["single"].update(ctxx=[512]))
+    msg = error_of(path)
+    assert str(path) in msg
+    assert "single.ctxx: unknown key" in msg
+    assert "gpu_layers" in msg and "temperature" in msg  # the keys that were expected
+
+
+def test_wrong_type(tmp_path):
+    msg = error_of(write(tmp_path, lambda d: d["workload"].update(num_predict="many")))
+    assert "workload.num_predict" in msg and "integer" in msg
+
+
+def test_missing_key(tmp_path):
+    msg = error_of(write(tmp_path, lambda d: d["single"].pop("runs")))
+    assert "single.runs: required key is missing" in msg
+
+
+def test_nested_unknown_key_in_list(tmp_path):
+    msg = error_of(write(tmp_path, lambda d: d["models"][0].update(quant="q4")))
+    assert "models.0.quant: unknown key" in msg and "baseline" in msg
+
+
+def test_two_baselines_rejected(tmp_path):
+    msg = error_of(write(tmp_path, lambda d: [m.update(baseline=True) for m in d["models"]]))
+    assert "exactly one model must have baseline: true" in msg
+
+
+def test_same_port_twice_rejected(tmp_path):
+    msg = error_of(write(tmp_path, lambda d: d["runtime"]["endpoints"][1].update(port=18434)))
+    assert "different ports" in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    assert "not valid YAML" in error_of(bad)
+    assert "profile file not found" in error_of(tmp_path / "nope.yaml")
+
+
+def test_unknown_profile_name():
+    with pytest.raises(BenchError, match="unknown profile 'nonsense'"):
+        resolve_profile("nonsense")
+
+
+def test_auto_picks_smoke_without_docker_and_gpu(monkeypatch):
+    import bench.profile as prof
+
+    monkeypatch.setattr(prof, "detect_gpu_host", lambda: (False, "no usable Docker engine (test)"))
+    loaded = resolve_profile("auto")
+    assert loaded.profile.study == "smoke" and "no usable Docker engine" in loaded.reason
+    monkeypatch.setattr(prof, "detect_gpu_host", lambda: (True, "engine and 1 GPU (test)"))
+    assert resolve_profile("auto").profile.study == "tr116"
