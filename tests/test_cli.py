@@ -1,0 +1,68 @@
+"""Bad input through the real `invoke` entry point: a clear message, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import yaml
+
+from conftest import free_port, invoke, smoke_variant
+
+
+def assert_clean_failure(proc, *needles):
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for n in needles:
+        assert n in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_unknown_profile_key_fails_before_any_server_starts(tmp_path):
+    path = smoke_variant(tmp_path, lambda d: d["workload"].update(num_predicts=8))
+    results = tmp_path / "results"
+    proc = invoke("up", "--profile", str(path), "bench", "--profile", str(path), results=results, timeout=120)
+    assert_clean_failure(proc, str(path), "workload.num_predicts: unknown key", "num_predict")
+    assert not (results / ".runtime").exists()  # nothing was started
+
+
+def test_unreachable_endpoint(tmp_path):
+    def external(d):
+        d["runtime"] = {"kind": "external", "endpoints": [
+            {"name": "a", "url": f"http://127.0.0.1:{free_port()}", "api": "ollama"},
+            {"name": "b", "url": f"http://127.0.0.1:{free_port()}", "api": "ollama"}]}
+    path = smoke_variant(tmp_path, external)
+    proc = invoke("bench", "--profile", str(path), "--no-progress", results=tmp_path / "r", timeout=120)
+    assert_clean_failure(proc, "cannot list models", "127.0.0.1")
+
+
+def test_unknown_model_lists_available_models(tmp_path):
+    path = smoke_variant(tmp_path, lambda d: d["models"].append({"name": "mistral:7b"}))
+    proc = invoke("bench", "--profile", str(path), "--models", "mistral:7b", "--no-progress",
+                  results=tmp_path / "r", timeout=120)
+    assert_clean_failure(proc, "unknown model 'mistral:7b'", "available models: gemma3-270m, smollm2-135m")
+
+
+def test_unknown_model_filter_lists_profile_models(tmp_path):
+    path = smoke_variant(tmp_path)
+    proc = invoke("plan", "--profile", str(path), "--models", "qwen9", results=tmp_path / "r", timeout=60)
+    assert_clean_failure(proc, "unknown model(s) ['qwen9']", "gemma3-270m, smollm2-135m")
+
+
+def test_plan_counts_runs(tmp_path):
+    proc = invoke("plan", "--profile", "smoke", results=tmp_path / "r", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # smoke: 2 models × (single 2 langs × 2 ctx × 3 runs + multi 2 langs × 2 scenarios × 3 runs)
+    assert "runs: 48 (single 24, multi 24; python 24, rust 24) in 16 configs" in proc.stdout
+    assert "ETA: ~" in proc.stdout
+
+
+def test_list_has_one_line_help_per_task(tmp_path):
+    proc = invoke("--list", results=tmp_path / "r", timeout=60)
+    for name in ("up", "bench", "report", "down", "plan", "build-rust", "test"):
+        assert f"  {name} " in proc.stdout
+
+
+def test_readme_defines_every_metric():
+    from bench import metrics
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    missing = [d.name for d in metrics.definitions() if f"`{d.name}`" not in readme]
+    assert not missing, f"README's metric table lacks {missing}"

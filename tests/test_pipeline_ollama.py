@@ -1,0 +1,84 @@
+"""The whole pipeline through the Ollama protocol: external runtime, two test servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.profile import load_profile
+from bench.store import schema_errors
+from conftest import invoke, smoke_variant
+from ollama_server import FakeOllama
+
+
+@pytest.fixture()
+def two_servers():
+    with FakeOllama(token_s=0.002) as a, FakeOllama(token_s=0.002) as b:
+        yield a, b
+
+
+def external_profile(tmp_path, a, b):
+    def mutate(d):
+        d["runtime"] = {"kind": "external", "endpoints": [{"name": "collector", "url": a.url, "api": "ollama"},
+                                                          {"name": "insight", "url": b.url, "api": "ollama"}]}
+        d["models"] = [{"name": "gemma3:latest", "baseline": True}, {"name": "qwen2.5:7b"}]
+        d["single"].update(gpu_layers=[60, 80], ctx=[512], runs=2)
+        d["multi"].update(enabled=True, runs=2, chimera={"gpu_layers": 80, "ctx": 2048, "temperature": 1.0})
+        d["workload"].update(num_predict=10, ignore_eos=False)
+    return smoke_variant(tmp_path, mutate)
+
+
+def test_bench_report_over_ollama(tmp_path, two_servers):
+    a, b = two_servers
+    path = external_profile(tmp_path, a, b)
+    results = tmp_path / "results"
+    proc = invoke("bench", "--profile", str(path), "--no-progress", "report", "--profile", str(path),
+                  results=results, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    study = results / "test"
+    docs = [json.loads(p.read_text()) for p in study.glob("*/*/*/*/run_*/metrics.json")]
+    # 2 models × (single 2 configs × 2 runs + multi 2 scenarios × 2 runs)
+    assert len(docs) == 2 * (4 + 4)
+    assert all(schema_errors(d) == [] for d in docs)
+    single = next(d for d in docs if d["suite"] == "single")
+    assert {r["api"] for r in single["requests"]} == {"ollama"}
+    assert all(not r["cold_load"] for d in docs for r in d["requests"])  # warmups took the loads
+    # baseline_vs_chimera: the collector sends no config options (server defaults), insight does
+    chats = [r for r in a.requests if r["path"] == "/api/chat"]
+    bvc = [r for r in chats if "num_ctx" not in r["options"]]
+    assert bvc and all(set(r["options"]) == {"num_predict", "seed"} for r in bvc)
+    assert all(r["options"].get("num_ctx") == 2048 for r in b.requests if r["path"] == "/api/chat"
+               and r["options"].get("temperature") == 1.0)
+    multi = next(d for d in docs if d["suite"] == "multi")
+    assert {r["phase"] for r in multi["requests"]} == {"alone", "together"}
+    assert multi["metrics"]["speedup"] > 1.3  # independent servers overlap
+    report = (study / "Technical_Report_116.md").read_text()
+    assert "## 4. Results: single-agent" in report and "gemma3:latest" in report
+    manifest = json.loads((study / "manifest.json").read_text())
+    assert manifest["runtime"]["ollama_version"] == {"collector": "0.12.6", "insight": "0.12.6"}
+    digest = next(m for m in manifest["models"] if m["name"] == "gemma3:latest")["digest"]
+    assert digest.startswith("a2af6cc3")
+    for table in ("requests", "runs", "configs"):
+        assert (study / "tables" / f"{table}.csv").is_file()
+
+
+def test_oom_is_logged_and_optional_model_skipped(tmp_path, two_servers):
+    a, b = two_servers
+    path = external_profile(tmp_path, a, b)
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["models"].append({"name": "oom:latest", "optional": True})
+    data["multi"]["enabled"] = False
+    path.write_text(yaml.safe_dump(data))
+    results = tmp_path / "results"
+    proc = invoke("bench", "--profile", str(path), "--no-progress", "--models", "oom:latest",
+                  results=results, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    failures = [json.loads(line) for line in (results / "test" / "failures.jsonl").read_text().splitlines()]
+    assert failures[0]["error_kind"] == "oom"
+    assert failures[0]["fallback"] == "optional model: skipped"
+    assert failures[0]["config"]["gpu_layers"] in (60, 80) and "unable to allocate CUDA0 buffer" in failures[0]["error"]
+    assert "1 failed" in proc.stdout
+    assert load_profile(path).profile.models[-1].optional
