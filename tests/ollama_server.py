@@ -142,9 +142,31 @@ class FakeOllama:
                                             "model_info": {"general.architecture": "gemma3",
                                                            "general.parameter_count": 4_300_079_472,
                                                            "gemma3.context_length": 131072}})
+                if self.path == "/api/pull":
+                    return self._pull(req)
                 if self.path in ("/api/chat", "/api/generate"):
                     return self._generate(req, chat=self.path == "/api/chat")
                 return self._json(404, {"error": "404 page not found"})
+
+            def _pull(self, req: dict) -> None:
+                name = req.get("model", "")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self._chunk({"status": "pulling manifest"})
+                if name.split(":")[0] == "nope":
+                    self._chunk({"error": "pull model manifest: file does not exist"})
+                    return self._end_chunks()
+                digest = "sha256:" + "ab" * 32
+                for done in (0, 1_000_000, 2_000_000):
+                    self._chunk({"status": f"pulling {digest[7:19]}", "digest": digest, "total": 2_000_000,
+                                 "completed": done})
+                for status in ("verifying sha256 digest", "writing manifest", "success"):
+                    self._chunk({"status": status})
+                if server._resolve(name) is None:
+                    server.models.append(name if ":" in name else f"{name}:latest")
+                self._end_chunks()
 
             def _generate(self, req: dict, chat: bool) -> None:
                 name = server._resolve(req.get("model", ""))

@@ -1,0 +1,94 @@
+"""The docker runtime's logic with the outermost calls replaced: the `docker` CLI by a recorder,
+and the two Ollama containers by two protocol-faithful test servers on their ports."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from bench.docker_runtime import DockerRuntime
+from bench.errors import BenchError
+from bench.profile import builtin_profiles, load_profile
+from ollama_server import FakeOllama
+
+
+class RecordedDocker:
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, cmd):
+        self.calls.append(cmd)
+        if self.fail_on and self.fail_on in cmd:
+            return subprocess.CompletedProcess(cmd, 1, "", "Error response from daemon: could not select device "
+                                                            "driver \"nvidia\" with capabilities: [[gpu]]")
+        if cmd[-3:] == ["ps", "--format", "json"]:
+            return subprocess.CompletedProcess(cmd, 0, '{"ID":"c1","Service":"ollama-a","Image":"ollama/ollama:0.12.6",'
+                                                       '"Publishers":[{"PublishedPort":11434}]}\n', "")
+        if cmd[:2] == ["docker", "inspect"]:
+            return subprocess.CompletedProcess(cmd, 0, "sha256:feedbeef\n", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+@pytest.fixture()
+def tr116_on_test_servers():
+    with FakeOllama(models=["gemma3:latest"]) as a, FakeOllama(models=["gemma3:latest"]) as b:
+        base = load_profile(builtin_profiles()["tr116"]).profile
+        rt = base.runtime.model_copy(update={"endpoints": [
+            base.runtime.endpoints[0].model_copy(update={"port": int(a.url.rsplit(":", 1)[1])}),
+            base.runtime.endpoints[1].model_copy(update={"port": int(b.url.rsplit(":", 1)[1])})]})
+        yield base.model_copy(update={"runtime": rt}), a, b
+
+
+def test_up_starts_compose_builds_image_and_pulls_models(tr116_on_test_servers):
+    profile, a, b = tr116_on_test_servers
+    docker = RecordedDocker()
+    runtime = DockerRuntime(profile, run=docker)
+    runtime.up()
+    assert docker.calls[0][:2] == ["docker", "compose"] and "up" in docker.calls[0] and "--wait" in docker.calls[0]
+    assert docker.calls[0][3].endswith("compose.yaml")
+    assert docker.calls[1][:2] == ["docker", "build"] and "docker/Dockerfile.rust-agents" in docker.calls[1]
+    pulls = [r["model"] for r in a.requests if r["path"] == "/api/pull"]
+    assert pulls == [m.name for m in profile.models]  # pulled once, through the first instance
+    assert not [r for r in b.requests if r["path"] == "/api/pull"]
+    runtime.down()
+    assert docker.calls[-1][-2:] == ["down", "--remove-orphans"]
+
+
+def test_switch_unloads_the_previous_model_on_both_instances(tr116_on_test_servers):
+    profile, a, b = tr116_on_test_servers
+    for srv in (a, b):
+        srv.models.append("qwen2.5:7b")
+    runtime = DockerRuntime(profile, run=RecordedDocker())
+    gemma = next(m for m in profile.models if m.name == "gemma3:latest")
+    qwen = next(m for m in profile.models if m.name == "qwen2.5:7b")
+    assert runtime.switch(gemma, {}).restarted == {"collector": True, "insight": True}
+    assert runtime.switch(gemma, {}).restarted == {"collector": False, "insight": False}
+    runtime.switch(qwen, {})
+    for srv in (a, b):
+        unloads = [r for r in srv.requests if r["path"] == "/api/generate" and r.get("keep_alive") == 0]
+        assert [u["model"] for u in unloads] == ["gemma3:latest"]
+
+
+def test_unknown_model_lists_what_the_server_has(tr116_on_test_servers):
+    profile, _, _ = tr116_on_test_servers
+    runtime = DockerRuntime(profile, run=RecordedDocker())
+    missing = next(m for m in profile.models if m.name == "llama3.1:8b-instruct-q4_0")
+    with pytest.raises(BenchError, match="available models: gemma3:latest"):
+        runtime.switch(missing, {})
+
+
+def test_compose_failure_is_a_clear_error(tr116_on_test_servers):
+    profile, _, _ = tr116_on_test_servers
+    runtime = DockerRuntime(profile, run=RecordedDocker(fail_on="up"))
+    with pytest.raises(BenchError, match='could not select device driver "nvidia"'):
+        runtime.up()
+
+
+def test_describe_records_images_and_versions(tr116_on_test_servers):
+    profile, _, _ = tr116_on_test_servers
+    info = DockerRuntime(profile, run=RecordedDocker()).describe()
+    assert info["kind"] == "docker"
+    assert info["containers"][0]["image_id"] == "sha256:feedbeef"
+    assert info["ollama_version"] == {"collector": "0.12.6", "insight": "0.12.6"}
