@@ -182,6 +182,40 @@ def build_rust(c):
         print(f"build-rust: no Docker engine; native binary {path}")
 
 
+@task(name="bench-clients", help={"profile": PROFILE_HELP, "requests": "requests per client and protocol",
+                                  "tokens": "tokens per request (unpaced)", "pace": "paced rate for the skew check"})
+@_friendly
+def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
+    """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs llama-bench."""
+    import pandas as pd
+
+    from bench import overhead, rust
+    from bench.runtime import LocalRuntime
+    from bench.store import Store, atomic_write_json, utc_now
+
+    loaded = _load(profile)
+    agent, reason = rust.find_rust_agent()
+    if agent is None:
+        print(f"bench-clients: Rust client not measured: {reason}")
+    store = Store(loaded.profile.study)
+    rust_cmd = [p.replace("{results}", str(store.root.parent)) for p in agent.prefix] if agent else None
+    floors = overhead.client_floors(rust_cmd, requests_n=int(requests), num_predict=int(tokens),
+                                    pace_tps=float(pace))
+    cols = ["client", "api", "tokens_per_s", "cpu_us_per_token", "paced_tps", "paced_client_tps", "skew_pct"]
+    print(pd.DataFrame(floors)[cols].to_markdown(index=False, floatfmt=",.2f"))
+    result = {"client_floors": floors, "measured_at": utc_now(), "rust_agent": agent.source if agent else reason}
+    if loaded.profile.runtime.kind == "local":
+        runtime = LocalRuntime(loaded.profile)
+        ratios = overhead.harness_vs_llama_bench(loaded.profile, runtime)
+        print(pd.DataFrame(ratios).to_markdown(index=False, floatfmt=".3f"))
+        result["harness_vs_llama_bench"] = ratios
+    else:
+        print("bench-clients: harness vs llama-bench needs the local runtime (llama-bench runs on its files)")
+    path = store.root / "client_overhead.json"
+    atomic_write_json(path, result)
+    print(f"bench-clients: {path}")
+
+
 @task(help={"fast": "skip the tests that need llama-server (marker 'llama')"})
 def test(c, fast=False):
     """Run the test suite: pytest (real llama-server tests included) and cargo test."""

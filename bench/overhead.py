@@ -1,0 +1,169 @@
+"""The harness as an instrument: how much of a measured number is the client itself.
+
+Two measurements, printed by `invoke bench-clients` and stored in results/<study>/client_overhead.json
+for the report:
+1. Client floors. A loopback server (bench/loopback.py, its own process, its own core) streams
+   tokens as fast as the socket takes them; each client (Python, Rust), pinned to one other core,
+   streams a few long requests. Reported: sustained tokens/s and CPU µs per token. Then the server
+   paces tokens at a known rate, and the skew is how far the client's measured decode rate is
+   from it.
+2. Harness vs llama-bench. For each embedded model at the profile's thread count: the harness's
+   decode tok/s on the real server ÷ llama-bench's tg tok/s for the same model and threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench import assets
+from bench.clients import CallContext, StreamingClient
+from bench.errors import BenchError
+
+MESSAGES = [{"role": "user", "content": "stream"}]
+
+
+@contextmanager
+def loopback_server(cpu: int | None, pace_tps: float | None = None):
+    cmd = [sys.executable, "-m", "bench.loopback", "--port", "0"]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    if pace_tps:
+        cmd += ["--pace-tps", str(pace_tps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def skew_pct(client_rate: float | None, server_rate: float | None) -> float | None:
+    """(client-measured decode rate − the server's write rate) / the server's write rate × 100."""
+    if not client_rate or not server_rate:
+        return None
+    return (client_rate - server_rate) / server_rate * 100
+
+
+def python_stream_bench(url: str, api: str, requests_n: int, num_predict: int) -> dict:
+    """Stream requests through the Python client; measure wall, CPU and rates (one JSON result)."""
+    client = StreamingClient(url, api, timeout_s=120)
+    opts = {"num_predict": num_predict, "seed": 0}
+    client.chat("loopback", MESSAGES, opts, CallContext("single", "analysis", "single", 0))  # warm the socket
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    records = [client.chat("loopback", MESSAGES, opts, CallContext("single", "analysis", "single", 0))
+               for _ in range(requests_n)]
+    wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    tokens = sum(r.output_tokens for r in records)
+    return {"client": "python", "api": api, "requests": requests_n, "tokens": tokens, "wall_s": wall,
+            "tokens_per_s": tokens / wall, "cpu_s": cpu, "cpu_us_per_token": cpu / tokens * 1e6,
+            "decode_tps_client_mean": statistics.fmean(r.decode_tps_client for r in records),
+            "decode_tps_server_mean": statistics.fmean(r.decode_tps_server for r in records)}
+
+
+def _pin(cpu: int | None):
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def _measure(client: str, rust_cmd: list[str] | None, url: str, api: str, requests_n: int,
+             num_predict: int, cpu: int | None) -> dict:
+    if client == "python":
+        cmd = [sys.executable, "-m", "bench.overhead", "--python-client", url, api, str(requests_n), str(num_predict)]
+    else:
+        cmd = [*rust_cmd, "stream-bench", "--url", url, "--api", api, "--requests", str(requests_n),
+               "--num-predict", str(num_predict)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_pin(cpu), timeout=600)
+    if proc.returncode != 0:
+        raise BenchError(f"{client} client benchmark failed: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def client_floors(rust_cmd: list[str] | None, *, requests_n: int = 5, num_predict: int = 20_000,
+                  pace_tps: float = 20_000) -> list[dict]:
+    """Both clients × both protocols: unpaced (throughput, CPU per token), then paced (skew).
+    The server and the client run on separate cores."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpu, client_cpu = (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+    clients = ["python"] + (["rust"] if rust_cmd else [])
+    results = []
+    with loopback_server(server_cpu) as fast, loopback_server(server_cpu, pace_tps) as paced:
+        for api in ("ollama", "openai"):
+            for client in clients:
+                r = _measure(client, rust_cmd, fast, api, requests_n, num_predict, client_cpu)
+                p = _measure(client, rust_cmd, paced, api, 3, int(pace_tps), client_cpu)
+                r.update(pinned_cpu=client_cpu, paced_tps=pace_tps,
+                         paced_client_tps=p["decode_tps_client_mean"],
+                         paced_server_tps=p["decode_tps_server_mean"],
+                         skew_pct=skew_pct(p["decode_tps_client_mean"], p["decode_tps_server_mean"]))
+                results.append(r)
+    return results
+
+
+def llama_bench_tg(model_file: Path, threads: int, n_gen: int) -> dict:
+    """llama-bench's text-generation rate (tg) for a model and thread count."""
+    cmd = [str(assets.llama_bench_binary()), "-m", str(model_file), "-p", "0", "-n", str(n_gen),
+           "-t", str(threads), "-r", "3", "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise BenchError(f"llama-bench failed: {proc.stderr.strip()[-500:]}")
+    rows = json.loads(proc.stdout)
+    tg = next(r for r in rows if r.get("n_gen"))
+    return {"avg_ts": tg["avg_ts"], "stddev_ts": tg["stddev_ts"], "n_gen": tg["n_gen"],
+            "n_threads": tg["n_threads"]}
+
+
+def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: int = 3) -> list[dict]:
+    """Per embedded model: harness decode tok/s on the real server ÷ llama-bench tg tok/s, same
+    model file and thread count. llama-bench runs while the servers are stopped."""
+    from bench.profile import ServerConfig
+    from bench.workload import load_workload
+
+    msgs = load_workload().messages("single", "analysis")
+    opts = {"num_predict": n_gen, "seed": profile.workload.seed, "ignore_eos": True,
+            "temperature": profile.single.temperature}
+    out = []
+    for model in profile.models:
+        path = assets.model_file(model.name, model.file)
+        runtime.down()
+        bench_tg = llama_bench_tg(path, runtime.threads, n_gen)
+        runtime.switch(model, {runtime.specs[0].name: ServerConfig(gpu_layers=0, ctx=1024)})
+        ep = runtime.endpoints()[0]
+        client = StreamingClient(ep.url, ep.api, timeout_s=profile.workload.timeout_s)
+        client.chat(model.name, msgs, opts, CallContext("single", "analysis", "single", 0))  # warmup
+        recs = [client.chat(model.name, msgs, opts, CallContext("single", "analysis", "single", 0))
+                for _ in range(requests_n)]
+        client_tps = statistics.fmean(r.decode_tps_client for r in recs)
+        server_tps = statistics.fmean(r.decode_tps_server for r in recs)
+        out.append({"model": model.name, "threads": runtime.threads, "n_gen": n_gen,
+                    "llama_bench_tg_tps": bench_tg["avg_ts"], "llama_bench_tg_std": bench_tg["stddev_ts"],
+                    "harness_client_tps": client_tps, "harness_server_tps": server_tps,
+                    "ratio_client_to_llama_bench": client_tps / bench_tg["avg_ts"],
+                    "ratio_server_to_llama_bench": server_tps / bench_tg["avg_ts"]})
+    runtime.down()
+    return out
+
+
+def main() -> None:
+    """Subprocess entry point for the pinned Python client measurement."""
+    if len(sys.argv) == 6 and sys.argv[1] == "--python-client":
+        _, _, url, api, n, tokens = sys.argv
+        print(json.dumps(python_stream_bench(url, api, int(n), int(tokens))))
+    else:
+        raise SystemExit("usage: python -m bench.overhead --python-client URL API REQUESTS NUM_PREDICT")
+
+
+if __name__ == "__main__":
+    main()
