@@ -1,0 +1,148 @@
+//! One agent run, the two-call workflow shared by both suites: `analysis` with the data set,
+//! then `report` on the analysis text. Also the single suite itself.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::{ChatRequest, Client};
+use crate::errors::RequestError;
+use crate::job::{AgentConfig, AgentName, Job, Phase, Stage};
+use crate::record::{
+    now_rfc3339, request_record, single_metrics, CallContext, CallTiming, ClientInfo, RunMetrics, RunRecord,
+    TimedRecord, WorkloadInfo, SCHEMA_VERSION,
+};
+use crate::workload::Workload;
+
+/// What every call of a run shares.
+#[derive(Clone)]
+pub struct RunContext {
+    pub client: Client,
+    pub workload: Arc<Workload>,
+    /// The run's time origin (start_offset_ms = t_send − run_start).
+    pub run_start: Instant,
+    pub timeout: Duration,
+    pub cold_load_ms: f64,
+    pub first_after_start: bool,
+    /// Endpoints that already received a request in this run (for first_after_start).
+    seen_endpoints: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RunContext {
+    pub fn new(client: Client, workload: Arc<Workload>, job: &Job) -> RunContext {
+        RunContext {
+            client,
+            workload,
+            run_start: Instant::now(),
+            timeout: Duration::from_secs_f64(job.timeout_s),
+            cold_load_ms: job.cold_load_ms,
+            first_after_start: job.first_after_start,
+            seen_endpoints: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// True for the first request of the run to `endpoint` when the job says the servers were
+    /// just (re)started.
+    fn claim_first(&self, endpoint: &str) -> bool {
+        let mut seen = self.seen_endpoints.lock().expect("endpoint set lock");
+        self.first_after_start && seen.insert(endpoint.trim_end_matches('/').to_string())
+    }
+}
+
+/// The calls of one agent in one phase and when the phase released it / it finished.
+#[derive(Debug, Clone)]
+pub struct AgentRun {
+    pub agent: AgentName,
+    pub calls: Vec<TimedRecord>,
+    pub t_release: Instant,
+    pub t_done: Instant,
+}
+
+/// Run the agent's two calls back to back. `t_release` is when the phase released the agent.
+pub async fn run_agent(
+    ctx: &RunContext,
+    name: AgentName,
+    cfg: &AgentConfig,
+    phase: Phase,
+    t_release: Instant,
+) -> Result<AgentRun, RequestError> {
+    let mut calls = Vec::with_capacity(2);
+    let (system, user) = ctx.workload.analysis(name).map_err(prompt_error)?;
+    let (analysis, _) = call(ctx, name, cfg, phase, Stage::Analysis, &system, &user).await?;
+    let (system, user) = ctx.workload.report(name, &analysis.record.output_text).map_err(prompt_error)?;
+    calls.push(analysis);
+    let (report, t_done) = call(ctx, name, cfg, phase, Stage::Report, &system, &user).await?;
+    calls.push(report);
+    // the agent is done when its last stream has ended
+    Ok(AgentRun { agent: name, calls, t_release, t_done })
+}
+
+fn prompt_error(e: anyhow::Error) -> RequestError {
+    // The job was checked against the workload before the run, so this is unreachable in
+    // practice; keep it a request failure rather than a panic.
+    RequestError::new(crate::errors::ErrorKind::Http, format!("{e:#}"))
+}
+
+async fn call(
+    ctx: &RunContext,
+    agent: AgentName,
+    cfg: &AgentConfig,
+    phase: Phase,
+    stage: Stage,
+    system: &str,
+    user: &str,
+) -> Result<(TimedRecord, Instant), RequestError> {
+    let req =
+        ChatRequest { endpoint: &cfg.endpoint, api: cfg.api, model: &cfg.model, options: &cfg.options, system, user };
+    let first = ctx.claim_first(&cfg.endpoint);
+    let out = ctx.client.chat(&req, ctx.timeout).await?;
+    let timing = CallTiming::from_instants(ctx.run_start, out.t_send, &out.content_times, out.t_done);
+    let cctx =
+        CallContext { agent, stage, phase, endpoint: cfg.endpoint.clone(), api: cfg.api, model: cfg.model.clone() };
+    let record = request_record(&cctx, &timing, &out.stats, out.text, first, ctx.cold_load_ms);
+    Ok((TimedRecord { record, timing }, out.t_done))
+}
+
+/// Common header of metrics.json.
+pub fn base_record(
+    job: &Job,
+    workload: &Workload,
+    started_at: String,
+    requests: Vec<TimedRecord>,
+    metrics: RunMetrics,
+    phase_order: Option<Vec<Phase>>,
+) -> RunRecord {
+    let mut requests: Vec<_> = requests.into_iter().map(|t| t.record).collect();
+    requests.sort_by(|a, b| a.start_offset_ms.total_cmp(&b.start_offset_ms));
+    let cold_load = requests.iter().any(|r| r.cold_load);
+    RunRecord {
+        schema_version: SCHEMA_VERSION,
+        study: job.study.clone(),
+        suite: job.suite,
+        lang: "rust",
+        client: ClientInfo::default(),
+        model: job.model.clone(),
+        config: job.config.clone(),
+        run_index: job.run_index,
+        started_at,
+        finished_at: now_rfc3339(),
+        workload: WorkloadInfo {
+            prompts_sha256: workload.prompts_sha256.clone(),
+            dataset_sha256: workload.dataset_sha256.clone(),
+            phase_order,
+        },
+        requests,
+        metrics,
+        cold_load,
+    }
+}
+
+/// The single suite: one agent run, analysis then report.
+pub async fn run_single(job: &Job, client: Client, workload: Arc<Workload>) -> Result<RunRecord, RequestError> {
+    let cfg = job.agent(AgentName::Single);
+    let started_at = now_rfc3339();
+    let ctx = RunContext::new(client, workload.clone(), job);
+    let run = run_agent(&ctx, AgentName::Single, cfg, Phase::Single, ctx.run_start).await?;
+    let metrics = RunMetrics::Single(single_metrics(&run.calls));
+    Ok(base_record(job, &workload, started_at, run.calls, metrics, None))
+}

@@ -1,0 +1,328 @@
+//! One streamed chat call over HTTP, for either protocol, with client-side timing.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::errors::{Classifier, ErrorKind, RequestError};
+use crate::job::{Api, Options};
+use crate::stream::{error_body_message, Progress, ServerStats, StreamError, StreamParser};
+
+/// The HTTP client shared by all calls of a process (one connection pool).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    classifier: Classifier,
+}
+
+/// What to send.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatRequest<'a> {
+    pub endpoint: &'a str,
+    pub api: Api,
+    pub model: &'a str,
+    pub options: &'a Options,
+    pub system: &'a str,
+    pub user: &'a str,
+}
+
+/// A finished call: its instants, its text and what the server reported.
+#[derive(Debug, Clone)]
+pub struct ChatOutcome {
+    /// Just before the request was sent.
+    pub t_send: Instant,
+    /// Arrival of each chunk carrying non-empty text (the network read it came in).
+    pub content_times: Vec<Instant>,
+    /// The end of the stream (its terminal event was read).
+    pub t_done: Instant,
+    pub text: String,
+    pub stats: ServerStats,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct OllamaOptions {
+    num_predict: i64,
+    seed: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_ctx: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_gpu: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct OllamaBody<'a> {
+    model: &'a str,
+    messages: [Message<'a>; 2],
+    stream: bool,
+    options: OllamaOptions,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct OpenAiBody<'a> {
+    model: &'a str,
+    messages: [Message<'a>; 2],
+    stream: bool,
+    stream_options: StreamOptions,
+    max_tokens: i64,
+    seed: i64,
+    cache_prompt: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignore_eos: Option<bool>,
+}
+
+/// The JSON body of a chat request. Ollama gets its `options` (no ignore_eos, which it does not
+/// know); llama-server gets OpenAI fields plus seed, cache_prompt=false and ignore_eos when
+/// true (num_ctx / num_gpu are llama-server launch flags, not request fields).
+pub fn request_body(req: &ChatRequest) -> Vec<u8> {
+    let messages = [Message { role: "system", content: req.system }, Message { role: "user", content: req.user }];
+    let o = req.options;
+    let result = match req.api {
+        Api::Ollama => serde_json::to_vec(&OllamaBody {
+            model: req.model,
+            messages,
+            stream: true,
+            options: OllamaOptions {
+                num_predict: o.num_predict,
+                seed: o.seed,
+                temperature: o.temperature,
+                num_ctx: o.num_ctx,
+                num_gpu: o.num_gpu,
+            },
+        }),
+        Api::Openai => serde_json::to_vec(&OpenAiBody {
+            model: req.model,
+            messages,
+            stream: true,
+            stream_options: StreamOptions { include_usage: true },
+            max_tokens: o.num_predict,
+            seed: o.seed,
+            cache_prompt: false,
+            temperature: o.temperature,
+            ignore_eos: o.ignore_eos.filter(|&b| b),
+        }),
+    };
+    result.expect("a chat body always serialises")
+}
+
+/// Render a transport error with its causes on one line.
+fn transport_message(err: &reqwest::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+fn transport_error(err: reqwest::Error, endpoint: &str) -> RequestError {
+    let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connection };
+    RequestError::new(kind, format!("{endpoint}: {}", transport_message(&err)))
+}
+
+/// The kind of a non-200 reply: the classifier's, else not_found for 404, busy for 503, else
+/// http (the same rule as the Python client).
+pub fn http_error_kind(classifier: &Classifier, status: u16, message: &str) -> ErrorKind {
+    classifier.classify(message).unwrap_or(match status {
+        404 => ErrorKind::NotFound,
+        503 => ErrorKind::Busy,
+        _ => ErrorKind::Http,
+    })
+}
+
+impl Client {
+    pub fn new(classifier: Classifier) -> anyhow::Result<Client> {
+        // One fresh connection per call. llama-server answers a stream with `Keep-Alive` but
+        // then closes the socket, so a pooled connection races the server's FIN and the next
+        // call fails with "connection closed before message completed"; a POST must not be
+        // retried blindly (it would generate twice). A loopback connect costs ~0.1 ms of TTFT.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(0)
+            .build()?;
+        Ok(Client { http, classifier })
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Stream one chat call; fails when it does not complete within `timeout`.
+    pub async fn chat(&self, req: &ChatRequest<'_>, timeout: Duration) -> Result<ChatOutcome, RequestError> {
+        let url = req.api.chat_url(req.endpoint);
+        let endpoint = req.endpoint.trim_end_matches('/');
+        let body = request_body(req);
+        let mut text = String::with_capacity(4096);
+        let mut content_times: Vec<Instant> = Vec::with_capacity(1024);
+        let t_send = Instant::now();
+        let year = Duration::from_secs(365 * 86_400);
+        let deadline = tokio::time::Instant::from_std(t_send.checked_add(timeout.min(year)).unwrap_or(t_send + year));
+        let call = self.stream_call(&url, endpoint, req.api, body, &mut text, &mut content_times);
+        let result = tokio::time::timeout_at(deadline, call).await;
+        match result {
+            Ok(Ok((stats, t_done))) => Ok(ChatOutcome { t_send, content_times, t_done, text, stats }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RequestError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{endpoint}: no complete response within {:.1} s ({} content chunks received)",
+                    timeout.as_secs_f64(),
+                    content_times.len()
+                ),
+            )),
+        }
+    }
+
+    async fn stream_call(
+        &self,
+        url: &str,
+        endpoint: &str,
+        api: Api,
+        body: Vec<u8>,
+        text: &mut String,
+        content_times: &mut Vec<Instant>,
+    ) -> Result<(ServerStats, Instant), RequestError> {
+        let mut resp = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(e, endpoint))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.map_err(|e| transport_error(e, endpoint))?;
+            let msg = error_body_message(&body);
+            let kind = http_error_kind(&self.classifier, status.as_u16(), &msg);
+            return Err(RequestError::new(kind, format!("{endpoint}: HTTP {}: {msg}", status.as_u16())));
+        }
+        let mut parser = StreamParser::new(api);
+        let mut t_read;
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| transport_error(e, endpoint))?;
+            t_read = Instant::now();
+            let Some(bytes) = chunk else {
+                let mut on = |t: &str| {
+                    content_times.push(t_read);
+                    text.push_str(t);
+                };
+                parser.finish(&mut on).map_err(|e| self.stream_error(e, endpoint))?;
+                break;
+            };
+            let mut on = |t: &str| {
+                content_times.push(t_read);
+                text.push_str(t);
+            };
+            if parser.feed(&bytes, &mut on).map_err(|e| self.stream_error(e, endpoint))? == Progress::Done {
+                break;
+            }
+        }
+        // Anything after the terminal event is ignored; dropping the response closes the socket.
+        Ok((parser.stats, Instant::now()))
+    }
+
+    fn stream_error(&self, err: StreamError, endpoint: &str) -> RequestError {
+        match err {
+            StreamError::Malformed(m) => RequestError::new(ErrorKind::MalformedStream, format!("{endpoint}: {m}")),
+            StreamError::Server(m) => {
+                let kind = self.classifier.classify(&m).unwrap_or(ErrorKind::Http);
+                RequestError::new(kind, format!("{endpoint}: {m}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            num_predict: 48,
+            seed: 42,
+            ignore_eos: Some(true),
+            temperature: Some(0.8),
+            num_ctx: Some(512),
+            num_gpu: Some(0),
+        }
+    }
+
+    #[test]
+    fn ollama_body_drops_ignore_eos() {
+        let o = options();
+        let req =
+            ChatRequest { endpoint: "http://h", api: Api::Ollama, model: "m", options: &o, system: "S", user: "U" };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "model": "m",
+                "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                "stream": true,
+                "options": {"num_predict": 48, "seed": 42, "temperature": 0.8, "num_ctx": 512, "num_gpu": 0}
+            })
+        );
+        let o = Options { temperature: None, num_ctx: None, num_gpu: None, ..options() };
+        let req = ChatRequest { options: &o, ..req };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        assert_eq!(v["options"], serde_json::json!({"num_predict": 48, "seed": 42}));
+    }
+
+    #[test]
+    fn http_status_fallbacks() {
+        let c = Classifier::from_yaml("kinds:\n  - {kind: oom, substrings: [out of memory]}\n").unwrap();
+        assert_eq!(http_error_kind(&c, 500, "CUDA error: out of memory"), ErrorKind::Oom);
+        assert_eq!(http_error_kind(&c, 404, "page missing"), ErrorKind::NotFound);
+        assert_eq!(http_error_kind(&c, 503, "try later"), ErrorKind::Busy);
+        assert_eq!(http_error_kind(&c, 503, "out of memory"), ErrorKind::Oom);
+        assert_eq!(http_error_kind(&c, 400, "bad"), ErrorKind::Http);
+    }
+
+    #[test]
+    fn openai_body_fields() {
+        let o = options();
+        let req =
+            ChatRequest { endpoint: "http://h", api: Api::Openai, model: "m", options: &o, system: "S", user: "U" };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "model": "m",
+                "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "max_tokens": 48,
+                "seed": 42,
+                "cache_prompt": false,
+                "temperature": 0.8,
+                "ignore_eos": true
+            })
+        );
+        let o = Options { ignore_eos: Some(false), temperature: None, ..options() };
+        let req = ChatRequest { options: &o, ..req };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        assert!(v.get("ignore_eos").is_none() && v.get("temperature").is_none());
+    }
+}

@@ -1,0 +1,192 @@
+//! Failure classification, shared with the Python client through `bench/data/error_kinds.yaml`.
+//!
+//! The first kind whose substring occurs in the error text (case-insensitive) wins. Failures the
+//! classifier does not recognise keep the kind the client gave them: `connection`, `timeout`,
+//! `malformed_stream` or `http`.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// The kind of a failed request, as written to `error_kind` and to stderr (`<kind>: <message>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Oom,
+    NotFound,
+    Connection,
+    Timeout,
+    Busy,
+    Loading,
+    MalformedStream,
+    Http,
+    Context,
+    Crash,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Oom => "oom",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Loading => "loading",
+            ErrorKind::MalformedStream => "malformed_stream",
+            ErrorKind::Http => "http",
+            ErrorKind::Context => "context",
+            ErrorKind::Crash => "crash",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        Some(match name {
+            "oom" => ErrorKind::Oom,
+            "not_found" => ErrorKind::NotFound,
+            "connection" => ErrorKind::Connection,
+            "timeout" => ErrorKind::Timeout,
+            "busy" => ErrorKind::Busy,
+            "loading" => ErrorKind::Loading,
+            "malformed_stream" => ErrorKind::MalformedStream,
+            "http" => ErrorKind::Http,
+            "context" => ErrorKind::Context,
+            "crash" => ErrorKind::Crash,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed request: its kind and a one-line message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct RequestError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        // stderr carries exactly one line per failure.
+        let message: String = message.into();
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        RequestError { kind, message }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindsFile {
+    kinds: Vec<KindEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindEntry {
+    kind: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    retry: bool,
+    substrings: Vec<String>,
+}
+
+/// The ordered substring classifier of `error_kinds.yaml`.
+#[derive(Debug, Clone, Default)]
+pub struct Classifier {
+    kinds: Vec<(ErrorKind, Vec<String>)>,
+}
+
+impl Classifier {
+    pub fn load(path: &Path) -> Result<Classifier> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read error kinds file {}", path.display()))?;
+        Classifier::from_yaml(&text).with_context(|| format!("error kinds file {}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Classifier> {
+        let file: KindsFile = serde_yaml::from_str(text).context("invalid YAML")?;
+        let mut kinds = Vec::with_capacity(file.kinds.len());
+        for entry in file.kinds {
+            let kind = ErrorKind::parse(&entry.kind)
+                .with_context(|| format!("kinds[].kind: unknown error kind {:?}", entry.kind))?;
+            let subs = entry.substrings.iter().map(|s| s.to_lowercase()).collect();
+            kinds.push((kind, subs));
+        }
+        Ok(Classifier { kinds })
+    }
+
+    /// The first kind with a substring contained in `text`, compared case-insensitively.
+    pub fn classify(&self, text: &str) -> Option<ErrorKind> {
+        let lower = text.to_lowercase();
+        self.kinds.iter().find(|(_, subs)| subs.iter().any(|s| lower.contains(s.as_str()))).map(|(kind, _)| *kind)
+    }
+
+    /// A server-reported failure: the classifier's kind, else `fallback`.
+    pub fn error(&self, fallback: ErrorKind, message: impl Into<String>) -> RequestError {
+        let message = message.into();
+        let kind = self.classify(&message).unwrap_or(fallback);
+        RequestError::new(kind, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Classifier {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/data/error_kinds.yaml");
+        Classifier::load(&path).expect("bench/data/error_kinds.yaml loads")
+    }
+
+    #[test]
+    fn real_ollama_strings() {
+        let c = shipped();
+        let cases = [
+            ("llama runner process has terminated: error loading model: unable to allocate CUDA0 buffer", ErrorKind::Oom),
+            ("status code 500: llama runner process has terminated: error loading model: unable to allocate CUDA0 buffer", ErrorKind::Oom),
+            ("llama runner process has terminated: CUDA error: out of memory", ErrorKind::Oom),
+            ("model requires more system memory (7.1 GiB) than is available (3.2 GiB)", ErrorKind::Oom),
+            ("allocating 512.00 MiB on device 0: cudaMalloc failed: out of memory", ErrorKind::Oom),
+            ("model 'x' not found", ErrorKind::NotFound),
+            ("model \"gemma3:270m\" not found, try pulling it first", ErrorKind::NotFound),
+            ("pull model manifest: file does not exist", ErrorKind::NotFound),
+            ("server busy, please try again.  maximum pending requests exceeded", ErrorKind::Busy),
+            ("Loading model", ErrorKind::Loading),
+            ("timed out waiting for llama runner to start - progress 0.00 - ", ErrorKind::Loading),
+            ("llama runner process has terminated: exit status 2", ErrorKind::Crash),
+            ("llama-server process no longer running: -1", ErrorKind::Crash),
+            ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, check ollama server logs for details", ErrorKind::Crash),
+            ("the request exceeds the available context size, try increasing it", ErrorKind::Context),
+        ];
+        for (text, kind) in cases {
+            assert_eq!(c.classify(text), Some(kind), "{text}");
+        }
+        assert_eq!(c.classify("error sending request: connection refused"), None);
+    }
+
+    #[test]
+    fn case_insensitive_and_order_matters() {
+        let c = Classifier::from_yaml(
+            "kinds:\n  - {kind: oom, retry: false, substrings: [\"Out Of Memory\"]}\n  - {kind: crash, retry: true, substrings: [terminated]}\n",
+        )
+        .unwrap();
+        assert_eq!(c.classify("process TERMINATED: CUDA error: OUT OF MEMORY"), Some(ErrorKind::Oom));
+        assert_eq!(c.classify("process terminated"), Some(ErrorKind::Crash));
+        let e = c.error(ErrorKind::Http, "HTTP 500:\nsomething\n  odd");
+        assert_eq!(e.kind, ErrorKind::Http);
+        assert_eq!(e.to_string(), "http: HTTP 500: something odd");
+    }
+
+    #[test]
+    fn unknown_kind_is_rejected() {
+        let err = Classifier::from_yaml("kinds:\n  - {kind: gremlins, substrings: [x]}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("gremlins"));
+    }
+}

@@ -1,0 +1,398 @@
+//! The job file the Python orchestrator writes for one run (`--job JOB.json`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which streaming protocol an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Ollama native `/api/chat`, NDJSON.
+    Ollama,
+    /// OpenAI-compatible `/v1/chat/completions` (llama-server), SSE.
+    Openai,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Ollama => "ollama",
+            Api::Openai => "openai",
+        }
+    }
+
+    /// The chat path under an endpoint.
+    pub fn chat_path(self) -> &'static str {
+        match self {
+            Api::Ollama => "/api/chat",
+            Api::Openai => "/v1/chat/completions",
+        }
+    }
+
+    /// The full chat URL for a base endpoint; a URL that already ends in the path is kept.
+    pub fn chat_url(self, endpoint: &str) -> String {
+        let base = endpoint.trim_end_matches('/');
+        if base.ends_with(self.chat_path()) {
+            base.to_string()
+        } else {
+            format!("{base}{}", self.chat_path())
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Suite {
+    Single,
+    Multi,
+}
+
+impl Suite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suite::Single => "single",
+            Suite::Multi => "multi",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Single,
+    Alone,
+    Together,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentName {
+    Single,
+    Collector,
+    Insight,
+}
+
+impl AgentName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentName::Single => "single",
+            AgentName::Collector => "collector",
+            AgentName::Insight => "insight",
+        }
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Analysis,
+    Report,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub name: String,
+    pub slug: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contention {
+    pub min_tps_ratio: f64,
+    pub max_ttft_inflation: f64,
+}
+
+impl Default for Contention {
+    fn default() -> Self {
+        Contention { min_tps_ratio: 0.85, max_ttft_inflation: 2.0 }
+    }
+}
+
+/// Generation options of one agent; only num_predict and seed are required.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    pub num_predict: i64,
+    pub seed: i64,
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub num_ctx: Option<i64>,
+    #[serde(default)]
+    pub num_gpu: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub endpoint: String,
+    pub api: Api,
+    pub model: String,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub suite: Suite,
+    pub study: String,
+    pub run_index: u32,
+    pub model: ModelInfo,
+    pub config: serde_json::Value,
+    pub workload_file: PathBuf,
+    pub dataset_dir: PathBuf,
+    pub error_kinds_file: PathBuf,
+    pub timeout_s: f64,
+    pub cold_load_ms: f64,
+    #[serde(default)]
+    pub contention: Contention,
+    #[serde(default)]
+    pub phase_order: Option<Vec<Phase>>,
+    #[serde(default)]
+    pub alone_order: Option<Vec<AgentName>>,
+    #[serde(default)]
+    pub first_after_start: bool,
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+/// A job file that cannot be run (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("bad job file {path}: {message}")]
+pub struct JobError {
+    pub path: String,
+    pub message: String,
+}
+
+impl Job {
+    pub fn load(path: &Path) -> Result<Job, JobError> {
+        let err = |message: String| JobError { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        Job::parse(&text).map_err(err)
+    }
+
+    /// Parse and check a job. The message names the offending key.
+    pub fn parse(text: &str) -> Result<Job, String> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let job: Job = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("key `{path}`: {}", e.inner())
+            }
+        })?;
+        job.check()?;
+        Ok(job)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.study.is_empty() {
+            return Err("key `study` must not be empty".into());
+        }
+        if self.run_index < 1 {
+            return Err("key `run_index` must be ≥ 1".into());
+        }
+        if self.model.slug.is_empty()
+            || !self.model.slug.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        {
+            return Err(format!("key `model.slug` {:?} must match ^[a-z0-9._-]+$", self.model.slug));
+        }
+        if !self.config.is_object() {
+            return Err("key `config` must be an object".into());
+        }
+        if !(self.timeout_s > 0.0 && std::time::Duration::try_from_secs_f64(self.timeout_s).is_ok()) {
+            return Err("key `timeout_s` must be a positive number of seconds".into());
+        }
+        if !self.cold_load_ms.is_finite() {
+            return Err("key `cold_load_ms` must be a number".into());
+        }
+        let expected: &[AgentName] = match self.suite {
+            Suite::Single => &[AgentName::Single],
+            Suite::Multi => &[AgentName::Collector, AgentName::Insight],
+        };
+        let got: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+        let want: Vec<&str> = expected.iter().map(|a| a.as_str()).collect();
+        if got != want {
+            return Err(format!(
+                "key `agents` of a {} job must hold exactly [{}], found [{}]",
+                self.suite.as_str(),
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+        for (name, agent) in &self.agents {
+            if !(agent.endpoint.starts_with("http://") || agent.endpoint.starts_with("https://")) {
+                return Err(format!("key `agents.{name}.endpoint` must be an http(s) URL, got {:?}", agent.endpoint));
+            }
+            if agent.model.is_empty() {
+                return Err(format!("key `agents.{name}.model` must not be empty"));
+            }
+            if agent.options.num_predict < 1 {
+                return Err(format!("key `agents.{name}.options.num_predict` must be ≥ 1"));
+            }
+        }
+        if self.suite == Suite::Multi {
+            let phases = self.phase_order();
+            let mut sorted = phases.clone();
+            sorted.sort();
+            if sorted != [Phase::Alone, Phase::Together] {
+                return Err("key `phase_order` must be a permutation of [\"alone\", \"together\"]".into());
+            }
+            let mut alone = self.alone_order();
+            alone.sort();
+            if alone != [AgentName::Collector, AgentName::Insight] {
+                return Err("key `alone_order` must be a permutation of [\"collector\", \"insight\"]".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The agents of this job's suite, in name order.
+    pub fn agent_names(&self) -> Vec<AgentName> {
+        match self.suite {
+            Suite::Single => vec![AgentName::Single],
+            Suite::Multi => vec![AgentName::Collector, AgentName::Insight],
+        }
+    }
+
+    /// An agent's configuration (present for every agent of the suite after `parse`).
+    pub fn agent(&self, name: AgentName) -> &AgentConfig {
+        &self.agents[name.as_str()]
+    }
+
+    /// Multi suite: the order of the two phases (default alone, then together).
+    pub fn phase_order(&self) -> Vec<Phase> {
+        self.phase_order.clone().unwrap_or_else(|| vec![Phase::Alone, Phase::Together])
+    }
+
+    /// Multi suite: the order of the agents in the alone phase (default collector, insight).
+    pub fn alone_order(&self) -> Vec<AgentName> {
+        self.alone_order.clone().unwrap_or_else(|| vec![AgentName::Collector, AgentName::Insight])
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn single_job_json() -> serde_json::Value {
+        serde_json::json!({
+            "suite": "single",
+            "study": "smoke",
+            "run_index": 1,
+            "model": {"name": "gemma3-270m", "slug": "gemma3-270m", "baseline": true},
+            "config": {"gpu_layers": 0, "ctx": 512, "temperature": 0.8, "seed": 42, "num_predict": 48},
+            "workload_file": "/abs/bench/data/workload.yaml",
+            "dataset_dir": "/abs/bench/data/dataset",
+            "error_kinds_file": "/abs/bench/data/error_kinds.yaml",
+            "timeout_s": 300,
+            "cold_load_ms": 1000,
+            "contention": {"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0},
+            "first_after_start": false,
+            "agents": {
+                "single": {"endpoint": "http://127.0.0.1:18434", "api": "openai", "model": "gemma3-270m",
+                           "options": {"num_predict": 48, "seed": 42, "ignore_eos": true, "temperature": 0.8,
+                                       "num_ctx": 512, "num_gpu": 0}}
+            }
+        })
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Job, String> {
+        Job::parse(&v.to_string())
+    }
+
+    #[test]
+    fn parses_the_documented_single_job() {
+        let job = parse(&single_job_json()).unwrap();
+        assert_eq!(job.suite, Suite::Single);
+        assert_eq!(job.agent(AgentName::Single).api, Api::Openai);
+        assert_eq!(job.agent(AgentName::Single).options.ignore_eos, Some(true));
+        assert_eq!(job.timeout_s, 300.0);
+        assert_eq!(job.model.baseline, Some(true));
+    }
+
+    #[test]
+    fn multi_job_orders() {
+        let mut v = single_job_json();
+        v["suite"] = "multi".into();
+        let agent = v["agents"]["single"].clone();
+        v["agents"] = serde_json::json!({"collector": agent.clone(), "insight": agent});
+        v["phase_order"] = serde_json::json!(["together", "alone"]);
+        v["alone_order"] = serde_json::json!(["insight", "collector"]);
+        let job = parse(&v).unwrap();
+        assert_eq!(job.phase_order(), vec![Phase::Together, Phase::Alone]);
+        assert_eq!(job.alone_order(), vec![AgentName::Insight, AgentName::Collector]);
+        v["phase_order"] = serde_json::json!(["alone", "alone"]);
+        assert!(parse(&v).unwrap_err().contains("phase_order"));
+        v.as_object_mut().unwrap().remove("phase_order");
+        v.as_object_mut().unwrap().remove("alone_order");
+        let job = parse(&v).unwrap();
+        assert_eq!(job.phase_order(), vec![Phase::Alone, Phase::Together]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut v = single_job_json();
+        v.as_object_mut().unwrap().remove("timeout_s");
+        assert!(parse(&v).unwrap_err().contains("timeout_s"));
+
+        let mut v = single_job_json();
+        v["surprise"] = 1.into();
+        assert!(parse(&v).unwrap_err().contains("surprise"));
+
+        let mut v = single_job_json();
+        v["agents"]["single"]["options"].as_object_mut().unwrap().remove("seed");
+        assert!(parse(&v).unwrap_err().contains("seed"));
+
+        let mut v = single_job_json();
+        v["timeout_s"] = "soon".into();
+        assert!(parse(&v).unwrap_err().contains("key `timeout_s`"));
+
+        let mut v = single_job_json();
+        v["agents"]["single"]["options"]["temperature"] = "hot".into();
+        assert!(parse(&v).unwrap_err().contains("key `agents.single.options.temperature`"));
+
+        let mut v = single_job_json();
+        v["agents"]["single"]["api"] = "grpc".into();
+        assert!(parse(&v).unwrap_err().contains("grpc"));
+
+        let mut v = single_job_json();
+        v["model"]["slug"] = "Gemma 3".into();
+        assert!(parse(&v).unwrap_err().contains("model.slug"));
+
+        let mut v = single_job_json();
+        v["suite"] = "multi".into();
+        assert!(parse(&v).unwrap_err().contains("agents"));
+
+        let mut v = single_job_json();
+        v["agents"]["single"]["options"]["num_predict"] = 0.into();
+        assert!(parse(&v).unwrap_err().contains("num_predict"));
+    }
+
+    #[test]
+    fn chat_urls() {
+        assert_eq!(Api::Ollama.chat_url("http://h:1/"), "http://h:1/api/chat");
+        assert_eq!(Api::Openai.chat_url("http://h:1"), "http://h:1/v1/chat/completions");
+        assert_eq!(Api::Openai.chat_url("http://h:1/v1/chat/completions"), "http://h:1/v1/chat/completions");
+    }
+}
