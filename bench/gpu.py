@@ -94,6 +94,7 @@ class PowerSampler:
             self.reason = f"no NVML ({exc})"
             return self
         self.available = True
+        self._t0_ns = self.clock()
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
         self._energy_start_mj = _guarded(pynvml.nvmlDeviceGetTotalEnergyConsumption, self._handle)
         self._stop = threading.Event()
@@ -137,6 +138,25 @@ class PowerSampler:
     def mean_power_w(self) -> float | None:
         watts = [s.power_w for s in self.samples if s.power_w is not None]
         return sum(watts) / len(watts) if watts else None
+
+    def duration_s(self) -> float:
+        return (self.samples[-1].t_ns - self._t0_ns) / 1e9 if self.samples else 0.0
+
+    def summary(self, output_tokens: int) -> dict | None:
+        """The run's power block for metrics.json (None when no GPU was sampled)."""
+        from bench import metrics
+
+        if not self.available:
+            return None
+        energy = self.energy_j()
+        temps = [s.temp_c for s in self.samples if s.temp_c is not None]
+        return {
+            "source": "nvml_energy_counter" if self._energy_end_mj is not None else "nvml_power_samples",
+            "gpu_index": self.device_index, "interval_s": self.interval_s, "n_samples": len(self.samples),
+            "mean_power_w": metrics.mean_power_w(energy, self.duration_s()),
+            "energy_j": energy, "tokens_per_j": metrics.tokens_per_joule(output_tokens, energy),
+            "peak_vram_used_bytes": self.peak_vram_bytes(), "max_temp_c": max(temps) if temps else None,
+        }
 
     def peak_vram_bytes(self) -> int | None:
         used = [s.vram_used_bytes for s in self.samples if s.vram_used_bytes is not None]

@@ -298,6 +298,35 @@ def legacy_contention(speedup_value: float, threshold: float = 1.5) -> bool:
     return speedup_value < threshold
 
 
+# --------------------------------------------------------------------------------------------
+# Power (GPU hosts only): NVML sampled during each run.
+# --------------------------------------------------------------------------------------------
+
+
+@metric("tokens_per_j", "tok/J", "power")
+def tokens_per_joule(output_tokens: int, energy_j: float | None) -> float | None:
+    """tokens_per_j = Σ N_out / E_run, E_run in joules
+
+    Energy efficiency of a run. E_run is the difference of NVML's total-energy counter across the
+    run (Volta or newer), else the trapezoid integral of power samples taken every 0.2 s. It
+    covers the whole run (prefill, decode and the gaps between calls) on GPU 0.
+    """
+    if not energy_j or energy_j <= 0:
+        return None
+    return output_tokens / energy_j
+
+
+@metric("mean_power_w", "W", "power")
+def mean_power_w(energy_j: float | None, duration_s: float) -> float | None:
+    """mean_power_w = E_run / t_run
+
+    Mean GPU board power over the run.
+    """
+    if energy_j is None or duration_s <= 0:
+        return None
+    return energy_j / duration_s
+
+
 def finite_or_none(value: float | None) -> float | None:
     """JSON has no NaN/inf: map them to null."""
     if value is None or not math.isfinite(value):

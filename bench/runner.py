@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -27,7 +28,7 @@ from bench.errors import BenchError, RequestError
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
 from bench.profile import LoadedProfile, ServerConfig
 from bench.runtime import Runtime
-from bench.store import Store
+from bench.store import Store, schema_errors
 from bench.summary import summarize_all
 from bench.workload import load_workload
 
@@ -130,7 +131,7 @@ class MatrixRunner:
         self._order_rng.shuffle(alone)
         return phases, alone
 
-    def _run_python(self, item: RunItem) -> None:
+    def _run_python(self, item: RunItem) -> dict:
         cell, wl = item.cell, self.profile.workload
         targets = self._targets(cell)
         extra = None
@@ -145,13 +146,12 @@ class MatrixRunner:
                 cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
                 max_ttft_inflation=th.max_ttft_inflation)
             extra = {"phase_order": phases}
-        doc = agents.base_document(study=self.profile.study, suite=cell.suite, model=self._model_doc(cell),
-                                   config=self._config_doc(cell), run_index=item.run_index,
-                                   started_at=started, workload=self.workload, records=records,
-                                   run_metrics=run_metrics, extra_workload=extra)
-        self.store.write_metrics(item.rel_dir, doc)
+        return agents.base_document(study=self.profile.study, suite=cell.suite, model=self._model_doc(cell),
+                                    config=self._config_doc(cell), run_index=item.run_index,
+                                    started_at=started, workload=self.workload, records=records,
+                                    run_metrics=run_metrics, extra_workload=extra)
 
-    def _run_rust(self, item: RunItem) -> None:
+    def _run_rust(self, item: RunItem) -> dict:
         cell, wl = item.cell, self.profile.workload
         targets = self._targets(cell)
         phases, alone = self._orders() if cell.suite == "multi" else (None, None)
@@ -166,13 +166,15 @@ class MatrixRunner:
         for attempt in agents.retrying(wl.retries):
             with attempt:
                 rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6)
-        if self.store.load_valid(item.rel_dir) is None:
-            from bench.store import schema_errors
-            import json
-
-            errors = schema_errors(json.loads(out.read_text())) if out.is_file() else ["no file written"]
+        try:
+            doc = json.loads(out.read_text())
+            errors = schema_errors(doc)
+        except (OSError, ValueError) as exc:
+            errors = [f"unreadable: {exc}"]
+        if errors:
             out.unlink(missing_ok=True)
             raise RequestError("malformed_stream", "Rust metrics.json failed the schema: " + "; ".join(errors[:3]))
+        return doc
 
     # ---- the matrix --------------------------------------------------------------------
 
@@ -244,10 +246,12 @@ class MatrixRunner:
             tqdm.write(f"load failed for {cell.key} ({exc.kind}): {fallback}")
             return
         try:
-            if cell.lang == "python":
-                self._run_python(item)
-            else:
-                self._run_rust(item)
+            with gpu.PowerSampler() as sampler:  # inert on hosts without NVML
+                doc = self._run_python(item) if cell.lang == "python" else self._run_rust(item)
+            power = sampler.summary(sum(r["output_tokens"] for r in doc["requests"]))
+            if power:
+                doc["power"] = power
+            self.store.write_metrics(item.rel_dir, doc)
             outcome.done += 1
         except RequestError as exc:
             if exc.kind in FATAL:
