@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from invoke import Exit, task
 
@@ -105,8 +106,16 @@ def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no
     started = manifest.utc_now()
     from bench.runner import run_matrix
 
-    outcome = run_matrix(loaded, plan, runtime, store, progress=not no_progress)
-    manifest.write_manifest(loaded, plan, runtime, store, started_at=started)
+    # Servers that `up` started stay up for the next task; servers this task had to start itself
+    # are stopped when it ends, even on an error or Ctrl-C, so a lone `bench` leaves nothing behind.
+    running = getattr(runtime, "running", None)
+    owns_servers = running is not None and not any(running().values())
+    try:
+        outcome = run_matrix(loaded, plan, runtime, store, progress=not no_progress)
+        manifest.write_manifest(loaded, plan, runtime, store, started_at=started)
+    finally:
+        if owns_servers:
+            runtime.down()
     print(f"bench: {outcome.done} runs done, {outcome.resumed} already there, "
           f"{outcome.failed} failed, {outcome.skipped} skipped")
     for note in outcome.notes:
@@ -223,3 +232,28 @@ def test(c, fast=False):
     c.run(f"{sys.executable} -m pytest -q{marker}", pty=False)
     if os.path.isdir("rust-agents"):
         c.run("cd rust-agents && cargo test --release --locked -q", pty=False)
+
+
+@task(help={"profile": PROFILE_HELP})
+@_friendly
+def validate(c, profile="auto"):
+    """Check a study: schema of every metrics.json, run counts per config, summaries; lists outlier flags."""
+    from bench.validate import validate_study
+
+    result = validate_study(_load(profile))
+    print(result.render())
+    result.raise_for_problems()
+
+
+@task(help={"manifest": "path to a study's manifest.json",
+            "allow_mismatch": "rerun even when a model digest or the runtime differs from the manifest",
+            "no_progress": "hide the progress bar"})
+@_friendly
+def reproduce(c, manifest, allow_mismatch=False, no_progress=False):
+    """Rerun a study from its manifest into a new study folder and compare old vs new."""
+    from bench.reproduce import reproduce as run_reproduction
+
+    result = run_reproduction(Path(manifest), allow_mismatch=allow_mismatch, progress=not no_progress)
+    print(f"reproduce: {result.study_root}")
+    print(f"  {result.within} of {result.compared} config/metric means lie within the original 95 % CI")
+    print(f"  comparison: {result.markdown} (and {result.json.name})")

@@ -18,13 +18,14 @@ def two_servers():
         yield a, b
 
 
-def external_profile(tmp_path, a, b):
+def external_profile(tmp_path, a, b, langs=("python",)):
     def mutate(d):
         d["runtime"] = {"kind": "external", "endpoints": [{"name": "collector", "url": a.url, "api": "ollama"},
                                                           {"name": "insight", "url": b.url, "api": "ollama"}]}
         d["models"] = [{"name": "gemma3:latest", "baseline": True}, {"name": "qwen2.5:7b"}]
-        d["single"].update(gpu_layers=[60, 80], ctx=[512], runs=2)
-        d["multi"].update(enabled=True, runs=2, chimera={"gpu_layers": 80, "ctx": 2048, "temperature": 1.0})
+        d["single"].update(gpu_layers=[60, 80], ctx=[512], runs=2, langs=list(langs))
+        d["multi"].update(enabled=True, runs=2, chimera={"gpu_layers": 80, "ctx": 2048, "temperature": 1.0},
+                          langs=list(langs))
         d["workload"].update(num_predict=10, ignore_eos=False)
     return smoke_variant(tmp_path, mutate)
 
@@ -82,3 +83,39 @@ def test_oom_is_logged_and_optional_model_skipped(tmp_path, two_servers):
     assert failures[0]["config"]["gpu_layers"] in (60, 80) and "unable to allocate CUDA0 buffer" in failures[0]["error"]
     assert "1 failed" in proc.stdout
     assert load_profile(path).profile.models[-1].optional
+
+
+def _run_in_process(tmp_path, a, b, langs):
+    from bench.plan import build_plan
+    from bench.runner import run_matrix
+    from bench.runtime import create_runtime
+    from bench.store import Store
+
+    loaded = load_profile(external_profile(tmp_path, a, b, langs))
+    plan = build_plan(loaded.profile, models=["gemma3:latest"], runs=1)
+    store = Store("test")
+    return plan, store, run_matrix(loaded, plan, create_runtime(loaded.profile), store, progress=False)
+
+
+def test_rust_agents_over_ollama(tmp_path, two_servers, results_dir):
+    a, b = two_servers
+    plan, store, outcome = _run_in_process(tmp_path, a, b, ["rust"])
+    assert outcome.done == len(plan.items) == 4 and outcome.failed == 0
+    for cell in plan.cells:
+        (_, doc), = store.run_docs(cell.rel_dir)
+        assert doc["lang"] == "rust" and schema_errors(doc) == []
+        assert {r["api"] for r in doc["requests"]} == {"ollama"}
+        if cell.suite == "multi":
+            assert doc["metrics"]["speedup"] > 1.3
+
+
+def test_rust_suite_recorded_as_skipped_without_an_agent(tmp_path, two_servers, results_dir, monkeypatch):
+    from bench import rust
+
+    monkeypatch.setattr(rust, "find_rust_agent", lambda: (None, "no Docker image; no cargo to build rust-agents"))
+    a, b = two_servers
+    plan, store, outcome = _run_in_process(tmp_path, a, b, ["python", "rust"])
+    assert outcome.skipped == 4 and outcome.done == 4
+    assert any("Rust suite skipped" in n and "no cargo" in n for n in outcome.notes)
+    skipped = [f for f in store.failures() if f["error_kind"] == "skipped"]
+    assert {f["cell"] for f in skipped} == {c.key for c in plan.cells if c.lang == "rust"}
