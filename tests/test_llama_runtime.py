@@ -68,13 +68,15 @@ def test_switch_restarts_only_on_change(llama_runtime):
 
 
 def test_context_overflow_is_a_clear_error(llama_runtime):
-    llama_runtime.switch(ModelSpec(name="smollm2-135m"), {"a": ServerConfig(gpu_layers=0, ctx=128)})
+    # llama-server's smallest context is 256 tokens; a prompt of ~600 tokens cannot fit it.
+    llama_runtime.switch(ModelSpec(name="smollm2-135m"), {"a": ServerConfig(gpu_layers=0, ctx=256)})
     ep = llama_runtime.endpoints()[0]
     client = StreamingClient(ep.url, ep.api)
+    long_prompt = [{"role": "user", "content": load_workload().dataset_text * 3}]
     with pytest.raises(RequestError) as err:
-        client.chat("smollm2-135m", load_workload().messages("single", "analysis"),
-                    {"num_predict": 8, "seed": 1}, ctx())
+        client.chat("smollm2-135m", long_prompt, {"num_predict": 8, "seed": 1}, ctx())
     assert err.value.kind == "context"
+    assert "exceeds the available context size" in str(err.value)
 
 
 def _server_pids(runtime: LocalRuntime) -> list[int]:

@@ -119,3 +119,35 @@ def test_rust_suite_recorded_as_skipped_without_an_agent(tmp_path, two_servers, 
     assert any("Rust suite skipped" in n and "no cargo" in n for n in outcome.notes)
     skipped = [f for f in store.failures() if f["error_kind"] == "skipped"]
     assert {f["cell"] for f in skipped} == {c.key for c in plan.cells if c.lang == "rust"}
+
+
+def test_runner_executes_outlier_reruns(tmp_path, two_servers, results_dir, monkeypatch):
+    """The runner runs what the outlier planner asks for, once per round, within the budget."""
+    import bench.runner as runner_mod
+    from bench.plan import RunItem, build_plan
+    from bench.runtime import create_runtime
+    from bench.store import Store
+
+    a, b = two_servers
+    path = external_profile(tmp_path, a, b)
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["outliers"]["max_extra_runs"] = 2
+    data["multi"]["enabled"] = False
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_profile(path)
+    plan = build_plan(loaded.profile, models=["gemma3:latest"])
+    rounds = []
+
+    def planner(profile, store, plan_):
+        rounds.append(len(plan_.items))
+        cell = plan_.cells[0]
+        return [RunItem(cell, cell.runs + 1)] if len(rounds) == 1 else []
+
+    monkeypatch.setattr(runner_mod, "plan_outlier_reruns", planner)
+    store = Store("test")
+    outcome = runner_mod.run_matrix(loaded, plan, create_runtime(loaded.profile), store, progress=False)
+    assert outcome.reruns == 1 and rounds == [4, 5]  # a second round found nothing more to do
+    assert [d["run_index"] for _, d in store.run_docs(plan.cells[0].rel_dir)] == [1, 2, 3]
+    assert plan.items[-1].run_index == 3 and plan.items[-1].cell == plan.cells[0]

@@ -1,0 +1,212 @@
+"""`invoke reproduce --manifest PATH`: rerun a study from its manifest and compare the results.
+
+1. Rebuild the plan from the manifest: its resolved profile (under a new study name,
+   `<study>-repro-<UTC timestamp>`, written to results/<new>/profile.yaml) and the plan
+   overrides of each recorded `bench` call.
+2. Refuse, before anything runs, when a model's identity differs from the manifest's (file
+   sha256 on the local runtime, the Ollama digest otherwise), and, once the servers are up, when
+   the runtime differs (llama.cpp binary sha256, Ollama version, image digests), unless
+   `allow_mismatch`.
+3. Rerun with the normal machinery (bench.runner.run_matrix), write the new study's manifest
+   and report, then reproduction.{md,json}: per config and metric, old vs new mean and whether
+   the new mean lies inside the old 95 % CI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bench import manifest as mf
+from bench.analysis import load_tables
+from bench.errors import BenchError
+from bench.plan import build_plan
+from bench.profile import LoadedProfile, load_profile
+from bench.store import Store, atomic_write_json, atomic_write_text
+from bench.summary import KEY_METRICS
+
+COMPARISON_NAME = "reproduction"
+# What identifies a model: the first of these keys the manifest recorded.
+IDENTITY_KEYS = ("file_sha256", "digest")
+
+
+@dataclass
+class Reproduction:
+    study_root: Path
+    markdown: Path
+    json: Path
+    within: int
+    compared: int
+    mismatches: list[str]
+
+
+def new_study_name(study: str, now: dt.datetime | None = None) -> str:
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return f"{study}-repro-{stamp}"
+
+
+def model_mismatches(manifest: dict, runtime, profile) -> list[str]:
+    """Models whose identity now differs from the manifest's (or cannot be established)."""
+    recorded = {m.get("name"): m for m in manifest.get("models", [])}
+    out = []
+    for model in profile.models:
+        old = recorded.get(model.name)
+        if old is None:
+            out.append(f"model {model.name}: not in the manifest")
+            continue
+        key = next((k for k in IDENTITY_KEYS if old.get(k)), None)
+        if key is None:
+            out.append(f"model {model.name}: the manifest has no identity for it ({old.get('error', 'not recorded')})")
+            continue
+        try:
+            now = runtime.model_identity(model)
+        except Exception as exc:  # an unreadable or missing model is a mismatch, with the reason
+            out.append(f"model {model.name}: cannot establish its identity now ({type(exc).__name__}: {exc})")
+            continue
+        if now.get(key) != old[key]:
+            out.append(f"model {model.name}: {key} was {old[key]}, is now {now.get(key) or now.get('error', 'unknown')}")
+    return out
+
+
+def runtime_fingerprint(describe: dict) -> dict:
+    """The parts of a runtime description that change its numbers: kind, llama.cpp binary,
+    Ollama versions and (docker runtime) the containers' image ids."""
+    fp = {"kind": describe.get("kind")}
+    if describe.get("llama_server"):
+        fp["llama.cpp binary sha256"] = describe["llama_server"].get("binary_sha256")
+    if describe.get("ollama_version"):
+        fp["ollama_version"] = describe["ollama_version"]
+    if describe.get("containers"):  # docker runtime: the image each service ran
+        fp["container image ids"] = {c.get("service"): c.get("image_id") for c in describe["containers"]}
+    return fp
+
+
+def runtime_mismatches(old: dict, new: dict) -> list[str]:
+    a, b = runtime_fingerprint(old), runtime_fingerprint(new)
+    return [f"runtime {k}: was {a[k]}, is now {b.get(k)}" for k in a if a[k] != b.get(k)]
+
+
+def comparison(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Old vs new per config (cell) and key metric, from the two studies' configs tables."""
+    rows = []
+    if old.empty:
+        return pd.DataFrame(rows)
+    new_by_cell = new.set_index("cell") if not new.empty else new
+    for _, o in old.iterrows():
+        n = new_by_cell.loc[o["cell"]] if o["cell"] in new_by_cell.index else None
+        for metric in KEY_METRICS[o["suite"]]:
+            om, lo, hi = o.get(f"{metric}_mean"), o.get(f"{metric}_ci95_low"), o.get(f"{metric}_ci95_high")
+            if pd.isna(om):
+                continue
+            nm = None if n is None else n.get(f"{metric}_mean")
+            nm = None if nm is None or pd.isna(nm) else float(nm)
+            has_ci = not (pd.isna(lo) or pd.isna(hi))
+            rows.append({"cell": o["cell"], "metric": metric, "old_n": int(o["n"]),
+                         "old_mean": float(om), "old_ci95_low": float(lo) if has_ci else None,
+                         "old_ci95_high": float(hi) if has_ci else None,
+                         "new_n": int(n["n"]) if n is not None else 0, "new_mean": nm,
+                         "new_ci95_low": _num(n, f"{metric}_ci95_low"), "new_ci95_high": _num(n, f"{metric}_ci95_high"),
+                         "delta_pct": (nm - om) / om * 100 if nm is not None and om else None,
+                         "within_old_ci": (lo <= nm <= hi) if nm is not None and has_ci else None})
+    return pd.DataFrame(rows)
+
+
+def _num(row, key):
+    if row is None:
+        return None
+    v = row.get(key)
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Path, mismatches: list[str]) -> str:
+    def f(v):
+        return "–" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{v:.4g}"
+
+    judged = cmp[cmp["within_old_ci"].notna()] if not cmp.empty else cmp
+    within = int(judged["within_old_ci"].astype(bool).sum()) if not judged.empty else 0
+    lines = [f"# Reproduction of `{old_study}`", "",
+             f"New study `{new_study}`, rebuilt from `{manifest_path}`. For every config and key metric: the old "
+             "mean with its 95 % CI (t-based, from the old runs), the new mean, and whether the new mean lies inside "
+             "the old CI.", "",
+             f"**{within} of {len(judged)}** config/metric pairs with an old CI reproduce within it"
+             + (f"; {len(cmp) - len(judged)} pair(s) had no old CI (fewer than 2 runs) or no new runs." if
+                len(cmp) != len(judged) else "."), ""]
+    if mismatches:
+        lines += ["Identity mismatches accepted with `--allow-mismatch`:", ""] + [f"- {m}" for m in mismatches] + [""]
+    table = [{"config": r["cell"], "metric": r["metric"], "old mean [95% CI]":
+              f"{f(r['old_mean'])} [{f(r['old_ci95_low'])}, {f(r['old_ci95_high'])}]", "old n": r["old_n"],
+              "new mean [95% CI]": f"{f(r['new_mean'])} [{f(r['new_ci95_low'])}, {f(r['new_ci95_high'])}]",
+              "new n": r["new_n"], "Δ %": f(r["delta_pct"]),
+              "within old CI": {True: "yes", False: "**no**"}.get(r["within_old_ci"], "–")}
+             for _, r in cmp.iterrows()]
+    lines += [pd.DataFrame(table).to_markdown(index=False) if table else "No configs to compare.", ""]
+    return "\n".join(lines)
+
+
+def _write_profile(manifest: dict, study: str, folder: Path) -> LoadedProfile:
+    data = dict(manifest["profile"]["resolved"], study=study)
+    path = folder / "profile.yaml"
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return load_profile(path, reason=f"reproduces study '{manifest.get('study')}' from its manifest")
+
+
+def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bool = True,
+              study: str | None = None) -> Reproduction:
+    from bench.report import write_report
+    from bench.runner import run_matrix
+    from bench.runtime import create_runtime
+
+    manifest_path = Path(manifest_path).resolve()
+    manifest = mf.load_manifest(manifest_path)
+    old_profile = mf.profile_from_manifest(manifest)
+    new_study = study or new_study_name(old_profile.study)
+    store = Store(new_study)
+    if store.root.exists():
+        raise BenchError(f"{store.root} already exists: choose another study name")
+    runtime = create_runtime(old_profile)
+    mismatches = model_mismatches(manifest, runtime, old_profile)
+    if mismatches and not allow_mismatch:
+        raise BenchError("refusing to reproduce: the models differ from the manifest's:\n"
+                         + "\n".join(f"  - {m}" for m in mismatches)
+                         + "\npass --allow-mismatch to rerun anyway (the comparison will list the differences)")
+    loaded = _write_profile(manifest, new_study, store.root)
+    runtime = create_runtime(loaded.profile)
+    try:
+        runtime.up()
+        rt_mismatches = runtime_mismatches(manifest.get("runtime", {}), runtime.describe())
+        if rt_mismatches and not allow_mismatch:
+            raise BenchError("refusing to reproduce: the runtime differs from the manifest's:\n"
+                             + "\n".join(f"  - {m}" for m in rt_mismatches)
+                             + "\npass --allow-mismatch to rerun anyway")
+        mismatches += rt_mismatches
+        reproduces = {"reproduces": {"study": manifest.get("study"), "manifest": str(manifest_path),
+                                     "harness_commit": manifest.get("harness", {}).get("commit"),
+                                     "accepted_mismatches": mismatches}}
+        # Each recorded `bench` call is replayed with its own overrides, in the original order.
+        invocations = manifest.get("invocations") or [{"plan_overrides": manifest.get("plan_overrides") or {}}]
+        for inv in invocations:
+            overrides = mf.normalize_overrides(inv.get("plan_overrides"))
+            plan = build_plan(loaded.profile, **overrides)
+            started = mf.utc_now()
+            run_matrix(loaded, plan, runtime, store, progress=progress)
+            mf.write_manifest(loaded, plan, runtime, store, started_at=started, overrides=overrides, extra=reproduces)
+    finally:
+        runtime.down()
+    write_report(loaded, store)
+    old_root = manifest_path.parent
+    old_tables = load_tables(Store(old_root.name, old_root.parent), old_profile.outliers.mad_k)
+    new_tables = load_tables(store, loaded.profile.outliers.mad_k)
+    cmp = comparison(old_tables.configs, new_tables.configs)
+    md_path, json_path = store.root / f"{COMPARISON_NAME}.md", store.root / f"{COMPARISON_NAME}.json"
+    atomic_write_text(md_path, _render(cmp, manifest.get("study", old_root.name), new_study, manifest_path, mismatches))
+    judged = cmp[cmp["within_old_ci"].notna()] if not cmp.empty else cmp
+    within = int(judged["within_old_ci"].astype(bool).sum()) if not judged.empty else 0
+    atomic_write_json(json_path, {"old_study": manifest.get("study"), "new_study": new_study,
+                                  "manifest": str(manifest_path), "accepted_mismatches": mismatches,
+                                  "within_old_ci": within, "judged": len(judged),
+                                  "rows": cmp.astype(object).where(pd.notna(cmp), None).to_dict(orient="records")})
+    return Reproduction(store.root, md_path, json_path, within, len(judged), mismatches)

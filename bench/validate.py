@@ -1,0 +1,216 @@
+"""`invoke validate`: is a study complete and well-formed? Exits non-zero with the list of problems.
+
+Checks, in order:
+- every metrics.json parses, validates against the JSON Schema, and sits in the folder its
+  contents name (suite, language, model, run index, study);
+- every config of the plan has its runs. The plan is rebuilt from the manifest's resolved profile
+  and the plan overrides of each recorded `bench` call (the profile's full plan without a
+  manifest). A missing run is a problem unless failures.jsonl records a deliberate skip of its
+  config or model (a logged OOM with its fallback, a skipped Rust suite): those are warnings;
+- runs beyond the plan are outlier reruns, at most profile.outliers.max_extra_runs per config;
+- every config with runs has a non-empty summary.json and summary.md that count the same runs;
+- the outlier flags (|x − median| > k × MAD) are listed, never treated as problems.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jsonschema.exceptions import best_match
+
+from bench.errors import BenchError
+from bench.manifest import MANIFEST_NAME, load_manifest, planned_cells, profile_from_manifest
+from bench.outliers import cell_flags
+from bench.plan import Cell
+from bench.profile import LoadedProfile, Profile
+from bench.store import Store, metrics_validator
+from bench.summary import KEY_METRICS
+
+# Fallbacks that skip a config or a model on purpose (bench.runner): its runs are accounted for.
+DELIBERATE_SKIPS = ("config skipped", "optional model: skipped", "Rust suite skipped")
+
+
+@dataclass
+class Validation:
+    study_root: Path
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    metrics_files: int = 0
+    configs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"validate: {self.study_root}: {self.metrics_files} metrics.json file(s), {self.configs} planned config(s)"]
+        for title, items in (("outlier flags (kept, listed for review)", self.flags), ("warnings", self.warnings)):
+            if items:
+                lines.append(f"{title}:")
+                lines += [f"  - {i}" for i in items]
+        lines.append(f"{len(self.problems)} problem(s)" if self.problems else "OK: no problems")
+        return "\n".join(lines)
+
+    def raise_for_problems(self) -> None:
+        if self.problems:
+            raise BenchError(f"study {self.study_root} failed validation with {len(self.problems)} problem(s):\n"
+                             + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def schema_problems(doc) -> list[str]:
+    """Schema violations, each narrowed to its most specific cause: a `oneOf` failure (the
+    single/multi metrics) reports the best-matching branch's error, not the whole object."""
+    out = []
+    for e in sorted(metrics_validator().iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        if e.context:
+            e = best_match(e.context)
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        out.append(f"{where}: {e.message if len(e.message) < 200 else e.message[:200] + '…'}")
+    return out
+
+
+def _run_index(rel: Path) -> int | None:
+    try:
+        return int(rel.parent.name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _check_metrics_files(store: Store, v: Validation) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+    """Parse and schema-check every metrics.json; returns the valid and the invalid run indices
+    per cell key (an invalid file is reported here, not again as a missing run)."""
+    valid: dict[str, set[int]] = {}
+    invalid: dict[str, set[int]] = {}
+    for path in sorted(store.root.glob("*/*/*/*/run_*/metrics.json")):
+        v.metrics_files += 1
+        rel = path.relative_to(store.root)
+        bad = invalid.setdefault(str(rel.parent.parent), set())
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError as exc:
+            v.problems.append(f"{rel}: not valid JSON ({exc})")
+            bad.add(_run_index(rel))
+            continue
+        errors = schema_problems(doc)
+        if errors:
+            v.problems.append(f"{rel}: does not match the schema: " + "; ".join(errors[:3])
+                              + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""))
+            bad.add(_run_index(rel))
+            continue
+        suite, lang, slug, _config, run_dir = rel.parts[:5]
+        expected = {"suite": suite, "lang": lang, "model slug": slug, "run": run_dir, "study": store.root.name}
+        found = {"suite": doc["suite"], "lang": doc["lang"], "model slug": doc["model"]["slug"],
+                 "run": f"run_{doc['run_index']}", "study": doc["study"]}
+        wrong = [f"{k} is {found[k]!r}, the path says {expected[k]!r}" for k in expected if found[k] != expected[k]]
+        if wrong:
+            v.problems.append(f"{rel}: misplaced record: " + "; ".join(wrong))
+            bad.add(_run_index(rel))
+            continue
+        valid.setdefault(str(rel.parent.parent), set()).add(int(doc["run_index"]))
+    return valid, {k: i for k, i in invalid.items() if i}
+
+
+def _skip_reason(cell: Cell, failures: list[dict]) -> str | None:
+    for f in failures:
+        same_cell = f.get("cell") == cell.key
+        same_model = f.get("model") == cell.model.name and f.get("fallback") == "optional model: skipped"
+        if (same_cell or same_model) and f.get("fallback") in DELIBERATE_SKIPS:
+            return f"{f.get('fallback')} ({f.get('error_kind')}: {str(f.get('error', '')).splitlines()[0][:120]})"
+    return None
+
+
+def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[str, set[int]],
+                  failures: list[dict], profile: Profile, v: Validation) -> None:
+    failed_runs = {(f.get("cell"), f.get("run_index")): f for f in failures if f.get("run_index") is not None}
+    for cell in cells:
+        have = valid.get(cell.key, set())
+        missing = [k for k in range(1, cell.runs + 1) if k not in have and k not in invalid.get(cell.key, ())]
+        if missing:
+            reason = _skip_reason(cell, failures)
+            if reason:
+                v.warnings.append(f"{cell.key}: {len(missing)} of {cell.runs} runs absent, accounted for: {reason}")
+            else:
+                for k in missing:
+                    failure = failed_runs.get((cell.key, k))
+                    why = (f"; it failed ({failure.get('error_kind')}): rerun `invoke bench` to retry it"
+                           if failure else "")
+                    v.problems.append(f"missing run: {cell.rel_dir / f'run_{k}' / 'metrics.json'} (the config "
+                                      f"expects {cell.runs} runs, {len(have)} valid found){why}")
+        # Runs past the plan are outlier reruns (bench.outliers); a rerun can itself clear the flag
+        # that caused it, so only the budget is checked.
+        extra = sorted(k for k in have if k > cell.runs)
+        if len(extra) > profile.outliers.max_extra_runs:
+            v.problems.append(f"{cell.key}: {len(extra)} runs beyond the plan's {cell.runs} ({extra}); outlier "
+                              f"reruns allow at most {profile.outliers.max_extra_runs}")
+    planned = {c.key for c in cells}
+    for key in sorted(set(valid) - planned):
+        v.warnings.append(f"{key}: {len(valid[key])} run(s) of a config that is not in the plan")
+
+
+def _check_summaries(store: Store, cells: list[Cell], valid: dict[str, set[int]], incomplete: set[str],
+                     v: Validation) -> None:
+    for cell in cells:
+        n = len(valid.get(cell.key, ()))
+        if n == 0:
+            continue
+        folder = store.path(cell.rel_dir)
+        md, js = folder / "summary.md", folder / "summary.json"
+        if not md.is_file() or not md.read_text().strip():
+            v.problems.append(f"{cell.rel_dir / 'summary.md'}: missing or empty (run `invoke report`)")
+        if not js.is_file():
+            v.problems.append(f"{cell.rel_dir / 'summary.json'}: missing (run `invoke report`)")
+            continue
+        try:
+            summary = json.loads(js.read_text())
+        except ValueError as exc:
+            v.problems.append(f"{cell.rel_dir / 'summary.json'}: not valid JSON ({exc})")
+            continue
+        empty = [k for k in KEY_METRICS[cell.suite] if not summary.get("metrics", {}).get(k, {}).get("n")]
+        # A summary that disagrees because a run is missing or broken repeats that problem: skip it.
+        if summary.get("runs_found") != n and cell.key not in incomplete:
+            v.problems.append(f"{cell.rel_dir / 'summary.json'}: counts {summary.get('runs_found')} runs, the folder "
+                              f"holds {n} valid ones (stale: run `invoke report`)")
+        elif len(empty) == len(KEY_METRICS[cell.suite]):
+            v.problems.append(f"{cell.rel_dir / 'summary.json'}: no metric has a value")
+
+
+def validate_study(loaded: LoadedProfile, store: Store | None = None) -> Validation:
+    store = store or Store(loaded.profile.study)
+    v = Validation(store.root)
+    if not store.root.is_dir():
+        v.problems.append(f"no study folder {store.root}: run `invoke bench` first")
+        return v
+    manifest_path = store.root / MANIFEST_NAME
+    manifest = None
+    profile = loaded.profile
+    if manifest_path.is_file():
+        try:
+            manifest = load_manifest(manifest_path)
+            profile = profile_from_manifest(manifest)
+        except BenchError as exc:
+            v.problems.append(str(exc))
+    else:
+        v.warnings.append(f"no {MANIFEST_NAME} (written at the end of `invoke bench`): expecting the profile's "
+                          f"full plan")
+    if manifest and manifest.get("profile", {}).get("sha256") not in (None, loaded.sha256):
+        v.warnings.append(f"the profile file {loaded.path} changed since the study ran; the manifest's resolved "
+                          f"profile is used")
+    try:
+        failures = store.failures()
+    except ValueError as exc:
+        v.problems.append(f"failures.jsonl has a line that is not JSON ({exc})")
+        failures = []
+    cells = planned_cells(manifest, profile)
+    v.configs = len(cells)
+    valid, invalid = _check_metrics_files(store, v)
+    _check_counts(cells, valid, invalid, failures, profile, v)
+    incomplete = set(invalid) | {c.key for c in cells if any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1))}
+    _check_summaries(store, cells, valid, incomplete, v)
+    for cell in cells:
+        for run, metrics in sorted(cell_flags(store, cell, profile.outliers.mad_k).items()):
+            if metrics:
+                v.flags.append(f"{cell.key} run_{run}: {', '.join(metrics)}")
+    return v

@@ -1,0 +1,117 @@
+"""manifest.json: what it records, the plan overrides it keeps, and the GGUF header reader."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from bench import manifest as mf
+from bench.errors import BenchError
+from bench.plan import build_plan
+from test_report import FakeRuntime, make_study
+
+
+def test_manifest_records_everything_issue_5_lists(tmp_path, monkeypatch):
+    monkeypatch.setenv("OLLAMA_KEEP_ALIVE", "5m")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("HF_TOKEN", "secret-value")
+    loaded, store = make_study(tmp_path, overrides={"langs": ["python"], "runs": 3})
+    m = json.loads((store.root / "manifest.json").read_text())
+    assert set(m["harness"]) == {"commit", "dirty", "diff_sha256"}
+    assert m["packages"]["pandas"] and m["packages"]["jinja2"]
+    assert m["profile"]["sha256"] == loaded.sha256 and m["profile"]["resolved"]["study"] == "test"
+    assert len(m["profile"]["resolved_sha256"]) == 64
+    assert m["runtime"]["ollama_version"] == {"collector": "0.12.6", "insight": "0.12.6"}
+    assert {x["name"] for x in m["models"]} == {"gemma3:latest", "qwen2.5:7b"}
+    assert all(x["digest"].startswith("sha256:") for x in m["models"])
+    assert m["ports"] == {"collector": None, "insight": None}  # external runtime: URLs, no ports
+    assert {"cpu", "cores", "ram_bytes", "os", "kernel"} <= set(m["host"])
+    assert isinstance(m["gpu"], list) or m["gpu"].startswith("none")
+    assert {"rustc", "agent_sha256"} <= set(m["rust"])
+    assert m["seeds"]["request_seed"] == 42 and m["seeds"]["order_seed"] == 116
+    assert m["run_count"] == len(m["run_order"]) == 12 and m["run_order"][0].startswith(("single/python", "multi/python"))
+    assert m["started_at"] <= m["finished_at"]
+    assert m["environment"] == {"CUDA_VISIBLE_DEVICES": "0", "OLLAMA_KEEP_ALIVE": "5m"}  # never HF_TOKEN
+    assert m["plan_overrides"] == {"langs": ["python"], "runs": 3}
+
+
+def test_invocations_accumulate_and_rebuild_the_union_plan(tmp_path):
+    loaded, store = make_study(tmp_path, overrides={"langs": ["python"]})
+    plan = build_plan(loaded.profile, langs=["rust"], suites=["single"])
+    mf.write_manifest(loaded, plan, FakeRuntime(), store, started_at=mf.utc_now(),
+                      overrides={"langs": ["rust"], "suites": ["single"], "models": None})
+    m = mf.load_manifest(store.root / "manifest.json")
+    assert [i["plan_overrides"] for i in m["invocations"]] == [{"langs": ["python"]},
+                                                                {"langs": ["rust"], "suites": ["single"]}]
+    assert m["started_at"] == m["invocations"][0]["started_at"]
+    keys = {c.key for c in mf.planned_cells(m, mf.profile_from_manifest(m))}
+    assert len(keys) == 4 + 2  # python: 2 models × (single + multi); rust: 2 models × single
+    assert not any(k.startswith("multi/rust") for k in keys)
+
+
+def test_overrides_are_checked_and_bad_manifests_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown plan override"):
+        mf.normalize_overrides({"lang": ["python"]})
+    assert mf.normalize_overrides({"runs": "2", "models": None}) == {"runs": 2}
+    with pytest.raises(BenchError, match="manifest not found"):
+        mf.load_manifest(tmp_path / "nope.json")
+    bad = tmp_path / "manifest.json"
+    bad.write_text("{")
+    with pytest.raises(BenchError, match="not valid JSON"):
+        mf.load_manifest(bad)
+    bad.write_text("{}")
+    with pytest.raises(BenchError, match="no resolved profile"):
+        mf.load_manifest(bad)
+
+
+def _gguf(path, kvs):
+    """A minimal GGUF v3 file: header and key/values, no tensors."""
+    def s(text):
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs))
+    for key, vtype, value in kvs:
+        out += s(key) + struct.pack("<I", vtype)
+        if vtype == 8:
+            out += s(value)
+        elif vtype == 4:
+            out += struct.pack("<I", value)
+        elif vtype == 9:  # array of strings
+            out += struct.pack("<IQ", 8, len(value)) + b"".join(s(v) for v in value)
+    path.write_bytes(out)
+
+
+def test_gguf_metadata_reads_quant_and_sizes_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "m.gguf"
+    _gguf(path, [("general.architecture", 8, "llama"), ("general.size_label", 8, "8B"),
+                 ("tokenizer.ggml.tokens", 9, ["a", "bb", "ccc"]), ("llama.context_length", 4, 8192),
+                 ("general.file_type", 4, 2)])
+    meta = mf.gguf_metadata(path, "f" * 64)
+    assert meta["quantization"] == "Q4_0" and meta["architecture"] == "llama"
+    assert meta["vocab_size"] == 3 and meta["context_length"] == 8192 and meta["size_label"] == "8B"
+    path.unlink()  # the second call is answered from the cache, keyed by the file's sha256
+    assert mf.gguf_metadata(path, "f" * 64) == meta
+    notgguf = tmp_path / "x.gguf"
+    notgguf.write_bytes(b"NOPE" + b"\0" * 20)
+    with pytest.raises(ValueError, match="not a GGUF"):
+        mf.gguf_metadata(notgguf, "e" * 64)
+
+
+def test_model_identities_add_gguf_facts_for_local_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "m.gguf"
+    _gguf(path, [("general.architecture", 8, "gemma3"), ("general.file_type", 4, 15)])
+
+    class Local(FakeRuntime):
+        def model_identity(self, model):
+            if model.name == "qwen2.5:7b":
+                raise RuntimeError("server down")
+            return {"name": model.name, "file": str(path), "file_sha256": "d" * 64}
+
+    loaded, _ = make_study(tmp_path)
+    ids = mf.model_identities(Local(), loaded.profile)
+    assert ids[0]["gguf"]["quantization"] == "Q4_K_M" and ids[0]["gguf"]["architecture"] == "gemma3"
+    assert ids[1] == {"name": "qwen2.5:7b", "error": "RuntimeError: server down"}

@@ -1,0 +1,134 @@
+"""The report's statistics on known inputs: bootstrap CI, the winner rule, MAD flags in the tables,
+the variance decomposition, and the outlier-rerun rule. Each expected value is worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bench import analysis, stats
+from bench.outliers import plan_outlier_reruns
+from bench.plan import build_plan
+from bench.profile import load_profile
+from bench.report import central_answer
+from bench.store import Store
+from bench.summary import outlier_flags
+from test_report import make_profile, synthetic_doc
+
+
+def test_bootstrap_ci_bounds_are_the_extremes_of_resampled_means():
+    # Every resampled mean of a = {10, 11, 12} lies in [10, 12], of b = {1, 2, 3} in [1, 3]: the
+    # difference can never leave [7, 11], and its CI (2.5 %–97.5 % quantiles) sits inside that.
+    diff, lo, hi = stats.bootstrap_diff_ci([10, 11, 12], [1, 2, 3])
+    assert diff == 9
+    assert 7 <= lo < 9 < hi <= 11
+    # constant groups: every resample gives the same difference, so the CI is a point
+    assert stats.bootstrap_diff_ci([5, 5, 5], [2, 2, 2]) == (3.0, 3.0, 3.0)
+
+
+def test_winner_rule():
+    clear = stats.compare_groups([10, 11, 12], [1, 2, 3])
+    assert clear["winner"] == "a" and clear["ci_low"] > 0
+    # same values in another order: the CI straddles 0, nobody wins
+    tie = stats.compare_groups([1, 2, 3], [3, 1, 2])
+    assert tie["diff"] == 0 and tie["ci_low"] < 0 < tie["ci_high"] and tie["winner"] is None
+    # lower is better (TTFT): the group with the larger mean loses
+    assert stats.compare_groups([300, 310, 305], [100, 110, 105], higher_is_better=False)["winner"] == "b"
+    # one run is not enough to call anything
+    assert stats.compare_groups([100], [1, 2, 3]) == {"n_a": 1, "n_b": 3, "diff": None, "ci_low": None,
+                                                      "ci_high": None, "winner": None}
+
+
+def test_winners_table_names_the_leader_only_when_significant():
+    rows = []
+    for k, (a, b) in enumerate([(100, 50), (101, 51), (99, 49)], start=1):
+        rows += [{"suite": "single", "lang": "python", "case": "c1", "model": "fast", "run": k, "decode_tps": a},
+                 {"suite": "single", "lang": "python", "case": "c1", "model": "slow", "run": k, "decode_tps": b}]
+    for k, (a, b) in enumerate([(1.8, 1.85), (1.9, 1.75), (1.7, 1.95)], start=1):
+        rows += [{"suite": "multi", "lang": "rust", "case": "s1", "model": "fast", "run": k, "speedup": a},
+                 {"suite": "multi", "lang": "rust", "case": "s1", "model": "slow", "run": k, "speedup": b}]
+    win = analysis.winners(pd.DataFrame(rows)).set_index("bench")
+    assert win.loc["single-python", "winner"] == "fast" and win.loc["single-python", "diff"] == 50
+    # means 1.80 vs 1.85: "slow" leads, but the CI of +0.05 includes 0
+    assert win.loc["multi-rust", "leader"] == "slow"
+    assert win.loc["multi-rust", "verdict"] == "no significant difference"
+    assert win.loc["multi-rust", "ci_low"] < 0 < win.loc["multi-rust", "ci_high"]
+
+
+def test_eta_squared_known_values():
+    # group means 1.5 and 3.5, grand mean 2.5: SS_between = 2·1 + 2·1 = 4, SS_total = 5 → η² = 0.8;
+    # F = (4/1) / (1/2) = 8 on (1, 2) df, i.e. t = √8 on 2 df: p = 1 − t/√(t² + 2) = 1 − √0.8
+    r = stats.eta_squared([1, 2, 3, 4], ["x", "x", "y", "y"])
+    assert r["eta_sq"] == pytest.approx(0.8)
+    assert r["p_value"] == pytest.approx(1 - math.sqrt(0.8))
+    # all variance between groups, none within: η² = 1 and no F-test
+    assert stats.eta_squared([1, 1, 3, 3], ["x", "x", "y", "y"]) == {"n": 4, "k": 2, "eta_sq": 1.0, "p_value": None}
+    # a factor that did not vary explains nothing measurable
+    assert stats.eta_squared([1, 2, 3], ["x", "x", "x"])["eta_sq"] is None
+
+
+def test_variance_decomposition_answers_the_central_question():
+    # speedup depends on the scenario only (≈1.9 vs ≈1.25), the model adds nothing
+    rows = []
+    for model in ("m1", "m2"):
+        for scenario, values in (("homo", (1.9, 2.0, 1.85)), ("hetero", (1.2, 1.3, 1.25))):
+            for k, v in enumerate(values, start=1):
+                rows.append({"suite": "multi", "lang": "python", "model": model, "case": scenario, "run": k,
+                             "cell": f"{model}/{scenario}", "speedup": v, "evenness_pct": 90.0 + k})
+    var = analysis.variance_shares(pd.DataFrame(rows))
+    shares = var[var["metric"] == "speedup"].set_index("factor")
+    assert shares.loc["model", "eta_sq"] == pytest.approx(0.0, abs=1e-12)
+    assert shares.loc["case", "eta_sq"] > 0.95 and shares.loc["case", "p_value"] < 0.001
+    assert pd.isna(shares.loc["language", "eta_sq"])  # one language: not varied
+    assert shares.loc["run-to-run (within config)", "eta_sq"] == pytest.approx(1 - shares.loc["config (all factors)",
+                                                                                            "eta_sq"])
+    answer = central_answer(var, "multi", "speedup")
+    assert answer["verdict"] == "architecture dominates (scenario)"
+    # evenness varies only with the run index: no factor is significant
+    assert central_answer(var, "multi", "evenness_pct")["verdict"].startswith("no factor is significant")
+
+
+def test_mad_flags_in_summaries_and_tables():
+    # median 11, |x − 11| = 1, 0, 19 → MAD 1: only 30 is beyond 2 × MAD; a missing value is never flagged
+    df = pd.DataFrame({"decode_tps": [10.0, 11.0, 30.0, None], "ttft_ms": [100.0, 100.0, 100.0, 100.0]})
+    flags = outlier_flags(df, "single", 2.0)
+    assert flags == {"decode_tps": [False, False, True, False], "ttft_ms": [False] * 4}
+    assert outlier_flags(pd.DataFrame({"speedup": [1.9, 1.0, 1.95]}), "multi") == {"speedup": [False, True, False]}
+
+
+def _write(store, cell, values):
+    for k, v in values.items():
+        store.write_metrics(cell.rel_dir / f"run_{k}", synthetic_doc(cell, k, v, store.root.name))
+
+
+def test_outlier_reruns_until_enough_clean_runs_within_budget(tmp_path):
+    loaded = load_profile(make_profile(tmp_path, lambda d: d["multi"].update(enabled=False)))
+    profile = loaded.profile
+    plan = build_plan(profile, langs=["python"], models=["gemma3:latest"])
+    cell = plan.cells[0]
+    store = Store(profile.study, tmp_path / "results")
+    _write(store, cell, {1: 10.0, 2: 11.0, 3: 30.0})
+    # run 3 is flagged: 2 clean runs of the 3 planned → one extra run, numbered after the last
+    extra = plan_outlier_reruns(profile, store, plan)
+    assert [(i.cell, i.run_index) for i in extra] == [(cell, 4)]
+    # run 4 is clean: median 10.75, MAD 0.5 → only 30 is flagged, 3 clean runs: done
+    _write(store, cell, {4: 10.5})
+    assert plan_outlier_reruns(profile, store, plan) == []
+    # a failed extra run still uses budget: with runs 4 and 5 failed, the budget of 2 is spent
+    store2 = Store("other", tmp_path / "results")
+    _write(store2, cell, {1: 10.0, 2: 11.0, 3: 30.0})
+    for k in (4, 5):
+        assert [i.run_index for i in plan_outlier_reruns(profile, store2, plan)] == [k]
+        store2.log_failure({"cell": cell.key, "run_index": k, "error_kind": "timeout",
+                            "fallback": "run not counted; rerun the study to retry it"})
+    assert plan_outlier_reruns(profile, store2, plan) == []
+
+
+def test_no_reruns_without_budget(tmp_path):
+    loaded = load_profile(make_profile(tmp_path, lambda d: d.update(outliers={"mad_k": 2.0, "max_extra_runs": 0})))
+    plan = build_plan(loaded.profile, langs=["python"], suites=["single"], models=["gemma3:latest"])
+    store = Store(loaded.profile.study, tmp_path / "results")
+    _write(store, plan.cells[0], {1: 10.0, 2: 11.0, 3: 30.0})
+    assert plan_outlier_reruns(loaded.profile, store, plan) == []
