@@ -182,11 +182,9 @@ class MatrixRunner:
 
     def _log_failure(self, item: RunItem, exc: RequestError, fallback: str) -> None:
         cell = item.cell
-        vram = None
-        gpus = gpu.describe_gpus()
-        if isinstance(gpus, list) and gpus:
-            with gpu.PowerSampler() as sampler:
-                vram = sampler.peak_vram_bytes()
+        with gpu.PowerSampler() as sampler:  # one reading of VRAM in use at the failure (GPU hosts)
+            pass
+        vram = sampler.peak_vram_bytes()
         self.store.log_failure({
             "cell": cell.key, "run_index": item.run_index, "suite": cell.suite, "lang": cell.lang,
             "model": cell.model.name, "scenario": cell.scenario,

@@ -131,3 +131,20 @@ def test_runs_carry_a_power_block_when_a_gpu_is_sampled(monkeypatch, tmp_path, r
     assert schema_errors(doc) == []
     assert doc["power"]["energy_j"] == pytest.approx(40.0)
     assert doc["power"]["tokens_per_j"] == pytest.approx(16 / 40.0)  # 2 calls × 8 tokens
+
+
+def test_a_failure_records_the_vram_in_use(monkeypatch, tmp_path, results_dir):
+    monkeypatch.setattr(gpu, "pynvml", RecordedNVML())
+    with FakeOllama() as a, FakeOllama() as b:
+        def external(d):
+            d["runtime"] = {"kind": "external", "endpoints": [{"name": "a", "url": a.url, "api": "ollama"},
+                                                              {"name": "b", "url": b.url, "api": "ollama"}]}
+            d["models"] = [{"name": "oom:latest", "baseline": True}]
+        loaded = load_profile(smoke_variant(tmp_path, external))
+        store = Store("test")
+        outcome = run_matrix(loaded, build_plan(loaded.profile), create_runtime(loaded.profile), store,
+                             progress=False)
+    assert outcome.failed == 1
+    (failure,) = store.failures()
+    assert failure["error_kind"] == "oom" and failure["observed_vram_used_bytes"] == 9_126_805_504
+    assert failure["config"]["ctx"] == 512 and failure["fallback"] == "config skipped"
