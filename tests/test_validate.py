@@ -127,3 +127,19 @@ def test_outlier_reruns_are_accepted_within_the_budget(tmp_path):
     assert validate_study(loaded, store).problems == [
         "single/python/gemma3_latest/gpu80_ctx512_temp08: 3 runs beyond the plan's 3 ([4, 5, 6]); outlier reruns "
         "allow at most 2"]
+
+
+def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from bench.store import atomic_write_json
+
+    target = tmp_path / "a" / "metrics.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_json(target, {"x": 2})
+    assert target.read_text().strip().endswith("}") and '"x": 2' in target.read_text()
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
