@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -11,7 +11,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import requests
 
@@ -335,13 +335,3 @@ class StreamingClient:
             return [m["name"] for m in data.get("models", [])]
         return [m["id"] for m in data.get("data", [])]
 
-
-def iter_lines_from_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split raw byte chunks into lines the way requests does (for replaying recorded streams)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from lines
-    if pending:
-        yield pending

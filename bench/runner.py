@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tqdm import tqdm
@@ -24,10 +22,10 @@ from tqdm import tqdm
 from bench import agents, gpu, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
-from bench.errors import BenchError, RequestError
+from bench.errors import RequestError
 from bench.outliers import plan_outlier_reruns
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
-from bench.profile import LoadedProfile, ServerConfig
+from bench.profile import LoadedProfile
 from bench.runtime import Runtime
 from bench.store import Store, schema_errors
 from bench.summary import summarize_all

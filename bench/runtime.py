@@ -56,8 +56,6 @@ class Runtime(Protocol):
 
     def describe(self) -> dict: ...
 
-    def available_models(self) -> list[str]: ...
-
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -219,9 +217,6 @@ class LocalRuntime:
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(e.name, self.servers[e.name].url, "openai") for e in self.specs]
 
-    def available_models(self) -> list[str]:
-        return list(assets.EMBEDDED_MODELS)
-
     def _file_for(self, model: ModelSpec) -> Path:
         return assets.model_file(model.name, model.file)
 
@@ -303,9 +298,6 @@ class ExternalRuntime:
     def down(self) -> None:
         if self._current_model:
             self._unload(self._current_model)
-
-    def available_models(self) -> list[str]:
-        return sorted(set().union(*(self._client(ep).list_models() for ep in self._endpoints)))
 
     def _unload(self, model: str) -> None:
         for ep in self._endpoints:

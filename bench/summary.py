@@ -6,7 +6,6 @@ plus the spec's outlier flag per run (|x − median| > k × MAD, k from the prof
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
@@ -110,6 +109,3 @@ def render_markdown(summary: dict, df: pd.DataFrame) -> str:
 def summarize_all(store: Store, cells: list[Cell], mad_k: float = 2.0) -> list[dict]:
     return [s for c in cells if (s := summarize_cell(store, c, mad_k))]
 
-
-def cell_dirs(store: Store) -> list[Path]:
-    return sorted({p.parent.parent for p in store.root.glob("*/*/*/*/run_*/metrics.json")})

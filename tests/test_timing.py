@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench import metrics
-from bench.clients import CallContext, StreamingClient, iter_lines_from_chunks
+from bench.clients import CallContext, StreamingClient
 
 MS = 1_000_000
 
@@ -149,12 +149,6 @@ def test_single_chunk_has_no_gaps_and_no_decode_rate():
     assert rec.itl_ms is None
     assert rec.decode_tps_client is None
     assert rec.ttft_ms == pytest.approx(40.0)
-
-
-def test_split_chunks_reassemble_into_lines():
-    raw = b'{"a": 1}\n{"b": "\xc3\xa9"}\n{"c"' + b": 3}\n"
-    pieces = [raw[:5], raw[5:17], raw[17:18], raw[18:]]
-    assert list(iter_lines_from_chunks(pieces)) == [b'{"a": 1}', b'{"b": "\xc3\xa9"}', b'{"c": 3}']
 
 
 def test_metric_formulas_on_known_values():
