@@ -98,3 +98,20 @@ def test_auto_picks_smoke_without_docker_and_gpu(monkeypatch):
     assert loaded.profile.study == "smoke" and "no usable Docker engine" in loaded.reason
     monkeypatch.setattr(prof, "detect_gpu_host", lambda: (True, "engine and 1 GPU (test)"))
     assert resolve_profile("auto").profile.study == "tr116"
+
+
+def test_chimera_hetero_gives_each_agent_its_own_config(tmp_path):
+    def hetero(d):
+        d["multi"].update(enabled=True, scenarios=["chimera_hetero"], langs=["python", "rust"],
+                          hetero={"collector": {"gpu_layers": 60, "ctx": 512, "temperature": 0.8},
+                                  "insight": {"gpu_layers": 80, "ctx": 1024, "temperature": 1.0}})
+    profile = load_profile(write(tmp_path, hetero)).profile
+    cells = [c for c in build_plan(profile).cells if c.suite == "multi"]
+    assert len(cells) == 2 * 2  # 2 models × 2 languages
+    cell = cells[0]
+    assert cell.agent_configs["collector"].ctx == 512 and cell.agent_configs["insight"].ctx == 1024
+    assert cell.config_tag == "chimera_hetero_gpu80_ctx1024_temp10"  # named by the insight (chimera) config
+    servers = cell.server_configs(["a", "b"])
+    assert servers["a"].gpu_layers == 60 and servers["b"].ctx == 1024
+    msg = error_of(write(tmp_path, lambda d: d["multi"].update(scenarios=["chimera_hetero"])))
+    assert "chimera_hetero needs a 'hetero' block" in msg
