@@ -60,8 +60,8 @@ def test_perfect_overlap_and_the_evenness_trap():
 
 
 def run_pair(lock_a, lock_b, order=("alone", "together")):
-    with FakeOllama(token_s=0.006, prompt_token_s=0.00005, shared_lock=lock_a) as a, \
-            FakeOllama(token_s=0.006, prompt_token_s=0.00005, shared_lock=lock_b) as b:
+    with FakeOllama(token_s=0.01, prompt_token_s=0.00005, shared_lock=lock_a) as a, \
+            FakeOllama(token_s=0.01, prompt_token_s=0.00005, shared_lock=lock_b) as b:
         wl = load_workload()
         opts = {"num_predict": 30, "seed": 1}
         targets = {"collector": AgentTarget("collector", StreamingClient(a.url, "ollama"), "gemma3", opts),
