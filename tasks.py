@@ -177,15 +177,10 @@ def plan_(c, profile="auto", runs=None, models=None, langs=None, suites=None):
 def build_rust(c):
     """Build the Rust agents: the Docker image where an engine is usable, else the native binary."""
     from bench import rust
+    from bench.docker_runtime import docker_engine
 
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-        have_engine = True
-    except Exception:
-        have_engine = False
-    if have_engine:
+    engine, _ = docker_engine()
+    if engine is not None:
         c.run(f"docker build -f docker/Dockerfile.rust-agents -t {rust.IMAGE} rust-agents", pty=False)
         print(f"build-rust: image {rust.IMAGE}")
     else:
@@ -209,7 +204,7 @@ def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
     if agent is None:
         print(f"bench-clients: Rust client not measured: {reason}")
     store = Store(loaded.profile.study)
-    rust_cmd = [p.replace("{results}", str(store.root.parent)) for p in agent.prefix] if agent else None
+    rust_cmd = agent.command(store.root.parent) if agent else None
     floors = overhead.client_floors(rust_cmd, requests_n=int(requests), num_predict=int(tokens),
                                     pace_tps=float(pace))
     cols = ["client", "api", "tokens_per_s", "cpu_us_per_token", "paced_tps", "paced_client_tps", "skew_pct"]

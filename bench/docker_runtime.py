@@ -24,6 +24,18 @@ from bench.runtime import ExternalRuntime, Endpoint, SwitchResult
 CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
 
 
+def docker_engine():
+    """A connected Docker client and "", or None and why no engine is usable here."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+    except Exception as exc:  # any failure means: no usable engine
+        return None, f"no usable Docker engine ({type(exc).__name__})"
+    return client, ""
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 

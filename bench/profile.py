@@ -264,14 +264,13 @@ def detect_gpu_host() -> tuple[bool, str]:
     """Whether a Docker engine and an NVIDIA GPU are both usable here, and why (not)."""
     from bench import gpu
 
+    from bench.docker_runtime import docker_engine
+
     if shutil.which("docker") is None:
         return False, "no docker client on PATH"
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-    except Exception as exc:  # any failure means: no usable engine
-        return False, f"no usable Docker engine ({type(exc).__name__})"
+    engine, why_not = docker_engine()
+    if engine is None:
+        return False, why_not
     count, why = gpu.nvidia_gpu_count()
     if count == 0:
         return False, f"Docker engine is up but no NVIDIA GPU ({why})"

@@ -29,17 +29,20 @@ class RustAgent:
     source: str  # "docker image <id>" or "native <path>"
     binary_sha256: str | None = None
 
-    def command(self, *args: str) -> list[str]:
-        return [*self.prefix, *args]
+    def command(self, results_dir: Path, *args: str) -> list[str]:
+        """The full command line; the results folder is mounted when the agent runs in Docker."""
+        return [p.replace("{results}", str(results_dir)) for p in self.prefix] + list(args)
 
 
 def _docker_image_id() -> str | None:
-    try:
-        import docker
+    from bench.docker_runtime import docker_engine
 
-        client = docker.from_env(timeout=3)
-        return client.images.get(IMAGE).id
-    except Exception:  # no engine, no image: fall through to the native binary
+    engine, _ = docker_engine()
+    if engine is None:
+        return None
+    try:
+        return engine.images.get(IMAGE).id
+    except Exception:  # no such image: fall through to the native binary
         return None
 
 
@@ -96,8 +99,7 @@ def run_job(agent: RustAgent, job: dict, out_path: Path, results_dir: Path, time
     out_path.parent.mkdir(parents=True, exist_ok=True)
     job_path = out_path.parent / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
-    prefix = [p.replace("{results}", str(results_dir)) for p in agent.prefix]
-    cmd = [*prefix, job["suite"], "--job", str(job_path), "--out", str(out_path)]
+    cmd = agent.command(results_dir, job["suite"], "--job", str(job_path), "--out", str(out_path))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
