@@ -6,7 +6,6 @@ plus the spec's outlier flag per run (|x − median| > k × MAD, k from the prof
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from bench import stats
