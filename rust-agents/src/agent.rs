@@ -12,7 +12,7 @@ use crate::record::{
     now_rfc3339, request_record, single_metrics, CallContext, CallTiming, ClientInfo, RunMetrics, RunRecord,
     TimedRecord, WorkloadInfo, SCHEMA_VERSION,
 };
-use crate::workload::Workload;
+use crate::workload::{prompt_nonce, Workload};
 
 /// What every call of a run shares.
 #[derive(Clone)]
@@ -24,6 +24,9 @@ pub struct RunContext {
     pub timeout: Duration,
     pub cold_load_ms: f64,
     pub first_after_start: bool,
+    /// The job's run_key and attempt, which seed each call's prompt nonce.
+    pub run_key: String,
+    pub attempt: u32,
     /// Endpoints that already received a request in this run (for first_after_start).
     seen_endpoints: Arc<Mutex<HashSet<String>>>,
 }
@@ -37,6 +40,8 @@ impl RunContext {
             timeout: Duration::from_secs_f64(job.timeout_s),
             cold_load_ms: job.cold_load_ms,
             first_after_start: job.first_after_start,
+            run_key: job.run_key.clone(),
+            attempt: job.attempt,
             seen_endpoints: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -92,13 +97,28 @@ async fn call(
     system: &str,
     user: &str,
 ) -> Result<(TimedRecord, Instant), RequestError> {
-    let req =
-        ChatRequest { endpoint: &cfg.endpoint, api: cfg.api, model: &cfg.model, options: &cfg.options, system, user };
+    let nonce = prompt_nonce(&ctx.run_key, agent, stage, phase, ctx.attempt);
+    let req = ChatRequest {
+        endpoint: &cfg.endpoint,
+        api: cfg.api,
+        model: &cfg.model,
+        options: &cfg.options,
+        nonce: Some(&nonce),
+        system,
+        user,
+    };
     let first = ctx.claim_first(&cfg.endpoint);
     let out = ctx.client.chat(&req, ctx.timeout).await?;
     let timing = CallTiming::from_instants(ctx.run_start, out.t_send, &out.content_times, out.t_done);
-    let cctx =
-        CallContext { agent, stage, phase, endpoint: cfg.endpoint.clone(), api: cfg.api, model: cfg.model.clone() };
+    let cctx = CallContext {
+        agent,
+        stage,
+        phase,
+        endpoint: cfg.endpoint.clone(),
+        api: cfg.api,
+        model: cfg.model.clone(),
+        prompt_nonce: nonce,
+    };
     let record = request_record(&cctx, &timing, &out.stats, out.text, first, ctx.cold_load_ms);
     Ok((TimedRecord { record, timing }, out.t_done))
 }

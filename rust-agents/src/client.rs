@@ -22,6 +22,9 @@ pub struct ChatRequest<'a> {
     pub api: Api,
     pub model: &'a str,
     pub options: &'a Options,
+    /// The call's prompt nonce (`workload::prompt_nonce`); None only for stream-bench's loopback
+    /// calls, which no prompt cache sees.
+    pub nonce: Option<&'a str>,
     pub system: &'a str,
     pub user: &'a str,
 }
@@ -55,6 +58,8 @@ struct OllamaOptions {
     num_ctx: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     num_gpu: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_thread: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -85,11 +90,21 @@ struct OpenAiBody<'a> {
     ignore_eos: Option<bool>,
 }
 
+/// The system message: with a nonce, a first line `[run {nonce}]` so the prompt differs from
+/// its first byte (Ollama reuses the KV cache of any common prefix).
+fn system_content(nonce: Option<&str>, system: &str) -> String {
+    match nonce {
+        Some(n) => format!("[run {n}]\n{system}"),
+        None => system.to_string(),
+    }
+}
+
 /// The JSON body of a chat request. Ollama gets its `options` (no ignore_eos, which it does not
 /// know); llama-server gets OpenAI fields plus seed, cache_prompt=false and ignore_eos when
-/// true (num_ctx / num_gpu are llama-server launch flags, not request fields).
+/// true (num_ctx / num_gpu / num_thread are llama-server launch flags, not request fields).
 pub fn request_body(req: &ChatRequest) -> Vec<u8> {
-    let messages = [Message { role: "system", content: req.system }, Message { role: "user", content: req.user }];
+    let system = system_content(req.nonce, req.system);
+    let messages = [Message { role: "system", content: &system }, Message { role: "user", content: req.user }];
     let o = req.options;
     let result = match req.api {
         Api::Ollama => serde_json::to_vec(&OllamaBody {
@@ -102,6 +117,7 @@ pub fn request_body(req: &ChatRequest) -> Vec<u8> {
                 temperature: o.temperature,
                 num_ctx: o.num_ctx,
                 num_gpu: o.num_gpu,
+                num_thread: o.num_thread,
             },
         }),
         Api::Openai => serde_json::to_vec(&OpenAiBody {
@@ -266,28 +282,59 @@ mod tests {
             temperature: Some(0.8),
             num_ctx: Some(512),
             num_gpu: Some(0),
+            num_thread: None,
         }
+    }
+
+    const NONCE: &str = "fc8ae2c437e2a020";
+
+    fn request(api: Api, o: &Options) -> ChatRequest<'_> {
+        ChatRequest { endpoint: "http://h", api, model: "m", options: o, nonce: Some(NONCE), system: "S", user: "U" }
     }
 
     #[test]
     fn ollama_body_drops_ignore_eos() {
         let o = options();
-        let req =
-            ChatRequest { endpoint: "http://h", api: Api::Ollama, model: "m", options: &o, system: "S", user: "U" };
-        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&request(Api::Ollama, &o))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
                 "model": "m",
-                "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                "messages": [{"role": "system", "content": "[run fc8ae2c437e2a020]\nS"}, {"role": "user", "content": "U"}],
                 "stream": true,
                 "options": {"num_predict": 48, "seed": 42, "temperature": 0.8, "num_ctx": 512, "num_gpu": 0}
             })
         );
         let o = Options { temperature: None, num_ctx: None, num_gpu: None, ..options() };
-        let req = ChatRequest { options: &o, ..req };
-        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&request(Api::Ollama, &o))).unwrap();
         assert_eq!(v["options"], serde_json::json!({"num_predict": 48, "seed": 42}));
+    }
+
+    #[test]
+    fn num_thread_goes_to_ollama_only() {
+        let o = Options { num_thread: Some(6), ..options() };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&request(Api::Ollama, &o))).unwrap();
+        assert_eq!(
+            v["options"],
+            serde_json::json!({"num_predict": 48, "seed": 42, "temperature": 0.8, "num_ctx": 512, "num_gpu": 0, "num_thread": 6})
+        );
+        let body = request_body(&request(Api::Openai, &o));
+        assert!(!String::from_utf8_lossy(&body).contains("num_thread"), "llama-server threads are launch flags");
+    }
+
+    #[test]
+    fn system_message_carries_the_nonce_line() {
+        let o = options();
+        for api in [Api::Ollama, Api::Openai] {
+            let v: serde_json::Value = serde_json::from_slice(&request_body(&request(api, &o))).unwrap();
+            let system = v["messages"][0]["content"].as_str().unwrap();
+            assert_eq!(system, "[run fc8ae2c437e2a020]\nS", "{api}");
+            assert_eq!(system.len() - "S".len(), 23, "a fixed 23-character prefix line");
+            assert_eq!(v["messages"][1]["content"], "U", "{api}: the user message is untouched");
+        }
+        let req = ChatRequest { nonce: None, ..request(Api::Openai, &o) };
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        assert_eq!(v["messages"][0]["content"], "S");
     }
 
     #[test]
@@ -303,14 +350,12 @@ mod tests {
     #[test]
     fn openai_body_fields() {
         let o = options();
-        let req =
-            ChatRequest { endpoint: "http://h", api: Api::Openai, model: "m", options: &o, system: "S", user: "U" };
-        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&request(Api::Openai, &o))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
                 "model": "m",
-                "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                "messages": [{"role": "system", "content": "[run fc8ae2c437e2a020]\nS"}, {"role": "user", "content": "U"}],
                 "stream": true,
                 "stream_options": {"include_usage": true},
                 "max_tokens": 48,
@@ -321,8 +366,7 @@ mod tests {
             })
         );
         let o = Options { ignore_eos: Some(false), temperature: None, ..options() };
-        let req = ChatRequest { options: &o, ..req };
-        let v: serde_json::Value = serde_json::from_slice(&request_body(&req)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&request_body(&request(Api::Openai, &o))).unwrap();
         assert!(v.get("ignore_eos").is_none() && v.get("temperature").is_none());
     }
 }

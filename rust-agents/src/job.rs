@@ -73,6 +73,16 @@ pub enum Phase {
     Together,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Single => "single",
+            Phase::Alone => "alone",
+            Phase::Together => "together",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentName {
@@ -102,6 +112,15 @@ impl fmt::Display for AgentName {
 pub enum Stage {
     Analysis,
     Report,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Analysis => "analysis",
+            Stage::Report => "report",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -140,6 +159,9 @@ pub struct Options {
     pub num_ctx: Option<i64>,
     #[serde(default)]
     pub num_gpu: Option<i64>,
+    /// Ollama only; llama-server's threads are launch flags.
+    #[serde(default)]
+    pub num_thread: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -157,6 +179,11 @@ pub struct Job {
     pub suite: Suite,
     pub study: String,
     pub run_index: u32,
+    /// Names the run (study/suite/lang/model/config/run_N); seeds the prompt nonces.
+    pub run_key: String,
+    /// 1, or higher when the orchestrator reruns a failed job, so a rerun's prompts are new too.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     pub model: ModelInfo,
     pub config: serde_json::Value,
     pub workload_file: PathBuf,
@@ -173,6 +200,10 @@ pub struct Job {
     #[serde(default)]
     pub first_after_start: bool,
     pub agents: BTreeMap<String, AgentConfig>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// A job file that cannot be run (exit 2).
@@ -212,6 +243,12 @@ impl Job {
         if self.run_index < 1 {
             return Err("key `run_index` must be ≥ 1".into());
         }
+        if self.run_key.is_empty() {
+            return Err("key `run_key` must not be empty".into());
+        }
+        if self.attempt < 1 {
+            return Err("key `attempt` must be ≥ 1".into());
+        }
         if self.model.slug.is_empty()
             || !self.model.slug.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
         {
@@ -249,6 +286,9 @@ impl Job {
             }
             if agent.options.num_predict < 1 {
                 return Err(format!("key `agents.{name}.options.num_predict` must be ≥ 1"));
+            }
+            if agent.options.num_thread.is_some_and(|n| n < 1) {
+                return Err(format!("key `agents.{name}.options.num_thread` must be ≥ 1"));
             }
         }
         if self.suite == Suite::Multi {
@@ -300,6 +340,7 @@ pub(crate) mod tests {
             "suite": "single",
             "study": "smoke",
             "run_index": 1,
+            "run_key": "smoke/single/rust/gemma3-270m/gpu0_ctx512_temp08/run_1",
             "model": {"name": "gemma3-270m", "slug": "gemma3-270m", "baseline": true},
             "config": {"gpu_layers": 0, "ctx": 512, "temperature": 0.8, "seed": 42, "num_predict": 48},
             "workload_file": "/abs/bench/data/workload.yaml",
@@ -329,6 +370,37 @@ pub(crate) mod tests {
         assert_eq!(job.agent(AgentName::Single).options.ignore_eos, Some(true));
         assert_eq!(job.timeout_s, 300.0);
         assert_eq!(job.model.baseline, Some(true));
+        assert_eq!(job.run_key, "smoke/single/rust/gemma3-270m/gpu0_ctx512_temp08/run_1");
+        assert_eq!(job.attempt, 1, "attempt defaults to 1");
+        assert_eq!(job.agent(AgentName::Single).options.num_thread, None);
+    }
+
+    #[test]
+    fn run_key_attempt_and_num_thread() {
+        let mut v = single_job_json();
+        v["attempt"] = 3.into();
+        v["agents"]["single"]["options"]["num_thread"] = 4.into();
+        let job = parse(&v).unwrap();
+        assert_eq!(job.attempt, 3);
+        assert_eq!(job.agent(AgentName::Single).options.num_thread, Some(4));
+
+        for bad in [serde_json::json!(0), serde_json::json!(-1), serde_json::json!("2")] {
+            let mut v = single_job_json();
+            v["attempt"] = bad;
+            assert!(parse(&v).unwrap_err().contains("key `attempt`"));
+        }
+        let mut v = single_job_json();
+        v.as_object_mut().unwrap().remove("run_key");
+        assert!(parse(&v).unwrap_err().contains("run_key"));
+        let mut v = single_job_json();
+        v["run_key"] = "".into();
+        assert!(parse(&v).unwrap_err().contains("key `run_key`"));
+        let mut v = single_job_json();
+        v["run_key"] = 7.into();
+        assert!(parse(&v).unwrap_err().contains("key `run_key`"));
+        let mut v = single_job_json();
+        v["agents"]["single"]["options"]["num_thread"] = 0.into();
+        assert!(parse(&v).unwrap_err().contains("key `agents.single.options.num_thread`"));
     }
 
     #[test]

@@ -160,6 +160,7 @@ mod tests {
             endpoint: "http://x".into(),
             api: Api::Ollama,
             model: "m".into(),
+            prompt_nonce: "0123456789abcdef".into(),
         };
         let timing = CallTiming {
             t_send_ns: 0,

@@ -43,6 +43,8 @@ pub struct RequestRecord {
     pub endpoint: String,
     pub api: Api,
     pub model: String,
+    /// The 16 hex digits on the system message's first line (`workload::prompt_nonce`).
+    pub prompt_nonce: String,
     pub start_offset_ms: f64,
     pub ttft_ms: Option<f64>,
     pub e2e_ms: f64,
@@ -72,6 +74,7 @@ pub struct CallContext {
     pub endpoint: String,
     pub api: Api,
     pub model: String,
+    pub prompt_nonce: String,
 }
 
 /// The timing of a finished call, in nanoseconds from the run start.
@@ -125,6 +128,7 @@ pub fn request_record(
         endpoint: ctx.endpoint.clone(),
         api: ctx.api,
         model: ctx.model.clone(),
+        prompt_nonce: ctx.prompt_nonce.clone(),
         start_offset_ms: timing.t_send_ns as f64 / metrics::NS_PER_MS,
         ttft_ms: finite(metrics::ttft_ms(timing.t_send_ns, first)),
         e2e_ms: metrics::e2e_ms(timing.t_send_ns, timing.t_done_ns),
@@ -278,6 +282,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1".into(),
             api: Api::Ollama,
             model: "m".into(),
+            prompt_nonce: "fc8ae2c437e2a020".into(),
         }
     }
 
@@ -319,7 +324,9 @@ mod tests {
         assert_eq!(v["stage"], "analysis");
         assert_eq!(v["api"], "ollama");
         assert!(v["error"].is_null() && v["error_kind"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 24);
+        assert_eq!(v.as_object().unwrap().len(), 25);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","start_offset_ms""#), "{text}");
     }
 
     #[test]

@@ -80,12 +80,14 @@ pub async fn run_bench(client: &Client, cfg: &BenchConfig) -> Result<BenchResult
         temperature: None,
         num_ctx: None,
         num_gpu: None,
+        num_thread: None,
     };
     let req = ChatRequest {
         endpoint: &cfg.url,
         api: cfg.api,
         model: &cfg.model,
         options: &options,
+        nonce: None,
         system: "You are a benchmark.",
         user: "Stream tokens.",
     };

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::job::{AgentName, Stage};
+use crate::job::{AgentName, Phase, Stage};
 
 pub const DATASET_PLACEHOLDER: &str = "{{dataset}}";
 pub const PREVIOUS_PLACEHOLDER: &str = "{{previous}}";
@@ -58,6 +58,17 @@ pub struct Workload {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// The per-call prompt nonce: the first 16 hex digits of
+/// sha256("{run_key}|{agent}|{stage}|{phase}|{attempt}"). Ollama's prompt cache has no off
+/// switch, so every counted request must differ from its first byte; the Python agents build
+/// the same string.
+pub fn prompt_nonce(run_key: &str, agent: AgentName, stage: Stage, phase: Phase, attempt: u32) -> String {
+    let key = format!("{run_key}|{}|{}|{}|{attempt}", agent.as_str(), stage.as_str(), phase.as_str());
+    let mut hex = sha256_hex(key.as_bytes());
+    hex.truncate(16);
+    hex
 }
 
 /// The data set text: every `*.csv` file of `dir`, in file-name order.
@@ -141,6 +152,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn prompt_nonce_golden() {
+        // sha256 of "smoke/single/python/gemma3-270m/gpu0_ctx512_temp08/run_1|single|analysis|single|1",
+        // the value the Python agents compute
+        let key = "smoke/single/python/gemma3-270m/gpu0_ctx512_temp08/run_1";
+        let n = prompt_nonce(key, AgentName::Single, Stage::Analysis, Phase::Single, 1);
+        assert_eq!(n, "fc8ae2c437e2a020");
+        // every input changes it
+        let others = [
+            prompt_nonce("x", AgentName::Single, Stage::Analysis, Phase::Single, 1),
+            prompt_nonce(key, AgentName::Collector, Stage::Analysis, Phase::Single, 1),
+            prompt_nonce(key, AgentName::Single, Stage::Report, Phase::Single, 1),
+            prompt_nonce(key, AgentName::Single, Stage::Analysis, Phase::Alone, 1),
+            prompt_nonce(key, AgentName::Single, Stage::Analysis, Phase::Single, 2),
+        ];
+        assert!(others.iter().all(|o| o != &n && o.len() == 16));
+        // the names in the key are the JSON names
+        for p in [Phase::Single, Phase::Alone, Phase::Together] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+        for s in [Stage::Analysis, Stage::Report] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

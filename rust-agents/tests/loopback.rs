@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::schema::Schema;
 use common::*;
 use serde_json::{json, Value};
+use tr116_agents::workload::prompt_nonce;
 
 const COLLECTOR_TOKENS: &[&str] = &["Grüße", " from", " the", " collector", ":", " 12", " rows", "."];
 const INSIGHT_TOKENS: &[&str] = &["Rust", " is", " 1.9×", " faster", " than", " Python", " here", "."];
@@ -19,6 +20,36 @@ fn f(v: &Value) -> f64 {
 
 fn user_message(body: &Value) -> &str {
     body["messages"][1]["content"].as_str().unwrap()
+}
+
+/// The nonce on the system message's first line, `[run {nonce}]`.
+fn system_nonce(body: &Value) -> &str {
+    let system = body["messages"][0]["content"].as_str().unwrap();
+    let line = system.split_once('\n').expect("a nonce line and the prompt").0;
+    line.strip_prefix("[run ").and_then(|l| l.strip_suffix(']')).unwrap_or_else(|| panic!("no nonce line: {line:?}"))
+}
+
+/// Each request's prompt_nonce is the one its key gives, and the servers saw exactly those.
+fn check_nonces(job: &Value, requests: &[Value], sent: &[Received]) {
+    let run_key = job["run_key"].as_str().unwrap();
+    let attempt = job.get("attempt").map_or(1, |a| a.as_u64().unwrap() as u32);
+    fn name<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+    let mut recorded: Vec<&str> = requests
+        .iter()
+        .map(|r| {
+            let want = prompt_nonce(run_key, name(&r["agent"]), name(&r["stage"]), name(&r["phase"]), attempt);
+            assert_eq!(r["prompt_nonce"], want.as_str());
+            r["prompt_nonce"].as_str().unwrap()
+        })
+        .collect();
+    let mut seen: Vec<&str> = sent.iter().map(|r| system_nonce(&r.body)).collect();
+    recorded.sort();
+    seen.sort();
+    assert_eq!(recorded, seen);
+    recorded.dedup();
+    assert_eq!(recorded.len(), requests.len(), "every request's prompt differs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,6 +81,8 @@ async fn multi_job_against_two_ollama_servers() {
     );
     job["phase_order"] = json!(["together", "alone"]);
     job["alone_order"] = json!(["insight", "collector"]);
+    job["attempt"] = json!(2);
+    job["agents"]["insight"]["options"]["num_thread"] = json!(4);
     let dir = scratch("multi");
     let out = run_job("multi", &job, &dir).await;
     assert_eq!(out.code, 0, "stderr: {}", out.stderr);
@@ -144,15 +177,16 @@ async fn multi_job_against_two_ollama_servers() {
     for (server, name) in [(&collector, "collector"), (&insight, "insight")] {
         let got = server.received();
         assert_eq!(got.len(), 4, "{name}");
+        let mut options = json!({"num_predict": 8, "seed": 42, "temperature": 0.8, "num_ctx": 512, "num_gpu": 0});
+        if name == "insight" {
+            options["num_thread"] = json!(4);
+        }
         for r in &got {
             assert_eq!(r.method, "POST");
             assert_eq!(r.path, "/api/chat");
             assert_eq!(r.body["stream"], true);
             assert_eq!(r.body["model"], "gemma3:270m");
-            assert_eq!(
-                r.body["options"],
-                json!({"num_predict": 8, "seed": 42, "temperature": 0.8, "num_ctx": 512, "num_gpu": 0})
-            );
+            assert_eq!(r.body["options"], options, "{name}");
             assert_eq!(r.body["messages"][0]["role"], "system");
         }
         let analyses: Vec<_> =
@@ -162,6 +196,8 @@ async fn multi_job_against_two_ollama_servers() {
         let reports = got.iter().filter(|r| user_message(&r.body).ends_with(&format!("{}\n", tokens.concat()))).count();
         assert_eq!(reports, 2, "{name}: the report calls carry the analysis text");
     }
+    let sent: Vec<Received> = collector.received().into_iter().chain(insight.received()).collect();
+    check_nonces(&job, requests, &sent);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -176,6 +212,7 @@ async fn single_job_against_llama_server_sse() {
     .await;
     let mut job = job("single", json!({"single": agent(&server.url(), "openai", "gemma3-270m")}));
     job["first_after_start"] = json!(true);
+    job["agents"]["single"]["options"]["num_thread"] = json!(4);
     job.as_object_mut().unwrap().remove("phase_order");
     job.as_object_mut().unwrap().remove("alone_order");
     let dir = scratch("single");
@@ -223,7 +260,9 @@ async fn single_job_against_llama_server_sse() {
     assert_eq!(body["cache_prompt"], false);
     assert_eq!(body["stream_options"], json!({"include_usage": true}));
     assert!(body.get("num_ctx").is_none() && body.get("options").is_none());
+    assert!(body.get("num_thread").is_none(), "llama-server threads are launch flags");
     assert!(user_message(&got[1].body).contains(&tokens.concat()));
+    check_nonces(&job, requests, &got);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -342,6 +381,18 @@ async fn bad_jobs_exit_2_naming_the_key() {
     let out = run_job("multi", &j, &dir).await;
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("`suite`"), "{}", out.stderr);
+
+    let mut j = job("single", json!({"single": agent("http://127.0.0.1:9", "ollama", "m")}));
+    j.as_object_mut().unwrap().remove("run_key");
+    let out = run_job("single", &j, &dir).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("run_key"), "{}", out.stderr);
+
+    let mut j = job("single", json!({"single": agent("http://127.0.0.1:9", "ollama", "m")}));
+    j["attempt"] = json!(0);
+    let out = run_job("single", &j, &dir).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("`attempt`"), "{}", out.stderr);
 
     let mut j = job("single", json!({"single": agent("http://127.0.0.1:9", "ollama", "m")}));
     j["dataset_dir"] = json!("/nonexistent/tr116");

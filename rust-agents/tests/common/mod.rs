@@ -258,6 +258,7 @@ pub fn job(suite: &str, agents: Value) -> Value {
         "suite": suite,
         "study": "it",
         "run_index": 1,
+        "run_key": format!("it/{suite}/rust/gemma3-270m/gpu0_ctx512_temp08/run_1"),
         "model": {"name": "gemma3-270m", "slug": "gemma3-270m", "baseline": true},
         "config": config,
         "workload_file": data.join("workload.yaml"),
