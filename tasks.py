@@ -78,7 +78,7 @@ FILTER_HELP = {"profile": PROFILE_HELP, "runs": "runs per config (overrides the 
 @_friendly
 def up(c, profile="auto"):
     """Bring up the two inference servers (and the Rust agent image where Docker is usable)."""
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
 
     loaded = _load(profile)
     runtime = create_runtime(loaded.profile)
@@ -94,7 +94,7 @@ def up(c, profile="auto"):
 def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no_progress=False):
     """Run the benchmark matrix (resumes an interrupted study; finished runs are kept)."""
     from bench import manifest
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
     from bench.store import Store
 
     loaded = _load(profile)
@@ -107,8 +107,7 @@ def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no
 
     # Servers that `up` started stay up for the next task; servers this task had to start itself
     # are stopped when it ends, even on an error or Ctrl-C, so a lone `bench` leaves nothing behind.
-    running = getattr(runtime, "running", None)
-    owns_servers = running is not None and not any(running().values())
+    owns_servers = not runtime.is_running()
     try:
         outcome = run_matrix(loaded, plan, runtime, store, progress=not no_progress)
         manifest.write_manifest(loaded, plan, runtime, store, started_at=started,
@@ -141,7 +140,7 @@ def report(c, profile="auto"):
 @_friendly
 def down(c, profile="auto"):
     """Stop the inference servers and clean up (no process is left behind)."""
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
 
     loaded = _load(profile)
     runtime = create_runtime(loaded.profile)
@@ -177,7 +176,7 @@ def plan_(c, profile="auto", runs=None, models=None, langs=None, suites=None):
 def build_rust(c):
     """Build the Rust agents: the Docker image where an engine is usable, else the native binary."""
     from bench import rust
-    from bench.docker_runtime import docker_engine
+    from bench.host import docker_engine
 
     engine, _ = docker_engine()
     if engine is not None:
@@ -192,11 +191,11 @@ def build_rust(c):
                                   "tokens": "tokens per request (unpaced)", "pace": "paced rate for the skew check"})
 @_friendly
 def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
-    """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs llama-bench."""
+    """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs the engine's own rate."""
     import pandas as pd
 
     from bench import overhead, rust
-    from bench.runtime import LocalRuntime
+    from bench.runtimes import create_runtime
     from bench.store import Store, atomic_write_json, utc_now
 
     loaded = _load(profile)
@@ -210,13 +209,24 @@ def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
     cols = ["client", "api", "tokens_per_s", "cpu_us_per_token", "paced_tps", "paced_client_tps", "skew_pct"]
     print(pd.DataFrame(floors)[cols].to_markdown(index=False, floatfmt=",.2f"))
     result = {"client_floors": floors, "measured_at": utc_now(), "rust_agent": agent.source if agent else reason}
-    if loaded.profile.runtime.kind == "local":
-        runtime = LocalRuntime(loaded.profile)
-        ratios = overhead.harness_vs_llama_bench(loaded.profile, runtime)
+    runtime = create_runtime(loaded.profile)
+    if runtime.kind in ("local", "ollama"):
+        # Servers this task starts are stopped on every exit path; a running study's are left up.
+        owns_servers = not runtime.is_running()
+        try:
+            if runtime.kind == "local":
+                ratios = overhead.harness_vs_llama_bench(loaded.profile, runtime)
+            else:
+                runtime.up()
+                ratios = overhead.harness_vs_ollama(loaded.profile, runtime)
+        finally:
+            if owns_servers:
+                runtime.down()
         print(pd.DataFrame(ratios).to_markdown(index=False, floatfmt=".3f"))
-        result["harness_vs_llama_bench"] = ratios
+        result["harness_vs_engine"] = ratios
     else:
-        print("bench-clients: harness vs llama-bench needs the local runtime (llama-bench runs on its files)")
+        print(f"bench-clients: harness vs engine needs a runtime the bundle runs (local or ollama), "
+              f"not {runtime.kind}")
     path = store.root / "client_overhead.json"
     atomic_write_json(path, result)
     print(f"bench-clients: {path}")

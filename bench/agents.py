@@ -23,20 +23,23 @@ from bench.clients import CallContext, Clock, RequestRecord, StreamingClient
 from bench.errors import RequestError
 from bench.profile import AgentConfig, WorkloadSpec
 from bench.store import utc_now
-from bench.workload import STAGES, Workload
+from bench.workload import STAGES, Workload, prompt_nonce
 
 CLIENT_INFO = {"name": "bench.clients (python-requests)",
                "version": f"{bench.__version__} / CPython {platform.python_version()}"}
 
 
-def request_options(workload: WorkloadSpec, cfg: AgentConfig | None) -> dict:
+def request_options(workload: WorkloadSpec, cfg: AgentConfig | None, threads: int | None = None) -> dict:
     """What a call sends. Without a config (the baseline agent) only the workload controls go:
-    the server's own defaults decide temperature, context and layers."""
+    the server's own defaults decide temperature, context and layers. `threads` goes to Ollama as
+    num_thread (llama-server takes it as a launch flag instead)."""
     opts: dict = {"num_predict": workload.num_predict, "seed": workload.seed}
     if workload.ignore_eos:
         opts["ignore_eos"] = True
     if cfg is not None:
         opts.update(temperature=cfg.temperature, num_ctx=cfg.ctx, num_gpu=cfg.gpu_layers)
+    if threads is not None:
+        opts["num_thread"] = threads
     return opts
 
 
@@ -56,31 +59,33 @@ def retrying(attempts: int, sleep: Callable[[float], None] = time.sleep) -> Retr
                     sleep=sleep, reraise=True)
 
 
-def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: int, *,
-              attempts: int = 3, cold_load_ms: float = 1000.0, first_after_start: bool = False,
-              ) -> list[RequestRecord]:
-    """The agent's two calls; the second sees the text the first generated."""
+def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: int, run_key: str, *,
+              attempts: int = 3, cold_load_ms: float = 1000.0) -> list[RequestRecord]:
+    """The agent's two calls; the second sees the text the first generated. Each attempt of each
+    call gets its own prompt nonce, so a retry never reuses a prefix the failed attempt cached."""
     records: list[RequestRecord] = []
     previous = ""
-    for i, stage in enumerate(STAGES):
-        ctx = CallContext(target.agent, stage, phase, run_t0_ns,
-                          first_after_start=first_after_start and i == 0, cold_load_ms=cold_load_ms)
-        messages = workload.messages(target.agent, stage, previous)
+    for stage in STAGES:
         for attempt in retrying(attempts):
             with attempt:
-                rec = target.client.chat(target.model, messages, target.options, ctx)
+                nonce = prompt_nonce(run_key, target.agent, stage, phase, attempt.retry_state.attempt_number)
+                ctx = CallContext(target.agent, stage, phase, run_t0_ns, nonce, cold_load_ms=cold_load_ms)
+                rec = target.client.chat(target.model, workload.messages(target.agent, stage, nonce, previous),
+                                         target.options, ctx)
         records.append(rec)
         previous = rec.output_text
     return records
 
 
-def warmup(target: AgentTarget, workload: Workload, n: int) -> None:
-    """Uncounted calls that load the model and warm the caches; their records are dropped."""
-    for _ in range(n):
-        ctx = CallContext(target.agent, "analysis", "single", time.perf_counter_ns())
+def warmup(target: AgentTarget, workload: Workload, n: int, key: str) -> None:
+    """Uncounted calls that load the model and warm the caches; their records are dropped. Their
+    nonces (phase 'warmup') differ from every counted call's."""
+    for i in range(n):
         for attempt in retrying(5):
             with attempt:
-                target.client.chat(target.model, workload.messages(target.agent, "analysis"),
+                nonce = prompt_nonce(key, target.agent, "analysis", f"warmup{i + 1}", attempt.retry_state.attempt_number)
+                ctx = CallContext(target.agent, "analysis", "single", time.perf_counter_ns(), nonce)
+                target.client.chat(target.model, workload.messages(target.agent, "analysis", nonce),
                                    target.options, ctx)
 
 
@@ -115,10 +120,10 @@ def base_document(*, study: str, suite: str, model: dict, config: dict, run_inde
     }
 
 
-def run_single(target: AgentTarget, workload: Workload, *, clock: Clock = time.perf_counter_ns,
+def run_single(target: AgentTarget, workload: Workload, run_key: str, *, clock: Clock = time.perf_counter_ns,
                attempts: int = 3, cold_load_ms: float = 1000.0) -> tuple[str, list[RequestRecord], dict]:
     started_at = utc_now()
-    records = run_agent(target, workload, "single", clock(), attempts=attempts, cold_load_ms=cold_load_ms)
+    records = run_agent(target, workload, "single", clock(), run_key, attempts=attempts, cold_load_ms=cold_load_ms)
     return started_at, records, single_metrics(records)
 
 
@@ -154,7 +159,7 @@ def multi_metrics(records: list[RequestRecord], t_alone: dict[str, float], t_tog
     }
 
 
-def run_multi(targets: dict[str, AgentTarget], workload: Workload, *, phase_order: list[str],
+def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str, *, phase_order: list[str],
               alone_order: list[str], clock: Clock = time.perf_counter_ns, attempts: int = 3,
               cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85, max_ttft_inflation: float = 2.0,
               ) -> tuple[str, list[RequestRecord], dict]:
@@ -168,7 +173,7 @@ def run_multi(targets: dict[str, AgentTarget], workload: Workload, *, phase_orde
         if phase == "alone":
             for agent in alone_order:
                 t_release = clock()
-                recs = run_agent(targets[agent], workload, "alone", run_t0, attempts=attempts,
+                recs = run_agent(targets[agent], workload, "alone", run_t0, run_key, attempts=attempts,
                                  cold_load_ms=cold_load_ms)
                 t_alone[agent] = metrics.agent_time_s(t_release, recs[-1].t_done_ns)
                 records.extend(recs)
@@ -182,7 +187,7 @@ def run_multi(targets: dict[str, AgentTarget], workload: Workload, *, phase_orde
                 try:
                     barrier.wait()
                     starts[agent] = clock()
-                    results[agent] = run_agent(targets[agent], workload, "together", run_t0,
+                    results[agent] = run_agent(targets[agent], workload, "together", run_t0, run_key,
                                                attempts=attempts, cold_load_ms=cold_load_ms)
                 except BaseException as exc:  # re-raised on the main thread below
                     errors.append(exc)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import stats
+from bench import metrics, stats
 from bench.profile import Profile
 from bench.store import Store, atomic_write_text
 from bench.summary import KEY_METRICS, OUTLIER_METRICS, outlier_flags
@@ -50,6 +50,8 @@ class Tables:
     runs: pd.DataFrame
     configs: pd.DataFrame
     derived: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # runs whose placement differed from their config (bench/placement.py): out of every table above
+    misplaced: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _cell_key(path: Path, root: Path) -> str:
@@ -113,17 +115,26 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
                 "case": cfg.get("scenario") or config_tag,
                 "gpu_layers": cfg["gpu_layers"], "ctx": cfg["ctx"],
                 "temperature": cfg["temperature"], "run": doc["run_index"], "cold_load": doc.get("cold_load", False),
-                "started_at": doc["started_at"]}
+                "started_at": doc["started_at"],
+                # where the run ran differs from its config: kept, listed, out of the headline tables
+                "placement_issues": "; ".join((doc.get("placement") or {}).get("issues", []))}
         run_rows.append(_run_row(doc, base))
         for r in doc["requests"]:
             req_rows.append({**base, **{k: v for k, v in r.items() if k not in ("output_text", "itl_ms")},
                              "itl_ms_mean": (r["itl_ms"] or {}).get("mean"),
-                             "itl_ms_p95": (r["itl_ms"] or {}).get("p95")})
+                             "itl_ms_p95": (r["itl_ms"] or {}).get("p95"),
+                             "ttft_unaccounted_ms": metrics.ttft_unaccounted_ms(r["ttft_ms"], r["load_ms"],
+                                                                                r["prompt_eval_ms"]),
+                             "decode_overstatement_pct": metrics.decode_overstatement_pct(
+                                 r["decode_tps_server"], r["decode_tps_client"]),
+                             "stopped_early": r.get("done_reason") == "stop"
+                             and r["output_tokens"] < cfg["num_predict"]})
     runs = pd.DataFrame(run_rows)
     requests = pd.DataFrame(req_rows)
     if runs.empty:
         return Tables(requests, runs, pd.DataFrame())
-    runs = _flag_outliers(runs, mad_k)
+    misplaced = runs[runs["placement_issues"] != ""]
+    runs = _flag_outliers(runs[runs["placement_issues"] == ""].reset_index(drop=True), mad_k)
     config_rows = []
     for cell, g in runs.groupby("cell", sort=True):
         first = g.iloc[0]
@@ -145,7 +156,7 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
         row["cold_runs"] = int(g["cold_load"].sum())
         row["outlier_runs"] = int(g["outlier"].sum())
         config_rows.append(row)
-    return Tables(requests, runs, pd.DataFrame(config_rows))
+    return Tables(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True))
 
 
 # ---- derived tables ----------------------------------------------------------------------------
@@ -315,6 +326,23 @@ def cost(configs: pd.DataFrame, profile: Profile) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reconciliation(requests: pd.DataFrame) -> pd.DataFrame:
+    """Client against engine, per engine API and model: median and p95 of ttft_unaccounted_ms and
+    decode_overstatement_pct over the counted requests, and how many calls stopped before
+    num_predict (Ollama has no ignore_eos)."""
+    if requests.empty:
+        return pd.DataFrame()
+    rows = []
+    for (api, model), g in requests.groupby(["api", "model"], sort=True):
+        row = {"api": api, "model": model, "requests": len(g), "stopped_early": int(g["stopped_early"].sum())}
+        for col in ("ttft_unaccounted_ms", "decode_overstatement_pct"):
+            vals = g[col].dropna()
+            row[f"{col}_median"] = float(vals.median()) if len(vals) else None
+            row[f"{col}_p95"] = float(vals.quantile(0.95)) if len(vals) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
     runs, configs = tables.runs, tables.configs
     tables.derived = {
@@ -325,13 +353,15 @@ def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
         "outliers": outlier_list(runs),
         "frontier": frontier(configs),
         "cost": cost(configs, profile),
+        "reconciliation": reconciliation(tables.requests),
     }
     return tables.derived
 
 
 def export_tables(store: Store, tables: Tables) -> dict[str, Path]:
     out = {}
-    frames = {"requests": tables.requests, "runs": tables.runs, "configs": tables.configs, **tables.derived}
+    frames = {"requests": tables.requests, "runs": tables.runs, "configs": tables.configs,
+              "misplaced_runs": tables.misplaced, **tables.derived}
     for name, df in frames.items():
         path = store.root / "tables" / f"{name}.csv"
         atomic_write_text(path, df.to_csv(index=False))

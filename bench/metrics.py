@@ -114,6 +114,35 @@ def decode_tps_server(output_tokens: int | None, eval_ms: float | None) -> float
     return output_tokens / (eval_ms / 1000.0)
 
 
+@metric("ttft_unaccounted_ms", "ms", "request")
+def ttft_unaccounted_ms(ttft: float | None, load_ms: float | None, prompt_eval_ms: float | None) -> float | None:
+    """ttft_unaccounted_ms = ttft_ms − (load_ms + prompt_eval_ms)
+
+    The part of the client's TTFT that the engine's own durations leave out: HTTP, request
+    parsing, templating and tokenization, scheduling, and the first decode step up to the first
+    text chunk. llama.cpp has no load time per request (read as 0). Null when the engine reports
+    no prompt-eval time or no text arrived.
+    """
+    if ttft is None or prompt_eval_ms is None:
+        return None
+    return ttft - ((load_ms or 0.0) + prompt_eval_ms)
+
+
+@metric("decode_overstatement_pct", "%", "request")
+def decode_overstatement_pct(decode_tps_server_value: float | None,
+                             decode_tps_client_value: float | None) -> float | None:
+    """decode_overstatement_pct = (decode_tps_server / decode_tps_client − 1) × 100
+
+    How much the engine's own decode rate overstates what the client sees: the client's decode
+    window (first to last text chunk, N_out − 1 tokens) against the engine's eval time for the
+    same number of tokens. Positive when streaming, HTTP and scheduling add time between tokens
+    that the engine's eval duration does not count.
+    """
+    if not decode_tps_server_value or not decode_tps_client_value:
+        return None
+    return (decode_tps_server_value / decode_tps_client_value - 1.0) * 100.0
+
+
 @metric("load_ms", "ms", "request")
 def server_duration_ms(duration_ns: int | float | None) -> float | None:
     """load_ms, prompt_eval_ms, eval_ms = server duration (ns) / 10⁶

@@ -7,8 +7,9 @@ for the report:
    streams a few long requests. Reported: sustained tokens/s and CPU µs per token. Then the server
    paces tokens at a known rate, and the skew is how far the client's measured decode rate is
    from it.
-2. Harness vs llama-bench. For each embedded model at the profile's thread count: the harness's
-   decode tok/s on the real server ÷ llama-bench's tg tok/s for the same model and threads.
+2. Harness vs the engine's own rate. For each model at the profile's thread count: the harness's
+   decode tok/s on the real server ÷ a reference from the engine itself: llama-bench's tg tok/s
+   (llama.cpp), or Ollama's eval rate of a plain non-streamed call with the same prompt (Ollama).
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench import assets
+import requests
+
+from bench import assets, metrics
 from bench.clients import CallContext, StreamingClient
 from bench.errors import BenchError
+from bench.profile import ServerConfig
+from bench.workload import load_workload, prompt_nonce
 
 MESSAGES = [{"role": "user", "content": "stream"}]
+# The loopback server ignores prompts; its records are never stored.
+LOOPBACK_CTX = CallContext("single", "analysis", "single", 0, "0" * 16)
 
 
 @contextmanager
@@ -57,11 +64,10 @@ def python_stream_bench(url: str, api: str, requests_n: int, num_predict: int) -
     """Stream requests through the Python client; measure wall, CPU and rates (one JSON result)."""
     client = StreamingClient(url, api, timeout_s=120)
     opts = {"num_predict": num_predict, "seed": 0}
-    client.chat("loopback", MESSAGES, opts, CallContext("single", "analysis", "single", 0))  # warm the socket
+    client.chat("loopback", MESSAGES, opts, LOOPBACK_CTX)  # warm the socket
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    records = [client.chat("loopback", MESSAGES, opts, CallContext("single", "analysis", "single", 0))
-               for _ in range(requests_n)]
+    records = [client.chat("loopback", MESSAGES, opts, LOOPBACK_CTX) for _ in range(requests_n)]
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -125,13 +131,23 @@ def llama_bench_tg(model_file: Path, threads: int, n_gen: int) -> dict:
             "n_threads": tg["n_threads"]}
 
 
-def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: int = 3) -> list[dict]:
-    """Per embedded model: harness decode tok/s on the real server ÷ llama-bench tg tok/s, same
-    model file and thread count. llama-bench runs while the servers are stopped."""
-    from bench.profile import ServerConfig
-    from bench.workload import load_workload
+def _harness_calls(profile, ep, model: str, opts: dict, requests_n: int) -> list:
+    """A warmup, then `requests_n` streamed calls of the single agent's first prompt through the
+    harness's client, each with its own prompt nonce (no prefix-cache hits)."""
+    wl = load_workload()
+    client = StreamingClient(ep.url, ep.api, timeout_s=profile.workload.timeout_s)
+    recs = []
+    for i in range(requests_n + 1):
+        nonce = prompt_nonce(f"{profile.study}/bench-clients/{model}", "single", "analysis", "single", i + 1)
+        rec = client.chat(model, wl.messages("single", "analysis", nonce), opts,
+                          CallContext("single", "analysis", "single", 0, nonce))
+        recs.append(rec)
+    return recs[1:]
 
-    msgs = load_workload().messages("single", "analysis")
+
+def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: int = 3) -> list[dict]:
+    """Per model: harness decode tok/s on the real llama-server ÷ llama-bench tg tok/s, same model
+    file and thread count. llama-bench runs while the servers are stopped."""
     opts = {"num_predict": n_gen, "seed": profile.workload.seed, "ignore_eos": True,
             "temperature": profile.single.temperature}
     out = []
@@ -140,19 +156,47 @@ def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: in
         runtime.down()
         bench_tg = llama_bench_tg(path, runtime.threads, n_gen)
         runtime.switch(model, {runtime.specs[0].name: ServerConfig(gpu_layers=0, ctx=1024)})
-        ep = runtime.endpoints()[0]
-        client = StreamingClient(ep.url, ep.api, timeout_s=profile.workload.timeout_s)
-        client.chat(model.name, msgs, opts, CallContext("single", "analysis", "single", 0))  # warmup
-        recs = [client.chat(model.name, msgs, opts, CallContext("single", "analysis", "single", 0))
-                for _ in range(requests_n)]
+        recs = _harness_calls(profile, runtime.endpoints()[0], model.name, opts, requests_n)
         client_tps = statistics.fmean(r.decode_tps_client for r in recs)
         server_tps = statistics.fmean(r.decode_tps_server for r in recs)
-        out.append({"model": model.name, "threads": runtime.threads, "n_gen": n_gen,
-                    "llama_bench_tg_tps": bench_tg["avg_ts"], "llama_bench_tg_std": bench_tg["stddev_ts"],
+        out.append({"model": model.name, "engine": "llama.cpp", "reference": "llama-bench tg",
+                    "threads": runtime.threads, "n_gen": n_gen,
+                    "reference_tps": bench_tg["avg_ts"], "reference_std": bench_tg["stddev_ts"],
                     "harness_client_tps": client_tps, "harness_server_tps": server_tps,
-                    "ratio_client_to_llama_bench": client_tps / bench_tg["avg_ts"],
-                    "ratio_server_to_llama_bench": server_tps / bench_tg["avg_ts"]})
+                    "ratio_client_to_reference": client_tps / bench_tg["avg_ts"],
+                    "ratio_server_to_reference": server_tps / bench_tg["avg_ts"]})
     runtime.down()
+    return out
+
+
+def harness_vs_ollama(profile, runtime, *, n_gen: int = 128, requests_n: int = 3) -> list[dict]:
+    """Per model: harness decode tok/s (streamed, client-timed) ÷ Ollama's own eval_count /
+    eval_duration of a plain non-streamed call with the same prompt shape, options and threads."""
+    ep = runtime.endpoints()[0]
+    opts = {"num_predict": n_gen, "seed": profile.workload.seed, "temperature": profile.single.temperature,
+            "num_thread": runtime.threads}
+    wl = load_workload()
+    out = []
+    for model in profile.models:
+        runtime.switch(model, {})
+        recs = _harness_calls(profile, ep, model.name, opts, requests_n)
+        ref = []
+        for i in range(requests_n):
+            nonce = prompt_nonce(f"{profile.study}/bench-clients/{model.name}", "single", "analysis", "plain", i + 1)
+            body = {"model": model.name, "messages": wl.messages("single", "analysis", nonce), "stream": False,
+                    "options": opts}
+            done = requests.post(ep.url + "/api/chat", json=body, timeout=profile.workload.timeout_s).json()
+            ref.append(metrics.decode_tps_server(done.get("eval_count"),
+                                                 metrics.server_duration_ms(done.get("eval_duration"))))
+        reference = statistics.fmean(r for r in ref if r)
+        client_tps = statistics.fmean(r.decode_tps_client for r in recs)
+        server_tps = statistics.fmean(r.decode_tps_server for r in recs)
+        out.append({"model": model.name, "engine": "ollama", "reference": "Ollama eval rate, stream: false",
+                    "threads": runtime.threads, "n_gen": n_gen, "reference_tps": reference,
+                    "reference_std": statistics.stdev(ref) if len(ref) > 1 else None,
+                    "harness_client_tps": client_tps, "harness_server_tps": server_tps,
+                    "ratio_client_to_reference": client_tps / reference,
+                    "ratio_server_to_reference": server_tps / reference})
     return out
 
 

@@ -8,7 +8,7 @@ and what was expected, instead of a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
-import shutil
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import BenchError
+from bench.host import detect_gpu_host
 from bench.paths import PROFILES_DIR
 
 Lang = Literal["python", "rust"]
@@ -42,13 +43,18 @@ class ServerConfig(Strict):
 
 
 class RuntimeSpec(Strict):
-    kind: Literal["local", "external", "docker"]
+    kind: Literal["local", "ollama", "external", "docker"]
     host: str = "127.0.0.1"
-    threads: int | None = Field(None, ge=1, description="CPU threads per server; default: cores ÷ servers")
+    threads: int | None = Field(None, ge=1, description="CPU threads per server (llama-server -t, Ollama "
+                                                        "num_thread); default: cores ÷ servers")
     endpoints: list[EndpointSpec]
     server_defaults: ServerConfig = ServerConfig(gpu_layers=-1, ctx=2048)
     startup_timeout_s: float = Field(120.0, gt=0)
+    num_parallel: int = Field(1, ge=1, description="Ollama: OLLAMA_NUM_PARALLEL of each instance")
+    keep_alive: str = Field("30m", description="Ollama: OLLAMA_KEEP_ALIVE (how long an idle model stays loaded)")
     compose_file: str = "compose.yaml"
+    compose_overrides: list[str] = Field(default_factory=list,
+                                         description="docker: compose files layered over compose_file")
 
     @model_validator(mode="after")
     def _two_distinct_endpoints(self):
@@ -73,7 +79,12 @@ class ModelSpec(Strict):
     name: str = Field(min_length=1)
     baseline: bool = False
     optional: bool = Field(False, description="failures (e.g. OOM) are logged, and the study goes on")
-    file: str | None = Field(None, description="local runtime: a GGUF path instead of an embedded model")
+    source: Literal["pull", "gguf"] = Field("pull", description="Ollama: pull from the registry, or create "
+                                                                "from a GGUF file (embedded model or `file`)")
+    file: str | None = Field(None, description="a GGUF path instead of an embedded model")
+    template: str | None = Field(None, description="Ollama, GGUF source: chat template (bench/data/chat_templates/"
+                                                   "NAME.gotmpl) for a file that has none")
+    stop: list[str] = Field(default_factory=list, description="Ollama, GGUF source: stop sequences")
 
     @property
     def slug(self) -> str:
@@ -214,8 +225,6 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that sits at a location path, for listing its allowed keys."""
-    import typing
-
     current: object = model
     for part in loc:
         if isinstance(part, int):
@@ -258,23 +267,6 @@ def load_profile(path: Path | str, reason: str = "") -> LoadedProfile:
 
 def builtin_profiles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"))}
-
-
-def detect_gpu_host() -> tuple[bool, str]:
-    """Whether a Docker engine and an NVIDIA GPU are both usable here, and why (not)."""
-    from bench import gpu
-
-    from bench.docker_runtime import docker_engine
-
-    if shutil.which("docker") is None:
-        return False, "no docker client on PATH"
-    engine, why_not = docker_engine()
-    if engine is None:
-        return False, why_not
-    count, why = gpu.nvidia_gpu_count()
-    if count == 0:
-        return False, f"Docker engine is up but no NVIDIA GPU ({why})"
-    return True, f"Docker engine is up and {count} NVIDIA GPU(s) found"
 
 
 def resolve_profile(spec: str = "auto") -> LoadedProfile:

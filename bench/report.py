@@ -200,14 +200,14 @@ def floors_table(floors: dict[tuple[str, str], dict]) -> str | None:
                  "paced skew %": _fmt(r.get("skew_pct"), 2)} for (c, a), r in sorted(floors.items())])
 
 
-def llama_bench_table(data: dict | None) -> str | None:
-    return _md([{"model": r.get("model"), "threads": r.get("threads"),
-                 "llama-bench tg tok/s": _fmt(r.get("llama_bench_tg_tps")),
+def engine_reference_table(data: dict | None) -> str | None:
+    return _md([{"model": r.get("model"), "engine": r.get("engine"), "reference": r.get("reference"),
+                 "threads": r.get("threads"), "reference tok/s": _fmt(r.get("reference_tps")),
                  "harness tok/s client / server": f"{_fmt(r.get('harness_client_tps'))} / "
                                                  f"{_fmt(r.get('harness_server_tps'))}",
-                 "ratio client / server to llama-bench": f"{_fmt(r.get('ratio_client_to_llama_bench'))} / "
-                                                        f"{_fmt(r.get('ratio_server_to_llama_bench'))}"}
-                for r in (data or {}).get("harness_vs_llama_bench", [])])
+                 "ratio client / server to reference": f"{_fmt(r.get('ratio_client_to_reference'))} / "
+                                                      f"{_fmt(r.get('ratio_server_to_reference'))}"}
+                for r in (data or {}).get("harness_vs_engine", [])])
 
 
 # ---- VRAM, quantization, power, cost ---------------------------------------------------------
@@ -425,9 +425,18 @@ def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict
         "winner_matrix": matrix, "winner_detail": matrix_detail,
         "lang_deltas": lang_delta_table(derived["lang_deltas"], floors, profile.runtime.endpoints[0].api),
         "langs_measured": sorted(runs["lang"].unique()),
-        "floors": floors_table(floors), "llama_bench": llama_bench_table(client_overhead),
+        "floors": floors_table(floors), "engine_reference": engine_reference_table(client_overhead),
         "overhead_measured_at": (client_overhead or {}).get("measured_at"),
         "model_notes": model_notes(manifest, failures, runs),
+        "reconciliation": _md([{"engine API": r["api"], "model": r["model"], "requests": r["requests"],
+                                "stopped before num_predict": r["stopped_early"],
+                                "TTFT unaccounted, median (ms)": _fmt(r["ttft_unaccounted_ms_median"]),
+                                "p95 (ms)": _fmt(r["ttft_unaccounted_ms_p95"]),
+                                "decode overstatement, median": _pct(r["decode_overstatement_pct_median"]),
+                                "p95": _pct(r["decode_overstatement_pct_p95"])}
+                               for _, r in derived["reconciliation"].iterrows()]),
+        "misplaced": _md([{"config": r["cell"], "run": r["run"], "placement": r["placement_issues"]}
+                          for _, r in tables.misplaced.iterrows()]),
         "gpu_reason": gpu_reason(manifest),
         "frontier": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
                           "tokens/J": _fmt(r["tokens_per_j_mean"]), "on frontier": "yes" if r["pareto"] else "no"}

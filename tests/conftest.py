@@ -36,19 +36,36 @@ def llama_available() -> tuple[bool, str]:
     return True, ""
 
 
+def ollama_available() -> tuple[bool, str]:
+    from bench.assets import model_file
+
+    binary = Path(os.environ.get("OLLAMA_BIN", Path(sys.prefix) / "bin" / "ollama"))
+    if not binary.is_file():
+        return False, f"no Ollama binary at {binary} (scripts/build-ollama.sh)"
+    try:
+        model_file("gemma3-270m")
+        model_file("smollm2-135m")
+    except Exception as exc:
+        return False, str(exc)
+    return True, ""
+
+
 def pytest_collection_modifyitems(config, items):
-    ok, why = llama_available()
-    if ok or os.environ.get("CI"):
-        return  # in CI a missing runtime must fail, not skip
-    skip = pytest.mark.skip(reason=f"embedded llama-server not set up: {why}")
-    for item in items:
-        if "llama" in item.keywords:
-            item.add_marker(skip)
+    if os.environ.get("CI"):
+        return  # in CI a missing engine must fail, not skip
+    for marker, (ok, why) in (("llama", llama_available()), ("ollama", ollama_available())):
+        if ok:
+            continue
+        skip = pytest.mark.skip(reason=f"{marker} engine not set up: {why}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
-def smoke_variant(tmp_path: Path, mutate=None, name: str = "profile.yaml") -> Path:
-    """The smoke profile on free ports, shrunk for tests, then `mutate(data)`."""
-    data = yaml.safe_load(builtin_profiles()["smoke"].read_text())
+def smoke_variant(tmp_path: Path, mutate=None, name: str = "profile.yaml", base: str = "smoke-llamacpp") -> Path:
+    """A smoke profile (llama.cpp by default, or `base`) on free ports, shrunk for tests, then
+    `mutate(data)`."""
+    data = yaml.safe_load(builtin_profiles()[base].read_text())
     data["study"] = "test"
     data["runtime"]["endpoints"][0]["port"] = free_port()
     data["runtime"]["endpoints"][1]["port"] = free_port()
@@ -73,7 +90,7 @@ def results_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def llama_runtime(tmp_path_factory):
     """Two real llama-server processes (LocalRuntime), shared by the session's llama tests."""
-    from bench.runtime import LocalRuntime
+    from bench.runtimes import LocalRuntime
 
     tmp = tmp_path_factory.mktemp("llama")
     profile = load_profile(smoke_variant(tmp)).profile
@@ -81,6 +98,22 @@ def llama_runtime(tmp_path_factory):
     runtime.up()
     yield runtime
     runtime.down()
+
+
+@pytest.fixture(scope="session")
+def ollama_runtime(tmp_path_factory):
+    """Two real `ollama serve` processes (OllamaRuntime) with both models created over HTTP, shared
+    by the session's Ollama tests. The model store is the bundle's cache, as in a real study."""
+    from bench.runtimes import OllamaRuntime
+
+    tmp = tmp_path_factory.mktemp("ollama")
+    profile = load_profile(smoke_variant(tmp, base="smoke")).profile
+    runtime = OllamaRuntime(profile, state_dir=tmp / "state", log_dir=tmp / "logs")
+    try:
+        runtime.up()
+        yield runtime
+    finally:
+        runtime.down()
 
 
 def invoke(*args: str, results: Path, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -1,8 +1,12 @@
-"""A protocol-faithful Ollama test server (we cannot run Ollama here).
+"""A protocol-faithful Ollama test server, for the faults a real Ollama can't produce on demand.
 
-Built from shared/reference/protocols.md §1: NDJSON streams with chunked transfer encoding,
-durations in integer nanoseconds, omitempty metric fields, text in the done:true chunk, the real
-error bodies and status codes, /api/tags, /api/show, /api/ps and /api/version.
+Built from shared/reference/protocols.md §1 and checked against a real Ollama 0.17.4
+(tests/test_ollama_runtime.py::test_test_server_agrees_with_real_ollama): NDJSON streams with
+chunked transfer encoding, durations in integer nanoseconds, omitempty metric fields, an empty
+done:true chunk (or, with `text_in_final`, the last token in it, as older versions sent), the model
+name echoed as requested, the real error bodies and status codes, /api/tags, /api/show, /api/ps
+(no modified_at) and /api/version. Corrected after that comparison: the final chunk's text, the
+echoed model name and the /api/ps fields.
 
 Tokens are paced by real sleeps, so server-side durations are true measurements of this server.
 `shared_lock`: when two servers get the same lock, each token step holds it, as two model
@@ -36,11 +40,12 @@ def _now_rfc3339() -> str:
 class FakeOllama:
     def __init__(self, *, token_s: float = 0.004, prompt_token_s: float = 0.0002, load_s: float = 0.05,
                  models: list[str] | None = None, shared_lock: threading.Lock | None = None,
-                 version: str = "0.12.6"):
+                 version: str = "0.12.6", text_in_final: bool = False):
         self.token_s, self.prompt_token_s, self.load_s = token_s, prompt_token_s, load_s
         self.models = models or list(DEFAULT_MODELS)
         self.lock = shared_lock or threading.Lock()
         self.version = version
+        self.text_in_final = text_in_final
         self.loaded: dict[str, dict] = {}  # model -> options that need a reload when they change
         self.requests: list[dict] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -109,8 +114,9 @@ class FakeOllama:
                 elif self.path == "/api/tags":
                     self._json(200, {"models": [self._tag(m) for m in server.models]})
                 elif self.path == "/api/ps":
-                    self._json(200, {"models": [{**self._tag(m), "expires_at": _now_rfc3339(),
-                                                 "size_vram": 3_338_801_804, "context_length": o.get("num_ctx", 4096)}
+                    self._json(200, {"models": [{**{k: v for k, v in self._tag(m).items() if k != "modified_at"},
+                                                 "expires_at": _now_rfc3339(), "size_vram": 3_338_801_804,
+                                                 "context_length": o.get("num_ctx", 4096)}
                                                 for m, o in server.loaded.items()]})
                 else:
                     self._json(404, {"error": "404 page not found"})
@@ -212,7 +218,7 @@ class FakeOllama:
                 te = time.perf_counter_ns()
 
                 def chunk(text: str, done: bool = False, **extra) -> dict:
-                    body = {"model": name, "created_at": _now_rfc3339()}
+                    body = {"model": req["model"], "created_at": _now_rfc3339()}  # the name as requested
                     if chat:
                         body["message"] = {"role": "assistant", "content": text}
                     else:
@@ -221,8 +227,10 @@ class FakeOllama:
                     body.update(extra)
                     return body
 
-                # The last token is sent in the done:true chunk, as Ollama may do.
-                for i in range(n_predict - 1):
+                # Ollama 0.17 sends every token in a done:false chunk and an empty done:true chunk;
+                # `text_in_final` puts the last token in the done chunk instead, as older versions did.
+                n_stream = n_predict - 1 if server.text_in_final else n_predict
+                for i in range(n_stream):
                     with server.lock:
                         time.sleep(server.token_s)
                     if base in ("midstream", "garbage", "truncated") and i == 3:
@@ -234,14 +242,16 @@ class FakeOllama:
                         self._end_chunks()
                         return
                     self._chunk(chunk(WORDS[i % len(WORDS)]))
-                with server.lock:
-                    time.sleep(server.token_s)
+                if server.text_in_final:
+                    with server.lock:
+                        time.sleep(server.token_s)
                 eval_ns = time.perf_counter_ns() - te
-                final = chunk(WORDS[(n_predict - 1) % len(WORDS)], True, done_reason="length",
-                              total_duration=time.perf_counter_ns() - t0, prompt_eval_count=n_prompt,
-                              prompt_eval_duration=prompt_ns, eval_count=n_predict, eval_duration=eval_ns)
+                last = WORDS[(n_predict - 1) % len(WORDS)] if server.text_in_final else ""
+                final = chunk(last, True, done_reason="length", total_duration=time.perf_counter_ns() - t0)
                 if load_ns:
                     final["load_duration"] = load_ns  # omitempty: absent when zero
+                final.update(prompt_eval_count=n_prompt, prompt_eval_duration=prompt_ns, eval_count=n_predict,
+                             eval_duration=eval_ns)
                 self._chunk(final)
                 self._end_chunks()
 

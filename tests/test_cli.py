@@ -28,7 +28,7 @@ def test_unreachable_endpoint(tmp_path):
             {"name": "b", "url": f"http://127.0.0.1:{free_port()}", "api": "ollama"}]}
     path = smoke_variant(tmp_path, external)
     proc = invoke("bench", "--profile", str(path), "--no-progress", results=tmp_path / "r", timeout=120)
-    assert_clean_failure(proc, "cannot list models", "127.0.0.1")
+    assert_clean_failure(proc, "cannot reach the server", "127.0.0.1")
 
 
 def test_unknown_model_lists_available_models(tmp_path):

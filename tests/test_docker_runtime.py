@@ -4,10 +4,12 @@ and the two Ollama containers by two protocol-faithful test servers on their por
 from __future__ import annotations
 
 import subprocess
+import types
 
 import pytest
+import requests
 
-from bench.docker_runtime import DockerRuntime
+from bench.runtimes import DockerRuntime
 from bench.errors import BenchError
 from bench.profile import builtin_profiles, load_profile
 from ollama_server import FakeOllama
@@ -26,14 +28,13 @@ class RecordedDocker:
         if cmd[-3:] == ["ps", "--format", "json"]:
             return subprocess.CompletedProcess(cmd, 0, '{"ID":"c1","Service":"ollama-a","Image":"ollama/ollama:0.12.6",'
                                                        '"Publishers":[{"PublishedPort":11434}]}\n', "")
-        if cmd[:2] == ["docker", "inspect"]:
-            return subprocess.CompletedProcess(cmd, 0, "sha256:feedbeef\n", "")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
 
 @pytest.fixture()
 def tr116_on_test_servers():
-    with FakeOllama(models=["gemma3:latest"]) as a, FakeOllama(models=["gemma3:latest"]) as b:
+    store = ["gemma3:latest"]  # one list for both: the containers share one model volume
+    with FakeOllama(models=store) as a, FakeOllama(models=store) as b:
         base = load_profile(builtin_profiles()["tr116"]).profile
         rt = base.runtime.model_copy(update={"endpoints": [
             base.runtime.endpoints[0].model_copy(update={"port": int(a.url.rsplit(":", 1)[1])}),
@@ -50,7 +51,9 @@ def test_up_starts_compose_builds_image_and_pulls_models(tr116_on_test_servers):
     assert docker.calls[0][3].endswith("compose.yaml")
     assert docker.calls[1][:2] == ["docker", "build"] and "docker/Dockerfile.rust-agents" in docker.calls[1]
     pulls = [r["model"] for r in a.requests if r["path"] == "/api/pull"]
-    assert pulls == [m.name for m in profile.models]  # pulled once, through the first instance
+    # pulled once, through the first instance; the model already in the volume is not pulled again
+    assert pulls == [m.name for m in profile.models if m.name != "gemma3:latest"]
+    assert {f"{m.name}:latest" if ":" not in m.name else m.name for m in profile.models} <= set(b.models)
     assert not [r for r in b.requests if r["path"] == "/api/pull"]
     runtime.down()
     assert docker.calls[-1][-2:] == ["down", "--remove-orphans"]
@@ -58,13 +61,15 @@ def test_up_starts_compose_builds_image_and_pulls_models(tr116_on_test_servers):
 
 def test_switch_unloads_the_previous_model_on_both_instances(tr116_on_test_servers):
     profile, a, b = tr116_on_test_servers
-    for srv in (a, b):
-        srv.models.append("qwen2.5:7b")
+    a.models.append("qwen2.5:7b")
     runtime = DockerRuntime(profile, run=RecordedDocker())
     gemma = next(m for m in profile.models if m.name == "gemma3:latest")
     qwen = next(m for m in profile.models if m.name == "qwen2.5:7b")
-    assert runtime.switch(gemma, {}).restarted == {"collector": True, "insight": True}
-    assert runtime.switch(gemma, {}).restarted == {"collector": False, "insight": False}
+    assert runtime.switch(gemma, {}) is True
+    assert runtime.switch(gemma, {}) is False
+    for srv in (a, b):  # the agents' calls load the model on both instances
+        requests.post(srv.url + "/api/generate", json={"model": "gemma3:latest", "prompt": "x", "stream": False,
+                                                        "options": {"num_predict": 2}}, timeout=30)
     runtime.switch(qwen, {})
     for srv in (a, b):
         unloads = [r for r in srv.requests if r["path"] == "/api/generate" and r.get("keep_alive") == 0]
@@ -86,9 +91,25 @@ def test_compose_failure_is_a_clear_error(tr116_on_test_servers):
         runtime.up()
 
 
-def test_describe_records_images_and_versions(tr116_on_test_servers):
+class RecordedEngine:
+    """The docker SDK's container inspection, answering with a recorded container."""
+
+    class containers:  # noqa: N801 - mirrors the SDK's attribute
+        @staticmethod
+        def get(container_id):
+            assert container_id == "c1"
+            image = types.SimpleNamespace(id="sha256:feedbeef",
+                                          attrs={"RepoDigests": ["ollama/ollama@sha256:0123"]})
+            return types.SimpleNamespace(image=image, attrs={
+                "Config": {"Env": ["OLLAMA_NUM_PARALLEL=1", "PATH=/usr/bin"]}, "HostConfig": {"Memory": 0}})
+
+
+def test_describe_records_images_and_versions(tr116_on_test_servers, monkeypatch):
     profile, _, _ = tr116_on_test_servers
+    monkeypatch.setattr("bench.runtimes.docker.docker_engine", lambda: (RecordedEngine(), ""))
     info = DockerRuntime(profile, run=RecordedDocker()).describe()
     assert info["kind"] == "docker"
-    assert info["containers"][0]["image_id"] == "sha256:feedbeef"
+    c = info["containers"][0]
+    assert c["image_id"] == "sha256:feedbeef" and c["image_digests"] == ["ollama/ollama@sha256:0123"]
+    assert c["env"] == ["OLLAMA_NUM_PARALLEL=1"]
     assert info["ollama_version"] == {"collector": "0.12.6", "insight": "0.12.6"}

@@ -61,7 +61,7 @@ def imported_image(docker_client):
 def test_rust_jobs_run_from_the_image(imported_image, tmp_path, results_dir, monkeypatch):
     from bench.plan import build_plan
     from bench.runner import run_matrix
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
     from bench.store import Store
 
     monkeypatch.delenv("TR116_AGENT_BIN", raising=False)

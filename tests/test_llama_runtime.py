@@ -11,15 +11,16 @@ import requests
 from bench.clients import CallContext, StreamingClient
 from bench.errors import BenchError, RequestError
 from bench.profile import ModelSpec, ServerConfig, load_profile
-from bench.runtime import LocalRuntime
+from bench.runtimes import LocalRuntime
 from bench.workload import load_workload
 from conftest import free_port, smoke_variant
 
 pytestmark = pytest.mark.llama
+NONCE = "0123456789abcdef"  # llama-server gets cache_prompt: false, so a repeated prompt is measured in full
 
 
 def ctx():
-    return CallContext("single", "analysis", "single", time.perf_counter_ns())
+    return CallContext("single", "analysis", "single", time.perf_counter_ns(), NONCE)
 
 
 @pytest.mark.parametrize("model", ["gemma3-270m", "smollm2-135m"])
@@ -29,8 +30,8 @@ def test_real_inference_both_models(llama_runtime, model):
     client = StreamingClient(ep.url, ep.api)
     wl = load_workload()
     opts = {"num_predict": 16, "seed": 42, "ignore_eos": True, "temperature": 0.8}
-    client.chat(model, wl.messages("single", "analysis"), opts, ctx())  # warmup
-    rec = client.chat(model, wl.messages("single", "analysis"), opts, ctx())
+    client.chat(model, wl.messages("single", "analysis", NONCE), opts, ctx())  # warmup
+    rec = client.chat(model, wl.messages("single", "analysis", NONCE), opts, ctx())
     assert rec.error is None and rec.model == model
     assert rec.output_tokens == 16 and not rec.output_tokens_estimated  # ignore_eos: exactly num_predict
     assert rec.prompt_tokens > 100  # the data set is in the prompt, and the prompt cache is off
@@ -47,7 +48,7 @@ def test_same_seed_same_text(llama_runtime):
     llama_runtime.switch(ModelSpec(name="smollm2-135m"), {"a": ServerConfig(gpu_layers=0, ctx=1024)})
     ep = llama_runtime.endpoints()[0]
     client = StreamingClient(ep.url, ep.api)
-    msgs = load_workload().messages("single", "analysis")
+    msgs = load_workload().messages("single", "analysis", NONCE)
     opts = {"num_predict": 12, "seed": 123, "temperature": 0.8}
     a = client.chat("smollm2-135m", msgs, opts, ctx())
     b = client.chat("smollm2-135m", msgs, opts, ctx())
@@ -56,15 +57,17 @@ def test_same_seed_same_text(llama_runtime):
 
 def test_switch_restarts_only_on_change(llama_runtime):
     model = ModelSpec(name="smollm2-135m")
-    first = llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=512)})
-    again = llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=512)})
-    assert again.restarted == {"a": False, "b": False}
-    other = llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=1024)})
-    assert other.restarted["a"] is True and other.restarted["b"] is False
+    llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=512)})
+    pids = {name: server.state().pid for name, server in llama_runtime.servers.items()}
+    assert llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=512)}) is False
+    assert llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=1024)}) is True
+    assert llama_runtime.servers["a"].state().pid != pids["a"]  # a restarted with the new flags
+    assert llama_runtime.servers["b"].state().pid == pids["b"]  # b kept running
     props = requests.get(llama_runtime.endpoints()[0].url + "/props", timeout=5).json()
     assert props["default_generation_settings"]["n_ctx"] == 1024
     assert props["total_slots"] == 1  # -np 1: the whole context in one slot
-    assert first is not None
+    placement = llama_runtime.placement(model)
+    assert placement["a"]["ctx"] == placement["a"]["slot_ctx"] == 1024 and placement["a"]["parallel"] == 1
 
 
 def test_context_overflow_is_a_clear_error(llama_runtime):
@@ -80,7 +83,7 @@ def test_context_overflow_is_a_clear_error(llama_runtime):
 
 
 def _server_pids(runtime: LocalRuntime) -> list[int]:
-    return [st.pid for st in runtime.running().values() if st]
+    return [st.pid for st in (s.state() for s in runtime.servers.values()) if st]
 
 
 def test_up_down_leaves_no_process(tmp_path):

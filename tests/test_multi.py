@@ -17,7 +17,7 @@ S = 1_000_000_000
 
 def rec(agent, phase, tokens, eval_ms, ttft):
     return RequestRecord(agent=agent, stage="analysis", phase=phase, endpoint="e", api="ollama", model="m",
-                         start_offset_ms=0, ttft_ms=ttft, e2e_ms=1, itl_ms=None, content_chunks=tokens,
+                         prompt_nonce="0" * 16, start_offset_ms=0, ttft_ms=ttft, e2e_ms=1, itl_ms=None, content_chunks=tokens,
                          output_tokens=tokens, output_tokens_estimated=False, prompt_tokens=1,
                          decode_tps_client=None, decode_tps_server=None, load_ms=0, prompt_eval_ms=1,
                          eval_ms=eval_ms, cold_load=False, done_reason="length", error=None, error_kind=None,
@@ -67,8 +67,8 @@ def run_pair(lock_a, lock_b, order=("alone", "together")):
         targets = {"collector": AgentTarget("collector", StreamingClient(a.url, "ollama"), "gemma3", opts),
                    "insight": AgentTarget("insight", StreamingClient(b.url, "ollama"), "gemma3", opts)}
         for t in targets.values():
-            agents.warmup(t, wl, 1)
-        _, records, m = agents.run_multi(targets, wl, phase_order=list(order),
+            agents.warmup(t, wl, 1, "test/warmup")
+        _, records, m = agents.run_multi(targets, wl, "test/multi/run_1", phase_order=list(order),
                                          alone_order=["insight", "collector"])
         return records, m
 
@@ -95,6 +95,8 @@ def test_run_multi_records_phases_and_offsets():
     alone = [r for r in records if r.phase == "alone"]
     assert [r.agent for r in alone] == ["insight", "insight", "collector", "collector"]
     assert [r.stage for r in alone] == ["analysis", "report"] * 2
+    # every counted call has its own prompt nonce: no prefix-cache hit between phases or agents
+    assert len({r.prompt_nonce for r in records}) == len(records) == 8
     # alone calls never overlap: each starts after the previous one ended
     for prev, nxt in zip(alone, alone[1:]):
         assert nxt.start_offset_ms >= prev.start_offset_ms + prev.e2e_ms - 1e-6

@@ -20,7 +20,7 @@ def ollama():
 def ctx():
     import time
 
-    return CallContext("single", "analysis", "single", time.perf_counter_ns(), cold_load_ms=40)
+    return CallContext("single", "analysis", "single", time.perf_counter_ns(), "0" * 16, cold_load_ms=40)
 
 
 def test_stream_counts_and_durations(ollama):

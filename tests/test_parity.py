@@ -1,13 +1,17 @@
-"""Python and Rust agents run the same workload against the same real llama-server.
+"""Python and Rust agents run the same workload against the same real engine, on llama-server and
+on Ollama.
 
-Tolerances: both clients stamp token arrivals on the same loopback socket and their own cost is
-~1.4 µs (Rust) and ~6 µs (Python) of CPU per token (`invoke bench-clients`), against ~5–30 ms
-per token here, so the clients themselves differ by well under 1 %. What differs between two
-runs is the machine: on 2 shared cores the server's own decode rate varies by ~5–10 % from run
-to run (shared/reference/cpu-backend.md: 173–181 tok/s for one model). Medians of interleaved
-runs are therefore required to agree within 20 % (rates, durations) and TTFT within 25 % or
-40 ms, whichever is larger. Token counts and the generated text must match exactly: same seed,
-same prompt, prompt cache off, one slot.
+Each round runs the Python agent on the first instance and the Rust agent on the second, both with
+the same run key, so both send the same bytes (the prompt nonce is the same function in both
+languages) and neither instance has seen the prompt before (Ollama's prompt cache cannot be turned
+off). Same bytes, seed and model give the same tokens and text.
+
+Tolerances: both clients stamp token arrivals on loopback and their own cost is ~1.4 µs (Rust) and
+~6 µs (Python) of CPU per token (`invoke bench-clients`), against ~5–30 ms per token here, so the
+clients themselves differ by well under 1 %. What differs between two runs is the machine: on 2
+shared cores a server's decode rate varies by ~5–10 % from run to run. Medians of interleaved runs
+are therefore required to agree within 20 % (rates, durations) and TTFT within 25 % or 40 ms,
+whichever is larger.
 """
 
 from __future__ import annotations
@@ -23,38 +27,47 @@ from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.profile import ModelSpec, ServerConfig, WorkloadSpec
 from bench.store import schema_errors
-from bench.workload import load_workload
-
-pytestmark = pytest.mark.llama
+from bench.workload import load_workload, prompt_nonce
 
 MODEL = "smollm2-135m"
 
 
 @pytest.fixture(scope="module")
 def rust_agent():
-    agent, reason = rust.find_rust_agent()
-    if agent is None:
-        pytest.fail(f"the Rust agent is not built: {reason}")
-    return agent
+    """The native binary: this compares the clients, not the packaging (a `docker run` per job
+    costs CPU on 2 cores while the server decodes; tests/test_docker_rust_image.py covers it)."""
+    if not rust.NATIVE_BINARY.is_file():
+        pytest.fail(f"the Rust agent is not built: {rust.NATIVE_BINARY} (scripts/setup.sh)")
+    return rust.RustAgent((str(rust.NATIVE_BINARY),), f"native {rust.NATIVE_BINARY}")
 
 
-def test_python_and_rust_records_agree(llama_runtime, rust_agent, tmp_path):
-    llama_runtime.switch(ModelSpec(name=MODEL), {"a": ServerConfig(gpu_layers=0, ctx=1024)})
-    ep = llama_runtime.endpoints()[0]
+@pytest.fixture(params=[pytest.param("llama_runtime", marks=pytest.mark.llama),
+                        pytest.param("ollama_runtime", marks=pytest.mark.ollama)])
+def engine(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_python_and_rust_records_agree(engine, rust_agent, tmp_path):
+    py_ep, rs_ep = engine.endpoints()
+    engine.switch(ModelSpec(name=MODEL), {ep.name: ServerConfig(gpu_layers=0, ctx=1024) for ep in (py_ep, rs_ep)})
     wl_spec = WorkloadSpec(seed=42, num_predict=32, ignore_eos=True)
-    options = agents.request_options(wl_spec, None) | {"temperature": 0.8}
+    threads = 1 if py_ep.api == "ollama" else None
+    options = agents.request_options(wl_spec, None, threads) | {"temperature": 0.8}
     workload = load_workload()
-    target = AgentTarget("single", StreamingClient(ep.url, ep.api), MODEL, options)
-    agents.warmup(target, workload, 1)
+    target = AgentTarget("single", StreamingClient(py_ep.url, py_ep.api), MODEL, options)
+    agents.warmup(target, workload, 1, "parity/python")
+    agents.warmup(AgentTarget("single", StreamingClient(rs_ep.url, rs_ep.api), MODEL, options), workload, 1,
+                  "parity/rust")
     config = {"gpu_layers": 0, "ctx": 1024, "temperature": 0.8, "seed": 42, "num_predict": 32,
               "ignore_eos": True, "scenario": None}
     py_runs, rs_runs = [], []
     for k in range(1, 6):  # interleaved, so drift hits both clients alike; 5 so one slow run cannot move a median
-        _, records, _ = agents.run_single(target, workload)
+        run_key = f"parity/{engine.kind}/run_{k}"
+        _, records, _ = agents.run_single(target, workload, run_key)
         py_runs.append([r.to_json() for r in records])
-        job = rust.job_document(suite="single", study="parity", run_index=k,
+        job = rust.job_document(suite="single", study="parity", run_key=run_key, run_index=k,
                                 model={"name": MODEL, "slug": MODEL, "baseline": False}, config=config,
-                                agents={"single": {"endpoint": ep.url, "api": ep.api, "model": MODEL,
+                                agents={"single": {"endpoint": rs_ep.url, "api": rs_ep.api, "model": MODEL,
                                                    "options": options}},
                                 timeout_s=120, cold_load_ms=1000,
                                 contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
@@ -67,13 +80,22 @@ def test_python_and_rust_records_agree(llama_runtime, rust_agent, tmp_path):
         rs_runs.append(doc["requests"])
         time.sleep(0.1)
 
+    for k, (py_run, rs_run) in enumerate(zip(py_runs, rs_runs), start=1):
+        for stage, (py, rs) in enumerate(zip(py_run, rs_run)):
+            # the same nonce from the same function in both languages, so the same prompt bytes
+            expected = prompt_nonce(f"parity/{engine.kind}/run_{k}", "single", ("analysis", "report")[stage],
+                                    "single", 1)
+            assert (py["prompt_nonce"], rs["prompt_nonce"]) == (expected, expected), (k, stage)
+            # exact: same prompt in, same tokens and text out (deterministic sampling with a seed)
+            assert py["prompt_tokens"] == rs["prompt_tokens"]
+            assert py["output_tokens"] == rs["output_tokens"]
+            assert py["output_text"] == rs["output_text"] and py["output_text"]
+    if py_ep.api == "openai":
+        assert {r["output_tokens"] for run in py_runs + rs_runs for r in run} == {32}  # ignore_eos
+
     for stage in (0, 1):
         py = [run[stage] for run in py_runs]
         rs = [run[stage] for run in rs_runs]
-        # exact: same tokens out, same prompt in, same text (deterministic sampling with a seed)
-        assert {r["output_tokens"] for r in py} == {r["output_tokens"] for r in rs} == {32}
-        assert {r["prompt_tokens"] for r in py} == {r["prompt_tokens"] for r in rs}
-        assert py[0]["output_text"] == rs[0]["output_text"]
 
         def med(rows, key):
             return statistics.median(r[key] for r in rows)
@@ -84,6 +106,7 @@ def test_python_and_rust_records_agree(llama_runtime, rust_agent, tmp_path):
         assert abs(ttft_rs - ttft_py) <= max(40.0, 0.25 * ttft_py), (ttft_py, ttft_rs)
 
 
+@pytest.mark.llama
 def test_rust_integration_test_against_real_llama_server(llama_runtime):
     """rust-agents/tests/llama_server.rs, pointed at a real llama-server (skipped by plain cargo test)."""
     import os

@@ -88,7 +88,7 @@ def test_oom_is_logged_and_optional_model_skipped(tmp_path, two_servers):
 def _run_in_process(tmp_path, a, b, langs):
     from bench.plan import build_plan
     from bench.runner import run_matrix
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
     from bench.store import Store
 
     loaded = load_profile(external_profile(tmp_path, a, b, langs))
@@ -125,7 +125,7 @@ def test_runner_executes_outlier_reruns(tmp_path, two_servers, results_dir, monk
     """The runner runs what the outlier planner asks for, once per round, within the budget."""
     import bench.runner as runner_mod
     from bench.plan import RunItem, build_plan
-    from bench.runtime import create_runtime
+    from bench.runtimes import create_runtime
     from bench.store import Store
 
     a, b = two_servers

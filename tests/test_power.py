@@ -12,7 +12,7 @@ from bench import gpu, metrics
 from bench.profile import load_profile
 from bench.runner import run_matrix
 from bench.plan import build_plan
-from bench.runtime import create_runtime
+from bench.runtimes import create_runtime
 from bench.store import Store, schema_errors
 from conftest import smoke_variant
 from ollama_server import FakeOllama

@@ -29,7 +29,11 @@ def error_of(path: Path) -> str:
 def test_builtin_profiles_validate_and_plan():
     smoke = load_profile(builtin_profiles()["smoke"]).profile
     tr116 = load_profile(builtin_profiles()["tr116"]).profile
-    assert smoke.runtime.kind == "local" and smoke.baseline.name == "gemma3-270m"
+    assert smoke.runtime.kind == "ollama" and smoke.baseline.name == "gemma3-270m"
+    assert [e.port for e in smoke.runtime.endpoints] == [11434, 11435]  # the spec's ports
+    assert {m.source for m in smoke.models} == {"gguf"}
+    llamacpp = load_profile(builtin_profiles()["smoke-llamacpp"]).profile
+    assert llamacpp.runtime.kind == "local" and [m.name for m in llamacpp.models] == [m.name for m in smoke.models]
     assert tr116.baseline.name == "gemma3:latest"
     assert [e.port for e in tr116.runtime.endpoints] == [11434, 11435]
     assert tr116.single.gpu_layers == [60, 80] and tr116.single.ctx == [512, 1024]
@@ -74,7 +78,7 @@ def test_two_baselines_rejected(tmp_path):
 
 
 def test_same_port_twice_rejected(tmp_path):
-    msg = error_of(write(tmp_path, lambda d: d["runtime"]["endpoints"][1].update(port=18434)))
+    msg = error_of(write(tmp_path, lambda d: d["runtime"]["endpoints"][1].update(port=11434)))
     assert "different ports" in msg
 
 

@@ -7,6 +7,7 @@ test_manifest* reuse them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def make_profile(tmp_path: Path, mutate=None) -> Path:
 def _request(agent: str, stage: str, phase: str, model: str, tps: float, ttft: float) -> dict:
     eval_ms = 47 / tps * 1000
     return {"agent": agent, "stage": stage, "phase": phase, "endpoint": "http://127.0.0.1:9", "api": "ollama",
-            "model": model, "start_offset_ms": 0.0, "ttft_ms": ttft, "e2e_ms": ttft + eval_ms,
+            "model": model, "prompt_nonce": hashlib.sha256(f"{agent}{stage}{phase}".encode()).hexdigest()[:16],
+            "start_offset_ms": 0.0, "ttft_ms": ttft, "e2e_ms": ttft + eval_ms,
             "itl_ms": {"n": 47, "mean": 1000 / tps, "p50": 1000 / tps, "p95": 1000 / tps, "max": 1000 / tps},
             "content_chunks": 48, "output_tokens": 48, "output_tokens_estimated": False, "prompt_tokens": 100,
             "decode_tps_client": tps, "decode_tps_server": tps, "load_ms": 1.0, "prompt_eval_ms": 10.0,
@@ -184,9 +186,9 @@ def test_client_floors_pricing_and_power_when_present(tmp_path, results_dir):
                            "skew_pct": 0.7},
                           {"client": "rust", "api": "ollama", "tokens_per_s": 150000.0, "cpu_us_per_token": 6.0,
                            "skew_pct": 0.1}],
-        "harness_vs_llama_bench": [{"model": "m", "threads": 1, "llama_bench_tg_tps": 50.0,
-                                    "harness_client_tps": 45.0, "harness_server_tps": 47.0,
-                                    "ratio_client_to_llama_bench": 0.9, "ratio_server_to_llama_bench": 0.94}]})
+        "harness_vs_engine": [{"model": "m", "engine": "llama.cpp", "reference": "llama-bench tg", "threads": 1,
+                               "reference_tps": 50.0, "harness_client_tps": 45.0, "harness_server_tps": 47.0,
+                               "ratio_client_to_reference": 0.9, "ratio_server_to_reference": 0.94}]})
     # Power data as the runner records it on a GPU host (the schema's `power` block).
     for path in store.root.glob("single/*/*/*/run_*/metrics.json"):
         doc = json.loads(path.read_text())
@@ -198,7 +200,7 @@ def test_client_floors_pricing_and_power_when_present(tmp_path, results_dir):
     # floors table, and the client CPU share on the study's protocol (ollama, not openai's 50 µs):
     # 40 µs × 100 tok/s = 0.40 % of each second for Python, 6 µs × 103 tok/s = 0.06 % for Rust
     assert "CPU µs per token" in text and "| 0.40 % / 0.06 %" in text
-    assert "| m       |         1 |                     50 | 45 / 47" in text  # harness vs llama-bench
+    assert "| m       | llama.cpp | llama-bench tg |         1 |                50 | 45 / 47" in text  # vs engine
     # tokens per $ from the GPU-hour price: served_tps × 3600 / 2
     cost = text.split("## 11.")[1].split("## 12.")[0]
     assert "tokens per $ (GPU-hour)" in cost and "tokens per $ (electricity)" in cost

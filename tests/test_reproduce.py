@@ -12,7 +12,7 @@ from bench.plan import build_plan
 from bench.profile import load_profile
 from bench.reproduce import new_study_name, reproduce, runtime_mismatches
 from bench.runner import run_matrix
-from bench.runtime import LocalRuntime, create_runtime
+from bench.runtimes import LocalRuntime, create_runtime
 from bench.store import Store, atomic_write_json
 from conftest import smoke_variant
 from ollama_server import FakeOllama

@@ -81,7 +81,7 @@ def sse_lines(texts, predicted_ms=40.0):
 def run_chat(api, lines, times):
     clock = ScriptedClock(times)
     client = StreamingClient("http://test", api, clock=clock, session=RecordedSession(lines))
-    ctx = CallContext("single", "analysis", "single", run_t0_ns=times[0] - 2 * MS)
+    ctx = CallContext("single", "analysis", "single", run_t0_ns=times[0] - 2 * MS, prompt_nonce="0" * 16)
     rec = client.chat("m", [{"role": "user", "content": "hi"}], {"num_predict": 5, "seed": 1}, ctx)
     return rec, clock
 

@@ -1,0 +1,50 @@
+"""The runtime interface: where a study's two inference servers come from.
+
+Every runtime (llama-server processes, native Ollama processes, Ollama containers, servers run by
+someone else) implements all of `Runtime`, so callers never probe for optional methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bench.profile import ModelSpec, ServerConfig
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    url: str
+    api: str
+
+
+class Runtime(Protocol):
+    kind: str
+    engine: str  # the inference engine behind the endpoints: "ollama" or "llama.cpp"
+    threads: int | None  # CPU threads per server, where the bundle sets them
+
+    def up(self) -> None:
+        """Start the servers (a no-op for servers run by someone else)."""
+
+    def down(self) -> None:
+        """Stop what `up` started; nothing of ours is left running."""
+
+    def is_running(self) -> bool:
+        """True when the servers are up already; `bench` stops only servers it had to start."""
+
+    def endpoints(self) -> list[Endpoint]: ...
+
+    def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        """Serve `model` with these load-time settings per endpoint; True when anything changed
+        (a restart or a model switch), so the caller warms up again."""
+
+    def placement(self, model: ModelSpec) -> dict:
+        """Where `model` runs now on each endpoint, as the engine reports it (memory on the GPU,
+        context, slots); read after a load and at the end of every run."""
+
+    def describe(self) -> dict:
+        """The runtime's identity for the manifest: versions, binaries or images, ports, threads."""
+
+    def model_identity(self, model: ModelSpec) -> dict:
+        """The model's identity for the manifest: digest or file hash, quantization, size."""

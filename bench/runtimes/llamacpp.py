@@ -1,0 +1,135 @@
+"""The llama.cpp runtime (kind `local`): two llama-server processes on the profile's ports,
+serving GGUF files through the OpenAI-compatible API. A model or setting change restarts a
+server with new flags (llama-server loads one model at launch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import requests
+
+from bench import assets
+from bench.paths import results_root
+from bench.profile import ModelSpec, Profile, ServerConfig
+from bench.runtimes.base import Endpoint
+from bench.runtimes.process import ManagedProcess
+
+
+class LlamaServer(ManagedProcess):
+    """One llama-server process on one port."""
+
+    def __init__(self, host: str, port: int, threads: int, state_dir: Path, startup_timeout_s: float):
+        super().__init__("llama-server", host, port, state_dir, startup_timeout_s)
+        self.threads = threads
+
+    def command(self, model: str, model_file: Path, config: ServerConfig) -> list[str]:
+        # -np 1: one slot with the whole context (current builds default to 4 slots sharing it);
+        # threads explicit so two servers on one machine don't oversubscribe the cores.
+        return [str(assets.llama_server_binary()), "-m", str(model_file), "--alias", model,
+                "--host", self.host, "--port", str(self.port),
+                "-c", str(config.ctx), "-ngl", str(config.gpu_layers), "-np", "1",
+                "-t", str(self.threads), "-tb", str(self.threads), "--no-webui"]
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(self.url + "/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def ensure(self, model: str, model_file: Path, config: ServerConfig) -> bool:
+        """Run the server with exactly these flags; True when it had to (re)start."""
+        args = self.command(model, model_file, config)
+        current = self.state()
+        if current and current.args == args and self.healthy():
+            return False
+        self.stop()
+        self.start(args, {}, self.healthy, model=model, model_file=str(model_file))
+        return True
+
+
+class LocalRuntime:
+    """Two llama-server processes on 127.0.0.1 (by default)."""
+
+    kind = "local"
+    engine = "llama.cpp"
+
+    def __init__(self, profile: Profile, state_dir: Path | None = None):
+        self.profile = profile
+        spec = profile.runtime
+        self.threads = spec.threads or max(1, (os.cpu_count() or 2) // len(spec.endpoints))
+        state_dir = state_dir or results_root() / ".runtime"
+        self.specs = spec.endpoints
+        self.servers = {e.name: LlamaServer(spec.host, e.port, self.threads, state_dir, spec.startup_timeout_s)
+                        for e in spec.endpoints}
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(e.name, self.servers[e.name].url, "openai") for e in self.specs]
+
+    def _file_for(self, model: ModelSpec) -> Path:
+        return assets.model_file(model.name, model.file)
+
+    def up(self) -> None:
+        """Start both servers on the baseline model with the server defaults."""
+        defaults = self.profile.runtime.server_defaults
+        self.switch(self.profile.baseline, {e.name: defaults for e in self.specs})
+
+    def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        path = self._file_for(model)
+        changed = False
+        for name, server in self.servers.items():
+            cfg = servers.get(name) or self.profile.runtime.server_defaults
+            changed |= server.ensure(model.name, path, cfg)
+        return changed
+
+    def down(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def is_running(self) -> bool:
+        return any(s.state() for s in self.servers.values())
+
+    def placement(self, model: ModelSpec) -> dict:
+        """The flags each server was launched with (llama-server has no runtime placement API
+        beyond them): context, GPU layers and slots, plus the slot's context from /props."""
+        out = {}
+        for name, server in self.servers.items():
+            st = server.state()
+            if st is None:
+                out[name] = {"running": False}
+                continue
+            flags = dict(zip(st.args[1::2], st.args[2::2]))
+            entry = {"running": True, "model": st.model, "ctx": int(flags.get("-c", 0)) or None,
+                     "gpu_layers": int(flags.get("-ngl", 0)), "parallel": int(flags.get("-np", 1))}
+            try:
+                props = requests.get(server.url + "/props", timeout=5).json()
+                entry["slot_ctx"] = (props.get("default_generation_settings") or {}).get("n_ctx")
+            except (requests.RequestException, ValueError):
+                entry["slot_ctx"] = None
+            out[name] = entry
+        return out
+
+    def describe(self) -> dict:
+        binary = assets.llama_server_binary()
+        info: dict = {"kind": self.kind, "engine": self.engine, "threads_per_server": self.threads,
+                      "llama_server": {"binary": str(binary), "version": assets.llama_server_version(binary),
+                                       "binary_sha256": assets.file_sha256(binary)},
+                      "endpoints": [e.__dict__ for e in self.endpoints()], "servers": {}}
+        for name, server in self.servers.items():
+            st = server.state()
+            entry: dict = {"port": server.port, "running": st is not None}
+            if st:
+                entry.update(args=st.args[1:], model=st.model)
+                try:
+                    props = requests.get(server.url + "/props", timeout=5).json()
+                    entry["build_info"] = props.get("build_info")
+                    entry["total_slots"] = props.get("total_slots")
+                    models = requests.get(server.url + "/v1/models", timeout=5).json()
+                    entry["model_meta"] = (models.get("data") or [{}])[0].get("meta")
+                except (requests.RequestException, ValueError):
+                    entry["build_info"] = None
+            info["servers"][name] = entry
+        return info
+
+    def model_identity(self, model: ModelSpec) -> dict:
+        return assets.gguf_identity(model)

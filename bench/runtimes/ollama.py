@@ -1,0 +1,291 @@
+"""Ollama runtimes: what every pair of Ollama endpoints shares (`OllamaEndpoints`), and the native
+runtime (kind `ollama`): two `ollama serve` processes on 127.0.0.1, by default on the spec's
+ports 11434 (collector) and 11435 (insight).
+
+Ollama loads a model on the first request that names it, with the request's options (num_ctx,
+num_gpu, num_thread), so a switch only has to free the previous model on both instances; the
+load itself happens in the warmup, which is never counted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from bench import assets
+from bench.errors import BenchError, RequestError
+from bench.paths import cache_dir, results_root
+from bench.profile import ModelSpec, Profile, ServerConfig
+from bench.runtimes.base import Endpoint
+from bench.runtimes.ollama_api import OllamaAPI
+from bench.runtimes.process import ManagedProcess
+
+# Ollama logs how many layers it offloaded at each load (absent on builds without a GPU backend).
+OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+def chat_template(name: str) -> str:
+    path = assets.CHAT_TEMPLATES_DIR / f"{name}.gotmpl"
+    if not path.is_file():
+        known = sorted(p.stem for p in assets.CHAT_TEMPLATES_DIR.glob("*.gotmpl"))
+        raise BenchError(f"unknown chat template '{name}'; available: {', '.join(known)}")
+    return path.read_text()
+
+
+def ensure_model(api: OllamaAPI, model: ModelSpec) -> str:
+    """Make `model` available on the instance behind `api`: pull it from the registry, or create
+    it from its GGUF file. Returns what was done: 'present', 'pulled', 'kept' or 'created'."""
+    if model.source == "pull":
+        if api.tag(model.name):
+            return "present"
+        api.pull(model.name)
+        return "pulled"
+    path = assets.model_file(model.name, model.file)
+    sha = assets.file_sha256(path)
+    template = chat_template(model.template) if model.template else None
+    parameters = {"stop": list(model.stop)} if model.stop else None
+    if api.tag(model.name):
+        show = api.show(model.name)
+        same_blob = f"sha256-{sha}" in (show.get("modelfile") or "")
+        same_template = template is None or show.get("template") == template
+        same_stop = all(f'"{s}"' in (show.get("parameters") or "") for s in model.stop)
+        if same_blob and same_template and same_stop:
+            return "kept"  # identical inputs give an identical manifest digest: nothing to do
+    if not api.has_blob(sha):
+        api.push_blob(path, sha)
+    api.create(model.name, path, sha, template, parameters)
+    return "created"
+
+
+class OllamaEndpoints:
+    """Two Ollama endpoints: model switches with unloads, placement from /api/ps, identities."""
+
+    kind = "ollama-endpoints"
+    engine = "ollama"
+
+    def __init__(self, profile: Profile, endpoints: list[Endpoint]):
+        self.profile = profile
+        self._endpoints = endpoints
+        self.apis = {ep.name: OllamaAPI(ep.url) for ep in endpoints}
+        self._current: str | None = None
+        self.model_actions: dict[str, str] = {}
+        self.threads = profile.runtime.threads
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    @property
+    def first_api(self) -> OllamaAPI:
+        return self.apis[self._endpoints[0].name]
+
+    def ensure_models(self) -> None:
+        """Create or pull every model through the first instance (one writer to the shared model
+        store), then check that the other instance lists each of them."""
+        for model in self.profile.models:
+            self.model_actions[model.name] = ensure_model(self.first_api, model)
+        for name, api in self.apis.items():
+            missing = [m.name for m in self.profile.models if api.tag(m.name) is None]
+            if missing:
+                raise BenchError(f"Ollama endpoint {name} ({api.url}) does not list {missing}: both instances "
+                                 f"must share one model store (OLLAMA_MODELS / the model volume)")
+
+    def _check_known(self, model: ModelSpec) -> None:
+        for name, api in self.apis.items():
+            if api.tag(model.name) is None:
+                listed = [t.get("name") for t in api.tags()]
+                raise BenchError(f"unknown model '{model.name}' on {api.url}; available models: "
+                                 f"{', '.join(listed) or '(none)'}")
+
+    def free_others(self, keep: str | None) -> None:
+        """Unload every model but `keep` on both instances and check /api/ps: two models must never
+        compete for one GPU's memory."""
+        for api in self.apis.values():
+            for m in api.ps():
+                if keep is None or m.get("name") not in (keep, f"{keep}:latest"):
+                    api.unload(m["name"])
+            stale = [m.get("name") for m in api.ps() if keep is None or m.get("name") not in (keep, f"{keep}:latest")]
+            if stale:
+                raise RequestError("oom", f"models still loaded after unload: {stale}", api.url)
+
+    def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        self._check_known(model)
+        changed = self._current != model.name
+        if changed:
+            self.free_others(keep=model.name)
+        self._current = model.name
+        return changed
+
+    def offloaded_layers(self, endpoint: str) -> dict | None:
+        """Layers on the GPU at the latest load, from the server log where we have it."""
+        return None
+
+    def placement(self, model: ModelSpec) -> dict:
+        out = {}
+        for name, api in self.apis.items():
+            try:
+                entry = api.loaded(model.name)
+            except RequestError as exc:
+                out[name] = {"loaded": False, "error": str(exc)}
+                continue
+            if entry is None:
+                out[name] = {"loaded": False}
+                continue
+            size, vram = entry.get("size"), entry.get("size_vram", 0)  # size_vram is omitted when 0
+            out[name] = {"loaded": True, "size_bytes": size, "size_vram_bytes": vram,
+                         "gpu_share": (vram / size) if size else None,
+                         "context_length": entry.get("context_length"),
+                         "parallel": self.parallel_slots(), "offload": self.offloaded_layers(name)}
+        return out
+
+    def parallel_slots(self) -> int | None:
+        return None
+
+    def is_running(self) -> bool:
+        return True
+
+    def versions(self) -> dict:
+        out = {}
+        for name, api in self.apis.items():
+            try:
+                out[name] = api.version()
+            except RequestError:
+                out[name] = None
+        return out
+
+    def model_identity(self, model: ModelSpec) -> dict:
+        ident = self.first_api.identity(model.name)
+        ident["source"] = model.source
+        ident["created"] = self.model_actions.get(model.name)
+        if model.source == "gguf":
+            f = assets.gguf_identity(model)
+            ident.update(file=f["file"], file_sha256=f["file_sha256"], file_size_bytes=f["size_bytes"],
+                         package=f["package"], stands_in_for=f["stands_in_for"])
+        ident["chat_template"] = (f"profile: {model.template}" if model.template
+                                  else "none: prompts are sent raw" if ident.get("template") == "{{ .Prompt }}"
+                                  else "from the model")
+        return ident
+
+
+class OllamaServer(ManagedProcess):
+    """One `ollama serve` process."""
+
+    def __init__(self, binary: Path, host: str, port: int, env: dict[str, str], state_dir: Path,
+                 log_dir: Path, startup_timeout_s: float):
+        super().__init__("ollama", host, port, state_dir, startup_timeout_s, log_dir=log_dir)
+        self.binary = binary
+        self.env = {**env, "OLLAMA_HOST": f"{host}:{port}"}
+        self.api = OllamaAPI(self.url, timeout_s=5)
+
+    def healthy(self) -> bool:
+        try:
+            self.api.version()
+            return True
+        except RequestError:
+            return False
+
+    def ensure(self) -> bool:
+        """Run with exactly our binary and settings; True when it had to (re)start."""
+        args = [str(self.binary), "serve"]
+        current = self.state()
+        if current and current.args == args and current.env == self.env and self.healthy():
+            return False
+        self.stop()
+        self.start(args, self.env, self.healthy)
+        return True
+
+    def cpu_features(self) -> str | None:
+        """The CPU feature list of the latest `msg=system` log line (logged at startup)."""
+        lines = [line for line in self.log_text().splitlines() if "msg=system" in line]
+        return lines[-1] if lines else None
+
+
+class OllamaRuntime(OllamaEndpoints):
+    """Two native `ollama serve` processes sharing one model store in the cache."""
+
+    kind = "ollama"
+
+    def __init__(self, profile: Profile, state_dir: Path | None = None, log_dir: Path | None = None,
+                 models_dir: Path | None = None):
+        spec = profile.runtime
+        super().__init__(profile, [Endpoint(e.name, f"http://{spec.host}:{e.port}", "ollama")
+                                   for e in spec.endpoints])
+        self.binary = assets.ollama_binary()
+        self.threads = spec.threads or max(1, (os.cpu_count() or 2) // len(spec.endpoints))
+        self.models_dir = models_dir or cache_dir() / "ollama" / "models"
+        # Settings that change results are pinned, never left to version defaults:
+        self.settings = {
+            "OLLAMA_MODELS": str(self.models_dir),
+            "OLLAMA_NOPRUNE": "1",  # each server deletes unreferenced blobs at start otherwise
+            "OLLAMA_NUM_PARALLEL": str(spec.num_parallel),
+            "OLLAMA_MAX_LOADED_MODELS": "1",
+            "OLLAMA_KEEP_ALIVE": spec.keep_alive,
+            "OLLAMA_CONTEXT_LENGTH": str(spec.server_defaults.ctx),  # what requests without num_ctx get
+            "OLLAMA_FLASH_ATTENTION": "0",
+            "OLLAMA_KV_CACHE_TYPE": "f16",
+        }
+        state_dir = state_dir or results_root() / ".runtime"
+        log_dir = log_dir or results_root() / profile.study / "logs"
+        self.servers = {e.name: OllamaServer(self.binary, spec.host, e.port, self.settings, state_dir, log_dir,
+                                             spec.startup_timeout_s) for e in spec.endpoints}
+
+    def up(self) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        for server in self.servers.values():
+            server.ensure()
+        self.ensure_models()
+        for server in self.servers.values():
+            self._check_simd(server)
+
+    def _check_simd(self, server: OllamaServer) -> None:
+        """Without AVX2 the CPU backend falls back to scalar code: numbers would be meaningless.
+        The runner logs its CPU features when it loads a model, so load the baseline once."""
+        if server.cpu_features() is None:
+            server.api.load(self.profile.baseline.name, keep_alive=self.profile.runtime.keep_alive)
+            server.api.unload(self.profile.baseline.name)  # no request option may depend on this load
+        line = server.cpu_features()
+        if line is None or "AVX2=1" not in line:
+            self.down()
+            seen = (line or "no msg=system line").strip()[:300]
+            raise BenchError(f"Ollama on port {server.port} runs without AVX2 (log: {seen}); "
+                             f"rebuild it with scripts/build-ollama.sh on a CPU with AVX2")
+
+    def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        restarted = False
+        for server in self.servers.values():
+            restarted |= server.ensure()  # a server that died (or was never up) comes back
+        if restarted:
+            self._current = None
+            self.ensure_models()  # `bench` without `up`: the store may lack a model
+        return super().switch(model, servers) or restarted
+
+    def down(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def is_running(self) -> bool:
+        return any(s.state() for s in self.servers.values())
+
+    def parallel_slots(self) -> int | None:
+        return self.profile.runtime.num_parallel
+
+    def offloaded_layers(self, endpoint: str) -> dict | None:
+        found = OFFLOAD_RE.findall(self.servers[endpoint].log_text())
+        if not found:
+            return None
+        on_gpu, total = found[-1]
+        return {"gpu_layers": int(on_gpu), "total_layers": int(total)}
+
+    def describe(self) -> dict:
+        out = subprocess.run([str(self.binary), "--version"], capture_output=True, text=True, timeout=30)
+        servers = {}
+        for name, server in self.servers.items():
+            st = server.state()
+            servers[name] = {"port": server.port, "running": st is not None, "log": str(server.log_file),
+                             "cpu_features": server.cpu_features()}
+        return {"kind": self.kind, "engine": self.engine, "threads_per_server": self.threads,
+                "ollama_version": self.versions(),
+                "ollama": {"binary": str(self.binary), "binary_sha256": assets.file_sha256(self.binary),
+                           "version_output": (out.stdout + out.stderr).strip().splitlines()[-1:]},
+                "settings": self.settings, "endpoints": [e.__dict__ for e in self._endpoints], "servers": servers}
