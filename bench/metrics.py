@@ -322,7 +322,7 @@ def active_spans(requests: Iterable[dict]) -> list[tuple[float, float]]:
 
 @metric("active_s", "s", "power")
 def active_s(spans: Sequence[tuple[float, float]]) -> float:
-    """active_s = |⋃ᵢ [t_sendᵢ, t_sendᵢ + e2eᵢ]|
+    """active_s = length(⋃ᵢ [t_sendᵢ, t_sendᵢ + e2eᵢ])
 
     The active window of a run: from the first request's send to the last request's end, cut to
     the request spans (the gaps between calls, and the harness's own work before and after, are

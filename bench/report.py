@@ -14,14 +14,13 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import metrics, stats
+from bench import metrics, power, stats
 from bench.analysis import (DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
                             load_tables)
 from bench.errors import BenchError
 from bench.manifest import MANIFEST_NAME, planned_cells, profile_from_manifest
 from bench.paths import TEMPLATES_DIR
 from bench.plots import write_plots
-from bench.power import IDLE_SETTLE_S
 from bench.profile import LoadedProfile, Profile
 from bench.store import Store, atomic_write_text
 from bench.summary import OUTLIER_METRICS, summarize_all
@@ -267,8 +266,8 @@ def power_facts(runs: pd.DataFrame) -> dict:
     slack = sampled.groupby("lang")["power_alignment_slack_s"].max() if not sampled.empty else pd.Series(dtype=float)
     throttled = sampled[sampled["power_throttled"] == True] if not sampled.empty else sampled  # noqa: E712
     return {"reasons": distinct("power_reason"), "sources": distinct("power_source"),
-            "fields": distinct("power_field"), "intervals": distinct("power_interval_s"),
-            "idle_s": distinct("power_idle_s"), "settle_s": IDLE_SETTLE_S, "n_sampled": len(sampled),
+            "fields": distinct("power_power_field"), "intervals": distinct("power_interval_s"),
+            "idle_s": distinct("power_idle_s"), "settle_s": power.IDLE_SETTLE_S, "n_sampled": len(sampled),
             "slack": {lang: _fmt(v * 1000) for lang, v in slack.items()},
             "throttled": [f"{r['cell']} run {r['run']} ({r['power_throttle_reasons'] or 'reasons not read'})"
                           for _, r in throttled.iterrows()]}

@@ -323,6 +323,7 @@ def test_runs_carry_the_power_block_and_the_log(monkeypatch, tmp_path, results_d
     text = write_report(loaded, store).read_text()
     section = text.split("## 10.")[1].split("## 11.")[0]
     assert "active window" in section and "gross tokens/J" in section and "idle subtracted" in section
+    assert f"power from {gpu.INSTANT_FIELD}, energy from nvml_energy_counter" in section
     assert "### Thermal trend and throttling" in section and "No run throttled." in section
     assert "| `tokens_per_j_net` | tok/J |" in text and "| `idle_power_w` | W |" in text
 
