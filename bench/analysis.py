@@ -6,7 +6,8 @@
 - configs.csv: one row per config (cell): n and mean/median/std/CI of the key metrics;
 - derived tables, each computed here from runs/configs by a stated method: normalized.csv
   (% of the baseline model), winners.csv (bootstrap winner rule), lang_deltas.csv (Rust −
-  Python), variance.csv (η² shares), outliers.csv, frontier.csv (power), cost.csv (pricing).
+  Python), variance.csv (η² shares), outliers.csv, frontier.csv (power), thermal.csv (GPU
+  state across the study), cost.csv (pricing).
 Every number in the report comes from these tables.
 """
 
@@ -31,9 +32,11 @@ DERIVED_DEFINITIONS = {
     "served_tps": "single: Σ N_out / (latency_ms / 10³); multi: Σ N_out of the together phase / wall_s",
 }
 # Per-config statistics beyond KEY_METRICS, when the column exists.
+POWER_CONFIG_METRICS = ("tokens_per_j", "tokens_per_j_net", "power_j_per_token", "power_j_per_token_net",
+                        "power_mean_power_w", "power_idle_power_w", "power_peak_vram_used_bytes")
 EXTRA_CONFIG_METRICS = {
-    "single": ("served_tps", "tokens_per_j", "power_mean_power_w", "power_peak_vram_used_bytes"),
-    "multi": ("served_tps", "tokens_per_j", "power_mean_power_w", "power_peak_vram_used_bytes",
+    "single": ("served_tps", *POWER_CONFIG_METRICS),
+    "multi": ("served_tps", *POWER_CONFIG_METRICS,
               "collector_tps_ratio", "insight_tps_ratio",
               "collector_ttft_inflation", "insight_ttft_inflation"),
 }
@@ -67,10 +70,9 @@ def _run_row(doc: dict, base: dict) -> dict:
                 row.update({f"{agent}_{ak}": av for ak, av in a.items()})
         else:
             row[k] = v
-    # Power data exists only where NVML sampled a GPU: flattened as power_<key>.
-    for k, v in (doc.get("power") or {}).items():
-        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
-            row[f"power_{k}"] = v
+    # Power data (numbers only where NVML sampled a GPU): flattened as power_<key>, the GPU state
+    # at the start and end as power_gpu_start_<key>, lists joined with ";".
+    row.update(_flat_power(doc.get("power") or {}))
     reqs = doc["requests"]
     row["tokens_out"] = sum(r["output_tokens"] for r in reqs)
     if doc["suite"] == "single":
@@ -80,7 +82,20 @@ def _run_row(doc: dict, base: dict) -> dict:
         together = sum(r["output_tokens"] for r in reqs if r["phase"] == "together")
         row["served_tps"] = together / m["wall_s"] if m.get("wall_s") else None
     row["tokens_per_j"] = row.get("power_tokens_per_j")
+    row["tokens_per_j_net"] = row.get("power_tokens_per_j_net")
     return row
+
+
+def _flat_power(block: dict, prefix: str = "power_") -> dict:
+    out = {}
+    for k, v in block.items():
+        if isinstance(v, dict):
+            out.update(_flat_power(v, f"{prefix}{k}_"))
+        elif isinstance(v, list):
+            out[f"{prefix}{k}"] = ";".join(map(str, v))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
@@ -154,6 +169,8 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
             row["contention_runs"] = int(g["contention"].sum())
             row["legacy_contention_runs"] = int(g["legacy_contention"].sum())
         row["cold_runs"] = int(g["cold_load"].sum())
+        if "power_throttled" in g:
+            row["throttled_runs"] = int((g["power_throttled"] == True).sum())  # noqa: E712 (nulls count as no)
         row["outlier_runs"] = int(g["outlier"].sum())
         config_rows.append(row)
     return Tables(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True))
@@ -296,7 +313,8 @@ def frontier(configs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     df = configs[configs["tokens_per_j_mean"].notna() & configs["served_tps_mean"].notna()]
     df = df[["cell", "suite", "lang", "model", "case", "served_tps_mean", "tokens_per_j_mean"]
-            + [c for c in ("power_mean_power_w_mean",) if c in df]].copy()
+            + [c for c in ("tokens_per_j_net_mean", "power_mean_power_w_mean", "power_idle_power_w_mean")
+               if c in df]].copy()
 
     def dominated(r, g) -> bool:
         x, y = g["served_tps_mean"], g["tokens_per_j_mean"]
@@ -305,6 +323,31 @@ def frontier(configs: pd.DataFrame) -> pd.DataFrame:
 
     df["pareto"] = [not dominated(r, df[df["suite"] == r["suite"]]) for _, r in df.iterrows()]
     return df
+
+
+def thermal_trend(runs: pd.DataFrame, groups: int = 10) -> pd.DataFrame:
+    """The GPU's state across the study: runs in the order they started, cut into at most
+    `groups` consecutive blocks; per block the mean start and end temperature, the hottest
+    sample, the median SM clock at the run ends, the power limit and the throttled runs."""
+    if runs.empty or "power_gpu_start_temp_c" not in runs or runs["power_gpu_start_temp_c"].isna().all():
+        return pd.DataFrame()
+    ordered = runs.sort_values("started_at").reset_index(drop=True)
+    ordered["order"] = range(1, len(ordered) + 1)
+    ordered["block"] = [i * min(groups, len(ordered)) // len(ordered) for i in range(len(ordered))]
+    rows = []
+    for _, g in ordered.groupby("block", sort=True):
+        throttled = g[g["power_throttled"] == True] if "power_throttled" in g else g.iloc[0:0]  # noqa: E712
+        rows.append({"runs": f"{g['order'].iloc[0]}–{g['order'].iloc[-1]}", "n": len(g),
+                     "from": g["started_at"].iloc[0], "to": g["started_at"].iloc[-1],
+                     "start_temp_c_mean": g["power_gpu_start_temp_c"].mean(),
+                     "end_temp_c_mean": g["power_gpu_end_temp_c"].mean(),
+                     "max_temp_c": g["power_max_temp_c"].max(),
+                     "end_sm_clock_mhz_median": g["power_gpu_end_sm_clock_mhz"].median(),
+                     "power_limit_w": g["power_gpu_end_power_limit_w"].median(),
+                     "throttled_runs": len(throttled),
+                     "throttled": "; ".join(f"{r['cell']} run {r['run']} ({r['power_throttle_reasons']})"
+                                            for _, r in throttled.iterrows())})
+    return pd.DataFrame(rows)
 
 
 def cost(configs: pd.DataFrame, profile: Profile) -> pd.DataFrame:
@@ -352,6 +395,7 @@ def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
         "variance": variance_shares(runs),
         "outliers": outlier_list(runs),
         "frontier": frontier(configs),
+        "thermal": thermal_trend(runs),
         "cost": cost(configs, profile),
         "reconciliation": reconciliation(tables.requests),
     }

@@ -14,6 +14,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 
@@ -328,32 +330,144 @@ def legacy_contention(speedup_value: float, threshold: float = 1.5) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Power (GPU hosts only): NVML sampled during each run.
+# Power (GPU hosts only): NVML sampled during each run, energy taken over the active window.
+# Times here are seconds from the run's start (the same origin as the records' start_offset_ms).
 # --------------------------------------------------------------------------------------------
+
+
+def active_spans(requests: Iterable[dict]) -> list[tuple[float, float]]:
+    """The counted requests' spans [t_send, t_send + e2e] in seconds from the run start, merged
+    where they overlap (the together phase of a multi run) and sorted."""
+    spans = sorted((r["start_offset_ms"] / 1000.0, (r["start_offset_ms"] + r["e2e_ms"]) / 1000.0)
+                   for r in requests)
+    merged: list[tuple[float, float]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+@metric("active_s", "s", "power")
+def active_s(spans: Sequence[tuple[float, float]]) -> float:
+    """active_s = length(⋃ᵢ [t_sendᵢ, t_sendᵢ + e2eᵢ])
+
+    The active window of a run: from the first request's send to the last request's end, cut to
+    the request spans (the gaps between calls, and the harness's own work before and after, are
+    left out). Overlapping spans of the together phase count once.
+    """
+    return float(sum(b - a for a, b in spans))
+
+
+def cumulative_energy_from_power(t_s: Sequence[float], power_w: Sequence[float]) -> np.ndarray:
+    """E(tₖ) = Σ_{i<k} (tᵢ₊₁ − tᵢ) · (Pᵢ + Pᵢ₊₁) / 2: the running trapezoid integral of power samples."""
+    t, p = np.asarray(t_s, dtype=float), np.asarray(power_w, dtype=float)
+    return np.concatenate([[0.0], np.cumsum(np.diff(t) * (p[1:] + p[:-1]) / 2.0)])
+
+
+@metric("energy_j", "J", "power")
+def energy_over_spans_j(t_s: Sequence[float], cumulative_j: Sequence[float],
+                        spans: Sequence[tuple[float, float]]) -> float | None:
+    """E_active = Σ_spans (E(b) − E(a)), E(t) linear between samples
+
+    GPU energy over the active window. E(t) is NVML's total-energy counter (mJ since the driver
+    loaded, Volta or newer) where the GPU has one, else the running trapezoid integral of the power
+    samples; either way it is interpolated linearly between samples at the span ends, so the error
+    per span end is at most one sampling interval's energy. `energy_run_j` is the same over the
+    whole sampled run. Null with fewer than two samples or no span.
+    """
+    if len(t_s) < 2 or not spans:
+        return None
+    t, e = np.asarray(t_s, dtype=float), np.asarray(cumulative_j, dtype=float)
+    ends = np.clip(np.asarray(spans, dtype=float), t[0], t[-1])
+    return float(np.sum(np.interp(ends[:, 1], t, e) - np.interp(ends[:, 0], t, e)))
+
+
+@metric("mean_power_w", "W", "power")
+def mean_power_w(energy_j: float | None, duration_s: float | None) -> float | None:
+    """mean_power_w = E_active / active_s
+
+    Mean GPU board power during active inference (idle and load/warmup excluded, as the spec asks).
+    """
+    if energy_j is None or not duration_s or duration_s <= 0:
+        return None
+    return energy_j / duration_s
+
+
+@metric("idle_power_w", "W", "power")
+def idle_power_w(energy_j: float | None, duration_s: float | None) -> float | None:
+    """P_idle = E(idle window) / t_idle
+
+    The idle baseline: mean GPU power with the config's servers loaded and warmed up but no request
+    in flight, measured after every server (re)load, before the config's runs.
+    """
+    return mean_power_w(energy_j, duration_s)
+
+
+def net_energy_j(energy_j: float | None, idle_w: float | None, active: float | None) -> float | None:
+    """E_net = E_active − P_idle · active_s (None when either input is missing)."""
+    if energy_j is None or idle_w is None or active is None:
+        return None
+    return energy_j - idle_w * active
+
+
+@metric("j_per_token", "J/tok", "power")
+def joules_per_token(output_tokens: int, energy_j: float | None) -> float | None:
+    """j_per_token = E_active / Σ N_out (gross)
+
+    GPU energy per generated token over the active window, idle power included.
+    """
+    if energy_j is None or output_tokens <= 0:
+        return None
+    return energy_j / output_tokens
+
+
+@metric("j_per_token_net", "J/tok", "power")
+def joules_per_token_net(output_tokens: int, energy_j: float | None, idle_w: float | None,
+                         active: float | None) -> float | None:
+    """j_per_token_net = (E_active − P_idle · active_s) / Σ N_out
+
+    Energy per token that inference added above the idle baseline.
+    """
+    return joules_per_token(output_tokens, net_energy_j(energy_j, idle_w, active))
 
 
 @metric("tokens_per_j", "tok/J", "power")
 def tokens_per_joule(output_tokens: int, energy_j: float | None) -> float | None:
-    """tokens_per_j = Σ N_out / E_run, E_run in joules
+    """tokens_per_j = Σ N_out / E_active (gross)
 
-    Energy efficiency of a run. E_run is the difference of NVML's total-energy counter across the
-    run (Volta or newer), else the trapezoid integral of power samples taken every 0.2 s. It
-    covers the whole run (prefill, decode and the gaps between calls) on GPU 0.
+    Energy efficiency of a run over its active window, idle power included: what the GPU spent
+    while serving. The report's frontier plots this one. Null when E_active ≤ 0.
     """
     if not energy_j or energy_j <= 0:
         return None
     return output_tokens / energy_j
 
 
-@metric("mean_power_w", "W", "power")
-def mean_power_w(energy_j: float | None, duration_s: float) -> float | None:
-    """mean_power_w = E_run / t_run
+@metric("tokens_per_j_net", "tok/J", "power")
+def tokens_per_joule_net(output_tokens: int, energy_j: float | None, idle_w: float | None,
+                         active: float | None) -> float | None:
+    """tokens_per_j_net = Σ N_out / (E_active − P_idle · active_s)
 
-    Mean GPU board power over the run.
+    Tokens per joule of the energy that inference added above the idle baseline. Null when that
+    energy is ≤ 0 (the run cost no measurable power above idle).
     """
-    if energy_j is None or duration_s <= 0:
+    return tokens_per_joule(output_tokens, net_energy_j(energy_j, idle_w, active))
+
+
+@metric("throttled", "flag", "power")
+def throttled(reason_masks: Iterable[int | None], throttle_bits: int) -> bool | None:
+    """throttled = any clocks-event reason in {power cap, thermal, HW slowdown, power brake}
+
+    NVML's clocks-event (throttle) reasons, read at the start and end of the run and with every
+    sample of its active window. A throttled run is kept and marked in the report. Null when NVML
+    could not read the reasons.
+    """
+    masks = [m for m in reason_masks if m is not None]
+    if not masks:
         return None
-    return energy_j / duration_s
+    return any(m & throttle_bits for m in masks)
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import metrics, stats
+from bench import metrics, power, stats
 from bench.analysis import (DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
                             load_tables)
 from bench.errors import BenchError
@@ -257,6 +257,30 @@ def _bytes(v) -> str:
     return f"{v:.3g} TiB"
 
 
+def power_facts(runs: pd.DataFrame) -> dict:
+    """How the runs' power was measured, from their power blocks (sources, fields, rate, alignment)."""
+    def distinct(col: str) -> list:
+        return sorted({v for v in runs[col].dropna()}) if col in runs else []
+
+    sampled = runs[runs["power_available"] == True] if "power_available" in runs else runs.iloc[0:0]  # noqa: E712
+    slack = sampled.groupby("lang")["power_alignment_slack_s"].max() if not sampled.empty else pd.Series(dtype=float)
+    throttled = sampled[sampled["power_throttled"] == True] if not sampled.empty else sampled  # noqa: E712
+    return {"reasons": distinct("power_reason"), "sources": distinct("power_source"),
+            "fields": distinct("power_power_field"), "intervals": distinct("power_interval_s"),
+            "idle_s": distinct("power_idle_s"), "settle_s": power.IDLE_SETTLE_S, "n_sampled": len(sampled),
+            "slack": {lang: _fmt(v * 1000) for lang, v in slack.items()},
+            "throttled": [f"{r['cell']} run {r['run']} ({r['power_throttle_reasons'] or 'reasons not read'})"
+                          for _, r in throttled.iterrows()]}
+
+
+def thermal_table(thermal: pd.DataFrame) -> str | None:
+    return _md([{"runs (in start order)": r["runs"], "from": r["from"],
+                 "start °C (mean)": _fmt(r["start_temp_c_mean"]), "end °C (mean)": _fmt(r["end_temp_c_mean"]),
+                 "max °C": _fmt(r["max_temp_c"]), "SM MHz at end (median)": _fmt(r["end_sm_clock_mhz_median"]),
+                 "power limit W": _fmt(r["power_limit_w"]), "throttled runs": r["throttled_runs"]}
+                for _, r in thermal.iterrows()])
+
+
 def gpu_reason(manifest: dict) -> str | None:
     """Why there is no power data, when the manifest says there is no GPU."""
     gpu = manifest.get("gpu")
@@ -385,7 +409,7 @@ def write_report(loaded: LoadedProfile, store: Store | None = None) -> Path:
         cells = planned_cells(None, profile)
     summarize_all(store, cells, profile.outliers.mad_k)
     tables = load_tables(store, profile.outliers.mad_k)
-    if tables.runs.empty:
+    if tables.runs.empty and tables.misplaced.empty:
         raise BenchError(f"no metrics.json under {store.root}: run `invoke bench` first")
     derive(tables, profile)
     export_tables(store, tables)
@@ -439,9 +463,15 @@ def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict
                           for _, r in tables.misplaced.iterrows()]),
         "gpu_reason": gpu_reason(manifest),
         "frontier": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
-                          "tokens/J": _fmt(r["tokens_per_j_mean"]), "on frontier": "yes" if r["pareto"] else "no"}
+                          "tokens/J (gross)": _fmt(r["tokens_per_j_mean"]),
+                          "tokens/J (idle subtracted)": _fmt(r.get("tokens_per_j_net_mean")),
+                          "mean active W": _fmt(r.get("power_mean_power_w_mean")),
+                          "idle W": _fmt(r.get("power_idle_power_w_mean")),
+                          "on frontier": "yes" if r["pareto"] else "no"}
                          for _, r in derived["frontier"].iterrows()]),
-        "power_in_runs": "power_tokens_per_j" in runs,
+        "power_in_runs": "power_tokens_per_j" in runs and bool(runs["power_tokens_per_j"].notna().any()),
+        "power": power_facts(runs),
+        "thermal": thermal_table(derived["thermal"]),
         "cost": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
                       "tokens per $ (GPU-hour)": _fmt(r.get("tokens_per_usd_gpu_hour")),
                       "tokens per $ (electricity)": _fmt(r.get("tokens_per_usd_electricity"))}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 from tqdm import tqdm
 
-from bench import agents, gpu, rust
+from bench import agents, gpu, power, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import RequestError
@@ -70,6 +70,7 @@ class MatrixRunner:
         self.threads = runtime.threads
         self.gpu_present = gpu.nvidia_gpu_count()[0] > 0
         self._after_load: dict = {}
+        self.power = power.PowerMonitor(store)
 
     # ---- runtime switching -------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class MatrixRunner:
         self._server_key = key
         self._warmup(cell)
         self._after_load = self.runtime.placement(cell.model)
+        self.power.take_idle_baseline(cell)  # servers loaded and warm, no request (GPU hosts)
 
     def _warmup(self, cell: Cell) -> None:
         """Warm every endpoint the cell uses with its own options; nothing is recorded."""
@@ -279,11 +281,9 @@ class MatrixRunner:
             tqdm.write(f"load failed for {cell.key} ({exc.kind}): {fallback}")
             return
         try:
-            with gpu.PowerSampler() as sampler:  # inert on hosts without NVML
+            with self.power.measure() as window:  # without NVML: a block of nulls with the reason
                 doc = self._run_python(item) if cell.lang == "python" else self._run_rust(item)
-            power = sampler.summary(sum(r["output_tokens"] for r in doc["requests"]))
-            if power:
-                doc["power"] = power
+            doc["power"] = self.power.block(window, item, doc)
             doc["run_key"] = self._run_key(item)
             doc["placement"] = self._placement(item)
             self.store.write_metrics(item.rel_dir, doc)
