@@ -143,7 +143,16 @@ cmd_down() {
   local pid
   pid=$(state_get pid)
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    # dockerd stops its containers (10 s grace each) and its containerd on SIGTERM.
+    # Stop running containers first: stopped by hand, a `restart: unless-stopped` container (the
+    # compose services) does not come back, on 127.0.0.1:11434, when an engine starts again.
+    local running
+    running=$(timeout 10 docker ps -q 2>/dev/null || true)
+    if [ -n "$running" ]; then
+      say "stopping containers still running: $(docker ps --format '{{.Names}}' | tr '\n' ' ')"
+      # shellcheck disable=SC2086
+      timeout 60 docker stop -t 10 $running >/dev/null || true
+    fi
+    # dockerd stops anything left (10 s grace each) and its containerd on SIGTERM.
     kill -TERM "$pid"
     local i
     for i in $(seq 1 240); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
@@ -162,8 +171,31 @@ cmd_down() {
     [ -s "$STATE_DIR/forward_policy" ] && iptables -P FORWARD "$(cat "$STATE_DIR/forward_policy")"
   fi
   [ -s "$STATE_DIR/ip_forward" ] && cat "$STATE_DIR/ip_forward" >/proc/sys/net/ipv4/ip_forward
+  local left
+  left=$(leftovers "$pid")
+  if [ -n "$left" ]; then  # keep the state: a second down tries again
+    say "the host is NOT as it was before up:"; echo "$left" | sed 's/^/  /'
+    return 1
+  fi
   rm -f "$STATE" "$STATE_DIR"/{ip_forward,forward_policy,filter.rules,nat.rules,links}
   say "engine stopped and host restored in $(( SECONDS - t0 )) s (log kept: $STATE_DIR/dockerd.log)"
+}
+
+leftovers() {  # what still differs from the snapshot that up took; empty when restored
+  local pid=$1 table
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "dockerd (pid $pid) still runs"
+  ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "$DOCKER_LINKS" \
+    | grep -vxFf "$STATE_DIR/links" | sed 's/^/link /'
+  [ "$(cat /proc/sys/net/ipv4/ip_forward)" = "$(cat "$STATE_DIR/ip_forward" 2>/dev/null)" ] || echo "ip_forward"
+  command -v iptables >/dev/null 2>&1 || return 0
+  [ ! -s "$STATE_DIR/forward_policy" ] || [ "$(iptables -S FORWARD | sed -n 's/^-P FORWARD //p')" = \
+    "$(cat "$STATE_DIR/forward_policy")" ] || echo "iptables FORWARD policy"
+  for table in filter nat; do
+    [ -f "$STATE_DIR/$table.rules" ] || continue
+    iptables -t "$table" -S | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' | grep -vxFf "$STATE_DIR/$table.rules" \
+      | sed "s/^/iptables -t $table /"
+  done
+  return 0
 }
 
 cmd_status() {
