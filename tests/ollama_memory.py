@@ -14,6 +14,11 @@ runs out. With Gemma 3 270M (Ollama's Go engine; the runner holds ~550 MiB once 
   (530–560 MiB) and depends on timing, so the test uses the deterministic growth instead.
 - `midstream_nonstream`: the same server again with "stream": false: HTTP 500 with that text.
 
+Each limited container starts on a volume where an unlimited one already created the model over
+HTTP (blob upload, then /api/create), so it only loads and generates. With GOGC=off 900 MiB gives
+~70 tokens (~3.1 MiB per token: 700 MiB gives ~6, 1000 MiB ~100); at 650 MiB the runner dies
+before answering: HTTP 500 "llama runner process no longer running: -1 ".
+
 The server itself survives each time. `docker inspect` says OOMKilled=false (only a child died);
 the container's cgroup `oom_kill` counter is the reliable sign.
 
@@ -29,6 +34,7 @@ import json
 import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +51,7 @@ MIDSTREAM_EOF = "an error was encountered while running the model: unexpected EO
 @dataclass(frozen=True)
 class Case:
     name: str
-    memory: str                      # docker's --memory (swap is set to the same: none)
+    memory: str | None               # docker's --memory (swap is set to the same: none)
     env: dict = field(default_factory=dict)
     num_ctx: int = 2048
     num_predict: int = 64
@@ -54,6 +60,9 @@ class Case:
 
 LOAD = Case("load", "400m")
 MIDSTREAM = Case("midstream", "900m", {"GOGC": "off"}, num_ctx=8192, num_predict=400)
+MIDSTREAM_NONSTREAM = Case("midstream_nonstream", MIDSTREAM.memory, MIDSTREAM.env, MIDSTREAM.num_ctx,
+                           MIDSTREAM.num_predict, stream=False)
+LABELS = {"org.tr116.test": "ollama-memory"}
 
 
 def ollama_image() -> str:
@@ -85,13 +94,15 @@ def oom_kills(container) -> int:
 
 
 @contextlib.contextmanager
-def limited_ollama(client, image: str, case: Case, startup_s: float = 60):
-    """A container of `image` limited to case.memory, its port on 127.0.0.1; removed on every exit."""
+def limited_ollama(client, image: str, case: Case, volume: str | None = None, startup_s: float = 60):
+    """A container of `image` limited to case.memory, its port on 127.0.0.1, the model store on
+    `volume` if given; removed on every exit."""
     port = _free_port()
+    limits = {"mem_limit": case.memory, "memswap_limit": case.memory} if case.memory else {}
     container = client.containers.run(
-        image, detach=True, mem_limit=case.memory, memswap_limit=case.memory,
-        environment={"OLLAMA_NOPRUNE": "1", **case.env}, ports={"11434/tcp": ("127.0.0.1", port)},
-        labels={"org.tr116.test": "ollama-memory"})
+        image, detach=True, environment={"OLLAMA_NOPRUNE": "1", **case.env},
+        ports={"11434/tcp": ("127.0.0.1", port)}, labels=LABELS,
+        volumes={volume: {"bind": "/root/.ollama", "mode": "rw"}} if volume else None, **limits)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + startup_s
@@ -108,6 +119,20 @@ def limited_ollama(client, image: str, case: Case, startup_s: float = 60):
         yield container, url
     finally:
         container.remove(force=True, v=True)
+
+
+@contextlib.contextmanager
+def model_volume(client, image: str, path: Path, sha256: str):
+    """A volume holding MODEL, created over HTTP by an unlimited container; removed on every exit.
+    The limited containers only load and generate: with GOGC=off a server that had received the
+    blob itself would keep the upload's garbage and could outgrow the runner as the OOM victim."""
+    volume = client.volumes.create(f"tr116-test-models-{uuid.uuid4().hex[:12]}", labels=LABELS)
+    try:
+        with limited_ollama(client, image, Case("prepare", None), volume.name) as (_, url):
+            create_model(url, MODEL, path, sha256)
+        yield volume.name
+    finally:
+        volume.remove(force=True)
 
 
 def create_model(url: str, name: str, path: Path, sha256: str) -> None:
@@ -138,10 +163,9 @@ def generate(url: str, model: str, case: Case) -> dict:
     return answer
 
 
-def run_case(client, image: str, case: Case, model_path: Path, sha256: str, *, then: Case | None = None) -> dict:
-    """Run `case` (and `then`, on the same server) in a fresh limited container."""
-    with limited_ollama(client, image, case) as (container, url):
-        create_model(url, MODEL, model_path, sha256)
+def run_case(client, image: str, case: Case, volume: str, *, then: Case | None = None) -> dict:
+    """Run `case` (and `then`, on the same server) in a fresh limited container on `volume`."""
+    with limited_ollama(client, image, case, volume) as (container, url):
         results = {}
         for step in (case, then) if then else (case,):
             answer = generate(url, MODEL, step)
@@ -158,10 +182,9 @@ def record_all(client, image: str) -> dict:
 
     path = model_file(MODEL)
     sha = file_sha256(path)
-    cases = run_case(client, image, LOAD, path, sha)
-    cases |= run_case(client, image, MIDSTREAM, path, sha,
-                      then=Case("midstream_nonstream", MIDSTREAM.memory, MIDSTREAM.env, MIDSTREAM.num_ctx,
-                                MIDSTREAM.num_predict, stream=False))
+    with model_volume(client, image, path, sha) as volume:
+        cases = run_case(client, image, LOAD, volume)
+        cases |= run_case(client, image, MIDSTREAM, volume, then=MIDSTREAM_NONSTREAM)
     return {"image": image, "model": {"name": MODEL, "file": path.name, "sha256": sha},
             "host": "cgroup v1 (Ollama cannot see the limit), Docker 20.10, 2 cores",
             "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": cases}

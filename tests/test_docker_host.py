@@ -38,6 +38,13 @@ def image(engine):
     return tag
 
 
+@pytest.fixture(scope="module")
+def volume(engine, image, model):
+    with om.model_volume(engine, image, *model) as name:
+        yield name
+    assert not engine.volumes.list(filters={"label": "org.tr116.test=ollama-memory"})
+
+
 def _no_test_containers_left(engine):
     assert not engine.containers.list(all=True, filters={"label": "org.tr116.test=ollama-memory"})
 
@@ -47,8 +54,8 @@ def _tokens(lines: list[dict]) -> int:
 
 
 @pytest.mark.docker
-def test_killed_while_loading_is_http_500(engine, image, model):
-    result = om.run_case(engine, image, om.LOAD, *model)["load"]
+def test_killed_while_loading_is_http_500(engine, image, volume):
+    result = om.run_case(engine, image, om.LOAD, volume)["load"]
     assert result["status"] == 500
     assert result["body"] == {"error": om.LOAD_KILLED}
     assert result["oom_kill"] >= 1
@@ -58,10 +65,8 @@ def test_killed_while_loading_is_http_500(engine, image, model):
 
 
 @pytest.mark.docker
-def test_killed_mid_generation_is_an_error_line_after_http_200(engine, image, model):
-    nonstream = om.Case("midstream_nonstream", om.MIDSTREAM.memory, om.MIDSTREAM.env, om.MIDSTREAM.num_ctx,
-                        om.MIDSTREAM.num_predict, stream=False)
-    results = om.run_case(engine, image, om.MIDSTREAM, *model, then=nonstream)
+def test_killed_mid_generation_is_an_error_line_after_http_200(engine, image, volume):
+    results = om.run_case(engine, image, om.MIDSTREAM, volume, then=om.MIDSTREAM_NONSTREAM)
     stream = results["midstream"]
     assert stream["status"] == 200 and stream["content_type"] == "application/x-ndjson"
     assert _tokens(stream["lines"]) >= 1, "the runner must die after some tokens, not while loading"
