@@ -213,6 +213,7 @@ class MatrixRunner:
             "model": cell.model.name, "scenario": cell.scenario,
             "config": self._config_doc(cell), "error_kind": exc.kind, "error": str(exc),
             "observed_vram_used_bytes": vram, "fallback": fallback,
+            "evidence": self.runtime.failure_evidence(),
         })
 
     def run(self) -> Outcome:

@@ -48,3 +48,7 @@ class Runtime(Protocol):
 
     def model_identity(self, model: ModelSpec) -> dict:
         """The model's identity for the manifest: digest or file hash, quantization, size."""
+
+    def failure_evidence(self) -> dict:
+        """What the servers said around a failure (log tails, kill counters), read right after it,
+        for failures.jsonl."""

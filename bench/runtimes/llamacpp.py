@@ -133,3 +133,6 @@ class LocalRuntime:
 
     def model_identity(self, model: ModelSpec) -> dict:
         return assets.gguf_identity(model)
+
+    def failure_evidence(self) -> dict:
+        return {"server_log_tail": {name: s.log_tail(20) for name, s in self.servers.items()}}

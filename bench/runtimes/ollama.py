@@ -142,6 +142,9 @@ class OllamaEndpoints:
     def parallel_slots(self) -> int | None:
         return None
 
+    def failure_evidence(self) -> dict:
+        return {}  # servers run by someone else: their logs are not ours to read
+
     def is_running(self) -> bool:
         return True
 
@@ -269,6 +272,9 @@ class OllamaRuntime(OllamaEndpoints):
 
     def parallel_slots(self) -> int | None:
         return self.profile.runtime.num_parallel
+
+    def failure_evidence(self) -> dict:
+        return {"server_log_tail": {name: s.log_tail(20) for name, s in self.servers.items()}}
 
     def offloaded_layers(self, endpoint: str) -> dict | None:
         found = OFFLOAD_RE.findall(self.servers[endpoint].log_text())

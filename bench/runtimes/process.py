@@ -99,6 +99,7 @@ class ManagedProcess:
             return ""
 
     def log_tail(self, lines: int = 12) -> str:
+        """The last lines of the server's log (where its own errors and the runner's land)."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self) -> None:
