@@ -232,10 +232,10 @@ def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
     print(f"bench-clients: {path}")
 
 
-@task(help={"fast": "skip the tests that need llama-server (marker 'llama')"})
+@task(help={"fast": "skip the tests that need a real engine or Docker (markers llama, ollama, docker)"})
 def test(c, fast=False):
-    """Run the test suite: pytest (real llama-server tests included) and cargo test."""
-    marker = ' -m "not llama"' if fast else ""
+    """Run the test suite: pytest (real Ollama, llama-server and Docker tests included) and cargo test."""
+    marker = ' -m "not llama and not ollama and not docker"' if fast else ""
     c.run(f"{sys.executable} -m pytest -q{marker}", pty=False)
     if os.path.isdir("rust-agents"):
         c.run("cd rust-agents && cargo test --release --locked -q", pty=False)
