@@ -199,7 +199,7 @@ def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
     from bench.store import Store, atomic_write_json, utc_now
 
     loaded = _load(profile)
-    agent, reason = rust.find_rust_agent()
+    agent, reason = rust.find_rust_agent(containerized=False)  # the client's own cost, not docker run's
     if agent is None:
         print(f"bench-clients: Rust client not measured: {reason}")
     store = Store(loaded.profile.study)

@@ -85,12 +85,12 @@ def host_info() -> dict:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
-def rust_info() -> dict:
+def rust_info(runtime_kind: str) -> dict:
     try:
         rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
     except OSError:
         rustc = None
-    agent, reason = rust.find_rust_agent()
+    agent, reason = rust.find_rust_agent(containerized=runtime_kind == "docker")
     return {"rustc": rustc, "agent": agent.source if agent else None,
             "agent_sha256": agent.binary_sha256 if agent else None, "agent_missing_reason": reason or None}
 
@@ -213,7 +213,7 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
         "ports": {e.name: e.port for e in profile.runtime.endpoints},
         "host": host_info(),
         "gpu": gpu.describe_gpus(),
-        "rust": rust_info(),
+        "rust": rust_info(runtime.kind),
         "seeds": {"request_seed": profile.workload.seed, "order_seed": profile.workload.order_seed,
                   "bootstrap_seed": stats.BOOTSTRAP_SEED},
         "run_count": plan.run_count,

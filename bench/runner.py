@@ -301,6 +301,6 @@ class MatrixRunner:
 def run_matrix(loaded: LoadedProfile, plan: Plan, runtime: Runtime, store: Store, *,
                progress: bool = True) -> Outcome:
     needs_rust = any(c.lang == "rust" for c in plan.cells)
-    agent, reason = rust.find_rust_agent() if needs_rust else (None, "")
+    agent, reason = rust.find_rust_agent(containerized=runtime.kind == "docker") if needs_rust else (None, "")
     runner = MatrixRunner(loaded, plan, runtime, store, progress=progress, rust_agent=agent, rust_reason=reason)
     return runner.run()

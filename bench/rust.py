@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.assets import file_sha256
 from bench.errors import BenchError, RequestError
 from bench.host import docker_engine
 from bench.paths import DATASET_DIR, ERROR_KINDS_FILE, REPO_ROOT, RUST_CRATE_DIR, WORKLOAD_FILE
@@ -45,23 +46,37 @@ def _docker_image_id() -> str | None:
         return None
 
 
-def find_rust_agent() -> tuple[RustAgent | None, str]:
-    """The Rust agent to use, or None and the reason there is none."""
+def _image_agent() -> RustAgent | None:
+    image = _docker_image_id()
+    if not image:
+        return None
+    uid = f"{os.getuid()}:{os.getgid()}"
+    # Host network so 127.0.0.1 URLs reach the servers; the repo's data and the results are
+    # mounted at the same paths, so job files need no path translation.
+    prefix = ("docker", "run", "--rm", "--network", "host", "--user", uid,
+              "-v", f"{REPO_ROOT}:{REPO_ROOT}:ro", "-v", "{results}:{results}", IMAGE)
+    return RustAgent(prefix, f"docker image {image}", image)
+
+
+def _native_agent() -> RustAgent | None:
+    if not NATIVE_BINARY.is_file():
+        return None
+    return RustAgent((str(NATIVE_BINARY),), f"native {NATIVE_BINARY}", file_sha256(NATIVE_BINARY))
+
+
+def find_rust_agent(containerized: bool = True) -> tuple[RustAgent | None, str]:
+    """The Rust agent to use, or None and the reason there is none. `containerized`: the image
+    first (the docker runtime, whose `up` builds it from the current binary), else the native
+    binary first: a stale image must not stand in for the binary setup just built, and a
+    `docker run` per job would cost CPU beside CPU-bound servers."""
     override = os.environ.get("TR116_AGENT_BIN")
     if override:
         return RustAgent((override,), f"native {override} (TR116_AGENT_BIN)"), ""
-    image = _docker_image_id()
-    if image:
-        uid = f"{os.getuid()}:{os.getgid()}"
-        # Host network so 127.0.0.1 URLs reach the servers; the repo's data and the results are
-        # mounted at the same paths, so job files need no path translation.
-        prefix = ("docker", "run", "--rm", "--network", "host", "--user", uid,
-                  "-v", f"{REPO_ROOT}:{REPO_ROOT}:ro", "-v", "{results}:{results}", IMAGE)
-        return RustAgent(prefix, f"docker image {image}", image), ""
-    if NATIVE_BINARY.is_file():
-        from bench.assets import file_sha256
-
-        return RustAgent((str(NATIVE_BINARY),), f"native {NATIVE_BINARY}", file_sha256(NATIVE_BINARY)), ""
+    order = (_image_agent, _native_agent) if containerized else (_native_agent, _image_agent)
+    for find in order:
+        agent = find()
+        if agent is not None:
+            return agent, ""
     reasons = ["no Docker image " + IMAGE]
     if shutil.which("cargo") is None:
         reasons.append("no cargo to build rust-agents")

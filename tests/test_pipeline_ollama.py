@@ -112,7 +112,7 @@ def test_rust_agents_over_ollama(tmp_path, two_servers, results_dir):
 def test_rust_suite_recorded_as_skipped_without_an_agent(tmp_path, two_servers, results_dir, monkeypatch):
     from bench import rust
 
-    monkeypatch.setattr(rust, "find_rust_agent", lambda: (None, "no Docker image; no cargo to build rust-agents"))
+    monkeypatch.setattr(rust, "find_rust_agent", lambda containerized=True: (None, "no Docker image; no cargo to build rust-agents"))
     a, b = two_servers
     plan, store, outcome = _run_in_process(tmp_path, a, b, ["python", "rust"])
     assert outcome.skipped == 4 and outcome.done == 4
