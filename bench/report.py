@@ -240,10 +240,19 @@ def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str
             if ps_available else "n/a (no /api/ps on this runtime)",
             "peak VRAM in runs (NVML, GPU total)": _bytes(peak),
             "OOM failures": len(oom),
-            "identity": (f"sha256 `{m['file_sha256'][:16]}…`" if m.get("file_sha256")
-                         else f"digest `{m['digest'][:19]}`" if m.get("digest") else m.get("error", "not recorded")),
+            "identity": _identity(m),
         })
     return _md(rows)
+
+
+def _identity(m: dict) -> str:
+    """A model's identity as the manifest recorded it: Ollama digest, GGUF file hash, or both."""
+    parts = []
+    if m.get("digest"):
+        parts.append(f"Ollama digest `{m['digest'][:19]}`")
+    if m.get("file_sha256"):
+        parts.append(f"GGUF sha256 `{m['file_sha256'][:16]}…`")
+    return "; ".join(parts) or m.get("error", "not recorded")
 
 
 def _bytes(v) -> str:
