@@ -19,7 +19,7 @@ from bench.errors import BenchError, RequestError
 from bench.paths import cache_dir, results_root
 from bench.profile import ModelSpec, Profile, ServerConfig
 from bench.runtimes.base import Endpoint
-from bench.runtimes.ollama_api import OllamaAPI
+from bench.runtimes.ollama_api import OllamaAPI, tag_matches
 from bench.runtimes.process import ManagedProcess
 
 # Ollama logs how many layers it offloaded at each load (absent on builds without a GPU backend).
@@ -103,11 +103,8 @@ class OllamaEndpoints:
         compete for one GPU's memory."""
         for api in self.apis.values():
             for m in api.ps():
-                if keep is None or m.get("name") not in (keep, f"{keep}:latest"):
-                    api.unload(m["name"])
-            stale = [m.get("name") for m in api.ps() if keep is None or m.get("name") not in (keep, f"{keep}:latest")]
-            if stale:
-                raise RequestError("oom", f"models still loaded after unload: {stale}", api.url)
+                if keep is None or not tag_matches(m.get("name", ""), keep):
+                    api.unload(m["name"])  # waits until /api/ps no longer lists it
 
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
         self._check_known(model)
@@ -132,7 +129,7 @@ class OllamaEndpoints:
             if entry is None:
                 out[name] = {"loaded": False}
                 continue
-            size, vram = entry.get("size"), entry.get("size_vram", 0)  # size_vram is omitted when 0
+            size, vram = entry.get("size"), entry.get("size_vram", 0)  # older versions omit a zero
             out[name] = {"loaded": True, "size_bytes": size, "size_vram_bytes": vram,
                          "gpu_share": (vram / size) if size else None,
                          "context_length": entry.get("context_length"),

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from bench.errors import RequestError, classify
 
 
-def _tag_matches(listed: str, name: str) -> bool:
+def tag_matches(listed: str, name: str) -> bool:
     """'gemma3:latest' is listed for a model created or pulled as 'gemma3'."""
     return listed == name or listed == f"{name}:latest"
 
@@ -61,10 +61,10 @@ class OllamaAPI:
 
     def tag(self, model: str) -> dict | None:
         """The /api/tags entry of a model (name, digest, size, details), or None."""
-        return next((t for t in self.tags() if _tag_matches(t.get("name", ""), model)), None)
+        return next((t for t in self.tags() if tag_matches(t.get("name", ""), model)), None)
 
     def loaded(self, model: str) -> dict | None:
-        return next((m for m in self.ps() if _tag_matches(m.get("name", ""), model)), None)
+        return next((m for m in self.ps() if tag_matches(m.get("name", ""), model)), None)
 
     # ---- models --------------------------------------------------------------------------
 
