@@ -26,6 +26,9 @@ from bench.analysis import load_tables
 from bench.errors import BenchError
 from bench.plan import build_plan
 from bench.profile import LoadedProfile, load_profile
+from bench.report import write_report
+from bench.runner import run_matrix
+from bench.runtimes import create_runtime
 from bench.store import Store, atomic_write_json, atomic_write_text
 from bench.summary import KEY_METRICS
 
@@ -156,10 +159,6 @@ def _write_profile(manifest: dict, study: str, folder: Path) -> LoadedProfile:
 
 def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bool = True,
               study: str | None = None) -> Reproduction:
-    from bench.report import write_report
-    from bench.runner import run_matrix
-    from bench.runtimes import create_runtime
-
     manifest_path = Path(manifest_path).resolve()
     manifest = mf.load_manifest(manifest_path)
     old_profile = mf.profile_from_manifest(manifest)
