@@ -76,13 +76,15 @@ def model_mismatches(manifest: dict, runtime, profile) -> list[str]:
 
 
 def runtime_fingerprint(describe: dict) -> dict:
-    """The parts of a runtime description that change its numbers: kind, llama.cpp binary,
-    Ollama versions and (docker runtime) the containers' image ids."""
+    """The parts of a runtime description that change its numbers: kind, llama.cpp or Ollama
+    binary, Ollama versions and (docker runtime) the containers' image ids."""
     fp = {"kind": describe.get("kind")}
     if describe.get("llama_server"):
         fp["llama.cpp binary sha256"] = describe["llama_server"].get("binary_sha256")
     if describe.get("ollama_version"):
         fp["ollama_version"] = describe["ollama_version"]
+    if describe.get("ollama"):  # native runtime: the binary setup built
+        fp["ollama binary sha256"] = describe["ollama"].get("binary_sha256")
     if describe.get("containers"):  # docker runtime: the image each service ran
         fp["container image ids"] = {c.get("service"): c.get("image_id") for c in describe["containers"]}
     return fp
