@@ -184,13 +184,11 @@ class MatrixRunner:
             config=self._config_doc(cell),
             agents={name: {"endpoint": t.client.base_url, "api": t.client.api, "model": t.model,
                            "options": t.options} for name, t in targets.items()},
-            timeout_s=wl.timeout_s, cold_load_ms=wl.cold_load_ms,
+            timeout_s=wl.timeout_s, cold_load_ms=wl.cold_load_ms, retries=wl.retries,
             contention=self.profile.multi.contention.model_dump(), phase_order=phases, alone_order=alone)
         out = self.store.metrics_path(item.rel_dir)
-        for attempt in agents.retrying(wl.retries):
-            with attempt:
-                job["attempt"] = attempt.retry_state.attempt_number  # new prompt nonces for a rerun
-                rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6)
+        # The agent retries each call itself, as the Python agents do; a failure here is final.
+        rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6 * wl.retries)
         try:
             doc = json.loads(out.read_text())
             errors = schema_errors(doc)
