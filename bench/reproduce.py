@@ -192,8 +192,9 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
             overrides = mf.normalize_overrides(inv.get("plan_overrides"))
             plan = build_plan(loaded.profile, **overrides)
             started = mf.utc_now()
-            run_matrix(loaded, plan, runtime, store, progress=progress)
-            mf.write_manifest(loaded, plan, runtime, store, started_at=started, overrides=overrides, extra=reproduces)
+            outcome = run_matrix(loaded, plan, runtime, store, progress=progress)
+            mf.write_manifest(loaded, plan, runtime, store, started_at=started, overrides=overrides,
+                              learned_limits=outcome.learned_limits, extra=reproduces)
     finally:
         runtime.down()
     write_report(loaded, store)

@@ -110,6 +110,8 @@ class OllamaEndpoints:
                 raise RequestError("oom", f"models still loaded after unload: {stale}", api.url)
 
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        if model.name not in {m.name for m in self.profile.models}:  # a fallback tag: pulled on first use
+            self.model_actions[model.name] = ensure_model(self.first_api, model)
         self._check_known(model)
         changed = self._current != model.name
         if changed:
