@@ -170,7 +170,8 @@ def multi_metrics(records: list[RequestRecord], t_alone: dict[str, float], t_tog
 
 def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str, *, phase_order: list[str],
               alone_order: list[str], clock: Clock = time.perf_counter_ns, attempts: int = 3,
-              run_attempt: int = 1, cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85, max_ttft_inflation: float = 2.0,
+              run_attempt: int = 1, cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85,
+              max_ttft_inflation: float = 2.0,
               ) -> tuple[str, list[RequestRecord], dict]:
     started_at = utc_now()
     run_t0 = clock()

@@ -83,7 +83,8 @@ def test_the_real_memory_failures_go_to_the_ladder():
     """What a memory-limited Ollama answered (tests/fixtures/ollama_memory_failures.json): killed
     while loading, and an error line after HTTP 200 mid-stream. Both are load failures."""
     cases = json.loads(FIXTURE.read_text())["cases"]
-    texts = [cases["load"]["body"]["error"], *(line["error"] for line in cases["midstream"]["lines"] if "error" in line)]
+    texts = [cases["load"]["body"]["error"],
+             *(line["error"] for line in cases["midstream"]["lines"] if "error" in line)]
     assert len(texts) == 2
     assert [(classify(t), RequestError(classify(t), t).cls) for t in texts] == [("crash", "load")] * 2
 
