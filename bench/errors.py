@@ -46,6 +46,11 @@ def classify(message: str, default: str = "http") -> str:
     return default
 
 
+def kind_class(kind: str) -> str:
+    """transient, load or permanent (a kind outside the table, e.g. a Rust agent's own, is permanent)."""
+    return next((e.cls for e in error_kinds() if e.kind == kind), PERMANENT)
+
+
 class RequestError(BenchError):
     """A failed LLM request; `kind` is one of the schema's error kinds."""
 
@@ -57,5 +62,4 @@ class RequestError(BenchError):
 
     @property
     def cls(self) -> str:
-        """transient, load or permanent (a kind outside the table, e.g. a Rust agent's own, is permanent)."""
-        return next((e.cls for e in error_kinds() if e.kind == self.kind), PERMANENT)
+        return kind_class(self.kind)
