@@ -110,7 +110,7 @@ class MatrixRunner:
 
     def _free_servers(self, state) -> None:
         log.warning("%s; freeing the servers before the next rung", state.outcome.exception())
-        self.runtime.down()
+        self.runtime.free()
         self._server_key = None
 
     def _warmup(self, cell: Cell) -> None:

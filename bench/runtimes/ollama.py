@@ -109,6 +109,10 @@ class OllamaEndpoints:
             if stale:
                 raise RequestError("oom", f"models still loaded after unload: {stale}", api.url)
 
+    def free(self) -> None:
+        self.free_others(keep=None)
+        self._current = None
+
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
         if model.name not in {m.name for m in self.profile.models}:  # a fallback tag: pulled on first use
             self.model_actions[model.name] = ensure_model(self.first_api, model)
