@@ -126,8 +126,8 @@ def normalized_table(norm: pd.DataFrame, baseline: str) -> str | None:
     for (suite, lang, case, metric), g in norm.groupby(["suite", "lang", "case", "metric"], sort=False):
         row = {"suite": suite, "lang": lang, "config / scenario": case, "metric": metric}
         for m in models:
-            cells = [f"{_fmt(r['mean'])} ({r['pct_of_baseline']:.1f} %" + (f", ran {r['ran_as']})" if r["ran_as"] else ")")
-                     for _, r in g[g["model"] == m].iterrows()]
+            cells = [f"{_fmt(r['mean'])} ({r['pct_of_baseline']:.1f} %"
+                     + (f", ran {r['ran_as']}" if r["ran_as"] else "") + ")" for _, r in g[g["model"] == m].iterrows()]
             row[m] = "; ".join(cells) or "–"
         rows.append(row)
     return _md(rows)
