@@ -118,7 +118,7 @@ def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no
         if owns_servers:
             runtime.down()
     print(f"bench: {outcome.done} runs done, {outcome.resumed} already there, "
-          f"{outcome.failed} failed attempt(s) ({outcome.recovered} recovered by the retry pass), "
+          f"{outcome.failed} failed run(s) ({outcome.recovered} recovered by the retry pass), "
           f"{outcome.skipped} skipped" + (f" ({outcome.reruns} outlier reruns)" if outcome.reruns else ""))
     if outcome.downgraded:
         print(f"  {outcome.downgraded} run(s) ran on a lower rung of the fallback ladder (metrics.json "

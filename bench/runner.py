@@ -56,7 +56,7 @@ def _is_load_failure(exc: BaseException) -> bool:
 class Outcome:
     done: int = 0
     resumed: int = 0
-    failed: int = 0  # failed attempts at runs, retry pass included
+    failed: int = 0  # runs that failed past their retries or ladder, counted again if the retry pass fails
     recovered: int = 0  # runs the retry pass completed
     downgraded: int = 0  # runs stored after the fallback ladder lowered their config
     skipped: int = 0

@@ -194,7 +194,7 @@ def test_the_retry_pass_recovers_a_run(tmp_path):
                        single__gpu_layers=[60], single__runs=1, multi__enabled=False, workload__retries=1)
         proc = bench(path, results)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 failed attempt(s) (1 recovered by the retry pass)" in proc.stdout
+    assert "1 failed run(s) (1 recovered by the retry pass)" in proc.stdout
     (failure,) = [json.loads(line) for line in (results / "test" / "failures.jsonl").read_text().splitlines()]
     assert failure["error_kind"] == "stream_cut" and "retry pass" in failure["fallback"]
     assert len(docs(results / "test")) == 1
