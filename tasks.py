@@ -112,17 +112,30 @@ def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no
         outcome = run_matrix(loaded, plan, runtime, store, progress=not no_progress)
         manifest.write_manifest(loaded, plan, runtime, store, started_at=started,
                                 overrides={"models": _split(models), "langs": _split(langs),
-                                           "suites": _split(suites), "runs": int(runs) if runs else None})
+                                           "suites": _split(suites), "runs": int(runs) if runs else None},
+                                learned_limits=outcome.learned_limits)
     finally:
         if owns_servers:
             runtime.down()
     print(f"bench: {outcome.done} runs done, {outcome.resumed} already there, "
-          f"{outcome.failed} failed, {outcome.skipped} skipped"
-          + (f" ({outcome.reruns} outlier reruns)" if outcome.reruns else ""))
+          f"{outcome.failed} failed run(s) ({outcome.recovered} recovered by the retry pass), "
+          f"{outcome.skipped} skipped" + (f" ({outcome.reruns} outlier reruns)" if outcome.reruns else ""))
+    if outcome.downgraded:
+        print(f"  {outcome.downgraded} run(s) ran on a lower rung of the fallback ladder (metrics.json "
+              f"effective_config; the report's downgrade table)")
     for note in outcome.notes:
         print(f"  note: {note}")
     if outcome.failed:
         print(f"  failures are listed in {store.root / 'failures.jsonl'}")
+    # The error gate: the study `validate` checks, after the runner's retry pass.
+    from bench.validate import validate_study
+
+    check = validate_study(loaded, store)
+    if not check.ok:
+        for problem in check.problems:
+            print(f"  - {problem}")
+        raise Exit(f"bench: {check.incomplete or 'the study has problems'} ({len(check.problems)} problem(s) "
+                   f"listed above)", code=1)
 
 
 @task(help={"profile": PROFILE_HELP})

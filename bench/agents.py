@@ -20,10 +20,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 import bench
 from bench import metrics
 from bench.clients import CallContext, Clock, RequestRecord, StreamingClient
-from bench.errors import RequestError
+from bench.errors import TRANSIENT, RequestError
 from bench.profile import AgentConfig, WorkloadSpec
 from bench.store import utc_now
-from bench.workload import STAGES, Workload, prompt_nonce
+from bench.workload import STAGES, Workload, nonce_attempt, prompt_nonce
 
 CLIENT_INFO = {"name": "bench.clients (python-requests)",
                "version": f"{bench.__version__} / CPython {platform.python_version()}"}
@@ -51,24 +51,31 @@ class AgentTarget:
     options: dict
 
 
+# The wait before retry n of a call: RETRY_WAIT_S × 2^(n−1), at most RETRY_MAX_WAIT_S. The Rust
+# agents get these numbers in their job (bench/rust.py) and retry the same calls the same way.
+RETRY_WAIT_S, RETRY_MAX_WAIT_S = 0.5, 10.0
+
+
 def retrying(attempts: int, sleep: Callable[[float], None] = time.sleep) -> Retrying:
-    """Retry a call on transient failures (connection, timeout, busy, loading, crash) only;
-    OOM, not-found and malformed streams are not retried here (see runner for OOM handling)."""
-    return Retrying(retry=retry_if_exception(lambda e: isinstance(e, RequestError) and e.retryable),
-                    stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.5, max=10),
-                    sleep=sleep, reraise=True)
+    """Retry one call on the transient kinds of data/error_kinds.yaml (busy, restarting server,
+    timeout, a cut stream); load failures go to the runner's ladder, permanent ones stop the study."""
+    return Retrying(retry=retry_if_exception(lambda e: isinstance(e, RequestError) and e.cls == TRANSIENT),
+                    stop=stop_after_attempt(attempts),
+                    wait=wait_exponential(multiplier=RETRY_WAIT_S, max=RETRY_MAX_WAIT_S), sleep=sleep, reraise=True)
 
 
 def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: int, run_key: str, *,
-              attempts: int = 3, cold_load_ms: float = 1000.0) -> list[RequestRecord]:
+              attempts: int = 3, run_attempt: int = 1, cold_load_ms: float = 1000.0) -> list[RequestRecord]:
     """The agent's two calls; the second sees the text the first generated. Each attempt of each
-    call gets its own prompt nonce, so a retry never reuses a prefix the failed attempt cached."""
+    call, in each attempt of the run, gets its own prompt nonce, so a retry never reuses a prefix
+    that a failed attempt cached."""
     records: list[RequestRecord] = []
     previous = ""
     for stage in STAGES:
         for attempt in retrying(attempts):
             with attempt:
-                nonce = prompt_nonce(run_key, target.agent, stage, phase, attempt.retry_state.attempt_number)
+                n = nonce_attempt(run_attempt, attempt.retry_state.attempt_number, attempts)
+                nonce = prompt_nonce(run_key, target.agent, stage, phase, n)
                 ctx = CallContext(target.agent, stage, phase, run_t0_ns, nonce, cold_load_ms=cold_load_ms)
                 rec = target.client.chat(target.model, workload.messages(target.agent, stage, nonce, previous),
                                          target.options, ctx)
@@ -121,9 +128,11 @@ def base_document(*, study: str, suite: str, model: dict, config: dict, run_inde
 
 
 def run_single(target: AgentTarget, workload: Workload, run_key: str, *, clock: Clock = time.perf_counter_ns,
-               attempts: int = 3, cold_load_ms: float = 1000.0) -> tuple[str, list[RequestRecord], dict]:
+               attempts: int = 3, run_attempt: int = 1, cold_load_ms: float = 1000.0
+               ) -> tuple[str, list[RequestRecord], dict]:
     started_at = utc_now()
-    records = run_agent(target, workload, "single", clock(), run_key, attempts=attempts, cold_load_ms=cold_load_ms)
+    records = run_agent(target, workload, "single", clock(), run_key, attempts=attempts, run_attempt=run_attempt,
+                        cold_load_ms=cold_load_ms)
     return started_at, records, single_metrics(records)
 
 
@@ -161,7 +170,8 @@ def multi_metrics(records: list[RequestRecord], t_alone: dict[str, float], t_tog
 
 def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str, *, phase_order: list[str],
               alone_order: list[str], clock: Clock = time.perf_counter_ns, attempts: int = 3,
-              cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85, max_ttft_inflation: float = 2.0,
+              run_attempt: int = 1, cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85,
+              max_ttft_inflation: float = 2.0,
               ) -> tuple[str, list[RequestRecord], dict]:
     started_at = utc_now()
     run_t0 = clock()
@@ -174,7 +184,7 @@ def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str,
             for agent in alone_order:
                 t_release = clock()
                 recs = run_agent(targets[agent], workload, "alone", run_t0, run_key, attempts=attempts,
-                                 cold_load_ms=cold_load_ms)
+                                 run_attempt=run_attempt, cold_load_ms=cold_load_ms)
                 t_alone[agent] = metrics.agent_time_s(t_release, recs[-1].t_done_ns)
                 records.extend(recs)
         else:
@@ -188,7 +198,8 @@ def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str,
                     barrier.wait()
                     starts[agent] = clock()
                     results[agent] = run_agent(targets[agent], workload, "together", run_t0, run_key,
-                                               attempts=attempts, cold_load_ms=cold_load_ms)
+                                               attempts=attempts, run_attempt=run_attempt,
+                                               cold_load_ms=cold_load_ms)
                 except BaseException as exc:  # re-raised on the main thread below
                     errors.append(exc)
                     barrier.abort()

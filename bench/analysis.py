@@ -2,8 +2,11 @@
 
 - requests.csv: one row per counted LLM call;
 - runs.csv: one row per run (the run-level metrics of metrics.json, flattened), with the
-  spec's outlier flags (`outlier_<metric>`, `outlier`);
-- configs.csv: one row per config (cell): n and mean/median/std/CI of the key metrics;
+  spec's outlier flags (`outlier_<metric>`, `outlier`) and, for a run the fallback ladder
+  downgraded, what ran instead (`ran_as`; '' for a run that ran as asked) and why;
+- configs.csv: one row per config (cell) and what ran (`ran_as`): n and mean/median/std/CI of
+  the key metrics. Downgraded runs are never pooled with runs of the config as asked, and the
+  comparisons across models or languages only pair runs that ran alike;
 - derived tables, each computed here from runs/configs by a stated method: normalized.csv
   (% of the baseline model), winners.csv (bootstrap winner rule), lang_deltas.csv (Rust −
   Python), variance.csv (η² shares), outliers.csv, frontier.csv (power), thermal.csv (GPU
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import metrics, stats
+from bench import ladder, metrics, stats
 from bench.profile import Profile
 from bench.store import Store, atomic_write_text
 from bench.summary import KEY_METRICS, OUTLIER_METRICS, outlier_flags
@@ -86,6 +89,15 @@ def _run_row(doc: dict, base: dict) -> dict:
     return row
 
 
+def _downgrade_why(steps: list[dict]) -> str:
+    """The first rung that did not run, as the run's ladder recorded it ('' without a ladder)."""
+    first = next((st for st in steps if st["outcome"] != "ran"), None)
+    if first is None:
+        return ""
+    where = f"{first['model']} gpu_layers {first['gpu_layers']} ctx {first['ctx']}"
+    return f"{first['error_kind']} at {where}" + (f" ({first['error']})" if first["outcome"] == "skipped" else "")
+
+
 def _flat_power(block: dict, prefix: str = "power_") -> dict:
     out = {}
     for k, v in block.items():
@@ -128,7 +140,9 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
                 "scenario": cfg.get("scenario"), "config": config_tag,
                 # what runs of different models (and languages) are compared on
                 "case": cfg.get("scenario") or config_tag,
-                "gpu_layers": cfg["gpu_layers"], "ctx": cfg["ctx"],
+                "gpu_layers": cfg["gpu_layers"], "ctx": cfg["ctx"],  # as ran: `config` is the effective one
+                "ran_as": ladder.downgrade(doc.get("requested_config"), doc.get("effective_config")),
+                "downgrade_why": _downgrade_why(doc.get("ladder") or []),
                 "temperature": cfg["temperature"], "run": doc["run_index"], "cold_load": doc.get("cold_load", False),
                 "started_at": doc["started_at"],
                 # where the run ran differs from its config: kept, listed, out of the headline tables
@@ -151,11 +165,11 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
     misplaced = runs[runs["placement_issues"] != ""]
     runs = _flag_outliers(runs[runs["placement_issues"] == ""].reset_index(drop=True), mad_k)
     config_rows = []
-    for cell, g in runs.groupby("cell", sort=True):
+    for _, g in runs.groupby(["cell", "ran_as"], sort=True):
         first = g.iloc[0]
         suite = first["suite"]
         row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case",
-                                     "gpu_layers", "ctx", "temperature")}
+                                     "ran_as", "gpu_layers", "ctx", "temperature")}
         row["n"] = len(g)
         for metric in [*KEY_METRICS[suite], *EXTRA_CONFIG_METRICS[suite]]:
             if metric not in g:
@@ -196,20 +210,25 @@ def normalized(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
         if sub.empty or metric not in sub:
             continue
         for (lang, case), g in sub.groupby(["lang", "case"], sort=True):
-            means = g.groupby("model")[metric].mean()
-            base = means.get(baseline)
-            if base is None or pd.isna(base) or base == 0:
+            # the baseline as asked; where every baseline run was downgraded, what it ran
+            base_runs = g[g["model"] == baseline]
+            if (base_runs["ran_as"] == "").any():
+                base_runs = base_runs[base_runs["ran_as"] == ""]
+            base = base_runs[metric].mean()
+            if pd.isna(base) or base == 0:
                 continue
-            for model, v in means.items():
+            means = g.groupby(["model", "ran_as"])[metric].mean()
+            for (model, ran_as), v in means.items():
                 rows.append({"suite": suite, "lang": lang, "case": case, "metric": metric, "model": model,
-                             "mean": v, "baseline_mean": base, "pct_of_baseline": v / base * 100})
+                             "ran_as": ran_as, "mean": v, "baseline_mean": base, "pct_of_baseline": v / base * 100})
     return pd.DataFrame(rows)
 
 
 def winners(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
     """The winner rule per bench (suite × language) and case: rank the models by mean of the
     headline metric (decode_tps single, speedup multi; higher is better); the leader is named
-    the winner only when the bootstrap 95 % CI of mean(leader) − mean(runner-up) excludes 0."""
+    the winner only when the bootstrap 95 % CI of mean(leader) − mean(runner-up) excludes 0, and
+    only when every run of the case ran alike (no model on another rung of the fallback ladder)."""
     rows = []
     for suite, lang in BENCHES:
         sub = runs[(runs["suite"] == suite) & (runs["lang"] == lang)] if not runs.empty else runs
@@ -222,12 +241,20 @@ def winners(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataF
                    "models": len(means), "leader": means.index[0] if len(means) else None,
                    "leader_mean": means.iloc[0] if len(means) else None,
                    "runner_up": None, "runner_up_mean": None, "n_leader": None, "n_runner_up": None,
-                   "diff": None, "ci_low": None, "ci_high": None, "winner": None}
+                   "diff": None, "ci_low": None, "ci_high": None, "winner": None,
+                   # what every run of the case ran, when the ladder downgraded them all alike
+                   "ran_as": g["ran_as"].iloc[0] if g["ran_as"].nunique() == 1 else ""}
             if len(means) < 2:
                 row["verdict"] = "one model measured"
                 rows.append(row)
                 continue
             lead, second = means.index[0], means.index[1]
+            if g["ran_as"].nunique() > 1:  # a downgraded model ran another config: not like for like
+                ran = sorted({f"{m} ran {r}" for m, r in zip(g["model"], g["ran_as"]) if r})
+                row.update(runner_up=second, runner_up_mean=means.iloc[1],
+                           verdict=f"not compared: {'; '.join(ran)} (fallback ladder)")
+                rows.append(row)
+                continue
             cmp = stats.compare_groups(_values(g[g["model"] == lead], metric),
                                        _values(g[g["model"] == second], metric), seed=seed)
             row.update(runner_up=second, runner_up_mean=means.iloc[1], n_leader=cmp["n_a"],
@@ -249,8 +276,10 @@ def lang_deltas(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.D
     rows = []
     if runs.empty or runs["lang"].nunique() < 2:
         return pd.DataFrame(rows)
-    groups = sorted(runs.groupby(["suite", "model", "case"], sort=True), key=lambda kv: kv[0][0] != "single")
-    for (suite, model, case), g in groups:
+    # only runs that ran alike are paired: a downgraded config is its own group
+    groups = sorted(runs.groupby(["suite", "model", "case", "ran_as"], sort=True),
+                    key=lambda kv: kv[0][0] != "single")
+    for (suite, model, case, ran_as), g in groups:
         py, rs = g[g["lang"] == "python"], g[g["lang"] == "rust"]
         if py.empty or rs.empty:
             continue
@@ -260,7 +289,7 @@ def lang_deltas(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.D
                 continue
             cmp = stats.compare_groups(a, b, higher_is_better=metric not in LOWER_IS_BETTER, seed=seed)
             py_mean = sum(b) / len(b)
-            rows.append({"suite": suite, "model": model, "case": case, "metric": metric,
+            rows.append({"suite": suite, "model": model, "case": case, "ran_as": ran_as, "metric": metric,
                          "python_mean": py_mean, "rust_mean": sum(a) / len(a), "n_python": len(b), "n_rust": len(a),
                          "delta": cmp["diff"] if cmp["diff"] is not None else sum(a) / len(a) - py_mean,
                          "delta_pct": ((sum(a) / len(a) - py_mean) / py_mean * 100) if py_mean else None,

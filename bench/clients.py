@@ -148,7 +148,7 @@ class OllamaStream:
 
     def check_end(self) -> None:
         if not self.finished:
-            raise RequestError("malformed_stream", "stream ended without a done:true chunk")
+            raise RequestError("stream_cut", "stream ended without a done:true chunk")
 
 
 class OpenAIStream:
@@ -196,7 +196,7 @@ class OpenAIStream:
 
     def check_end(self) -> None:
         if not self.finished:
-            raise RequestError("malformed_stream", "stream ended without data: [DONE]")
+            raise RequestError("stream_cut", "stream ended without data: [DONE]")
 
 
 PARSERS = {"ollama": OllamaStream, "openai": OpenAIStream}
@@ -315,8 +315,8 @@ class StreamingClient:
             except RequestError as exc:
                 exc.endpoint = self.base_url
                 raise
-            except requests.exceptions.ChunkedEncodingError as exc:
-                raise RequestError("malformed_stream", f"stream broke: {exc}", self.base_url) from None
+            except requests.exceptions.ChunkedEncodingError as exc:  # the connection closed mid-body
+                raise RequestError("stream_cut", f"stream broke: {exc}", self.base_url) from None
             except requests.Timeout:
                 raise RequestError("timeout", f"stream stalled for {self.timeout_s} s", self.base_url) from None
             except requests.ConnectionError as exc:

@@ -2,7 +2,8 @@
 
 A `BenchError` is an expected failure with a message for the user: the tasks print it and exit
 non-zero without a traceback. `RequestError` is a failed LLM call, classified by the shared
-substring table in data/error_kinds.yaml (the Rust agents read the same table).
+table in data/error_kinds.yaml (the Rust agents read the same table): its kind by substring, and
+the kind's class (transient, load or permanent) says what the harness does about it.
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ class BenchError(Exception):
     """An expected failure, reported to the user as one clear message."""
 
 
+TRANSIENT, LOAD, PERMANENT = "transient", "load", "permanent"
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     kind: str
-    retry: bool
+    cls: str
     substrings: tuple[str, ...]
 
 
 @lru_cache(maxsize=1)
 def error_kinds() -> tuple[ErrorKind, ...]:
     raw = yaml.safe_load(ERROR_KINDS_FILE.read_text())
-    return tuple(ErrorKind(k["kind"], bool(k["retry"]), tuple(s.lower() for s in k["substrings"]))
+    return tuple(ErrorKind(k["kind"], k["class"], tuple(s.lower() for s in k.get("substrings", ())))
                  for k in raw["kinds"])
 
 
@@ -42,8 +46,9 @@ def classify(message: str, default: str = "http") -> str:
     return default
 
 
-# Transport-level kinds are not in the table: they never come from a server's error text.
-_TRANSIENT_TRANSPORT = {"connection", "timeout"}
+def kind_class(kind: str) -> str:
+    """transient, load or permanent (a kind outside the table, e.g. a Rust agent's own, is permanent)."""
+    return next((e.cls for e in error_kinds() if e.kind == kind), PERMANENT)
 
 
 class RequestError(BenchError):
@@ -56,7 +61,5 @@ class RequestError(BenchError):
         self.detail = message
 
     @property
-    def retryable(self) -> bool:
-        if self.kind in _TRANSIENT_TRANSPORT:
-            return True
-        return any(e.kind == self.kind and e.retry for e in error_kinds())
+    def cls(self) -> str:
+        return kind_class(self.kind)

@@ -63,6 +63,19 @@ def describe_gpus() -> list[dict] | str:
         pynvml.nvmlShutdown()
 
 
+def vram_now(device_index: int = 0) -> tuple[int | None, int | None]:
+    """VRAM in use and in total on one GPU now; (None, None) without NVML."""
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None, None
+    try:
+        mem = _guarded(lambda: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device_index)))
+        return (mem.used, mem.total) if mem else (None, None)
+    finally:
+        pynvml.nvmlShutdown()
+
+
 # Clocks-event ("throttle") reasons that mean the GPU ran slower than it could: power cap,
 # thermal and hardware slowdowns. Idle, application-clock settings, sync boost and display
 # clocks are not throttling.

@@ -6,7 +6,8 @@ image digests or llama.cpp build), model identities and digests, ports, the host
 "none"), the Rust toolchain and agent binary, seeds, the run order, timings, and only the
 allow-listed environment variables. It also records the task's plan overrides
 (`bench --runs/--models/--langs/--suites`), so `invoke validate` and `invoke reproduce` rebuild
-exactly the plan that ran, and one entry per `bench` invocation of the study.
+exactly the plan that ran, and one entry per `bench` invocation of the study, with what the
+fallback ladder learned about each model on this host (`learned_limits`, bench/ladder.py).
 """
 
 from __future__ import annotations
@@ -176,10 +177,21 @@ def normalize_overrides(overrides: dict | None) -> dict:
     return out
 
 
+def _learned_limits(invocations: list[dict]) -> dict:
+    """The rungs that failed and worked for each model, over every `bench` call of the study."""
+    out: dict[str, list] = {"failed": [], "worked": []}
+    for inv in invocations:
+        for key, entries in (inv.get("learned_limits") or {}).items():
+            out[key] += [e for e in entries if e not in out[key]]
+    return out
+
+
 def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, started_at: str,
-                   overrides: dict | None = None, extra: dict | None = None) -> Path:
+                   overrides: dict | None = None, learned_limits: dict | None = None,
+                   extra: dict | None = None) -> Path:
     """Write results/<study>/manifest.json. `overrides` are the plan overrides the task used
-    (build_plan's models/langs/suites/runs); `extra` adds top-level keys (e.g. `reproduces`)."""
+    (build_plan's models/langs/suites/runs); `learned_limits` what its fallback ladder learned;
+    `extra` adds top-level keys (e.g. `reproduces`)."""
     profile = loaded.profile
     path = store.root / MANIFEST_NAME
     resolved = profile.model_dump(mode="json")
@@ -187,7 +199,8 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
     plan_overrides = normalize_overrides(overrides)
     finished = utc_now()
     invocation = {"started_at": started_at, "finished_at": finished, "plan_overrides": plan_overrides,
-                  "runs_planned": plan.run_count, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                  "runs_planned": plan.run_count, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                  "learned_limits": learned_limits or {"failed": [], "worked": []}}
     # A study can be filled by several `bench` calls (e.g. --langs python, then --langs rust):
     # keep each call's overrides while the profile is unchanged, so validate expects them all.
     invocations = [invocation]
@@ -216,6 +229,7 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
         "rust": rust_info(runtime.kind),
         "seeds": {"request_seed": profile.workload.seed, "order_seed": profile.workload.order_seed,
                   "bootstrap_seed": stats.BOOTSTRAP_SEED},
+        "learned_limits": _learned_limits(invocations),
         "run_count": plan.run_count,
         "run_order": [str(i.rel_dir) for i in plan.items],
         "started_at": invocations[0]["started_at"],

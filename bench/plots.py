@@ -96,6 +96,9 @@ def plot_frontier(frontier: pd.DataFrame, path: Path) -> Path | None:
 def write_plots(study_root: Path, configs: pd.DataFrame, frontier: pd.DataFrame) -> dict[str, str]:
     """Draw every figure that has data; returns name → path relative to the study folder."""
     out_dir = study_root / PLOTS_DIR
+    if not configs.empty:  # a downgraded config is its own group: its bars are not what the others ran
+        configs = configs.assign(**{col: [f"{v} (ran {r})" if r else v for v, r in zip(configs[col], configs["ran_as"])]
+                                    for col in ("config", "scenario")})
     single = configs[configs["suite"] == "single"] if not configs.empty else configs
     multi = configs[configs["suite"] == "multi"] if not configs.empty else configs
     made = {

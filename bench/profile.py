@@ -75,6 +75,24 @@ class RuntimeSpec(Strict):
         return self
 
 
+class Fallback(Strict):
+    """The spec's fallback ladder for a config that does not load (bench/ladder.py)."""
+
+    gpu_layers: list[int] = Field([80, 60, 40, 20, 0], description="GPU-layer rungs, tried from the largest below "
+                                                                   "the config's")
+    ctx_floor: int = Field(512, ge=64, description="then the context is halved, not below this (it must hold the "
+                                                   "prompt and num_predict)")
+    tags: list[str] = Field(default_factory=list, description="then these tags of the same model, in order (e.g. a "
+                                                              "lower quant), pulled on first use")
+
+    @field_validator("gpu_layers")
+    @classmethod
+    def _layers(cls, v: list[int]):
+        if any(g < 0 for g in v):
+            raise ValueError(f"GPU-layer rungs are layer counts ≥ 0, got {v}")
+        return v
+
+
 class ModelSpec(Strict):
     name: str = Field(min_length=1)
     baseline: bool = False
@@ -85,6 +103,7 @@ class ModelSpec(Strict):
     template: str | None = Field(None, description="Ollama, GGUF source: chat template (bench/data/chat_templates/"
                                                    "NAME.gotmpl) for a file that has none")
     stop: list[str] = Field(default_factory=list, description="Ollama, GGUF source: stop sequences")
+    fallback: Fallback | None = Field(None, description="this model's ladder: its keys replace the profile's")
 
     @property
     def slug(self) -> str:
@@ -181,6 +200,7 @@ class Profile(Strict):
     outliers: OutlierPolicy = OutlierPolicy()
     pricing: Pricing = Pricing()
     eta: EtaHints = EtaHints()
+    fallback: Fallback = Fallback()
 
     @field_validator("models")
     @classmethod
@@ -193,9 +213,22 @@ class Profile(Strict):
             raise ValueError(f"model names must be unique, got {names}")
         return models
 
+    @field_validator("fallback")
+    @classmethod
+    def _tags_per_model(cls, fallback: Fallback):
+        if fallback.tags:
+            raise ValueError("fallback.tags are tags of one model: set them in that model's own `fallback`")
+        return fallback
+
     @property
     def baseline(self) -> ModelSpec:
         return next(m for m in self.models if m.baseline)
+
+    def fallback_for(self, model: ModelSpec) -> Fallback:
+        """The model's ladder: the profile's, with the keys the model sets replaced."""
+        if model.fallback is None:
+            return self.fallback
+        return self.fallback.model_copy(update=model.fallback.model_dump(exclude_unset=True))
 
 
 class LoadedProfile(BaseModel):

@@ -17,13 +17,15 @@ import pandas as pd
 from bench import metrics, power, stats
 from bench.analysis import (DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
                             load_tables)
-from bench.errors import BenchError
+from bench.errors import LOAD, BenchError, kind_class
 from bench.manifest import MANIFEST_NAME, planned_cells, profile_from_manifest
 from bench.paths import TEMPLATES_DIR
 from bench.plots import write_plots
 from bench.profile import LoadedProfile, Profile
+from bench.runner import CONFIG_SKIP, OPTIONAL_SKIP
 from bench.store import Store, atomic_write_text
 from bench.summary import OUTLIER_METRICS, summarize_all
+from bench.validate import validate_study
 
 REPORT_NAME = "Technical_Report_116.md"
 CLIENT_OVERHEAD_NAME = "client_overhead.json"
@@ -66,6 +68,11 @@ def _mean_ci(row: pd.Series, metric: str) -> str:
     return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
+def _as_ran(r: pd.Series, col: str) -> str:
+    """A config or scenario label that says when the fallback ladder made its runs run another config."""
+    return f"{r[col]} (ran {r['ran_as']})" if r.get("ran_as") else str(r[col])
+
+
 def _md(rows: list[dict]) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False) if rows else None
 
@@ -82,7 +89,7 @@ def _suite(configs: pd.DataFrame, suite: str, lang: str | None = None) -> pd.Dat
 
 def single_table(configs: pd.DataFrame, lang: str) -> str | None:
     df = _suite(configs, "single", lang)
-    return _md([{"model": r["model"], "config": r["config"], "n": r["n"],
+    return _md([{"model": r["model"], "config": _as_ran(r, "config"), "n": r["n"],
                  "decode tok/s (server) [95% CI]": _mean_ci(r, "decode_tps"),
                  "decode tok/s (client)": _fmt(r["decode_tps_client_mean"]),
                  "CV %": _fmt(r["decode_tps_cv_pct"], 2),
@@ -95,7 +102,7 @@ def single_table(configs: pd.DataFrame, lang: str) -> str | None:
 
 def multi_table(configs: pd.DataFrame, lang: str) -> str | None:
     df = _suite(configs, "multi", lang)
-    return _md([{"model": r["model"], "scenario": r["scenario"], "n": r["n"],
+    return _md([{"model": r["model"], "scenario": _as_ran(r, "scenario"), "n": r["n"],
                  "speedup × [95% CI]": _mean_ci(r, "speedup"),
                  "efficiency % [95% CI]": _mean_ci(r, "efficiency_pct"),
                  "evenness %": _fmt(r["evenness_pct_mean"]),
@@ -110,17 +117,18 @@ def multi_table(configs: pd.DataFrame, lang: str) -> str | None:
 
 
 def normalized_table(norm: pd.DataFrame, baseline: str) -> str | None:
-    """Wide: one row per suite/language/case/metric, one column per model: mean (% of baseline)."""
+    """Wide: one row per suite/language/case/metric, one column per model: mean (% of baseline),
+    and what ran where the fallback ladder downgraded the model's runs."""
     if norm.empty:
         return None
     models = [baseline] + sorted(m for m in norm["model"].unique() if m != baseline)
     rows = []
     for (suite, lang, case, metric), g in norm.groupby(["suite", "lang", "case", "metric"], sort=False):
-        by_model = g.set_index("model")
         row = {"suite": suite, "lang": lang, "config / scenario": case, "metric": metric}
         for m in models:
-            row[m] = (f"{_fmt(by_model.at[m, 'mean'])} ({by_model.at[m, 'pct_of_baseline']:.1f} %)"
-                      if m in by_model.index else "–")
+            cells = [f"{_fmt(r['mean'])} ({r['pct_of_baseline']:.1f} %"
+                     + (f", ran {r['ran_as']}" if r["ran_as"] else "") + ")" for _, r in g[g["model"] == m].iterrows()]
+            row[m] = "; ".join(cells) or "–"
         rows.append(row)
     return _md(rows)
 
@@ -138,6 +146,8 @@ def winner_matrix(win: pd.DataFrame) -> tuple[str | None, str | None]:
             hit = win[(win["case"] == case) & (win["bench"] == b)]
             row[b] = (f"**{hit.iloc[0]['winner']}**" if not _missing(hit.iloc[0]["winner"])
                       else hit.iloc[0]["verdict"]) if not hit.empty else "–"
+            if not hit.empty and hit.iloc[0]["ran_as"]:
+                row[b] += f" (all ran {hit.iloc[0]['ran_as']})"
         matrix.append(row)
     detail = [{"bench": r["bench"], "config / scenario": r["case"], "metric": r["metric"],
                "leader (mean)": f"{r['leader']} ({_fmt(r['leader_mean'])})",
@@ -225,7 +235,7 @@ def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str
     for m in manifest.get("models", []):
         name, gguf, meta = m.get("name"), m.get("gguf") or {}, meta_by_model.get(m.get("name")) or {}
         loaded = ps.get(name) or ps.get(f"{name}:latest") or {}
-        oom = [f for f in failures if f.get("model") == name and f.get("error_kind") == "oom"]
+        load = [f for f in failures if f.get("model") == name and kind_class(f.get("error_kind", "")) == LOAD]
         peak = (runs.loc[runs["model"] == name, "power_peak_vram_used_bytes"].max()
                 if "power_peak_vram_used_bytes" in runs else None)
         rows.append({
@@ -239,7 +249,7 @@ def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str
             "VRAM (size_vram)": (_bytes(loaded.get("size_vram")) if loaded else "not loaded at manifest time")
             if ps_available else "n/a (no /api/ps on this runtime)",
             "peak VRAM in runs (NVML, GPU total)": _bytes(peak),
-            "OOM failures": len(oom),
+            "load failures (attempts)": len(load),
             "identity": _identity(m),
         })
     return _md(rows)
@@ -253,6 +263,44 @@ def _identity(m: dict) -> str:
     if m.get("file_sha256"):
         parts.append(f"GGUF sha256 `{m['file_sha256'][:16]}…`")
     return "; ".join(parts) or m.get("error", "not recorded")
+
+
+def downgrade_rows(runs: pd.DataFrame, failures: list[dict]) -> list[dict]:
+    """The spec's "config downgrades required": per model, each config the fallback ladder changed,
+    what was asked, what ran and why; a config that no rung loaded ran nothing."""
+    rows = []
+    down = runs[runs["ran_as"] != ""] if "ran_as" in runs else runs.iloc[0:0]
+    for (model, cell, ran_as), g in down.groupby(["model", "cell", "ran_as"], sort=True):
+        rows.append({"model": model, "config (asked)": cell, "ran": ran_as, "runs": len(g),
+                     "why": g.sort_values("run")["downgrade_why"].iloc[0]})
+    for f in failures:
+        if f.get("fallback") in (CONFIG_SKIP, OPTIONAL_SKIP):
+            tried = [x for x in failures if x.get("cell") == f["cell"] and x.get("attempted_config")]
+            last = f.get("attempted_config") or {}
+            rows.append({"model": f["model"], "config (asked)": f["cell"], "ran": "nothing: no rung loaded",
+                         "runs": 0, "why": f"{f['error_kind']} on {len(tried)} rung(s), the last "
+                                           f"{last.get('model')} gpu_layers {last.get('gpu_layers')} ctx "
+                                           f"{last.get('ctx')}: {str(f.get('error', '')).splitlines()[0][:160]}"})
+    return sorted(rows, key=lambda r: (r["model"], r["config (asked)"]))
+
+
+def optional_skips(failures: list[dict]) -> list[str]:
+    """Why each optional model is absent (the spec: "document failure and rationale")."""
+    out = []
+    for f in failures:
+        if f.get("fallback") != OPTIONAL_SKIP or f.get("error_kind") == "skipped":
+            continue
+        tried = [x for x in failures if x.get("model") == f["model"] and x.get("attempted_config")]
+        rungs = ", ".join(dict.fromkeys(f"{a['model']} gpu_layers {a['gpu_layers']} ctx {a['ctx']}"
+                                        for a in (x["attempted_config"] for x in tried)))
+        vram = f.get("observed_vram_used_bytes")
+        out.append(f"**{f['model']}** (optional) was not measured: no rung of its fallback ladder loaded on this "
+                   f"host ({len(tried)} attempt(s): {rungs}); the last error was `{f['error_kind']}`: "
+                   f"{str(f.get('error', '')).splitlines()[0][:200]}"
+                   + (f"; VRAM in use at that failure {_bytes(vram)} of {_bytes(f.get('observed_vram_total_bytes'))}"
+                      if vram else "")
+                   + ". Its runs are absent from every table; the comparisons are between the other models.")
+    return out
 
 
 def _bytes(v) -> str:
@@ -340,7 +388,7 @@ def variance_table(var: pd.DataFrame) -> str | None:
                  "ANOVA p": _fmt(r["p_value"], 2)} for _, r in var.iterrows()])
 
 
-def recommendations(tables: Tables, failures: list[dict], floors: dict[tuple[str, str], dict]) -> list[dict]:
+def recommendations(tables: Tables, downgrades: list[dict], floors: dict[tuple[str, str], dict]) -> list[dict]:
     """Each recommendation is the output of a stated rule over the tables; none is free text."""
     recs: list[dict] = []
     win = tables.derived["winners"]
@@ -381,10 +429,9 @@ def recommendations(tables: Tables, failures: list[dict], floors: dict[tuple[str
                      "finding": f"{r['suite']}/{r['model']}/{r['case']}: {faster} better on {r['metric']} "
                                 f"(Δ {_signed(r['delta'])}, {_pct(r['delta_pct'])})"
                                 + ("" if floors else "; client floor not measured")})
-    for f in failures:
-        if f.get("error_kind") in ("oom", "crash", "loading"):
-            recs.append({"rule": "R5: a config that failed to load is not viable on this host",
-                         "finding": f"{f.get('cell')}: {f.get('error_kind')} → {f.get('fallback')}"})
+    for d in downgrades:
+        recs.append({"rule": "R5: a config that needed the fallback ladder does not fit this host as asked",
+                     "finding": f"{d['config (asked)']}: ran {d['ran']} ({d['why']})"})
     outl = tables.derived["outliers"]
     if not outl.empty:
         recs.append({"rule": "R6: flagged runs stay in the data; configs with flags are quoted with their median too",
@@ -425,7 +472,7 @@ def write_report(loaded: LoadedProfile, store: Store | None = None) -> Path:
     plots = write_plots(store.root, tables.configs, tables.derived["frontier"])
     overhead = _read_json(store.root / CLIENT_OVERHEAD_NAME)
     text = render(profile, tables, manifest, store.failures(), plots=plots, client_overhead=overhead,
-                  planned_runs={c.key: c.runs for c in cells})
+                  planned_runs={c.key: c.runs for c in cells}, incomplete=validate_study(loaded, store).incomplete)
     path = store.root / REPORT_NAME
     atomic_write_text(path, text)
     return path
@@ -439,15 +486,18 @@ def _bench_command(profile: Profile, manifest: dict) -> str:
 
 def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict], *,
            plots: dict[str, str] | None = None, client_overhead: dict | None = None,
-           planned_runs: dict[str, int] | None = None) -> str:
+           planned_runs: dict[str, int] | None = None, incomplete: str | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     configs, runs, derived = tables.configs, tables.runs, tables.derived
     floors = client_floors(client_overhead)
     matrix, matrix_detail = winner_matrix(derived["winners"])
     outl = derived["outliers"]
+    ran = pd.concat([runs, tables.misplaced]) if not tables.misplaced.empty else runs  # misplaced runs ran too
+    downgrades = downgrade_rows(ran, failures)
     ctx = {
-        "profile": profile, "manifest": manifest,
+        "profile": profile, "manifest": manifest, "incomplete": incomplete,
+        "downgrades": _md(downgrades), "optional_skips": optional_skips(failures),
         "metric_levels": [("request", "Per request"), ("run", "Per agent run (single suite)"),
                           ("multi", "Multi-agent run"), ("power", "Power (GPU hosts, NVML)")],
         "definitions": metrics.definitions, "derived_definitions": DERIVED_DEFINITIONS,
@@ -495,7 +545,7 @@ def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict
                           "runs in config": r["n"]} for _, r in outl.iterrows()]),
         "extra_runs": int((runs["run"] > runs["cell"].map(planned_runs or {})).sum()),
         "failures": failures,
-        "recommendations": recommendations(tables, failures, floors),
+        "recommendations": recommendations(tables, downgrades, floors),
         "plots": plots or {},
         "bench_command": _bench_command(profile, manifest),
         "n_runs": len(runs), "n_configs": len(configs), "n_requests": len(tables.requests),

@@ -96,13 +96,15 @@ def runtime_mismatches(old: dict, new: dict) -> list[str]:
 
 
 def comparison(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """Old vs new per config (cell) and key metric, from the two studies' configs tables."""
+    """Old vs new per config (cell, and what ran: a downgraded config is compared only with the
+    same downgrade) and key metric, from the two studies' configs tables."""
     rows = []
     if old.empty:
         return pd.DataFrame(rows)
-    new_by_cell = new.set_index("cell") if not new.empty else new
+    new_by_cell = new.set_index(["cell", "ran_as"]) if not new.empty else new
     for _, o in old.iterrows():
-        n = new_by_cell.loc[o["cell"]] if o["cell"] in new_by_cell.index else None
+        key = (o["cell"], o["ran_as"])
+        n = new_by_cell.loc[key] if key in new_by_cell.index else None
         for metric in KEY_METRICS[o["suite"]]:
             om, lo, hi = o.get(f"{metric}_mean"), o.get(f"{metric}_ci95_low"), o.get(f"{metric}_ci95_high")
             if pd.isna(om):
@@ -110,7 +112,7 @@ def comparison(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             nm = None if n is None else n.get(f"{metric}_mean")
             nm = None if nm is None or pd.isna(nm) else float(nm)
             has_ci = not (pd.isna(lo) or pd.isna(hi))
-            rows.append({"cell": o["cell"], "metric": metric, "old_n": int(o["n"]),
+            rows.append({"cell": o["cell"], "ran_as": o["ran_as"], "metric": metric, "old_n": int(o["n"]),
                          "old_mean": float(om), "old_ci95_low": float(lo) if has_ci else None,
                          "old_ci95_high": float(hi) if has_ci else None,
                          "new_n": int(n["n"]) if n is not None else 0, "new_mean": nm,
@@ -142,7 +144,8 @@ def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Pa
                 len(cmp) != len(judged) else "."), ""]
     if mismatches:
         lines += ["Identity mismatches accepted with `--allow-mismatch`:", ""] + [f"- {m}" for m in mismatches] + [""]
-    table = [{"config": r["cell"], "metric": r["metric"], "old mean [95% CI]":
+    table = [{"config": r["cell"] + (f" (ran {r['ran_as']})" if r["ran_as"] else ""), "metric": r["metric"],
+              "old mean [95% CI]":
               f"{f(r['old_mean'])} [{f(r['old_ci95_low'])}, {f(r['old_ci95_high'])}]", "old n": r["old_n"],
               "new mean [95% CI]": f"{f(r['new_mean'])} [{f(r['new_ci95_low'])}, {f(r['new_ci95_high'])}]",
               "new n": r["new_n"], "Δ %": f(r["delta_pct"]),
@@ -193,8 +196,9 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
             overrides = mf.normalize_overrides(inv.get("plan_overrides"))
             plan = build_plan(loaded.profile, **overrides)
             started = mf.utc_now()
-            run_matrix(loaded, plan, runtime, store, progress=progress)
-            mf.write_manifest(loaded, plan, runtime, store, started_at=started, overrides=overrides, extra=reproduces)
+            outcome = run_matrix(loaded, plan, runtime, store, progress=progress)
+            mf.write_manifest(loaded, plan, runtime, store, started_at=started, overrides=overrides,
+                              learned_limits=outcome.learned_limits, extra=reproduces)
     finally:
         runtime.down()
     write_report(loaded, store)

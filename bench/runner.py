@@ -3,10 +3,15 @@
 - Warmup calls follow every server (re)start or reload and are never counted.
 - A run whose metrics.json already exists and validates is skipped, so an interrupted study
   resumes where it stopped.
-- Load failures (OOM, crash, load timeout) are retried with tenacity after freeing the servers;
-  when they persist, the attempt is written to failures.jsonl with the fallback taken (skip the
-  config, or the model when it is optional) and the study goes on.
-- A dead endpoint or an unknown model stops the study with a clear message; finished runs stay.
+- A failure is handled by its class (data/error_kinds.yaml). Transient ones are retried per call
+  by the agents (Python and Rust alike); a run that still fails is tried once more in a retry pass
+  at the end. Load failures (OOM, a killed runner) walk the fallback ladder (bench/ladder.py),
+  freeing the servers before each rung; the run that works is stored under the config it asked
+  for, with what ran and why, and the rungs that failed are not tried again for that model. When
+  no rung loads, the config is skipped (an optional model: the model). Permanent failures, and a
+  server that stays unreachable, stop the study with one clear message; finished runs stay.
+- Every failed attempt is one line of failures.jsonl: the config asked for and the one attempted,
+  the error, the VRAM in use and in total at the failure (NVML), and the decision taken.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, gpu, power, rust
+from bench import agents, gpu, ladder, power, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
-from bench.errors import RequestError
+from bench.errors import LOAD, PERMANENT, BenchError, RequestError
 from bench.outliers import plan_outlier_reruns
 from bench.placement import placement_issues
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
@@ -34,19 +40,29 @@ from bench.workload import load_workload
 
 log = logging.getLogger("bench")
 
-LOAD_FAILURES = {"oom", "crash", "loading"}
-# Failures that no amount of retrying or skipping fixes: stop and tell the user.
-FATAL = {"connection", "not_found"}
+# Decisions that skip on purpose (failures.jsonl `fallback`; bench/validate.py accounts for them).
+OPTIONAL_SKIP = "optional model: skipped"
+RUST_SKIP = "Rust suite skipped"
+CONFIG_SKIP = "config skipped"
+# Between two rungs, after freeing the servers: the driver hands memory back asynchronously.
+LADDER_WAIT_S = 1.0
+
+
+def _is_load_failure(exc: BaseException) -> bool:
+    return isinstance(exc, RequestError) and exc.cls == LOAD
 
 
 @dataclass
 class Outcome:
     done: int = 0
     resumed: int = 0
-    failed: int = 0
+    failed: int = 0  # runs that failed past their retries or ladder, counted again if the retry pass fails
+    recovered: int = 0  # runs the retry pass completed
+    downgraded: int = 0  # runs stored after the fallback ladder lowered their config
     skipped: int = 0
     reruns: int = 0
     notes: list[str] = field(default_factory=list)
+    learned_limits: dict = field(default_factory=dict)
 
 
 class MatrixRunner:
@@ -71,33 +87,31 @@ class MatrixRunner:
         self.gpu_present = gpu.nvidia_gpu_count()[0] > 0
         self._after_load: dict = {}
         self.power = power.PowerMonitor(store)
+        self.limits = ladder.Limits()
+        self._run_attempts: dict[Path, int] = {}  # per run, for new prompt nonces on each attempt
+        self._retry: list[RunItem] = []
+        self._retry_pass = False
 
     # ---- runtime switching -------------------------------------------------------------
 
-    def _ensure_servers(self, cell: Cell) -> None:
+    def _ensure_servers(self, cell: Cell, eff: Cell) -> None:
+        """Serve `eff` (the cell as a rung runs it), loaded and warm; `cell` names the folder."""
         names = [e.name for e in self.endpoints]
-        servers = cell.server_configs(names)
-        key = (cell.model.name, tuple(sorted((k, v.model_dump_json() if v else None) for k, v in servers.items())))
+        servers = eff.server_configs(names)
+        key = (eff.model.name, tuple(sorted((k, v.model_dump_json() if v else None) for k, v in servers.items())))
         if key == self._server_key:
             return
-
-        def free_memory(state) -> None:
-            log.warning("load failed (%s); freeing the servers before attempt %d",
-                        state.outcome.exception(), state.attempt_number + 1)
-            self.runtime.down()
-            self._server_key = None
-
-        resolved = {k: v for k, v in servers.items() if v is not None}
-        for attempt in Retrying(retry=retry_if_exception(lambda e: isinstance(e, RequestError)
-                                                         and e.kind in LOAD_FAILURES),
-                                stop=stop_after_attempt(2), wait=wait_exponential(multiplier=1, max=10),
-                                before_sleep=free_memory, reraise=True):
-            with attempt:
-                self.runtime.switch(cell.model, resolved)
+        self._server_key = None
+        self.runtime.switch(eff.model, {k: v for k, v in servers.items() if v is not None})
+        self._warmup(eff)  # Ollama loads here: a load failure surfaces in the warmup
         self._server_key = key
-        self._warmup(cell)
-        self._after_load = self.runtime.placement(cell.model)
+        self._after_load = self.runtime.placement(eff.model)
         self.power.take_idle_baseline(cell)  # servers loaded and warm, no request (GPU hosts)
+
+    def _free_servers(self, state) -> None:
+        log.warning("%s; freeing the servers before the next rung", state.outcome.exception())
+        self.runtime.free()
+        self._server_key = None
 
     def _warmup(self, cell: Cell) -> None:
         """Warm every endpoint the cell uses with its own options; nothing is recorded."""
@@ -118,9 +132,8 @@ class MatrixRunner:
     def _run_key(self, item: RunItem) -> str:
         return f"{self.profile.study}/{item.rel_dir}"
 
-    def _placement(self, item: RunItem) -> dict:
+    def _placement(self, cell: Cell) -> dict:
         """What the engine reported after the load and now, and how it differs from the config."""
-        cell = item.cell
         names = [e.name for e in self.endpoints]
         defaults = self.profile.runtime.server_defaults
         expected = {ep: cfg or defaults for ep, cfg in cell.server_configs(names).items()}
@@ -153,44 +166,41 @@ class MatrixRunner:
         self._order_rng.shuffle(alone)
         return phases, alone
 
-    def _run_python(self, item: RunItem) -> dict:
-        cell, wl = item.cell, self.profile.workload
-        targets = self._targets(cell)
+    def _run_python(self, item: RunItem, eff: Cell, attempt: int) -> dict:
+        wl = self.profile.workload
+        targets = self._targets(eff)
         extra = None
-        if cell.suite == "single":
+        if eff.suite == "single":
             started, records, run_metrics = agents.run_single(
-                targets["single"], self.workload, self._run_key(item), attempts=wl.retries,
+                targets["single"], self.workload, self._run_key(item), attempts=wl.retries, run_attempt=attempt,
                 cold_load_ms=wl.cold_load_ms)
         else:
             phases, alone = self._orders()
             th = self.profile.multi.contention
             started, records, run_metrics = agents.run_multi(
                 targets, self.workload, self._run_key(item), phase_order=phases, alone_order=alone, attempts=wl.retries,
-                cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
+                run_attempt=attempt, cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
                 max_ttft_inflation=th.max_ttft_inflation)
             extra = {"phase_order": phases}
-        return agents.base_document(study=self.profile.study, suite=cell.suite, model=self._model_doc(cell),
-                                    config=self._config_doc(cell), run_index=item.run_index,
+        return agents.base_document(study=self.profile.study, suite=eff.suite, model=self._model_doc(item.cell),
+                                    config=self._config_doc(eff), run_index=item.run_index,
                                     started_at=started, workload=self.workload, records=records,
                                     run_metrics=run_metrics, extra_workload=extra)
 
-    def _run_rust(self, item: RunItem) -> dict:
-        cell, wl = item.cell, self.profile.workload
-        targets = self._targets(cell)
-        phases, alone = self._orders() if cell.suite == "multi" else (None, None)
+    def _run_rust(self, item: RunItem, eff: Cell, attempt: int) -> dict:
+        wl = self.profile.workload
+        targets = self._targets(eff)
+        phases, alone = self._orders() if eff.suite == "multi" else (None, None)
         job = rust.job_document(
-            suite=cell.suite, study=self.profile.study, run_key=self._run_key(item), run_index=item.run_index,
-            model=self._model_doc(cell),
-            config=self._config_doc(cell),
+            suite=eff.suite, study=self.profile.study, run_key=self._run_key(item), run_index=item.run_index,
+            model=self._model_doc(item.cell), config=self._config_doc(eff),
             agents={name: {"endpoint": t.client.base_url, "api": t.client.api, "model": t.model,
                            "options": t.options} for name, t in targets.items()},
-            timeout_s=wl.timeout_s, cold_load_ms=wl.cold_load_ms,
+            timeout_s=wl.timeout_s, cold_load_ms=wl.cold_load_ms, retries=wl.retries, attempt=attempt,
             contention=self.profile.multi.contention.model_dump(), phase_order=phases, alone_order=alone)
         out = self.store.metrics_path(item.rel_dir)
-        for attempt in agents.retrying(wl.retries):
-            with attempt:
-                job["attempt"] = attempt.retry_state.attempt_number  # new prompt nonces for a rerun
-                rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6)
+        # The agent retries each call itself, as the Python agents do; a failure here is final.
+        rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6 * wl.retries)
         try:
             doc = json.loads(out.read_text())
             errors = schema_errors(doc)
@@ -201,18 +211,89 @@ class MatrixRunner:
             raise RequestError("malformed_stream", "Rust metrics.json failed the schema: " + "; ".join(errors[:3]))
         return doc
 
+    def _run_once(self, item: RunItem, eff: Cell) -> dict:
+        """One attempt at a run, with the cell as `eff` runs it; the document is not stored yet."""
+        attempt = self._run_attempts[item.rel_dir] = self._run_attempts.get(item.rel_dir, 0) + 1
+        with self.power.measure() as window:  # without NVML: a block of nulls with the reason
+            doc = (self._run_python if eff.lang == "python" else self._run_rust)(item, eff, attempt)
+        doc["power"] = self.power.block(window, item, doc)
+        doc["run_key"] = self._run_key(item)
+        doc["placement"] = self._placement(eff)
+        return doc
+
+    def _walk_ladder(self, item: RunItem) -> dict:
+        """Run `item` on the first rung of its ladder that loads (bench/ladder.py). Rungs that
+        failed before for the model are passed over; each failed attempt is logged, the servers are
+        freed, and the next rung is tried. Raises the last failure when no rung is left."""
+        cell, model = item.cell, item.cell.model.name
+        steps: list[dict] = []
+        pending = iter(ladder.rungs(cell, self.profile.fallback_for(cell.model)))
+
+        def next_rung() -> Cell | None:
+            for rung in pending:
+                eff = ladder.apply(cell, rung)
+                known = self.limits.known_failure(model, eff)
+                if known is None:
+                    return eff
+                steps.append(ladder.step(eff, "skipped", known["error_kind"],
+                                         f"failed before in {known['learned_at']}"))
+            return None
+
+        current = {"eff": next_rung()}
+        if current["eff"] is None:
+            known = steps[0]
+            exc = RequestError(known["error_kind"], f"no rung of the fallback ladder is left: {known['error']}")
+            self._log_failure(item, None, exc, self._decision(item, exc, None))
+            raise exc
+        for attempt in Retrying(retry=retry_if_exception(_is_load_failure), stop=lambda _: current["eff"] is None,
+                                wait=wait_fixed(LADDER_WAIT_S), before_sleep=self._free_servers, reraise=True):
+            with attempt:
+                eff = current["eff"]
+                try:
+                    self._ensure_servers(cell, eff)
+                    doc = self._run_once(item, eff)
+                except RequestError as exc:
+                    current["eff"] = None
+                    if exc.cls == LOAD:
+                        self.limits.failure(model, eff, exc.kind, cell.key)
+                        steps.append(ladder.step(eff, "failed", exc.kind, exc.detail))
+                        current["eff"] = next_rung()
+                    self._log_failure(item, eff, exc, self._decision(item, exc, current["eff"]))
+                    raise
+        self.limits.success(model, eff)
+        doc["requested_config"] = {"model": model, **self._config_doc(cell)}
+        doc["effective_config"] = {"model": eff.model.name, **self._config_doc(eff)}
+        doc["ladder"] = [*steps, ladder.step(eff, "ran")] if steps else []
+        return doc
+
     # ---- the matrix --------------------------------------------------------------------
 
-    def _log_failure(self, item: RunItem, exc: RequestError, fallback: str) -> None:
+    def _decision(self, item: RunItem, exc: RequestError, next_rung: Cell | None) -> str:
+        if exc.cls == LOAD:
+            if next_rung is not None:
+                return f"next rung: {ladder.describe(next_rung)}"
+            return OPTIONAL_SKIP if item.cell.model.optional else CONFIG_SKIP
+        if self._stops(exc):
+            return "study stopped"
+        if self._retry_pass:
+            return "run not counted after the retry pass; rerun `invoke bench` to retry it"
+        return "run not counted; the retry pass at the end tries it again"
+
+    @staticmethod
+    def _stops(exc: RequestError) -> bool:
+        """Permanent failures, and a server still unreachable after the per-call retries."""
+        return exc.cls == PERMANENT or exc.kind == "connection"
+
+    def _log_failure(self, item: RunItem, eff: Cell | None, exc: RequestError, decision: str) -> None:
         cell = item.cell
-        with gpu.PowerSampler() as sampler:  # one reading of VRAM in use at the failure (GPU hosts)
-            pass
-        vram = sampler.peak_vram_bytes()
+        used, total = gpu.vram_now()
         self.store.log_failure({
             "cell": cell.key, "run_index": item.run_index, "suite": cell.suite, "lang": cell.lang,
             "model": cell.model.name, "scenario": cell.scenario,
-            "config": self._config_doc(cell), "error_kind": exc.kind, "error": str(exc),
-            "observed_vram_used_bytes": vram, "fallback": fallback,
+            "requested_config": {"model": cell.model.name, **self._config_doc(cell)},
+            "attempted_config": {"model": eff.model.name, **self._config_doc(eff)} if eff else None,
+            "error_kind": exc.kind, "error_class": exc.cls, "error": str(exc),
+            "observed_vram_used_bytes": used, "observed_vram_total_bytes": total, "fallback": decision,
             "evidence": self.runtime.failure_evidence(),
         })
 
@@ -233,6 +314,7 @@ class MatrixRunner:
                 self._run_item(item, outcome)
                 bar.set_postfix_str(f"{item.cell.suite}/{item.cell.lang}/{item.cell.model.slug}", refresh=False)
                 bar.update(1)
+            self._run_retry_pass(outcome)
             # The spec's outlier rule: configs with flagged runs get extra runs, within the
             # profile's budget; every run is kept (bench/outliers.py).
             for _ in range(self.profile.outliers.max_extra_runs):
@@ -248,6 +330,7 @@ class MatrixRunner:
         finally:
             bar.close()
         summarize_all(self.store, self.plan.cells, self.profile.outliers.mad_k)
+        outcome.learned_limits = self.limits.to_json()
         return outcome
 
     def _run_item(self, item: RunItem, outcome: Outcome) -> None:
@@ -263,39 +346,45 @@ class MatrixRunner:
                 outcome.notes.append(note)
                 self.store.log_failure({"cell": cell.key, "suite": cell.suite, "lang": "rust",
                                         "model": cell.model.name, "error_kind": "skipped",
-                                        "error": self.rust_reason, "fallback": "Rust suite skipped"})
+                                        "error": self.rust_reason, "fallback": RUST_SKIP})
                 tqdm.write(note)
             return
         try:
-            self._ensure_servers(cell)
+            doc = self._walk_ladder(item)
         except RequestError as exc:
-            if exc.kind in FATAL:
-                raise
-            fallback = ("optional model: skipped" if cell.model.optional else "config skipped")
-            self._log_failure(item, exc, fallback)
-            outcome.failed += 1
-            if cell.model.optional:
-                self._failed_models.add(cell.model.name)
-            else:
-                self._failed_cells.add(cell.key)
-            self._server_key = None
-            tqdm.write(f"load failed for {cell.key} ({exc.kind}): {fallback}")
-            return
-        try:
-            with self.power.measure() as window:  # without NVML: a block of nulls with the reason
-                doc = self._run_python(item) if cell.lang == "python" else self._run_rust(item)
-            doc["power"] = self.power.block(window, item, doc)
-            doc["run_key"] = self._run_key(item)
-            doc["placement"] = self._placement(item)
-            self.store.write_metrics(item.rel_dir, doc)
-            outcome.done += 1
-        except RequestError as exc:
-            if exc.kind in FATAL:
-                raise
-            self._log_failure(item, exc, "run not counted; rerun the study to retry it")
-            outcome.failed += 1
             self._server_key = None  # a failed run may have left a server in a bad state: reload
-            tqdm.write(f"run failed: {item.rel_dir} ({exc.kind}): {exc}")
+            outcome.failed += 1
+            if self._stops(exc):
+                why = "retrying cannot fix it" if exc.cls == PERMANENT else "the server stayed unreachable"
+                raise BenchError(f"the study stopped at {item.rel_dir}: {exc.kind}: {exc} ({why}); "
+                                 f"finished runs are kept") from None
+            if exc.cls == LOAD:
+                if cell.model.optional:
+                    self._failed_models.add(cell.model.name)
+                else:
+                    self._failed_cells.add(cell.key)
+                tqdm.write(f"no rung of the fallback ladder loads {cell.key} ({exc.kind}): "
+                           f"{OPTIONAL_SKIP if cell.model.optional else CONFIG_SKIP}")
+            else:
+                if not self._retry_pass:
+                    self._retry.append(item)
+                tqdm.write(f"run failed: {item.rel_dir} ({exc.kind}): {exc}")
+            return
+        self.store.write_metrics(item.rel_dir, doc)
+        outcome.done += 1
+        outcome.downgraded += doc["requested_config"] != doc["effective_config"]
+
+    def _run_retry_pass(self, outcome: Outcome) -> None:
+        """One more try at each run that failed on a transient error past its per-call retries."""
+        retry, self._retry = self._retry, []
+        if not retry:
+            return
+        tqdm.write(f"retry pass: {len(retry)} failed run(s)")
+        self._retry_pass = True
+        for item in retry:
+            done = outcome.done
+            self._run_item(item, outcome)
+            outcome.recovered += outcome.done - done
 
 
 def run_matrix(loaded: LoadedProfile, plan: Plan, runtime: Runtime, store: Store, *,

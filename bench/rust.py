@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.agents import RETRY_MAX_WAIT_S, RETRY_WAIT_S
 from bench.assets import file_sha256
 from bench.errors import BenchError, RequestError
 from bench.host import docker_engine
@@ -94,10 +95,14 @@ def build_native() -> Path:
 
 def job_document(*, suite: str, study: str, run_key: str, run_index: int, model: dict, config: dict,
                  agents: dict[str, dict], timeout_s: float, cold_load_ms: float, contention: dict,
-                 phase_order: list[str] | None = None, alone_order: list[str] | None = None) -> dict:
-    """The job file tr116-agent reads: everything a run needs, explicit."""
+                 retries: int, attempt: int = 1, phase_order: list[str] | None = None,
+                 alone_order: list[str] | None = None) -> dict:
+    """The job file tr116-agent reads: everything a run needs, explicit. `attempt` is the run's
+    attempt (a rung of the fallback ladder, the retry pass); each call retries its transient
+    failures itself, `retries` attempts with the Python agents' backoff."""
     job = {
-        "suite": suite, "study": study, "run_key": run_key, "attempt": 1, "run_index": run_index,
+        "suite": suite, "study": study, "run_key": run_key, "attempt": attempt, "run_index": run_index,
+        "retries": {"attempts": retries, "wait_s": RETRY_WAIT_S, "max_wait_s": RETRY_MAX_WAIT_S},
         "model": model, "config": config,
         "workload_file": str(WORKLOAD_FILE), "dataset_dir": str(DATASET_DIR),
         "error_kinds_file": str(ERROR_KINDS_FILE), "timeout_s": timeout_s, "cold_load_ms": cold_load_ms,

@@ -1,14 +1,15 @@
 """Per-config summaries: summary.json and summary.md beside the runs of each cell.
 
 For each key metric: n, mean, median, std, CV, p50, p95 and the 95 % CI of the mean over runs,
-plus the spec's outlier flag per run (|x − median| > k × MAD, k from the profile).
+plus the spec's outlier flag per run (|x − median| > k × MAD, k from the profile), and the runs the
+fallback ladder downgraded, with what they ran.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from bench import stats
+from bench import ladder, stats
 from bench.plan import Cell
 from bench.store import Store, atomic_write_json, atomic_write_text
 
@@ -51,7 +52,9 @@ def summarize_cell(store: Store, cell: Cell, mad_k: float = 2.0) -> dict | None:
     suite = cell.suite
     rows = []
     for path, doc in docs:
-        rows.append({"run": doc["run_index"], "cold_load": doc.get("cold_load", False), **run_values(doc, suite)})
+        rows.append({"run": doc["run_index"], "cold_load": doc.get("cold_load", False),
+                     "ran_as": ladder.downgrade(doc.get("requested_config"), doc.get("effective_config")),
+                     **run_values(doc, suite)})
     df = pd.DataFrame(rows).sort_values("run")
     stats_by_metric = {k: stats.describe(df[k].tolist()) for k in KEY_METRICS[suite]}
     flags = outlier_flags(df, suite, mad_k)
@@ -60,12 +63,14 @@ def summarize_cell(store: Store, cell: Cell, mad_k: float = 2.0) -> dict | None:
     first = docs[0][1]
     summary = {
         "study": store.root.name, "suite": suite, "lang": cell.lang, "model": first["model"],
-        "scenario": cell.scenario, "config": first["config"], "config_tag": cell.config_tag,
+        "scenario": cell.scenario, "config": first.get("requested_config", first["config"]),
+        "config_tag": cell.config_tag,
         "runs_expected": cell.runs, "runs_found": len(docs),
         "metrics": stats_by_metric,
         "outlier_rule": f"|x - median| > {mad_k} x MAD",
         "outliers": {k: [int(r) for r, f in zip(df["run"], v) if f] for k, v in flags.items()},
         "cold_runs": [int(r) for r, c in zip(df["run"], df["cold_load"]) if c],
+        "downgraded_runs": {int(r): a for r, a in zip(df["run"], df["ran_as"]) if a},
         "runs": df.where(pd.notna(df), None).to_dict(orient="records"),
     }
     if suite == "multi":
@@ -97,6 +102,8 @@ def render_markdown(summary: dict, df: pd.DataFrame) -> str:
         f"Outlier rule: {summary['outlier_rule']}. Flagged runs: "
         + ("; ".join(f"{k}: {v}" for k, v in summary["outliers"].items() if v) or "none") + ".",
         f"Runs with a counted cold load: {summary['cold_runs'] or 'none'}.",
+        "Runs the fallback ladder downgraded (they ran another config, see `ran_as`): "
+        + ("; ".join(f"run {r}: {a}" for r, a in summary["downgraded_runs"].items()) or "none") + ".",
     ]
     if summary["suite"] == "multi":
         lines.append(f"Runs with contention: {summary['contention_runs']} of {summary['runs_found']} "

@@ -6,7 +6,8 @@ Checks, in order:
 - every config of the plan has its runs. The plan is rebuilt from the manifest's resolved profile
   and the plan overrides of each recorded `bench` call (the profile's full plan without a
   manifest). A missing run is a problem unless failures.jsonl records a deliberate skip of its
-  config or model (a logged OOM with its fallback, a skipped Rust suite): those are warnings;
+  model or suite (an optional model no rung of the fallback ladder loaded, a skipped Rust suite):
+  those are warnings. A config of a required model that no rung loaded is a problem;
 - runs beyond the plan are outlier reruns, at most profile.outliers.max_extra_runs per config;
 - every config with runs has a non-empty summary.json and summary.md that count the same runs;
 - the outlier flags (|x − median| > k × MAD) are listed, never treated as problems.
@@ -25,11 +26,12 @@ from bench.manifest import MANIFEST_NAME, load_manifest, planned_cells, profile_
 from bench.outliers import cell_flags
 from bench.plan import Cell
 from bench.profile import LoadedProfile, Profile
+from bench.runner import CONFIG_SKIP, OPTIONAL_SKIP, RUST_SKIP
 from bench.store import Store, metrics_validator
 from bench.summary import KEY_METRICS
 
-# Fallbacks that skip a config or a model on purpose (bench.runner): its runs are accounted for.
-DELIBERATE_SKIPS = ("config skipped", "optional model: skipped", "Rust suite skipped")
+# Fallbacks that skip a model or a suite on purpose (bench.runner): its runs are accounted for.
+DELIBERATE_SKIPS = (OPTIONAL_SKIP, RUST_SKIP)
 
 
 @dataclass
@@ -40,13 +42,25 @@ class Validation:
     flags: list[str] = field(default_factory=list)
     metrics_files: int = 0
     configs: int = 0
+    runs_planned: int = 0
+    runs_missing: int = 0  # absent and not accounted for by a deliberate skip
+    runs_skipped: int = 0  # absent, accounted for
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def incomplete(self) -> str | None:
+        """The report's and `invoke bench`'s one-line verdict when planned runs are missing."""
+        if not self.runs_missing:
+            return None
+        return f"incomplete: {self.runs_missing} of {self.runs_planned} planned runs missing"
+
     def render(self) -> str:
-        lines = [f"validate: {self.study_root}: {self.metrics_files} metrics.json file(s), {self.configs} planned config(s)"]
+        lines = [f"validate: {self.study_root}: {self.metrics_files} metrics.json file(s), {self.configs} planned "
+                 f"config(s), {self.runs_planned} planned run(s): {self.runs_missing} missing, "
+                 f"{self.runs_skipped} skipped on purpose"]
         for title, items in (("outlier flags (kept, listed for review)", self.flags), ("warnings", self.warnings)):
             if items:
                 lines.append(f"{title}:")
@@ -124,19 +138,29 @@ def _skip_reason(cell: Cell, failures: list[dict]) -> str | None:
 
 def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[str, set[int]],
                   failures: list[dict], profile: Profile, v: Validation) -> None:
+    # the last failure of each run; a config no rung loaded accounts for its runs never tried
     failed_runs = {(f.get("cell"), f.get("run_index")): f for f in failures if f.get("run_index") is not None}
+    no_rung = {f.get("cell"): f for f in failures if f.get("fallback") == CONFIG_SKIP}
     for cell in cells:
+        v.runs_planned += cell.runs
         have = valid.get(cell.key, set())
         missing = [k for k in range(1, cell.runs + 1) if k not in have and k not in invalid.get(cell.key, ())]
+        v.runs_missing += sum(1 for k in invalid.get(cell.key, ()) if k is not None and k <= cell.runs)
         if missing:
             reason = _skip_reason(cell, failures)
             if reason:
+                v.runs_skipped += len(missing)
                 v.warnings.append(f"{cell.key}: {len(missing)} of {cell.runs} runs absent, accounted for: {reason}")
             else:
+                v.runs_missing += len(missing)
                 for k in missing:
-                    failure = failed_runs.get((cell.key, k))
-                    why = (f"; it failed ({failure.get('error_kind')}): rerun `invoke bench` to retry it"
-                           if failure else "")
+                    failure = failed_runs.get((cell.key, k)) or no_rung.get(cell.key)
+                    why = ""
+                    if failure and failure.get("fallback") == CONFIG_SKIP:
+                        why = (f"; no rung of the fallback ladder loaded its config ({failure.get('error_kind')}), "
+                               f"see failures.jsonl")
+                    elif failure:
+                        why = f"; it failed ({failure.get('error_kind')}): rerun `invoke bench` to retry it"
                     v.problems.append(f"missing run: {cell.rel_dir / f'run_{k}' / 'metrics.json'} (the config "
                                       f"expects {cell.runs} runs, {len(have)} valid found){why}")
         # Runs past the plan are outlier reruns (bench.outliers); a rerun can itself clear the flag

@@ -33,6 +33,14 @@ def prompt_nonce(run_key: str, agent: str, stage: str, phase: str, attempt: int)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:NONCE_HEX_CHARS]
 
 
+def nonce_attempt(run_attempt: int, call_attempt: int, attempts: int) -> int:
+    """The `attempt` a call's nonce is made from. A run can be attempted more than once (a rung of
+    the fallback ladder, the retry pass) and each of its calls up to `attempts` times: each run
+    attempt owns the next `attempts` numbers, so no call repeats a prompt of an earlier attempt.
+    Run attempt 1 gives the call's own attempt. The same function is in rust-agents/src/workload.rs."""
+    return (run_attempt - 1) * attempts + call_attempt
+
+
 @dataclass(frozen=True)
 class Workload:
     prompts: dict

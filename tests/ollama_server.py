@@ -12,6 +12,17 @@ Tokens are paced by real sleeps, so server-side durations are true measurements 
 `shared_lock`: when two servers get the same lock, each token step holds it, as two model
 instances on one GPU would share its compute; independent servers get their own lock.
 
+Faults of a server, for any model:
+- `max_gpu_layers=N`: a load with more than N GPU layers (`num_gpu`) fails as a GPU without the
+  memory does, HTTP 500 with `oom_error` (default: Ollama's CUDA allocation failure, issue
+  ollama/ollama#11359). A request without num_gpu, or -1, gets Ollama's default: as many layers as
+  fit, so it loads. With `oom_midstream`, the load succeeds and the runner dies a few tokens into
+  the stream instead: HTTP 200, then an {"error": oom_error} line and no done line (what a
+  memory-limited Ollama answered, tests/fixtures/ollama_memory_failures.json).
+- `cut_after=N`: the `cut_nth` request (default the first, a warmup) of each model and runner
+  options (num_ctx, num_gpu) streams N tokens, then the connection closes mid-body; every other
+  request is served in full.
+
 Special model names trigger failure modes:
 - "oom:latest"          → 500 "llama runner process has terminated: error loading model: unable to allocate CUDA0 buffer"
 - "busy:latest"         → 503 "server busy, please try again.  maximum pending requests exceeded"
@@ -28,6 +39,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+CUDA_OOM = "llama runner process has terminated: error loading model: unable to allocate CUDA0 buffer"
 DEFAULT_MODELS = ["gemma3:latest", "qwen2.5:7b", "oom:latest", "busy:latest", "midstream:latest",
                   "garbage:latest", "truncated:latest"]
 WORDS = ("the", " model", " reads", " data", " and", " writes", " a", " report", ".")
@@ -40,8 +52,14 @@ def _now_rfc3339() -> str:
 class FakeOllama:
     def __init__(self, *, token_s: float = 0.004, prompt_token_s: float = 0.0002, load_s: float = 0.05,
                  models: list[str] | None = None, shared_lock: threading.Lock | None = None,
-                 version: str = "0.12.6", text_in_final: bool = False):
+                 version: str = "0.12.6", text_in_final: bool = False, max_gpu_layers: int | None = None,
+                 oom_error: str = CUDA_OOM, oom_midstream: bool = False, cut_after: int | None = None,
+                 cut_nth: int = 1):
         self.token_s, self.prompt_token_s, self.load_s = token_s, prompt_token_s, load_s
+        self.max_gpu_layers, self.oom_error, self.oom_midstream = max_gpu_layers, oom_error, oom_midstream
+        self.cut_after, self.cut_nth = cut_after, cut_nth
+        self.per_runner: dict[tuple, int] = {}  # chat requests per (model, runner options)
+        self.cuts = 0
         self.models = models or list(DEFAULT_MODELS)
         self.lock = shared_lock or threading.Lock()
         self.version = version
@@ -180,8 +198,7 @@ class FakeOllama:
                     return self._json(404, {"error": f"model '{req.get('model')}' not found"})
                 base = name.split(":")[0]
                 if base == "oom":
-                    return self._json(500, {"error": "llama runner process has terminated: error loading model: "
-                                                     "unable to allocate CUDA0 buffer"})
+                    return self._json(500, {"error": CUDA_OOM})
                 if base == "busy":
                     return self._json(503, {"error": "server busy, please try again.  maximum pending requests exceeded"})
                 opts = req.get("options") or {}
@@ -193,8 +210,12 @@ class FakeOllama:
                     server.loaded.pop(name, None)
                     return self._json(200, {"model": name, "created_at": _now_rfc3339(), "response": "",
                                             "done": True, "done_reason": "unload"})
+                too_big = server.max_gpu_layers is not None and runner.get("num_gpu", -1) > server.max_gpu_layers
                 if server.loaded.get(name) != runner:
                     time.sleep(server.load_s)
+                    if too_big and not server.oom_midstream:
+                        server.loaded.pop(name, None)
+                        return self._json(500, {"error": server.oom_error})
                     server.loaded[name] = runner
                     load_ns = time.perf_counter_ns() - t0
                 messages = req.get("messages") if chat else None
@@ -202,6 +223,9 @@ class FakeOllama:
                     return self._json(200, {"model": name, "created_at": _now_rfc3339(),
                                             "message": {"role": "assistant", "content": ""},
                                             "done_reason": "load", "done": True})
+                key = (name, tuple(sorted(runner.items())))
+                server.per_runner[key] = server.per_runner.get(key, 0) + 1
+                cut = server.cut_after is not None and server.per_runner[key] == server.cut_nth
                 prompt = " ".join(m.get("content", "") for m in messages) if chat else req.get("prompt", "")
                 n_prompt = max(1, len(prompt) // 4)
                 n_predict = int(opts.get("num_predict", 32))
@@ -233,6 +257,14 @@ class FakeOllama:
                 for i in range(n_stream):
                     with server.lock:
                         time.sleep(server.token_s)
+                    if cut and i == server.cut_after:
+                        server.cuts += 1
+                        self.close_connection = True  # no terminating chunk: the client sees the body break
+                        return
+                    if too_big and i == 3:  # oom_midstream: the runner is killed while generating
+                        server.loaded.pop(name, None)
+                        self._chunk({"error": server.oom_error})
+                        return self._end_chunks()
                     if base in ("midstream", "garbage", "truncated") and i == 3:
                         if base == "midstream":
                             self._chunk({"error": "an error was encountered while running the model: "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.clients import CallContext, StreamingClient
-from bench.errors import RequestError
+from bench.errors import RequestError, classify
+from ollama_memory import FIXTURE
 from ollama_server import FakeOllama
 
 MSG = [{"role": "user", "content": "Summarise the benchmark table in one line."}]
@@ -58,7 +61,7 @@ def test_runner_option_change_reloads(ollama):
     ("busy", "busy", "server busy"),
     ("midstream", "crash", "an error was encountered while running the model"),
     ("garbage", "malformed_stream", "not JSON"),
-    ("truncated", "malformed_stream", "without a done:true chunk"),
+    ("truncated", "stream_cut", "without a done:true chunk"),
 ])
 def test_errors_are_classified(ollama, model, kind, text):
     client = StreamingClient(ollama.url, "ollama")
@@ -68,11 +71,29 @@ def test_errors_are_classified(ollama, model, kind, text):
     assert text in str(err.value)
 
 
+@pytest.mark.parametrize("kind, cls", [("busy", "transient"), ("stream_cut", "transient"), ("timeout", "transient"),
+                                       ("connection", "transient"), ("oom", "load"), ("crash", "load"),
+                                       ("not_found", "permanent"), ("malformed_stream", "permanent"),
+                                       ("http", "permanent"), ("exit code 1", "permanent")])
+def test_each_kind_has_one_class(kind, cls):
+    assert RequestError(kind, "x").cls == cls
+
+
+def test_the_real_memory_failures_go_to_the_ladder():
+    """What a memory-limited Ollama answered (tests/fixtures/ollama_memory_failures.json): killed
+    while loading, and an error line after HTTP 200 mid-stream. Both are load failures."""
+    cases = json.loads(FIXTURE.read_text())["cases"]
+    texts = [cases["load"]["body"]["error"],
+             *(line["error"] for line in cases["midstream"]["lines"] if "error" in line)]
+    assert len(texts) == 2
+    assert [(classify(t), RequestError(classify(t), t).cls) for t in texts] == [("crash", "load")] * 2
+
+
 def test_dead_server_is_a_connection_error():
     client = StreamingClient("http://127.0.0.1:9", "ollama", timeout_s=2)
     with pytest.raises(RequestError) as err:
         client.chat("gemma3", MSG, {"num_predict": 2, "seed": 1}, ctx())
-    assert err.value.kind == "connection" and err.value.retryable
+    assert err.value.kind == "connection" and err.value.cls == "transient"
 
 
 def test_list_models(ollama):

@@ -100,6 +100,18 @@ def test_switch_unloads_the_previous_model(ollama_runtime):
         assert api.ps() == []  # nothing stale holds memory before the next model loads
 
 
+def test_free_unloads_both_instances_before_the_next_rung(ollama_runtime):
+    """What the fallback ladder does between rungs: every model unloaded, and the same model loads
+    again on the next switch."""
+    ollama_runtime.switch(ModelSpec(name="smollm2-135m"), {})
+    call(ollama_runtime, "smollm2-135m", "free/a", num_predict=2)
+    call(ollama_runtime, "smollm2-135m", "free/b", endpoint=1, num_predict=2)
+    ollama_runtime.free()
+    assert all(api.ps() == [] for api in ollama_runtime.apis.values())
+    assert ollama_runtime.switch(ModelSpec(name="smollm2-135m"), {}) is True  # not "already serving it"
+    assert call(ollama_runtime, "smollm2-135m", "free/c", num_predict=2).load_ms > 0
+
+
 def test_placement_is_read_from_the_engine(ollama_runtime):
     model = ModelSpec(name="smollm2-135m")
     ollama_runtime.switch(model, {})

@@ -69,7 +69,7 @@ def test_python_and_rust_records_agree(engine, rust_agent, tmp_path):
                                 model={"name": MODEL, "slug": MODEL, "baseline": False}, config=config,
                                 agents={"single": {"endpoint": rs_ep.url, "api": rs_ep.api, "model": MODEL,
                                                    "options": options}},
-                                timeout_s=120, cold_load_ms=1000,
+                                timeout_s=120, cold_load_ms=1000, retries=3,
                                 contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
         out = tmp_path / f"run_{k}" / "metrics.json"
         rust.run_job(rust_agent, job, out, tmp_path, timeout_s=300)

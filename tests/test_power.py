@@ -332,11 +332,17 @@ def test_runs_carry_the_power_block_and_the_log(monkeypatch, tmp_path, results_d
 def test_a_failure_records_the_vram_in_use(monkeypatch, tmp_path, results_dir):
     RecordedNVML().install(monkeypatch)
     with FakeOllama() as a, FakeOllama() as b:
-        loaded = load_profile(smoke_variant(tmp_path, two_servers(a, b, "oom:latest")))
+        def mutate(d):
+            two_servers(a, b, "oom:latest")(d)
+            d["fallback"] = {"gpu_layers": [0]}  # one rung below every layer: two attempts in all
+        loaded = load_profile(smoke_variant(tmp_path, mutate))
         store = Store("test")
         outcome = run_matrix(loaded, build_plan(loaded.profile), create_runtime(loaded.profile), store,
                              progress=False)
     assert outcome.failed == 1
-    (failure,) = store.failures()
-    assert failure["error_kind"] == "oom" and failure["observed_vram_used_bytes"] == 9_126_805_504
-    assert failure["config"]["ctx"] == 512 and failure["fallback"] == "config skipped"
+    failures = store.failures()
+    assert [f["attempted_config"]["gpu_layers"] for f in failures] == [-1, 0]  # one line per attempt
+    for f in failures:
+        assert f["error_kind"] == "oom" and f["requested_config"]["gpu_layers"] == -1
+        assert (f["observed_vram_used_bytes"], f["observed_vram_total_bytes"]) == (9_126_805_504, 12_878_610_432)
+    assert [f["fallback"] for f in failures] == ["next rung: oom:latest gpu_layers 0 ctx 512", "config skipped"]

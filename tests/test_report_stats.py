@@ -49,12 +49,23 @@ def test_winners_table_names_the_leader_only_when_significant():
     for k, (a, b) in enumerate([(1.8, 1.85), (1.9, 1.75), (1.7, 1.95)], start=1):
         rows += [{"suite": "multi", "lang": "rust", "case": "s1", "model": "fast", "run": k, "speedup": a},
                  {"suite": "multi", "lang": "rust", "case": "s1", "model": "slow", "run": k, "speedup": b}]
-    win = analysis.winners(pd.DataFrame(rows)).set_index("bench")
+    win = analysis.winners(pd.DataFrame(rows).assign(ran_as="")).set_index("bench")
     assert win.loc["single-python", "winner"] == "fast" and win.loc["single-python", "diff"] == 50
     # means 1.80 vs 1.85: "slow" leads, but the CI of +0.05 includes 0
     assert win.loc["multi-rust", "leader"] == "slow"
     assert win.loc["multi-rust", "verdict"] == "no significant difference"
     assert win.loc["multi-rust", "ci_low"] < 0 < win.loc["multi-rust", "ci_high"]
+
+
+def test_winners_compare_like_with_like():
+    """A model the fallback ladder downgraded ran another config: no winner, and the verdict says
+    why; models downgraded alike are compared."""
+    rows = [{"suite": "single", "lang": "python", "case": "gpu80", "model": m, "run": k, "decode_tps": v + k,
+             "ran_as": ran} for m, v, ran in (("fast", 100, ""), ("slow", 50, "gpu_layers 60")) for k in (1, 2, 3)]
+    (row,) = analysis.winners(pd.DataFrame(rows)).to_dict(orient="records")
+    assert row["winner"] is None and row["verdict"] == "not compared: slow ran gpu_layers 60 (fallback ladder)"
+    (row,) = analysis.winners(pd.DataFrame(rows).assign(ran_as="gpu_layers 60")).to_dict(orient="records")
+    assert row["winner"] == "fast" and row["ran_as"] == "gpu_layers 60"
 
 
 def test_eta_squared_known_values():

@@ -30,6 +30,10 @@ class Runtime(Protocol):
     def down(self) -> None:
         """Stop what `up` started; nothing of ours is left running."""
 
+    def free(self) -> None:
+        """Free the memory the servers hold, before the fallback ladder's next rung: unload every
+        model, or stop the servers so that the next `switch` starts them again."""
+
     def is_running(self) -> bool:
         """True when the servers are up already; `bench` stops only servers it had to start."""
 

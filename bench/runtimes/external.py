@@ -31,7 +31,7 @@ class ExternalRuntime(OllamaEndpoints):
     def down(self) -> None:
         """Leave the servers running, but free the memory our last model holds."""
         if self._current:
-            self.free_others(keep=None)
+            self.free()
 
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
         for ep in self._all:

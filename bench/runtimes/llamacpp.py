@@ -86,6 +86,9 @@ class LocalRuntime:
         for server in self.servers.values():
             server.stop()
 
+    def free(self) -> None:
+        self.down()  # llama-server loads at launch: the next switch starts it with the rung's flags
+
     def is_running(self) -> bool:
         return any(s.state() for s in self.servers.values())
 

@@ -106,7 +106,13 @@ class OllamaEndpoints:
                 if keep is None or not tag_matches(m.get("name", ""), keep):
                     api.unload(m["name"])  # waits until /api/ps no longer lists it
 
+    def free(self) -> None:
+        self.free_others(keep=None)
+        self._current = None
+
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        if model.name not in {m.name for m in self.profile.models}:  # a fallback tag: pulled on first use
+            self.model_actions[model.name] = ensure_model(self.first_api, model)
         self._check_known(model)
         changed = self._current != model.name
         if changed:

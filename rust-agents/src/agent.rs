@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::client::{ChatRequest, Client};
-use crate::errors::RequestError;
-use crate::job::{AgentConfig, AgentName, Job, Phase, Stage};
+use crate::errors::{Class, RequestError};
+use crate::job::{AgentConfig, AgentName, Job, Phase, Retries, Stage};
 use crate::record::{
     now_rfc3339, request_record, single_metrics, CallContext, CallTiming, ClientInfo, RunMetrics, RunRecord,
     TimedRecord, WorkloadInfo, SCHEMA_VERSION,
 };
-use crate::workload::{prompt_nonce, Workload};
+use crate::workload::{nonce_attempt, prompt_nonce, Workload};
 
 /// What every call of a run shares.
 #[derive(Clone)]
@@ -27,6 +27,7 @@ pub struct RunContext {
     /// The job's run_key and attempt, which seed each call's prompt nonce.
     pub run_key: String,
     pub attempt: u32,
+    pub retries: Retries,
     /// Endpoints that already received a request in this run (for first_after_start).
     seen_endpoints: Arc<Mutex<HashSet<String>>>,
 }
@@ -42,6 +43,7 @@ impl RunContext {
             first_after_start: job.first_after_start,
             run_key: job.run_key.clone(),
             attempt: job.attempt,
+            retries: job.retries,
             seen_endpoints: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -88,6 +90,8 @@ fn prompt_error(e: anyhow::Error) -> RequestError {
     RequestError::new(crate::errors::ErrorKind::Http, format!("{e:#}"))
 }
 
+/// One call, retried on the transient kinds with backoff, each attempt with its own nonce (as
+/// bench/agents.py does); only the successful attempt is recorded.
 async fn call(
     ctx: &RunContext,
     agent: AgentName,
@@ -97,18 +101,29 @@ async fn call(
     system: &str,
     user: &str,
 ) -> Result<(TimedRecord, Instant), RequestError> {
-    let nonce = prompt_nonce(&ctx.run_key, agent, stage, phase, ctx.attempt);
-    let req = ChatRequest {
-        endpoint: &cfg.endpoint,
-        api: cfg.api,
-        model: &cfg.model,
-        options: &cfg.options,
-        nonce: Some(&nonce),
-        system,
-        user,
-    };
     let first = ctx.claim_first(&cfg.endpoint);
-    let out = ctx.client.chat(&req, ctx.timeout).await?;
+    let mut attempt = 1;
+    let (nonce, out) = loop {
+        let nonce =
+            prompt_nonce(&ctx.run_key, agent, stage, phase, nonce_attempt(ctx.attempt, attempt, ctx.retries.attempts));
+        let req = ChatRequest {
+            endpoint: &cfg.endpoint,
+            api: cfg.api,
+            model: &cfg.model,
+            options: &cfg.options,
+            nonce: Some(&nonce),
+            system,
+            user,
+        };
+        match ctx.client.chat(&req, ctx.timeout).await {
+            Ok(out) => break (nonce, out),
+            Err(e) if attempt < ctx.retries.attempts && ctx.client.classifier().class(e.kind) == Class::Transient => {
+                tokio::time::sleep(ctx.retries.wait_after(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let timing = CallTiming::from_instants(ctx.run_start, out.t_send, &out.content_times, out.t_done);
     let cctx = CallContext {
         agent,

@@ -150,8 +150,10 @@ fn transport_message(err: &reqwest::Error) -> String {
     msg
 }
 
-fn transport_error(err: reqwest::Error, endpoint: &str) -> RequestError {
-    let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Connection };
+/// A transport failure: a timeout, else `otherwise` (connection before the reply; stream_cut when
+/// the connection closed mid-body, as Python's ChunkedEncodingError).
+fn transport_error(err: reqwest::Error, endpoint: &str, otherwise: ErrorKind) -> RequestError {
+    let kind = if err.is_timeout() { ErrorKind::Timeout } else { otherwise };
     RequestError::new(kind, format!("{endpoint}: {}", transport_message(&err)))
 }
 
@@ -226,10 +228,10 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error(e, endpoint))?;
+            .map_err(|e| transport_error(e, endpoint, ErrorKind::Connection))?;
         let status = resp.status();
         if !status.is_success() {
-            let body = resp.bytes().await.map_err(|e| transport_error(e, endpoint))?;
+            let body = resp.bytes().await.map_err(|e| transport_error(e, endpoint, ErrorKind::Connection))?;
             let msg = error_body_message(&body);
             let kind = http_error_kind(&self.classifier, status.as_u16(), &msg);
             return Err(RequestError::new(kind, format!("{endpoint}: HTTP {}: {msg}", status.as_u16())));
@@ -237,7 +239,7 @@ impl Client {
         let mut parser = StreamParser::new(api);
         let mut t_read;
         loop {
-            let chunk = resp.chunk().await.map_err(|e| transport_error(e, endpoint))?;
+            let chunk = resp.chunk().await.map_err(|e| transport_error(e, endpoint, ErrorKind::StreamCut))?;
             t_read = Instant::now();
             let Some(bytes) = chunk else {
                 let mut on = |t: &str| {
@@ -262,6 +264,7 @@ impl Client {
     fn stream_error(&self, err: StreamError, endpoint: &str) -> RequestError {
         match err {
             StreamError::Malformed(m) => RequestError::new(ErrorKind::MalformedStream, format!("{endpoint}: {m}")),
+            StreamError::Cut(m) => RequestError::new(ErrorKind::StreamCut, format!("{endpoint}: {m}")),
             StreamError::Server(m) => {
                 let kind = self.classifier.classify(&m).unwrap_or(ErrorKind::Http);
                 RequestError::new(kind, format!("{endpoint}: {m}"))
@@ -339,7 +342,7 @@ mod tests {
 
     #[test]
     fn http_status_fallbacks() {
-        let c = Classifier::from_yaml("kinds:\n  - {kind: oom, substrings: [out of memory]}\n").unwrap();
+        let c = Classifier::from_yaml("kinds:\n  - {kind: oom, class: load, substrings: [out of memory]}\n").unwrap();
         assert_eq!(http_error_kind(&c, 500, "CUDA error: out of memory"), ErrorKind::Oom);
         assert_eq!(http_error_kind(&c, 404, "page missing"), ErrorKind::NotFound);
         assert_eq!(http_error_kind(&c, 503, "try later"), ErrorKind::Busy);

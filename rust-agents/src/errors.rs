@@ -2,7 +2,8 @@
 //!
 //! The first kind whose substring occurs in the error text (case-insensitive) wins. Failures the
 //! classifier does not recognise keep the kind the client gave them: `connection`, `timeout`,
-//! `malformed_stream` or `http`.
+//! `stream_cut`, `malformed_stream` or `http`. Each kind's class in the table decides whether a
+//! call is retried here (transient) or the failure goes back to the orchestrator.
 
 use std::fmt;
 use std::path::Path;
@@ -19,6 +20,7 @@ pub enum ErrorKind {
     Timeout,
     Busy,
     Loading,
+    StreamCut,
     MalformedStream,
     Http,
     Context,
@@ -34,6 +36,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Busy => "busy",
             ErrorKind::Loading => "loading",
+            ErrorKind::StreamCut => "stream_cut",
             ErrorKind::MalformedStream => "malformed_stream",
             ErrorKind::Http => "http",
             ErrorKind::Context => "context",
@@ -49,6 +52,7 @@ impl ErrorKind {
             "timeout" => ErrorKind::Timeout,
             "busy" => ErrorKind::Busy,
             "loading" => ErrorKind::Loading,
+            "stream_cut" => ErrorKind::StreamCut,
             "malformed_stream" => ErrorKind::MalformedStream,
             "http" => ErrorKind::Http,
             "context" => ErrorKind::Context,
@@ -87,20 +91,31 @@ struct KindsFile {
     kinds: Vec<KindEntry>,
 }
 
+/// What the harness does about a kind (`class` in the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// Retried per call, with backoff.
+    Transient,
+    /// The config does not fit: the orchestrator's fallback ladder takes over.
+    Load,
+    /// Retrying cannot help.
+    Permanent,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KindEntry {
     kind: String,
-    #[allow(dead_code)]
+    class: Class,
     #[serde(default)]
-    retry: bool,
     substrings: Vec<String>,
 }
 
-/// The ordered substring classifier of `error_kinds.yaml`.
+/// The ordered substring classifier of `error_kinds.yaml`, with each kind's class.
 #[derive(Debug, Clone, Default)]
 pub struct Classifier {
-    kinds: Vec<(ErrorKind, Vec<String>)>,
+    kinds: Vec<(ErrorKind, Class, Vec<String>)>,
 }
 
 impl Classifier {
@@ -117,7 +132,7 @@ impl Classifier {
             let kind = ErrorKind::parse(&entry.kind)
                 .with_context(|| format!("kinds[].kind: unknown error kind {:?}", entry.kind))?;
             let subs = entry.substrings.iter().map(|s| s.to_lowercase()).collect();
-            kinds.push((kind, subs));
+            kinds.push((kind, entry.class, subs));
         }
         Ok(Classifier { kinds })
     }
@@ -125,7 +140,12 @@ impl Classifier {
     /// The first kind with a substring contained in `text`, compared case-insensitively.
     pub fn classify(&self, text: &str) -> Option<ErrorKind> {
         let lower = text.to_lowercase();
-        self.kinds.iter().find(|(_, subs)| subs.iter().any(|s| lower.contains(s.as_str()))).map(|(kind, _)| *kind)
+        self.kinds.iter().find(|(_, _, subs)| subs.iter().any(|s| lower.contains(s.as_str()))).map(|(kind, _, _)| *kind)
+    }
+
+    /// The class of a kind; a kind the table does not list is permanent (never retried).
+    pub fn class(&self, kind: ErrorKind) -> Class {
+        self.kinds.iter().find(|(k, _, _)| *k == kind).map_or(Class::Permanent, |(_, class, _)| *class)
     }
 
     /// A server-reported failure: the classifier's kind, else `fallback`.
@@ -159,8 +179,10 @@ mod tests {
             ("pull model manifest: file does not exist", ErrorKind::NotFound),
             ("server busy, please try again.  maximum pending requests exceeded", ErrorKind::Busy),
             ("Loading model", ErrorKind::Loading),
-            ("timed out waiting for llama runner to start - progress 0.00 - ", ErrorKind::Loading),
+            ("timed out waiting for llama runner to start - progress 0.00 - ", ErrorKind::Crash),
             ("llama runner process has terminated: exit status 2", ErrorKind::Crash),
+            ("llama runner process has terminated: signal: killed", ErrorKind::Crash),
+            ("an error was encountered while running the model: unexpected EOF", ErrorKind::Crash),
             ("llama-server process no longer running: -1", ErrorKind::Crash),
             ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, check ollama server logs for details", ErrorKind::Crash),
             ("the request exceeds the available context size, try increasing it", ErrorKind::Context),
@@ -172,9 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn classes_decide_what_is_retried() {
+        let c = shipped();
+        for kind in
+            [ErrorKind::Connection, ErrorKind::Timeout, ErrorKind::Busy, ErrorKind::Loading, ErrorKind::StreamCut]
+        {
+            assert_eq!(c.class(kind), Class::Transient, "{kind}");
+        }
+        for kind in [ErrorKind::Oom, ErrorKind::Crash] {
+            assert_eq!(c.class(kind), Class::Load, "{kind}");
+        }
+        for kind in [ErrorKind::NotFound, ErrorKind::Context, ErrorKind::MalformedStream, ErrorKind::Http] {
+            assert_eq!(c.class(kind), Class::Permanent, "{kind}");
+        }
+        assert_eq!(Classifier::default().class(ErrorKind::Busy), Class::Permanent, "an unlisted kind");
+    }
+
+    #[test]
     fn case_insensitive_and_order_matters() {
         let c = Classifier::from_yaml(
-            "kinds:\n  - {kind: oom, retry: false, substrings: [\"Out Of Memory\"]}\n  - {kind: crash, retry: true, substrings: [terminated]}\n",
+            "kinds:\n  - {kind: oom, class: load, substrings: [\"Out Of Memory\"]}\n  - {kind: crash, class: load, substrings: [terminated]}\n",
         )
         .unwrap();
         assert_eq!(c.classify("process TERMINATED: CUDA error: OUT OF MEMORY"), Some(ErrorKind::Oom));
@@ -186,7 +225,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_rejected() {
-        let err = Classifier::from_yaml("kinds:\n  - {kind: gremlins, substrings: [x]}\n").unwrap_err();
+        let err = Classifier::from_yaml("kinds:\n  - {kind: gremlins, class: load, substrings: [x]}\n").unwrap_err();
         assert!(format!("{err:#}").contains("gremlins"));
     }
 }

@@ -181,9 +181,13 @@ pub struct Job {
     pub run_index: u32,
     /// Names the run (study/suite/lang/model/config/run_N); seeds the prompt nonces.
     pub run_key: String,
-    /// 1, or higher when the orchestrator reruns a failed job, so a rerun's prompts are new too.
+    /// 1, or higher when the orchestrator runs the same run again (a fallback-ladder rung, its
+    /// retry pass), so the new attempt's prompts are new too (`workload::nonce_attempt`).
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// How each call retries transient failures (absent: one attempt, no retry).
+    #[serde(default)]
+    pub retries: Retries,
     pub model: ModelInfo,
     pub config: serde_json::Value,
     pub workload_file: PathBuf,
@@ -204,6 +208,30 @@ pub struct Job {
 
 fn first_attempt() -> u32 {
     1
+}
+
+/// Per-call retries of the transient kinds (`class: transient` in error_kinds.yaml), with the
+/// orchestrator's numbers (bench/agents.py): retry n waits wait_s × 2^(n−1) s, at most max_wait_s.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    pub attempts: u32,
+    pub wait_s: f64,
+    pub max_wait_s: f64,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { attempts: 1, wait_s: 0.5, max_wait_s: 10.0 }
+    }
+}
+
+impl Retries {
+    /// The wait before the attempt after `attempt` (tenacity's wait_exponential).
+    pub fn wait_after(&self, attempt: u32) -> std::time::Duration {
+        let s = self.wait_s * 2f64.powi(attempt.saturating_sub(1).min(60) as i32);
+        std::time::Duration::from_secs_f64(s.min(self.max_wait_s))
+    }
 }
 
 /// A job file that cannot be run (exit 2).
@@ -248,6 +276,13 @@ impl Job {
         }
         if self.attempt < 1 {
             return Err("key `attempt` must be ≥ 1".into());
+        }
+        let r = self.retries;
+        if r.attempts < 1 {
+            return Err("key `retries.attempts` must be ≥ 1".into());
+        }
+        if !(r.wait_s.is_finite() && r.wait_s >= 0.0 && r.max_wait_s.is_finite() && r.max_wait_s >= 0.0) {
+            return Err("keys `retries.wait_s` and `retries.max_wait_s` must be seconds ≥ 0".into());
         }
         if self.model.slug.is_empty()
             || !self.model.slug.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
@@ -372,6 +407,7 @@ pub(crate) mod tests {
         assert_eq!(job.model.baseline, Some(true));
         assert_eq!(job.run_key, "smoke/single/rust/gemma3-270m/gpu0_ctx512_temp08/run_1");
         assert_eq!(job.attempt, 1, "attempt defaults to 1");
+        assert_eq!(job.retries, Retries::default(), "one attempt per call unless the job says so");
         assert_eq!(job.agent(AgentName::Single).options.num_thread, None);
     }
 
@@ -401,6 +437,22 @@ pub(crate) mod tests {
         let mut v = single_job_json();
         v["agents"]["single"]["options"]["num_thread"] = 0.into();
         assert!(parse(&v).unwrap_err().contains("key `agents.single.options.num_thread`"));
+    }
+
+    #[test]
+    fn retries_and_their_waits() {
+        let mut v = single_job_json();
+        v["retries"] = serde_json::json!({"attempts": 3, "wait_s": 0.5, "max_wait_s": 1.5});
+        let r = parse(&v).unwrap().retries;
+        assert_eq!(r.attempts, 3);
+        let waits: Vec<f64> = (1..=4).map(|n| r.wait_after(n).as_secs_f64()).collect();
+        assert_eq!(waits, [0.5, 1.0, 1.5, 1.5], "doubling, capped");
+        v["retries"]["attempts"] = 0.into();
+        assert!(parse(&v).unwrap_err().contains("retries.attempts"));
+        v["retries"] = serde_json::json!({"attempts": 2, "wait_s": -1.0, "max_wait_s": 1.0});
+        assert!(parse(&v).unwrap_err().contains("retries.wait_s"));
+        v["retries"] = serde_json::json!({"attempts": 2});
+        assert!(parse(&v).unwrap_err().contains("retries"));
     }
 
     #[test]

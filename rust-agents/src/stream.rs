@@ -21,8 +21,10 @@ use crate::job::Api;
 /// A stream that cannot be used: a protocol violation or an error the server sent in-stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamError {
-    /// Not the protocol: bad JSON, an unknown SSE line, or an early end of the stream.
+    /// Not the protocol: bad JSON or an unknown SSE line.
     Malformed(String),
+    /// The body ended before the terminal event (`done: true` / `[DONE]`).
+    Cut(String),
     /// The server reported an error inside a 200 stream (`{"error": ...}`).
     Server(String),
 }
@@ -31,6 +33,7 @@ impl fmt::Display for StreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StreamError::Malformed(m) => write!(f, "malformed stream: {m}"),
+            StreamError::Cut(m) => write!(f, "stream cut: {m}"),
             StreamError::Server(m) => write!(f, "server error in stream: {m}"),
         }
     }
@@ -135,7 +138,7 @@ impl StreamParser {
     }
 
     /// The body has ended. A last line without its newline is still parsed; a stream that never
-    /// reached its terminal event is malformed.
+    /// reached its terminal event was cut.
     pub fn finish(&mut self, on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
         if !self.done && !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
@@ -147,7 +150,7 @@ impl StreamParser {
         if self.done {
             Ok(())
         } else {
-            Err(StreamError::Malformed(match self.api {
+            Err(StreamError::Cut(match self.api {
                 Api::Ollama => "the stream ended before a \"done\": true chunk".into(),
                 Api::Openai => "the stream ended without data: [DONE]".into(),
             }))
@@ -589,7 +592,7 @@ mod tests {
         assert!(matches!(r.error, Some(StreamError::Malformed(ref m)) if m.contains("bad NDJSON")), "{:?}", r.error);
         let body = "{\"message\":{\"content\":\"a\"},\"done\":false}\n";
         let r = run(Api::Ollama, body.as_bytes(), &[]);
-        assert!(matches!(r.error, Some(StreamError::Malformed(ref m)) if m.contains("done")), "{:?}", r.error);
+        assert!(matches!(r.error, Some(StreamError::Cut(ref m)) if m.contains("done")), "{:?}", r.error);
         let r = run(Api::Ollama, b"not json at all\n", &[]);
         assert!(matches!(r.error, Some(StreamError::Malformed(_))));
         // invalid UTF-8 inside a line is malformed, not a panic
@@ -653,11 +656,11 @@ mod tests {
     }
 
     #[test]
-    fn sse_missing_done_is_malformed() {
+    fn sse_missing_done_is_a_cut() {
         let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
         let r = run(Api::Openai, body.as_bytes(), &[]);
         assert_eq!(r.text, "hi");
-        assert!(matches!(r.error, Some(StreamError::Malformed(ref m)) if m.contains("[DONE]")), "{:?}", r.error);
+        assert!(matches!(r.error, Some(StreamError::Cut(ref m)) if m.contains("[DONE]")), "{:?}", r.error);
         // [DONE] without the closing blank line still ends the stream
         let r = run(Api::Openai, b"data: [DONE]", &[]);
         assert_eq!(r.error, None);

@@ -71,6 +71,13 @@ pub fn prompt_nonce(run_key: &str, agent: AgentName, stage: Stage, phase: Phase,
     hex
 }
 
+/// The `attempt` a call's nonce is made from: each attempt of a run (the job's `attempt`) owns
+/// the next `attempts` numbers, one per attempt of a call, so no retry repeats an earlier prompt.
+/// Run attempt 1 gives the call's own attempt. The same function as bench/workload.py's.
+pub fn nonce_attempt(run_attempt: u32, call_attempt: u32, attempts: u32) -> u32 {
+    (run_attempt - 1) * attempts + call_attempt
+}
+
 /// The data set text: every `*.csv` file of `dir`, in file-name order.
 pub fn dataset_text(dir: &Path) -> Result<String> {
     let mut files = Vec::new();
@@ -170,6 +177,8 @@ mod tests {
             prompt_nonce(key, AgentName::Single, Stage::Analysis, Phase::Single, 2),
         ];
         assert!(others.iter().all(|o| o != &n && o.len() == 16));
+        // run attempt 2 of a run with 3 attempts per call starts at 4 (Python: the same)
+        assert_eq!([nonce_attempt(1, 1, 3), nonce_attempt(1, 3, 3), nonce_attempt(2, 1, 3)], [1, 3, 4]);
         // the names in the key are the JSON names
         for p in [Phase::Single, Phase::Alone, Phase::Together] {
             assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());

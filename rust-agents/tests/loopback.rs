@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::schema::Schema;
 use common::*;
 use serde_json::{json, Value};
+use tr116_agents::job::{AgentName, Phase, Stage};
 use tr116_agents::workload::prompt_nonce;
 
 const COLLECTOR_TOKENS: &[&str] = &["Grüße", " from", " the", " collector", ":", " 12", " rows", "."];
@@ -315,12 +316,21 @@ async fn failed_requests_exit_3_with_their_kind() {
     assert_eq!(out.code, 3);
     assert!(out.stderr.starts_with(&format!("http: {url}: HTTP 418: short and stout")), "{}", out.stderr);
 
-    // an SSE stream that stops without data: [DONE]
+    // an SSE stream that stops without data: [DONE]: a cut (one attempt per call in this job)
     let mut pieces = sse_stream("m", &["a", "b"], Duration::ZERO, 1.0);
     pieces.pop();
     let cut = Reply { status: 200, content_type: "text/event-stream", pieces };
     let (out, url) = failing_single("nodone", "openai", cut, 30.0).await;
     assert_eq!(out.code, 3);
+    assert!(out.stderr.starts_with(&format!("stream_cut: {url}: ")), "{}", out.stderr);
+
+    // a line that is not the protocol
+    let garbage = Reply {
+        status: 200,
+        content_type: "application/x-ndjson",
+        pieces: vec![(Duration::ZERO, b"{\"message\": {\"content\": \"x\"\n".to_vec())],
+    };
+    let (out, url) = failing_single("garbage", "ollama", garbage, 30.0).await;
     assert!(out.stderr.starts_with(&format!("malformed_stream: {url}: ")), "{}", out.stderr);
 
     // an error line in the middle of an Ollama stream
@@ -346,6 +356,39 @@ async fn failed_requests_exit_3_with_their_kind() {
     assert_eq!(out.code, 3);
     assert!(out.stderr.starts_with(&format!("timeout: {url}: ")), "{}", out.stderr);
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+/// A transient failure is retried per call, not per job: the cut call is sent again with the next
+/// nonce, the other call once, and only the successful attempts are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_is_retried_per_call_with_a_new_nonce() {
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let server = TestServer::start(move |_| {
+        let mut pieces = ollama_stream("m", COLLECTOR_TOKENS, Duration::ZERO, 2.0, 0.0);
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            pieces.truncate(3); // the first call ends before its done line
+        }
+        Reply { status: 200, content_type: "application/x-ndjson", pieces }
+    })
+    .await;
+    let mut job = job("single", json!({"single": agent(&server.url(), "ollama", "gemma3-270m")}));
+    job["attempt"] = json!(2);
+    job["retries"] = json!({"attempts": 3, "wait_s": 0.01, "max_wait_s": 0.05});
+    let dir = scratch("retry");
+    let out = run_job("single", &job, &dir).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = server.received();
+    assert_eq!(got.len(), 3, "analysis twice, report once");
+    let run_key = job["run_key"].as_str().unwrap();
+    let nonce = |stage, attempt| prompt_nonce(run_key, AgentName::Single, stage, Phase::Single, attempt);
+    // run attempt 2 with 3 attempts per call: its calls' nonces start at attempt 4
+    let sent: Vec<&str> = got.iter().map(|r| system_nonce(&r.body)).collect();
+    assert_eq!(sent, [nonce(Stage::Analysis, 4), nonce(Stage::Analysis, 5), nonce(Stage::Report, 4)]);
+    let requests = out.metrics.unwrap()["requests"].as_array().unwrap().clone();
+    let recorded: Vec<&str> = requests.iter().map(|r| r["prompt_nonce"].as_str().unwrap()).collect();
+    assert_eq!(recorded, [sent[1], sent[2]]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
