@@ -111,7 +111,8 @@ class OllamaEndpoints:
         self._current = None
 
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
-        if model.name not in {m.name for m in self.profile.models}:  # a fallback tag: pulled on first use
+        fallback_tags = {t for m in self.profile.models for t in self.profile.fallback_for(m).tags}
+        if model.name in fallback_tags:  # a fallback tag of a profile model: pulled on first use
             self.model_actions[model.name] = ensure_model(self.first_api, model)
         self._check_known(model)
         changed = self._current != model.name
