@@ -205,44 +205,28 @@ def build_rust(c):
 @_friendly
 def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
     """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs the engine's own rate."""
-    import pandas as pd
-
-    from bench import overhead, rust
+    from bench import overhead
     from bench.runtimes import create_runtime
-    from bench.store import Store, atomic_write_json, utc_now
+    from bench.store import Store, atomic_write_json
 
     loaded = _load(profile)
-    agent, reason = rust.find_rust_agent(containerized=False)  # the client's own cost, not docker run's
-    if agent is None:
-        print(f"bench-clients: Rust client not measured: {reason}")
     store = Store(loaded.profile.study)
-    rust_cmd = agent.command(store.root.parent) if agent else None
-    floors = overhead.client_floors(rust_cmd, requests_n=int(requests), num_predict=int(tokens),
-                                    pace_tps=float(pace))
+    result = overhead.measure(loaded, create_runtime(loaded.profile), store.root.parent, requests_n=int(requests),
+                              num_predict=int(tokens), pace_tps=float(pace))
+    atomic_write_json(store.root / overhead.CLIENT_OVERHEAD_NAME, result)
+    _print_overhead(result)
+    print(f"bench-clients: {store.root / overhead.CLIENT_OVERHEAD_NAME}")
+
+
+def _print_overhead(result: dict) -> None:
+    import pandas as pd
+
     cols = ["client", "api", "tokens_per_s", "cpu_us_per_token", "paced_tps", "paced_client_tps", "skew_pct"]
-    print(pd.DataFrame(floors)[cols].to_markdown(index=False, floatfmt=",.2f"))
-    result = {"client_floors": floors, "measured_at": utc_now(), "rust_agent": agent.source if agent else reason}
-    runtime = create_runtime(loaded.profile)
-    if runtime.kind in ("local", "ollama"):
-        # Servers this task starts are stopped on every exit path; a running study's are left up.
-        owns_servers = not runtime.is_running()
-        try:
-            if runtime.kind == "local":
-                ratios = overhead.harness_vs_llama_bench(loaded.profile, runtime)
-            else:
-                runtime.up()
-                ratios = overhead.harness_vs_ollama(loaded.profile, runtime)
-        finally:
-            if owns_servers:
-                runtime.down()
-        print(pd.DataFrame(ratios).to_markdown(index=False, floatfmt=".3f"))
-        result["harness_vs_engine"] = ratios
+    print(pd.DataFrame(result["client_floors"])[cols].to_markdown(index=False, floatfmt=",.2f"))
+    if result["harness_vs_engine"]:
+        print(pd.DataFrame(result["harness_vs_engine"]).to_markdown(index=False, floatfmt=".3f"))
     else:
-        print(f"bench-clients: harness vs engine needs a runtime the bundle runs (local or ollama), "
-              f"not {runtime.kind}")
-    path = store.root / "client_overhead.json"
-    atomic_write_json(path, result)
-    print(f"bench-clients: {path}")
+        print(f"harness vs engine: not measured ({result.get('harness_vs_engine_missing')})")
 
 
 @task(help={"fast": "skip the tests that need a real engine or Docker (markers llama, ollama, docker)"})

@@ -84,16 +84,21 @@ def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: in
     return records
 
 
+# A warmup loads the model (with the counted calls' options) and runs a full prefill; a long
+# generation after that warms nothing more, so it is capped (study overhead, not measurement).
+WARMUP_TOKENS = 8
+
+
 def warmup(target: AgentTarget, workload: Workload, n: int, key: str) -> None:
     """Uncounted calls that load the model and warm the caches; their records are dropped. Their
     nonces (phase 'warmup') differ from every counted call's."""
+    options = dict(target.options, num_predict=min(target.options["num_predict"], WARMUP_TOKENS))
     for i in range(n):
         for attempt in retrying(5):
             with attempt:
                 nonce = prompt_nonce(key, target.agent, "analysis", f"warmup{i + 1}", attempt.retry_state.attempt_number)
                 ctx = CallContext(target.agent, "analysis", "single", time.perf_counter_ns(), nonce)
-                target.client.chat(target.model, workload.messages(target.agent, "analysis", nonce),
-                                   target.options, ctx)
+                target.client.chat(target.model, workload.messages(target.agent, "analysis", nonce), options, ctx)
 
 
 # ---------------------------------------------------------------------------------------------

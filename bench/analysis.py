@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import ladder, metrics, stats
+from bench import instrument, ladder, metrics, stats
 from bench.profile import Profile
 from bench.store import Store, atomic_write_text
 from bench.summary import KEY_METRICS, OUTLIER_METRICS, outlier_flags
@@ -38,8 +38,8 @@ DERIVED_DEFINITIONS = {
 POWER_CONFIG_METRICS = ("tokens_per_j", "tokens_per_j_net", "power_j_per_token", "power_j_per_token_net",
                         "power_mean_power_w", "power_idle_power_w", "power_peak_vram_used_bytes")
 EXTRA_CONFIG_METRICS = {
-    "single": ("served_tps", *POWER_CONFIG_METRICS),
-    "multi": ("served_tps", *POWER_CONFIG_METRICS,
+    "single": ("served_tps", "client_cpu_share", "host_busy_pct", *POWER_CONFIG_METRICS),
+    "multi": ("served_tps", "client_cpu_share", "host_busy_pct", *POWER_CONFIG_METRICS,
               "collector_tps_ratio", "insight_tps_ratio",
               "collector_ttft_inflation", "insight_ttft_inflation"),
 }
@@ -58,6 +58,9 @@ class Tables:
     derived: dict[str, pd.DataFrame] = field(default_factory=dict)
     # runs whose placement differed from their config (bench/placement.py): out of every table above
     misplaced: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # the instrument's own logs (bench/instrument.py): drift probes and the runner's timeline
+    probes: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
 
 
 def _cell_key(path: Path, root: Path) -> str:
@@ -76,6 +79,10 @@ def _run_row(doc: dict, base: dict) -> dict:
     # Power data (numbers only where NVML sampled a GPU): flattened as power_<key>, the GPU state
     # at the start and end as power_gpu_start_<key>, lists joined with ";".
     row.update(_flat_power(doc.get("power") or {}))
+    # The client's cost and the host's load during the run (bench/instrument.py).
+    client = doc.get("client_cost") or {}
+    for k in ("client_cpu_s", "client_cpu_share", "host_busy_pct", "host_cores"):
+        row[k] = client.get(k)
     reqs = doc["requests"]
     row["tokens_out"] = sum(r["output_tokens"] for r in reqs)
     if doc["suite"] == "single":
@@ -161,7 +168,8 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
     runs = pd.DataFrame(run_rows)
     requests = pd.DataFrame(req_rows)
     if runs.empty:
-        return Tables(requests, runs, pd.DataFrame())
+        return Tables(requests, runs, pd.DataFrame(), probes=store.read_jsonl(instrument.PROBES),
+                      events=store.read_jsonl(instrument.TIMELINE))
     misplaced = runs[runs["placement_issues"] != ""]
     runs = _flag_outliers(runs[runs["placement_issues"] == ""].reset_index(drop=True), mad_k)
     config_rows = []
@@ -187,7 +195,8 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
             row["throttled_runs"] = int((g["power_throttled"] == True).sum())  # noqa: E712 (nulls count as no)
         row["outlier_runs"] = int(g["outlier"].sum())
         config_rows.append(row)
-    return Tables(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True))
+    return Tables(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
+                  probes=store.read_jsonl(instrument.PROBES), events=store.read_jsonl(instrument.TIMELINE))
 
 
 # ---- derived tables ----------------------------------------------------------------------------
@@ -415,6 +424,51 @@ def reconciliation(requests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def overhead(events: list[dict]) -> pd.DataFrame:
+    """Where the bench's time went (instrument.study_overhead), with the ratio in `.attrs`."""
+    ratio, rows = instrument.study_overhead(events)
+    df = pd.DataFrame(rows)
+    df.attrs["study_overhead_ratio"] = ratio
+    return df
+
+
+def client_cost(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per suite, model and case: each language's mean client_cpu_share (cores) and the host's
+    mean busy share during its runs, so a Python/Rust delta can be read beside what the clients
+    cost on this host."""
+    if runs.empty or "client_cpu_share" not in runs:
+        return pd.DataFrame()
+    rows = []
+    for (suite, model, case), g in runs.groupby(["suite", "model", "case"], sort=True):
+        row = {"suite": suite, "model": model, "case": case}
+        for lang, lg in g.groupby("lang"):
+            row[f"{lang}_client_cpu_share"] = lg["client_cpu_share"].mean()
+            row[f"{lang}_host_busy_pct"] = lg["host_busy_pct"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def client_cpu_explains(runs: pd.DataFrame, suite: str, metric: str) -> str | None:
+    """The client-CPU rule for a language effect: on a host with fewer cores than servers +
+    clients (2 servers; 1 client single, 2 multi), a language whose client used more CPU and whose
+    metric is worse is explained by that CPU, not by its concurrency model. Returns why, or None."""
+    sub = runs[runs["suite"] == suite] if not runs.empty else runs
+    if sub.empty or "client_cpu_share" not in sub or sub["lang"].nunique() < 2 or sub["host_cores"].isna().all():
+        return None
+    cores = int(sub["host_cores"].dropna().iloc[0])
+    needed = 2 + (1 if suite == "single" else 2)
+    if cores >= needed:
+        return None
+    by_lang = sub.groupby("lang").agg(cpu=("client_cpu_share", "mean"), value=(metric, "mean"))
+    costly, light = by_lang["cpu"].idxmax(), by_lang["cpu"].idxmin()
+    worse = (by_lang.loc[costly, "value"] > by_lang.loc[light, "value"]) == (metric in LOWER_IS_BETTER)
+    if costly == light or not worse:
+        return None
+    extra = by_lang.loc[costly, "cpu"] - by_lang.loc[light, "cpu"]
+    return (f"{costly}'s client used {extra:.2f} more cores than {light}'s on a {cores}-core host that needs "
+            f"{needed} (2 servers + {needed - 2} client(s)), and its {metric} is the worse one")
+
+
 def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
     runs, configs = tables.runs, tables.configs
     tables.derived = {
@@ -427,6 +481,9 @@ def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
         "thermal": thermal_trend(runs),
         "cost": cost(configs, profile),
         "reconciliation": reconciliation(tables.requests),
+        "drift": pd.DataFrame(instrument.drift_rows(tables.probes, profile.instrument.drift_threshold_pct)),
+        "overhead": overhead(tables.events),
+        "client_cost": client_cost(runs),
     }
     return tables.derived
 

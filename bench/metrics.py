@@ -475,3 +475,56 @@ def finite_or_none(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# The instrument: what the client, the host and the harness itself cost (bench/instrument.py).
+# --------------------------------------------------------------------------------------------
+
+
+@metric("client_cpu_share", "cores", "instrument")
+def client_cpu_share(client_cpu_s: float | None, wall_s: float) -> float | None:
+    """client_cpu_share = client CPU seconds / run wall seconds
+
+    How many cores the client kept busy on average during the run: the Python process's own CPU
+    (getrusage), or the Rust agent process's (the children's getrusage around its run). On a host
+    with fewer cores than servers + clients, this is CPU the servers could not use.
+    """
+    if client_cpu_s is None or wall_s <= 0:
+        return None
+    return client_cpu_s / wall_s
+
+
+@metric("host_busy_pct", "%", "instrument")
+def host_busy_pct(busy_jiffies: int, total_jiffies: int) -> float | None:
+    """host_busy_pct = Δ busy CPU time / Δ total CPU time × 100, over all cores (/proc/stat)
+
+    How loaded the whole host was during the run: servers, clients and anything else running.
+    """
+    if total_jiffies <= 0:
+        return None
+    return busy_jiffies / total_jiffies * 100.0
+
+
+@metric("drift_pct", "%", "instrument")
+def drift_pct(probe_tps: float | None, first_probe_tps: float | None) -> float | None:
+    """drift_pct = (decode_tps of a reference probe / decode_tps of the study's first probe − 1) × 100
+
+    The same fixed call on the baseline model, repeated at the start, between models and at the
+    end: a change here is the host or the engine, not a model or a configuration.
+    """
+    if not probe_tps or not first_probe_tps:
+        return None
+    return (probe_tps / first_probe_tps - 1.0) * 100.0
+
+
+@metric("study_overhead_ratio", "ratio", "instrument")
+def study_overhead_ratio(bench_wall_s: float, measured_s: float) -> float | None:
+    """study_overhead_ratio = bench wall time / Σ measured run time
+
+    Measured run time: a single run's Σ e2e of its calls; a multi run's alone times plus its
+    together wall time. The rest is the harness: model loads, warmups, probes, process spawns.
+    """
+    if measured_s <= 0:
+        return None
+    return bench_wall_s / measured_s

@@ -14,6 +14,7 @@ for the report:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -26,12 +27,15 @@ from pathlib import Path
 
 import requests
 
-from bench import assets, metrics
+from bench import agents, assets, manifest, metrics, rust
 from bench.clients import CallContext, StreamingClient
 from bench.errors import BenchError
+from bench.paths import cache_dir
 from bench.profile import ServerConfig
+from bench.store import atomic_write_json, utc_now
 from bench.workload import load_workload, prompt_nonce
 
+CLIENT_OVERHEAD_NAME = "client_overhead.json"
 MESSAGES = [{"role": "user", "content": "stream"}]
 # The loopback server ignores prompts; its records are never stored.
 LOOPBACK_CTX = CallContext("single", "analysis", "single", 0, "0" * 16)
@@ -118,10 +122,11 @@ def client_floors(rust_cmd: list[str] | None, *, requests_n: int = 5, num_predic
     return results
 
 
-def llama_bench_tg(model_file: Path, threads: int, n_gen: int) -> dict:
-    """llama-bench's text-generation rate (tg) for a model and thread count."""
+def llama_bench_tg(model_file: Path, threads: int, n_gen: int, depth: int = 0) -> dict:
+    """llama-bench's text-generation rate (tg) for a model and thread count, decoding after
+    `depth` tokens of context (the harness decodes after its prompt, not on an empty context)."""
     cmd = [str(assets.llama_bench_binary()), "-m", str(model_file), "-p", "0", "-n", str(n_gen),
-           "-t", str(threads), "-r", "3", "-o", "json"]
+           "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise BenchError(f"llama-bench failed: {proc.stderr.strip()[-500:]}")
@@ -138,28 +143,33 @@ def _harness_calls(profile, ep, model: str, opts: dict, requests_n: int) -> list
     client = StreamingClient(ep.url, ep.api, timeout_s=profile.workload.timeout_s)
     recs = []
     for i in range(requests_n + 1):
-        nonce = prompt_nonce(f"{profile.study}/bench-clients/{model}", "single", "analysis", "single", i + 1)
-        rec = client.chat(model, wl.messages("single", "analysis", nonce), opts,
-                          CallContext("single", "analysis", "single", 0, nonce))
+        for attempt in agents.retrying(3):  # a server just (re)started may refuse the first connection
+            with attempt:
+                nonce = prompt_nonce(f"{profile.study}/bench-clients/{model}", "single", "analysis", f"call{i + 1}",
+                                     attempt.retry_state.attempt_number)
+                rec = client.chat(model, wl.messages("single", "analysis", nonce), opts,
+                                  CallContext("single", "analysis", "single", 0, nonce))
         recs.append(rec)
     return recs[1:]
 
 
 def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: int = 3) -> list[dict]:
     """Per model: harness decode tok/s on the real llama-server ÷ llama-bench tg tok/s, same model
-    file and thread count. llama-bench runs while the servers are stopped."""
+    file, thread count and context depth (the harness prompt's length), so the ratio isolates the
+    harness and the server's HTTP path. llama-bench runs while the servers are stopped."""
     opts = {"num_predict": n_gen, "seed": profile.workload.seed, "ignore_eos": True,
             "temperature": profile.single.temperature}
     out = []
     for model in profile.models:
         path = assets.model_file(model.name, model.file)
-        runtime.down()
-        bench_tg = llama_bench_tg(path, runtime.threads, n_gen)
         runtime.switch(model, {runtime.specs[0].name: ServerConfig(gpu_layers=0, ctx=1024)})
         recs = _harness_calls(profile, runtime.endpoints()[0], model.name, opts, requests_n)
+        depth = int(statistics.median(r.prompt_tokens for r in recs))
+        runtime.down()  # llama-bench gets the cores to itself
+        bench_tg = llama_bench_tg(path, runtime.threads, n_gen, depth)
         client_tps = statistics.fmean(r.decode_tps_client for r in recs)
         server_tps = statistics.fmean(r.decode_tps_server for r in recs)
-        out.append({"model": model.name, "engine": "llama.cpp", "reference": "llama-bench tg",
+        out.append({"model": model.name, "engine": "llama.cpp", "reference": f"llama-bench tg at depth {depth}",
                     "threads": runtime.threads, "n_gen": n_gen,
                     "reference_tps": bench_tg["avg_ts"], "reference_std": bench_tg["stddev_ts"],
                     "harness_client_tps": client_tps, "harness_server_tps": server_tps,
@@ -198,6 +208,49 @@ def harness_vs_ollama(profile, runtime, *, n_gen: int = 128, requests_n: int = 3
                     "ratio_client_to_reference": client_tps / reference,
                     "ratio_server_to_reference": server_tps / reference})
     return out
+
+
+def measure(loaded, runtime, results_dir: Path, *, requests_n: int = 5, num_predict: int = 20000,
+            pace_tps: float = 20000.0) -> dict:
+    """Everything `client_overhead.json` holds: both clients' floors, and the harness against the
+    engine's own rate where the bundle runs the engine (it starts the servers it needs and stops
+    those it started)."""
+    agent, reason = rust.find_rust_agent(containerized=False)  # the client's own cost, not docker run's
+    rust_cmd = agent.command(results_dir) if agent else None
+    result = {"client_floors": client_floors(rust_cmd, requests_n=requests_n, num_predict=num_predict,
+                                             pace_tps=pace_tps),
+              "measured_at": utc_now(), "rust_agent": agent.source if agent else reason,
+              "harness_vs_engine": [], "host": manifest.host_info(), "harness": manifest.git_state()}
+    if runtime.kind not in ("local", "ollama"):
+        result["harness_vs_engine_missing"] = f"the bundle does not run the engine of the {runtime.kind} runtime"
+        return result
+    owns_servers = not runtime.is_running()
+    try:
+        if runtime.kind == "local":
+            result["harness_vs_engine"] = harness_vs_llama_bench(loaded.profile, runtime)
+        else:
+            runtime.up()
+            result["harness_vs_engine"] = harness_vs_ollama(loaded.profile, runtime)
+    finally:
+        if owns_servers:
+            runtime.down()
+    return result
+
+
+def cached_measure(loaded, runtime, store) -> tuple[dict, bool]:
+    """`measure()` once per host, harness commit, Rust agent and profile (cached in the bundle's
+    cache), written to the study's client_overhead.json; True when it came from the cache."""
+    agent, _ = rust.find_rust_agent(containerized=False)
+    key = hashlib.sha256(json.dumps({"host": manifest.host_info(), "harness": manifest.git_state(),
+                                     "agent": agent.binary_sha256 if agent else None,
+                                     "profile": loaded.sha256}, sort_keys=True).encode()).hexdigest()[:24]
+    memo = cache_dir() / "client_overhead" / f"{key}.json"
+    cached = memo.is_file()
+    result = json.loads(memo.read_text()) if cached else measure(loaded, runtime, store.root.parent)
+    if not cached:
+        atomic_write_json(memo, result)
+    atomic_write_json(store.root / CLIENT_OVERHEAD_NAME, result)
+    return result, cached
 
 
 def main() -> None:

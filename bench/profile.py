@@ -189,6 +189,16 @@ class EtaHints(Strict):
     restart_s: float = Field(2.0, ge=0)
 
 
+class InstrumentSpec(Strict):
+    """How the study measures its own instrument (bench/instrument.py)."""
+
+    drift_probes: bool = Field(True, description="a reference probe on the baseline model at the start, "
+                                                 "between models and at the end")
+    drift_threshold_pct: float = Field(5.0, gt=0, description="probe drift beyond this is flagged in the report")
+    floors: bool = Field(True, description="`bench` measures the client floors and the harness-vs-engine ratio "
+                                           "once per host and harness commit")
+
+
 class Profile(Strict):
     study: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
@@ -200,6 +210,7 @@ class Profile(Strict):
     outliers: OutlierPolicy = OutlierPolicy()
     pricing: Pricing = Pricing()
     eta: EtaHints = EtaHints()
+    instrument: InstrumentSpec = InstrumentSpec()
     fallback: Fallback = Fallback()
 
     @field_validator("models")

@@ -14,11 +14,12 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import metrics, power, stats
-from bench.analysis import (DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
+from bench import instrument, metrics, power, stats
+from bench.analysis import (client_cpu_explains, DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
                             load_tables)
 from bench.errors import LOAD, BenchError, kind_class
 from bench.manifest import MANIFEST_NAME, planned_cells, profile_from_manifest
+from bench.overhead import CLIENT_OVERHEAD_NAME
 from bench.paths import TEMPLATES_DIR
 from bench.plots import write_plots
 from bench.profile import LoadedProfile, Profile
@@ -28,7 +29,6 @@ from bench.summary import OUTLIER_METRICS, summarize_all
 from bench.validate import validate_study
 
 REPORT_NAME = "Technical_Report_116.md"
-CLIENT_OVERHEAD_NAME = "client_overhead.json"
 # Rule thresholds of the recommendations, stated in the report.
 CV_LIMIT_PCT = 10.0
 CONTENTION_SHARE = 0.5
@@ -351,9 +351,21 @@ def gpu_reason(manifest: dict) -> str | None:
 # ---- the central question and recommendations -------------------------------------------------
 
 
-def central_answer(var: pd.DataFrame, suite: str, metric: str) -> dict | None:
+def _drift_flag(drift: pd.DataFrame, threshold_pct: float) -> str | None:
+    """One line for every section that compares across the study's time, when the host drifted."""
+    if drift.empty or not drift["flag"].any():
+        return None
+    worst = drift.loc[drift["drift_pct"].abs().idxmax()]
+    return (f"**Host drift:** the reference probe's decode rate moved {_pct(worst['drift_pct'])} "
+            f"(probe '{worst['probe']}' against the first; threshold ±{threshold_pct:g} %): differences between "
+            f"configs measured at different times may be the host, not the config (section 8).")
+
+
+def central_answer(var: pd.DataFrame, suite: str, metric: str, runs: pd.DataFrame | None = None) -> dict | None:
     """The stated rule: a factor 'shifts' the metric when it has the largest η² among model,
-    language and case and its one-way ANOVA p < 0.05; otherwise run-to-run noise dominates."""
+    language and case and its one-way ANOVA p < 0.05; otherwise run-to-run noise dominates. A
+    language effect that client CPU explains on a host short of cores says so instead
+    (analysis.client_cpu_explains)."""
     sub = var[(var["suite"] == suite) & (var["metric"] == metric)] if not var.empty else var
     if sub.empty:
         return None
@@ -367,6 +379,10 @@ def central_answer(var: pd.DataFrame, suite: str, metric: str) -> dict | None:
     label = {"case": "config" if suite == "single" else "scenario"}.get(top["factor"], top["factor"])
     if significant and top["factor"] == "model":
         verdict = "model choice dominates"
+    elif significant and top["factor"] == "language" and runs is not None \
+            and (why := client_cpu_explains(runs, suite, metric)):
+        return {"verdict": "client CPU, not the language, explains the difference",
+                "detail": f"largest share: language η² = {top['eta_sq']:.2f} (p = {_fmt(top['p_value'])}), but {why}"}
     elif significant:
         verdict = f"architecture dominates ({label})"
     else:
@@ -511,6 +527,21 @@ def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict
         "floors": floors_table(floors), "engine_reference": engine_reference_table(client_overhead),
         "overhead_measured_at": (client_overhead or {}).get("measured_at"),
         "model_notes": model_notes(manifest, failures, runs),
+        "drift": _md([{"probe": r["probe"], "at": r["at"], "decode tok/s (server)": _fmt(r["decode_tps"]),
+                       "decode tok/s (client)": _fmt(r["decode_tps_client"]), "TTFT ms": _fmt(r["ttft_ms"]),
+                       "drift vs first": _pct(r["drift_pct"]), "TTFT drift": _pct(r["ttft_drift_pct"]),
+                       "flag": "DRIFT" if r["flag"] else ""} for _, r in derived["drift"].iterrows()]),
+        "probe_calls": instrument.PROBE_CALLS, "probe_tokens": instrument.PROBE_TOKENS,
+        "drift_flag": _drift_flag(derived["drift"], profile.instrument.drift_threshold_pct),
+        "client_cost": _md([{"suite": r["suite"], "model": r["model"], "config / scenario": r["case"],
+                             "client CPU, cores Py / Rust": f"{_fmt(r.get('python_client_cpu_share'), 2)} / "
+                                                            f"{_fmt(r.get('rust_client_cpu_share'), 2)}",
+                             "host busy Py / Rust": f"{_pct(r.get('python_host_busy_pct'))} / "
+                                                    f"{_pct(r.get('rust_host_busy_pct'))}"}
+                            for _, r in derived["client_cost"].iterrows()]),
+        "overhead_ratio": derived["overhead"].attrs.get("study_overhead_ratio"),
+        "overhead": _md([{"where the bench's time went": r["part"], "s": _fmt(r["seconds"]),
+                          "share": _pct(r["share_pct"])} for _, r in derived["overhead"].iterrows()]),
         "reconciliation": _md([{"engine API": r["api"], "model": r["model"], "requests": r["requests"],
                                 "stopped before num_predict": r["stopped_early"],
                                 "TTFT unaccounted, median (ms)": _fmt(r["ttft_unaccounted_ms_median"]),
@@ -536,7 +567,7 @@ def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict
                       "tokens per $ (electricity)": _fmt(r.get("tokens_per_usd_electricity"))}
                      for _, r in derived["cost"].iterrows()]),
         "variance": variance_table(derived["variance"]),
-        "answers": {key: central_answer(derived["variance"], *key.split(":"))
+        "answers": {key: central_answer(derived["variance"], *key.split(":"), runs=runs)
                     for key in ("multi:speedup", "multi:evenness_pct", "single:decode_tps", "single:ttft_ms")},
         "outliers": _md([{"config": r["cell"], "run": r["run"], "metric": r["metric"], "value": _fmt(r["value"]),
                           "config median": _fmt(r["config_median"]),

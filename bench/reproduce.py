@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from bench import manifest as mf
+from bench import metrics
 from bench.analysis import load_tables
 from bench.errors import BenchError
 from bench.plan import build_plan
@@ -129,7 +130,27 @@ def _num(row, key):
     return None if v is None or pd.isna(v) else float(v)
 
 
-def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Path, mismatches: list[str]) -> str:
+def host_verdict(old_probes: list[dict], new_probes: list[dict], threshold_pct: float) -> dict:
+    """Probes first: the same reference call set at the start of both studies. A first probe that
+    moved beyond the threshold says the host (or engine) changed, and the metric comparison below
+    is read with that in mind; a steady probe puts any difference on the harness or the configs."""
+    old = [p for p in old_probes if p.get("decode_tps") is not None]
+    new = [p for p in new_probes if p.get("decode_tps") is not None]
+    if not old or not new:
+        return {"verdict": "no probes in one of the studies: host and harness cannot be told apart",
+                "drift_pct": None}
+    drift = metrics.drift_pct(new[0]["decode_tps"], old[0]["decode_tps"])
+    changed = abs(drift) > threshold_pct
+    return {"drift_pct": drift, "old_probe_tps": old[0]["decode_tps"], "new_probe_tps": new[0]["decode_tps"],
+            "verdict": (f"the host changed: the reference probe's decode rate moved {drift:+.1f} % "
+                        f"(threshold ±{threshold_pct:g} %); differences below may be the host's")
+            if changed else
+            (f"the host held: the reference probe moved {drift:+.1f} % (within ±{threshold_pct:g} %); "
+             f"differences below are the harness's or the configs'")}
+
+
+def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Path, mismatches: list[str],
+            host: dict) -> str:
     def f(v):
         return "–" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{v:.4g}"
 
@@ -142,6 +163,7 @@ def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Pa
              f"**{within} of {len(judged)}** config/metric pairs with an old CI reproduce within it"
              + (f"; {len(cmp) - len(judged)} pair(s) had no old CI (fewer than 2 runs) or no new runs." if
                 len(cmp) != len(judged) else "."), ""]
+    lines += [f"**Host first:** {host['verdict']}.", ""]
     if mismatches:
         lines += ["Identity mismatches accepted with `--allow-mismatch`:", ""] + [f"- {m}" for m in mismatches] + [""]
     table = [{"config": r["cell"] + (f" (ran {r['ran_as']})" if r["ran_as"] else ""), "metric": r["metric"],
@@ -206,12 +228,14 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
     old_tables = load_tables(Store(old_root.name, old_root.parent), old_profile.outliers.mad_k)
     new_tables = load_tables(store, loaded.profile.outliers.mad_k)
     cmp = comparison(old_tables.configs, new_tables.configs)
+    host = host_verdict(old_tables.probes, new_tables.probes, loaded.profile.instrument.drift_threshold_pct)
     md_path, json_path = store.root / f"{COMPARISON_NAME}.md", store.root / f"{COMPARISON_NAME}.json"
-    atomic_write_text(md_path, _render(cmp, manifest.get("study", old_root.name), new_study, manifest_path, mismatches))
+    atomic_write_text(md_path, _render(cmp, manifest.get("study", old_root.name), new_study, manifest_path, mismatches,
+                                       host))
     judged = cmp[cmp["within_old_ci"].notna()] if not cmp.empty else cmp
     within = int(judged["within_old_ci"].astype(bool).sum()) if not judged.empty else 0
     atomic_write_json(json_path, {"old_study": manifest.get("study"), "new_study": new_study,
-                                  "manifest": str(manifest_path), "accepted_mismatches": mismatches,
+                                  "manifest": str(manifest_path), "accepted_mismatches": mismatches, "host": host,
                                   "within_old_ci": within, "judged": len(judged),
                                   "rows": cmp.astype(object).where(pd.notna(cmp), None).to_dict(orient="records")})
     return Reproduction(store.root, md_path, json_path, within, len(judged), mismatches)

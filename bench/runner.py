@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, gpu, ladder, power, rust
+from bench import agents, gpu, instrument, ladder, overhead, power, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
@@ -34,7 +35,7 @@ from bench.placement import placement_issues
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
 from bench.profile import LoadedProfile
 from bench.runtimes import Runtime
-from bench.store import Store, schema_errors
+from bench.store import Store, schema_errors, utc_now
 from bench.summary import summarize_all
 from bench.workload import load_workload
 
@@ -68,7 +69,7 @@ class Outcome:
 class MatrixRunner:
     def __init__(self, loaded: LoadedProfile, plan: Plan, runtime: Runtime, store: Store, *,
                  progress: bool = True, rust_agent: rust.RustAgent | None = None, rust_reason: str = ""):
-        self.profile = loaded.profile
+        self.loaded, self.profile = loaded, loaded.profile
         self.plan = plan
         self.runtime = runtime
         self.store = store
@@ -91,6 +92,9 @@ class MatrixRunner:
         self._run_attempts: dict[Path, int] = {}  # per run, for new prompt nonces on each attempt
         self._retry: list[RunItem] = []
         self._retry_pass = False
+        self.timeline = instrument.Timeline(store, utc_now())
+        # whose CPU the client block can see: a containerized agent is not our child process
+        self._rust_cpu = "rust-container" if rust_agent and rust_agent.prefix[0] == "docker" else "rust"
 
     # ---- runtime switching -------------------------------------------------------------
 
@@ -102,11 +106,14 @@ class MatrixRunner:
         if key == self._server_key:
             return
         self._server_key = None
-        self.runtime.switch(eff.model, {k: v for k, v in servers.items() if v is not None})
-        self._warmup(eff)  # Ollama loads here: a load failure surfaces in the warmup
+        with self.timeline.event("switch", cell=eff.key):
+            self.runtime.switch(eff.model, {k: v for k, v in servers.items() if v is not None})
+        with self.timeline.event("warmup", cell=eff.key):
+            self._warmup(eff)  # Ollama loads here: a load failure surfaces in the warmup
         self._server_key = key
         self._after_load = self.runtime.placement(eff.model)
-        self.power.take_idle_baseline(cell)  # servers loaded and warm, no request (GPU hosts)
+        with self.timeline.event("idle_baseline", cell=eff.key):
+            self.power.take_idle_baseline(cell)  # servers loaded and warm, no request (GPU hosts)
 
     def _free_servers(self, state) -> None:
         log.warning("%s; freeing the servers before the next rung", state.outcome.exception())
@@ -114,10 +121,14 @@ class MatrixRunner:
         self._server_key = None
 
     def _warmup(self, cell: Cell) -> None:
-        """Warm every endpoint the cell uses with its own options; nothing is recorded."""
+        """Warm every endpoint the cell uses with its own options, all at once (each endpoint is
+        its own server); nothing is recorded, and the first failure is raised."""
         n = self.profile.workload.warmup_requests
-        for target in self._targets(cell).values():
-            agents.warmup(target, self.workload, n, f"{self.profile.study}/{cell.key}")
+        targets = list(self._targets(cell).values())
+        with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="warmup") as pool:
+            for done in [pool.submit(agents.warmup, t, self.workload, n, f"{self.profile.study}/{cell.key}")
+                         for t in targets]:
+                done.result()
 
     def _targets(self, cell: Cell) -> dict[str, AgentTarget]:
         wl = self.profile.workload
@@ -214,8 +225,13 @@ class MatrixRunner:
     def _run_once(self, item: RunItem, eff: Cell) -> dict:
         """One attempt at a run, with the cell as `eff` runs it; the document is not stored yet."""
         attempt = self._run_attempts[item.rel_dir] = self._run_attempts.get(item.rel_dir, 0) + 1
-        with self.power.measure() as window:  # without NVML: a block of nulls with the reason
-            doc = (self._run_python if eff.lang == "python" else self._run_rust)(item, eff, attempt)
+        with self.timeline.event("run", cell=item.cell.key, run=item.run_index, lang=eff.lang) as event:
+            before = instrument.snapshot()
+            with self.power.measure() as window:  # without NVML: a block of nulls with the reason
+                doc = (self._run_python if eff.lang == "python" else self._run_rust)(item, eff, attempt)
+            doc["client_cost"] = instrument.client_block(before, instrument.snapshot(),
+                                                    "python" if eff.lang == "python" else self._rust_cpu)
+            event["measured_s"] = instrument.measured_s(doc)
         doc["power"] = self.power.block(window, item, doc)
         doc["run_key"] = self._run_key(item)
         doc["placement"] = self._placement(eff)
@@ -310,7 +326,11 @@ class MatrixRunner:
         bar = tqdm(total=self.plan.run_count, initial=outcome.resumed, unit="run", disable=not self.progress,
                    desc=self.profile.study, dynamic_ncols=True)
         try:
-            for item in todo:
+            if todo:
+                self._probe("start")
+            for prev, item in zip([None, *todo], todo):
+                if prev is not None and prev.cell.model != item.cell.model:
+                    self._probe(f"after {prev.cell.model.name}")
                 self._run_item(item, outcome)
                 bar.set_postfix_str(f"{item.cell.suite}/{item.cell.lang}/{item.cell.model.slug}", refresh=False)
                 bar.update(1)
@@ -327,6 +347,10 @@ class MatrixRunner:
                 for item in extra:
                     self._run_item(item, outcome)
                     bar.update(1)
+            if todo:
+                self._probe("end")
+            if self.profile.instrument.floors:
+                self._floors()
         finally:
             bar.close()
         summarize_all(self.store, self.plan.cells, self.profile.outliers.mad_k)
@@ -373,6 +397,39 @@ class MatrixRunner:
         self.store.write_metrics(item.rel_dir, doc)
         outcome.done += 1
         outcome.downgraded += doc["requested_config"] != doc["effective_config"]
+
+    def _probe(self, label: str) -> None:
+        """The drift guard's reference call set on the baseline model with the server defaults
+        (bench/instrument.py), into probes.jsonl. A failed probe is noted, never fatal."""
+        if not self.profile.instrument.drift_probes:
+            return
+        base, ep, wl = self.profile.baseline, self.endpoints[0], self.profile.workload
+        options = {"num_predict": instrument.PROBE_TOKENS, "seed": wl.seed}
+        if ep.api == "ollama" and self.threads is not None:
+            options["num_thread"] = self.threads
+        if wl.ignore_eos:
+            options["ignore_eos"] = True
+        self._server_key = None  # the probe leaves the baseline loaded with the server defaults
+        with self.timeline.event("probe", label=label):
+            try:
+                self.runtime.switch(base, {})
+                records = instrument.run_probe(self.clients[ep.name], base.name, self.workload,
+                                               f"{self.profile.study}/probe/{label}", options=options)
+            except RequestError as exc:
+                tqdm.write(f"drift probe '{label}' failed ({exc.kind}): {exc}")
+                self.store.append_jsonl(instrument.PROBES, {"label": label, "model": base.name, "error": str(exc)})
+                return
+        self.store.append_jsonl(instrument.PROBES, instrument.probe_entry(label, base.name, records))
+
+    def _floors(self) -> None:
+        """The client floors and the harness-vs-engine ratio (bench/overhead.py), measured once per
+        host and harness commit and cached, so every report has them."""
+        with self.timeline.event("floors") as event:
+            try:
+                _, event["cached"] = overhead.cached_measure(self.loaded, self.runtime, self.store)
+            except (RequestError, BenchError) as exc:
+                tqdm.write(f"client floors not measured: {exc}")
+        self._server_key = None  # the ratio's calls switched models (llama.cpp: stopped the servers)
 
     def _run_retry_pass(self, outcome: Outcome) -> None:
         """One more try at each run that failed on a transient error past its per-call retries."""

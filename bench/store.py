@@ -95,20 +95,26 @@ class Store:
         atomic_write_json(p, doc)
         return p
 
-    def log_failure(self, entry: dict) -> None:
-        """Append one JSON line to failures.jsonl (one write call, so a line is never torn)."""
+    def append_jsonl(self, name: str, entry: dict) -> None:
+        """Append one JSON line to a study log (one write call, so a line is never torn)."""
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"at": utc_now(), **entry}) + "\n"
-        with open(self.root / "failures.jsonl", "a", encoding="utf-8") as fh:
+        with open(self.root / name, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
 
-    def failures(self) -> list[dict]:
-        p = self.root / "failures.jsonl"
+    def read_jsonl(self, name: str) -> list[dict]:
+        p = self.root / name
         if not p.is_file():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def log_failure(self, entry: dict) -> None:
+        self.append_jsonl("failures.jsonl", entry)
+
+    def failures(self) -> list[dict]:
+        return self.read_jsonl("failures.jsonl")
 
     def run_docs(self, cell_rel_dir: Path) -> list[tuple[Path, dict]]:
         out = []

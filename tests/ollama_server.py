@@ -54,10 +54,13 @@ class FakeOllama:
                  models: list[str] | None = None, shared_lock: threading.Lock | None = None,
                  version: str = "0.12.6", text_in_final: bool = False, max_gpu_layers: int | None = None,
                  oom_error: str = CUDA_OOM, oom_midstream: bool = False, cut_after: int | None = None,
-                 cut_nth: int = 1):
+                 cut_nth: int = 1, slow_from_model: str | None = None, slow_factor: float = 1.0):
         self.token_s, self.prompt_token_s, self.load_s = token_s, prompt_token_s, load_s
         self.max_gpu_layers, self.oom_error, self.oom_midstream = max_gpu_layers, oom_error, oom_midstream
         self.cut_after, self.cut_nth = cut_after, cut_nth
+        # a host that slows down mid-study: from the first request for this model on, every token
+        # takes slow_factor times longer (the drift guard must see it)
+        self.slow_from_model, self.slow_factor = slow_from_model, slow_factor
         self.per_runner: dict[tuple, int] = {}  # chat requests per (model, runner options)
         self.cuts = 0
         self.models = models or list(DEFAULT_MODELS)
@@ -156,6 +159,9 @@ class FakeOllama:
                 except ValueError as exc:
                     return self._json(400, {"error": str(exc)})
                 server.requests.append({"path": self.path, **req})
+                if self.path == "/api/chat" and server.slow_from_model and req.get("model") == server.slow_from_model:
+                    server.token_s *= server.slow_factor
+                    server.slow_from_model = None
                 if self.path == "/api/show":
                     name = server._resolve(req.get("model", ""))
                     if not name:

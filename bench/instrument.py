@@ -1,0 +1,197 @@
+"""The study measures its own instrument, so a reader can tell a model effect from the host or
+the harness (formulas in bench/metrics.py, level "instrument").
+
+- Client cost per run: `CpuMeter` reads the process's own CPU, its children's CPU (the Rust agent
+  runs as a child), /proc/stat and the wall clock before and after a run; `client_block()` is the
+  run's `client_cost` block in metrics.json.
+- Drift guard: `run_probe()` makes a fixed reference call set (the single agent's analysis prompt
+  on the baseline model with the server defaults, each call with its own prompt nonce); the runner
+  makes it at the start, between models and at the end, into probes.jsonl. `drift_rows()` shows
+  the trend and flags a drift beyond the profile's threshold.
+- Study overhead: the runner's timeline.jsonl (one line per switch, warmup, probe, idle baseline
+  and run, with its duration) against the runs' measured time: `overhead_rows()`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import metrics
+from bench.clients import CallContext, RequestRecord, StreamingClient
+from bench.workload import Workload, prompt_nonce
+
+PROBE_CALLS = 3
+PROBE_TOKENS = 32
+TIMELINE = "timeline.jsonl"
+PROBES = "probes.jsonl"
+
+
+def _proc_stat() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores; (0, 0) where /proc/stat is missing."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    wall_ns: int
+    self_cpu_s: float
+    children_cpu_s: float
+    busy_jiffies: int
+    total_jiffies: int
+
+
+def snapshot() -> CpuSnapshot:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy, total = _proc_stat()
+    return CpuSnapshot(time.perf_counter_ns(), me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime,
+                       busy, total)
+
+
+# Where each language's client CPU comes from (a Rust agent in a container is not our child:
+# `docker run` is, and the agent's CPU is then not visible here).
+CLIENT_CPU_SOURCE = {
+    "python": "the Python process (getrusage self): agents, runner and samplers",
+    "rust": "the tr116-agent process (getrusage children, waited for)",
+    "rust-container": "the docker CLI only (the agent runs under containerd): not the agent's CPU",
+}
+
+
+def client_block(before: CpuSnapshot, after: CpuSnapshot, source: str) -> dict:
+    """The run's `client_cost` block: the client's CPU, its share of a core, and the host's load."""
+    wall_s = (after.wall_ns - before.wall_ns) / metrics.NS_PER_S
+    cpu_s = (after.children_cpu_s - before.children_cpu_s if source.startswith("rust")
+             else after.self_cpu_s - before.self_cpu_s)
+    if source == "rust-container":
+        cpu_s = None
+    return {"cpu_source": CLIENT_CPU_SOURCE[source], "wall_s": wall_s, "client_cpu_s": cpu_s,
+            "client_cpu_share": metrics.client_cpu_share(cpu_s, wall_s),
+            "host_busy_pct": metrics.host_busy_pct(after.busy_jiffies - before.busy_jiffies,
+                                                   after.total_jiffies - before.total_jiffies),
+            "host_cores": os.cpu_count()}
+
+
+def run_probe(client: StreamingClient, model: str, workload: Workload, key: str, *,
+              options: dict) -> list[RequestRecord]:
+    """The reference call set: PROBE_CALLS calls of the single agent's analysis prompt, each with
+    its own nonce (no prefix-cache hit), after one uncounted call that loads the model."""
+    records = []
+    for i in range(PROBE_CALLS + 1):
+        nonce = prompt_nonce(key, "single", "analysis", "probe", i + 1)
+        ctx = CallContext("single", "analysis", "probe", time.perf_counter_ns(), nonce)
+        rec = client.chat(model, workload.messages("single", "analysis", nonce), options, ctx)
+        if i:
+            records.append(rec)
+    return records
+
+
+def probe_entry(label: str, model: str, records: list[RequestRecord]) -> dict:
+    """One line of probes.jsonl: the probe's median rates and its requests."""
+    def med(values):
+        vals = [v for v in values if v is not None]
+        return statistics.median(vals) if vals else None
+
+    return {"label": label, "model": model,
+            "decode_tps": med(r.decode_tps_server for r in records),
+            "decode_tps_client": med(r.decode_tps_client for r in records),
+            "ttft_ms": med(r.ttft_ms for r in records),
+            "requests": [r.to_json() for r in records]}
+
+
+def drift_rows(probes: list[dict], threshold_pct: float) -> list[dict]:
+    """Each probe against the study's first: drift_pct of the engine's and the client's decode
+    rate and of TTFT; `flag` when the decode rate moved beyond the threshold."""
+    probes = [p for p in probes if p.get("decode_tps") is not None]  # a failed probe has none
+    if not probes:
+        return []
+    first = probes[0]
+    rows = []
+    for p in probes:
+        d = metrics.drift_pct(p["decode_tps"], first["decode_tps"])
+        rows.append({"probe": p["label"], "at": p.get("at"), "decode_tps": p["decode_tps"],
+                     "decode_tps_client": p["decode_tps_client"], "ttft_ms": p["ttft_ms"], "drift_pct": d,
+                     "ttft_drift_pct": metrics.drift_pct(p["ttft_ms"], first["ttft_ms"]),
+                     "flag": d is not None and abs(d) > threshold_pct})
+    return rows
+
+
+def measured_s(doc: dict) -> float:
+    """A run's measured time: single Σ e2e; multi alone times + together wall (study_overhead_ratio)."""
+    m = doc["metrics"]
+    if doc["suite"] == "single":
+        return sum(r["e2e_ms"] for r in doc["requests"]) / 1000.0
+    return m["seq_s"] + m["wall_s"]
+
+
+def overhead_rows(events: list[dict]) -> tuple[float | None, list[dict]]:
+    """The study's overhead ratio and where the time went, from timeline.jsonl (each event has its
+    start `t_s` on the runner's clock and its `duration_s`): Σ duration per event kind; a run's
+    own overhead (process spawn, bookkeeping) is its duration minus its measured time; what no
+    event covers is 'other'. Wall time: first event start to last event end."""
+    if not events:
+        return None, []
+    wall = max(e["t_s"] + e["duration_s"] for e in events) - min(e["t_s"] for e in events)
+    by_kind: dict[str, float] = {}
+    measured = 0.0
+    for e in events:
+        by_kind[e["event"]] = by_kind.get(e["event"], 0.0) + e["duration_s"]
+        if e["event"] == "run":
+            measured += e.get("measured_s") or 0.0
+    parts = [("measured requests", measured)]
+    if "run" in by_kind:
+        parts.append(("inside runs, not measured (process spawn, bookkeeping)", by_kind.pop("run") - measured))
+    parts += sorted(by_kind.items(), key=lambda kv: -kv[1])
+    parts.append(("other (between events)", wall - sum(e["duration_s"] for e in events)))
+    rows = [{"part": name, "seconds": secs, "share_pct": secs / wall * 100 if wall else None} for name, secs in parts]
+    return metrics.study_overhead_ratio(wall, measured), rows
+
+
+class Timeline:
+    """The runner's events in timeline.jsonl: what each part of the study cost, in wall time.
+    `t_s` is the Unix time at the event's start (bookkeeping only, never a measurement); the
+    duration comes from the monotonic clock."""
+
+    def __init__(self, store, invocation: str):
+        self.store, self.invocation = store, invocation
+
+    @contextmanager
+    def event(self, kind: str, **fields):
+        t_s, t0 = time.time(), time.perf_counter()
+        extra: dict = {}
+        try:
+            yield extra  # the caller may add fields (a run's measured time)
+        finally:
+            self.store.append_jsonl(TIMELINE, {"event": kind, "invocation": self.invocation, "t_s": t_s,
+                                               "duration_s": time.perf_counter() - t0, **fields, **extra})
+
+
+def study_overhead(events: list[dict]) -> tuple[float | None, list[dict]]:
+    """overhead_rows() over a study that several `bench` calls filled: the time between two
+    calls belongs to no call, so each call's wall time counts on its own."""
+    calls: dict[str, list[dict]] = {}
+    for e in events:
+        calls.setdefault(e.get("invocation", ""), []).append(e)
+    if not calls:
+        return None, []
+    totals: dict[str, float] = {}
+    measured = wall = 0.0
+    for group in calls.values():
+        ratio, rows = overhead_rows(group)
+        for r in rows:
+            totals[r["part"]] = totals.get(r["part"], 0.0) + r["seconds"]
+        measured += next(r["seconds"] for r in rows if r["part"] == "measured requests")
+        wall += sum(r["seconds"] for r in rows)
+    rows = [{"part": k, "seconds": v, "share_pct": v / wall * 100 if wall else None} for k, v in totals.items()]
+    return metrics.study_overhead_ratio(wall, measured), rows

@@ -1,0 +1,129 @@
+"""The instrument's own measurements: client CPU, host load, drift and study overhead, on
+scripted values and on real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench import instrument
+from bench.instrument import CpuSnapshot
+
+
+def test_client_block_counts_the_right_process():
+    before = CpuSnapshot(wall_ns=0, self_cpu_s=1.0, children_cpu_s=5.0, busy_jiffies=100, total_jiffies=1000)
+    after = CpuSnapshot(wall_ns=4_000_000_000, self_cpu_s=1.5, children_cpu_s=6.0, busy_jiffies=700,
+                        total_jiffies=1800)
+    py = instrument.client_block(before, after, "python")
+    assert py["wall_s"] == 4.0 and py["client_cpu_s"] == 0.5 and py["client_cpu_share"] == 0.125
+    assert py["host_busy_pct"] == pytest.approx(600 / 800 * 100)
+    rs = instrument.client_block(before, after, "rust")
+    assert rs["client_cpu_s"] == 1.0 and rs["client_cpu_share"] == 0.25
+    boxed = instrument.client_block(before, after, "rust-container")
+    assert boxed["client_cpu_s"] is None and "not the agent's CPU" in boxed["cpu_source"]
+
+
+def test_snapshots_see_own_and_child_cpu():
+    a = instrument.snapshot()
+    sum(i * i for i in range(3_000_000))  # burn some CPU in this process
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    b = instrument.snapshot()
+    assert b.self_cpu_s > a.self_cpu_s and b.children_cpu_s > a.children_cpu_s
+    assert b.total_jiffies >= a.total_jiffies and b.busy_jiffies >= a.busy_jiffies
+
+
+def probe(label, tps, ttft=1000.0):
+    return {"label": label, "model": "m", "decode_tps": tps, "decode_tps_client": tps * 0.95, "ttft_ms": ttft}
+
+
+def test_drift_flags_a_host_that_slowed_and_not_one_that_held():
+    steady = instrument.drift_rows([probe("start", 80.0), probe("after gemma", 79.0), probe("end", 80.6)], 5.0)
+    assert [r["flag"] for r in steady] == [False, False, False]
+    slowed = instrument.drift_rows([probe("start", 79.5), probe("after gemma", 76.0), probe("end", 71.3)], 5.0)
+    assert [r["flag"] for r in slowed] == [False, False, True]
+    assert slowed[-1]["drift_pct"] == pytest.approx((71.3 / 79.5 - 1) * 100)
+    assert instrument.drift_rows([], 5.0) == []
+
+
+def test_overhead_ratio_and_where_the_time_went():
+    events = [
+        {"event": "switch", "t_s": 0.0, "duration_s": 2.0},
+        {"event": "warmup", "t_s": 2.0, "duration_s": 3.0},
+        {"event": "run", "t_s": 5.0, "duration_s": 10.0, "measured_s": 9.0},
+        {"event": "run", "t_s": 15.0, "duration_s": 10.0, "measured_s": 8.0},
+        {"event": "probe", "t_s": 26.0, "duration_s": 4.0},  # 1 s between the last run and the probe
+    ]
+    ratio, rows = instrument.overhead_rows(events)
+    assert ratio == pytest.approx(30.0 / 17.0)
+    parts = {r["part"]: r["seconds"] for r in rows}
+    assert parts["measured requests"] == 17.0
+    assert parts["inside runs, not measured (process spawn, bookkeeping)"] == 3.0
+    assert parts["warmup"] == 3.0 and parts["switch"] == 2.0 and parts["probe"] == 4.0
+    assert parts["other (between events)"] == pytest.approx(1.0)
+    assert sum(parts.values()) == pytest.approx(30.0)
+
+
+def _study(tmp_path, name: str, slow_factor: float) -> list[dict]:
+    """Two models, single suite, on two test servers whose tokens slow by `slow_factor` from the
+    second model's first request on (the host slowing mid-study); the drift table that results."""
+    from bench.analysis import load_tables
+    from bench.plan import build_plan
+    from bench.profile import load_profile
+    from bench.runner import run_matrix
+    from bench.runtimes import create_runtime
+    from bench.store import Store
+    from conftest import smoke_variant
+    from ollama_server import FakeOllama
+
+    kw = dict(token_s=0.01, slow_from_model="qwen2.5:7b", slow_factor=slow_factor)
+    with FakeOllama(**kw) as a, FakeOllama(**kw) as b:
+        def mutate(d):
+            d["runtime"] = {"kind": "external", "endpoints": [{"name": "a", "url": a.url, "api": "ollama"},
+                                                              {"name": "b", "url": b.url, "api": "ollama"}]}
+            d["models"] = [{"name": "gemma3:latest", "baseline": True}, {"name": "qwen2.5:7b"}]
+            d["workload"].update(num_predict=8, ignore_eos=False)
+            d["study"] = name
+        loaded = load_profile(smoke_variant(tmp_path, mutate, name=f"{name}.yaml"))
+        store = Store(name)
+        run_matrix(loaded, build_plan(loaded.profile), create_runtime(loaded.profile), store, progress=False)
+    return instrument.drift_rows(load_tables(store).probes, loaded.profile.instrument.drift_threshold_pct)
+
+
+def test_a_server_that_slows_mid_study_is_flagged_and_a_steady_one_is_not(tmp_path, results_dir):
+    slowed = _study(tmp_path, "slowed", slow_factor=1.5)
+    assert [r["probe"] for r in slowed] == ["start", "after gemma3:latest", "end"]
+    assert [r["flag"] for r in slowed] == [False, False, True]
+    assert slowed[-1]["drift_pct"] < -20  # tokens 1.5× slower: the rate falls by a third
+    steady = _study(tmp_path, "steady", slow_factor=1.0)
+    assert not any(r["flag"] for r in steady)
+
+
+def test_the_client_cpu_rule_explains_a_language_effect_on_a_short_host():
+    """Recorded per-run values from the smoke study on 2 cores (2 servers + 2 clients need 4): the
+    Python client used more CPU and its speedup is lower, so the rule names client CPU."""
+    import pandas as pd
+
+    from bench.analysis import client_cpu_explains
+
+    rows = [{"suite": "multi", "lang": lang, "speedup": s, "client_cpu_share": c, "host_cores": 2}
+            for lang, s, c in [("python", 1.84, 0.21), ("python", 1.88, 0.20), ("python", 1.86, 0.22),
+                               ("rust", 1.97, 0.04), ("rust", 1.95, 0.05), ("rust", 1.96, 0.04)]]
+    runs = pd.DataFrame(rows)
+    why = client_cpu_explains(runs, "multi", "speedup")
+    assert why and why.startswith("python's client used 0.17 more cores than rust's on a 2-core host that needs 4")
+    # enough cores for every server and client: the rule does not apply
+    assert client_cpu_explains(runs.assign(host_cores=8), "multi", "speedup") is None
+    # the costlier client is not the slower one: no explanation by CPU
+    assert client_cpu_explains(runs.assign(speedup=runs["speedup"][::-1].values), "multi", "speedup") is None
+
+
+def test_reproduce_reads_the_probes_first():
+    from bench.reproduce import host_verdict
+
+    old = [probe("start", 79.5), probe("end", 79.0)]
+    assert "the host changed" in host_verdict(old, [probe("start", 71.3)], 5.0)["verdict"]
+    held = host_verdict(old, [{"label": "start", "error": "x"}, probe("start", 78.9)], 5.0)
+    assert "the host held" in held["verdict"] and held["drift_pct"] == pytest.approx((78.9 / 79.5 - 1) * 100)
+    assert host_verdict([], old, 5.0)["drift_pct"] is None
