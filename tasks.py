@@ -148,6 +148,23 @@ def down(c, profile="auto"):
     print(f"down: {runtime.kind} runtime stopped")
 
 
+@task(help={"profile": PROFILE_HELP, "images": "also remove the local images (scripts/build-images.sh remove)"})
+@_friendly
+def clean(c, profile="auto", images=False):
+    """Docker runtime: remove the model volume (and with --images the local images). Refuses while
+    the containers run, so it never pulls them from under a study: `invoke down` first."""
+    from bench.errors import BenchError
+    from bench.runtimes import DockerRuntime, create_runtime
+
+    loaded = _load(profile)
+    runtime = create_runtime(loaded.profile)
+    if not isinstance(runtime, DockerRuntime):
+        raise BenchError(f"clean removes the docker runtime's volume and images; the {runtime.kind} runtime "
+                         f"has neither")
+    for what in runtime.clean(images=images):
+        print(f"clean: removed {what}")
+
+
 @task(name="plan", help=FILTER_HELP)
 @_friendly
 def plan_(c, profile="auto", runs=None, models=None, langs=None, suites=None):
