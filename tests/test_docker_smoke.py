@@ -29,7 +29,7 @@ from bench.store import schema_errors
 from conftest import REPO, invoke, smoke_variant
 from docker_env import compose_cli, docker_client
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.ollama]  # the local Ollama image and the GGUF models
 LABEL = "com.docker.compose.project"
 
 
@@ -119,7 +119,7 @@ def test_docker_smoke_cycle(engine, project, tmp_path, results_dir):
     unloads = runtime["unloads"]
     assert {u["endpoint"] for u in unloads} == {"collector", "insight"}, unloads
     for u in unloads:
-        assert u["before"] not in u["unloaded"] and all(n in (u["before"], f"{u['before']}:latest")
+        assert u["next_model"] not in u["unloaded"] and all(n in (u["next_model"], f"{u['next_model']}:latest")
                                                         for n in u["ps_after"]), u
 
     out = _ok(invoke("clean", "--profile", path, results=results_dir), "clean")

@@ -116,7 +116,7 @@ class OllamaEndpoints:
             if stale:
                 raise RequestError("oom", f"models still loaded after unload: {stale}", api.url)
             if unloaded:
-                self.unloads.append({"endpoint": name, "before": keep, "unloaded": unloaded, "ps_after": listed})
+                self.unloads.append({"endpoint": name, "next_model": keep, "unloaded": unloaded, "ps_after": listed})
                 log.info("%s: unloaded %s (keep_alive 0); /api/ps now lists %s", name, ", ".join(unloaded),
                          listed or "nothing")
 
