@@ -45,7 +45,8 @@ log = logging.getLogger("bench")
 CommandRunner = Callable[..., subprocess.CompletedProcess]
 SERVICES = ("ollama-a", "ollama-b")  # compose.yaml's services, in endpoint order
 CPU_OVERRIDE = "compose.cpu.yaml"
-LOG_TAIL_LINES = 20
+LOG_TAIL_LINES = 20  # in failures.jsonl
+LOG_COPY_LINES = 20000  # copied to results/<study>/logs/: a long study's request lines stay bounded
 # Container environment that changes results: the server's settings and the Go runtime's.
 RESULT_ENV_PREFIXES = ("OLLAMA_", "GO", "CUDA_", "NVIDIA_")
 
@@ -149,14 +150,18 @@ class DockerRuntime(OllamaEndpoints):
                 print(f"up: the {what} image did not build:\n{out}")
 
     def _check_ports(self) -> None:
-        taken = [(svc, ep) for svc, ep in self.services.items()
-                 if not port_is_free(self.profile.runtime.host, int(ep.url.rsplit(":", 1)[1]))]
+        host = self.profile.runtime.host
+        taken = [f"{host}:{e.port} ({svc}) is taken by {port_owner(e.port) or 'another process'}"
+                 for svc, e in zip(SERVICES, self.profile.runtime.endpoints) if not port_is_free(host, e.port)]
         if taken:
-            who = "; ".join(f"{ep.url} ({svc}) is taken by {port_owner(int(ep.url.rsplit(':', 1)[1])) or 'another process'}"
-                            for svc, ep in taken)
-            raise BenchError(f"cannot start the containers: {who}. Stop it, or give the profile other ports")
+            raise BenchError(f"cannot start the containers: {'; '.join(taken)}. Stop it, or give the profile "
+                             f"other ports")
 
     def up(self) -> None:
+        info = self._run(["docker", "info", "--format", "{{.ServerVersion}}"])
+        if info.returncode != 0:
+            raise BenchError(f"no Docker engine answers ({(info.stderr or info.stdout).strip()[-300:]}); start one "
+                             f"(where there is none: bash scripts/docker-host.sh up)")
         if not self.is_running():
             self._check_ports()
         self._build_images()
@@ -237,7 +242,7 @@ class DockerRuntime(OllamaEndpoints):
                 entry.update(status=state.get("Status"), oom_killed=state.get("OOMKilled"),
                              restart_count=c.attrs.get("RestartCount"),
                              memory_limit=c.attrs.get("HostConfig", {}).get("Memory") or None)
-                text = c.logs().decode(errors="replace")
+                text = c.logs(tail=LOG_COPY_LINES).decode(errors="replace")
                 path = log_dir / f"{service}-{stamp}.log"
                 path.write_text(text)
                 entry["log"] = str(path.relative_to(study_dir))
