@@ -68,7 +68,19 @@ def _plan(loaded, models, langs, suites, runs):
     return plan
 
 
-PROFILE_HELP = "auto (default), smoke, tr116, or a path to a profile YAML"
+def _line_profile(argv: list[str]) -> str:
+    """The --profile of the whole command line. invoke binds a flag to the task just before it, so
+    in `invoke up bench report down --profile docker-smoke` only `down` would get it and the others
+    would run `auto`. A --profile given once (or always the same) is therefore every task's
+    default; a task's own --profile still wins, and different ones leave the default at auto."""
+    given = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--profile", "-p")}
+    given |= {a.split("=", 1)[1] for a in argv if a.startswith(("--profile=", "-p="))}
+    return given.pop() if len(given) == 1 else "auto"
+
+
+LINE_PROFILE = _line_profile(sys.argv[1:])
+PROFILE_HELP = ("auto (default), smoke, docker-smoke, tr116, or a path to a profile YAML; given once, it "
+                "applies to every task on the command line")
 FILTER_HELP = {"profile": PROFILE_HELP, "runs": "runs per config (overrides the profile, e.g. 3)",
                "models": "comma-separated subset of the profile's models",
                "langs": "python,rust subset", "suites": "single,multi subset"}
@@ -76,7 +88,7 @@ FILTER_HELP = {"profile": PROFILE_HELP, "runs": "runs per config (overrides the 
 
 @task(help={"profile": PROFILE_HELP})
 @_friendly
-def up(c, profile="auto"):
+def up(c, profile=LINE_PROFILE):
     """Bring up the two inference servers (and the Rust agent image where Docker is usable)."""
     from bench.runtimes import create_runtime
 
@@ -91,7 +103,7 @@ def up(c, profile="auto"):
 
 @task(help=FILTER_HELP | {"no_progress": "hide the progress bar"})
 @_friendly
-def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no_progress=False):
+def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None, no_progress=False):
     """Run the benchmark matrix (resumes an interrupted study; finished runs are kept)."""
     from bench import manifest
     from bench.runtimes import create_runtime
@@ -140,7 +152,7 @@ def bench(c, profile="auto", runs=None, models=None, langs=None, suites=None, no
 
 @task(help={"profile": PROFILE_HELP})
 @_friendly
-def report(c, profile="auto"):
+def report(c, profile=LINE_PROFILE):
     """Write summaries, tables, plots and Technical_Report_116.md from the stored results."""
     from bench.report import write_report
 
@@ -151,7 +163,7 @@ def report(c, profile="auto"):
 
 @task(help={"profile": PROFILE_HELP})
 @_friendly
-def down(c, profile="auto"):
+def down(c, profile=LINE_PROFILE):
     """Stop the inference servers and clean up (no process is left behind)."""
     from bench.runtimes import create_runtime
 
@@ -161,9 +173,26 @@ def down(c, profile="auto"):
     print(f"down: {runtime.kind} runtime stopped")
 
 
+@task(help={"profile": PROFILE_HELP, "images": "also remove the local images (scripts/build-images.sh remove)"})
+@_friendly
+def clean(c, profile=LINE_PROFILE, images=False):
+    """Docker runtime: remove the model volume (and with --images the local images). Refuses while
+    the containers run, so it never pulls them from under a study: `invoke down` first."""
+    from bench.errors import BenchError
+    from bench.runtimes import DockerRuntime, create_runtime
+
+    loaded = _load(profile)
+    runtime = create_runtime(loaded.profile)
+    if not isinstance(runtime, DockerRuntime):
+        raise BenchError(f"clean removes the docker runtime's volume and images; the {runtime.kind} runtime "
+                         f"has neither")
+    for what in runtime.clean(images=images):
+        print(f"clean: removed {what}")
+
+
 @task(name="plan", help=FILTER_HELP)
 @_friendly
-def plan_(c, profile="auto", runs=None, models=None, langs=None, suites=None):
+def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None):
     """Dry run: print the matrix, the run count and an ETA; starts nothing."""
     import pandas as pd
 
@@ -203,7 +232,7 @@ def build_rust(c):
 @task(name="bench-clients", help={"profile": PROFILE_HELP, "requests": "requests per client and protocol",
                                   "tokens": "tokens per request (unpaced)", "pace": "paced rate for the skew check"})
 @_friendly
-def bench_clients(c, profile="auto", requests=5, tokens=20000, pace=20000):
+def bench_clients(c, profile=LINE_PROFILE, requests=5, tokens=20000, pace=20000):
     """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs the engine's own rate."""
     from bench import overhead
     from bench.runtimes import create_runtime
@@ -240,7 +269,7 @@ def test(c, fast=False):
 
 @task(help={"profile": PROFILE_HELP})
 @_friendly
-def validate(c, profile="auto"):
+def validate(c, profile=LINE_PROFILE):
     """Check a study: schema of every metrics.json, run counts per config, summaries; lists outlier flags."""
     from bench.validate import validate_study
 

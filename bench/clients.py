@@ -312,9 +312,8 @@ class StreamingClient:
                 raise self._error_from_response(resp)
             try:
                 stamps, texts, t_done = time_stream(resp.iter_lines(chunk_size=None), parser, self.clock)
-            except RequestError as exc:
-                exc.endpoint = self.base_url
-                raise
+            except RequestError as exc:  # an error line in the stream: say which server sent it
+                raise RequestError(exc.kind, exc.detail, self.base_url) from None
             except requests.exceptions.ChunkedEncodingError as exc:  # the connection closed mid-body
                 raise RequestError("stream_cut", f"stream broke: {exc}", self.base_url) from None
             except requests.Timeout:

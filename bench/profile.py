@@ -55,6 +55,9 @@ class RuntimeSpec(Strict):
     compose_file: str = "compose.yaml"
     compose_overrides: list[str] = Field(default_factory=list,
                                          description="docker: compose files layered over compose_file")
+    compose_project: str = Field("tr116", pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                                 description="docker: the Compose project name (containers, network and the "
+                                             "model volume <project>_ollama-models)")
 
     @model_validator(mode="after")
     def _two_distinct_endpoints(self):

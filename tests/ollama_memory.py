@@ -83,14 +83,13 @@ def _free_port() -> int:
 
 
 def oom_kills(container) -> int:
-    """The container's cgroup oom_kill counter (cgroup v1 memory.oom_control, or v2 memory.events)."""
-    for path, key in (("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-                      ("/sys/fs/cgroup/memory.events", "oom_kill")):
-        res = container.exec_run(["cat", path])
-        if res.exit_code == 0:
-            fields = dict(line.split() for line in res.output.decode().splitlines() if line.strip())
-            return int(fields[key])
-    raise RuntimeError("no cgroup memory counters visible in the container")
+    """The container's cgroup oom_kill counter, as the docker runtime reads it for failures.jsonl."""
+    from bench.runtimes.docker import cgroup_oom_kills
+
+    count = cgroup_oom_kills(container)
+    if count is None:
+        raise RuntimeError("no cgroup memory counters visible in the container")
+    return count
 
 
 @contextlib.contextmanager

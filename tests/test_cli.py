@@ -65,3 +65,18 @@ def test_readme_defines_every_metric():
     readme = (REPO / "README.md").read_text()
     missing = [d.name for d in metrics.definitions() if f"`{d.name}`" not in readme]
     assert not missing, f"README's metric table lacks {missing}"
+
+
+def test_one_profile_flag_applies_to_every_task_on_the_line(tmp_path):
+    """`invoke up bench report down --profile X`: invoke binds the flag to `down` alone; the tasks
+    take it as every task's default, so `validate` here checks study `test`, not the auto pick."""
+    import tasks
+
+    assert tasks._line_profile(["up", "bench", "down", "--profile", "docker-smoke"]) == "docker-smoke"
+    assert tasks._line_profile(["up", "-p", "a.yaml", "down", "--profile=a.yaml"]) == "a.yaml"
+    assert tasks._line_profile(["up", "--profile", "smoke", "down", "--profile", "tr116"]) == "auto"
+    assert tasks._line_profile(["up", "bench"]) == "auto"
+    path = smoke_variant(tmp_path)
+    proc = invoke("validate", "plan", "--profile", str(path), results=tmp_path / "r", timeout=60)
+    assert_clean_failure(proc, f"profile: test ({path})", "study")
+    assert "profile: smoke" not in proc.stdout

@@ -9,8 +9,9 @@ import types
 import pytest
 import requests
 
-from bench.runtimes import DockerRuntime
 from bench.errors import BenchError
+from bench.paths import REPO_ROOT
+from bench.runtimes import DockerRuntime
 from bench.profile import builtin_profiles, load_profile
 from ollama_server import FakeOllama
 
@@ -18,13 +19,17 @@ from ollama_server import FakeOllama
 class RecordedDocker:
     def __init__(self, fail_on: str | None = None):
         self.calls: list[list[str]] = []
+        self.envs: list[dict | None] = []
         self.fail_on = fail_on
 
-    def __call__(self, cmd):
+    def __call__(self, cmd, env=None):
         self.calls.append(cmd)
+        self.envs.append(env)
         if self.fail_on and self.fail_on in cmd:
             return subprocess.CompletedProcess(cmd, 1, "", "Error response from daemon: could not select device "
                                                             "driver \"nvidia\" with capabilities: [[gpu]]")
+        if cmd[-2:] == ["running", "--quiet"]:  # `compose ps`: the test servers stand in for the containers
+            return subprocess.CompletedProcess(cmd, 0, "c1\nc2\n", "")
         if cmd[-3:] == ["ps", "--format", "json"]:
             return subprocess.CompletedProcess(cmd, 0, '{"ID":"c1","Service":"ollama-a","Image":"ollama/ollama:0.12.6",'
                                                        '"Publishers":[{"PublishedPort":11434}]}\n', "")
@@ -47,9 +52,15 @@ def test_up_starts_compose_builds_image_and_pulls_models(tr116_on_test_servers):
     docker = RecordedDocker()
     runtime = DockerRuntime(profile, run=docker)
     runtime.up()
-    assert docker.calls[0][:2] == ["docker", "compose"] and "up" in docker.calls[0] and "--wait" in docker.calls[0]
-    assert docker.calls[0][3].endswith("compose.yaml")
-    assert docker.calls[1][:2] == ["docker", "build"] and "docker/Dockerfile.rust-agents" in docker.calls[1]
+    build, up = (i for i, c in enumerate(docker.calls) if c[1] == "build" or "up" in c)
+    assert build < up, "the images come first"
+    assert docker.calls[build][:2] == ["docker", "build"] and "docker/Dockerfile.rust-agents" in docker.calls[build]
+    cmd = docker.calls[up]
+    assert cmd[:4] == ["docker", "compose", "--project-name", "tr116"] and "--wait" in cmd
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "-f"] == [str(REPO_ROOT / "compose.yaml")]  # no override
+    env = docker.envs[up]
+    assert (env["TR116_PORT_A"], env["TR116_PORT_B"]) == (a.url.rsplit(":", 1)[1], b.url.rsplit(":", 1)[1])
+    assert env["TR116_CONTEXT_LENGTH"] == "4096" and env["TR116_NUM_PARALLEL"] == "1"
     pulls = [r["model"] for r in a.requests if r["path"] == "/api/pull"]
     # pulled once, through the first instance; the model already in the volume is not pulled again
     assert pulls == [m.name for m in profile.models if m.name != "gemma3:latest"]
@@ -98,10 +109,12 @@ class RecordedEngine:
         @staticmethod
         def get(container_id):
             assert container_id == "c1"
-            image = types.SimpleNamespace(id="sha256:feedbeef",
+            image = types.SimpleNamespace(id="sha256:feedbeef", tags=["ollama/ollama:0.12.6"], labels={},
                                           attrs={"RepoDigests": ["ollama/ollama@sha256:0123"]})
-            return types.SimpleNamespace(image=image, attrs={
-                "Config": {"Env": ["OLLAMA_NUM_PARALLEL=1", "PATH=/usr/bin"]}, "HostConfig": {"Memory": 0}})
+            return types.SimpleNamespace(name="tr116-ollama-a-1", image=image, attrs={
+                "Config": {"Env": ["OLLAMA_NUM_PARALLEL=1", "PATH=/usr/bin", "GOGC=off"]},
+                "HostConfig": {"Memory": 0, "DeviceRequests": [{"Driver": "nvidia", "DeviceIDs": ["0"]}]},
+                "NetworkSettings": {"Ports": {"11434/tcp": [{"HostIp": "127.0.0.1", "HostPort": "11434"}]}}})
 
 
 def test_describe_records_images_and_versions(tr116_on_test_servers, monkeypatch):
@@ -111,5 +124,48 @@ def test_describe_records_images_and_versions(tr116_on_test_servers, monkeypatch
     assert info["kind"] == "docker"
     c = info["containers"][0]
     assert c["image_id"] == "sha256:feedbeef" and c["image_digests"] == ["ollama/ollama@sha256:0123"]
-    assert c["env"] == ["OLLAMA_NUM_PARALLEL=1"]
+    assert c["env"] == ["GOGC=off", "OLLAMA_NUM_PARALLEL=1"]  # what changes results, not PATH
+    assert c["published_ports"] == {"11434/tcp": ["127.0.0.1:11434"]} and c["endpoint"] == "collector"
+    assert c["device_requests"][0]["Driver"] == "nvidia"
     assert info["ollama_version"] == {"collector": "0.12.6", "insight": "0.12.6"}
+
+
+class StoppedDocker(RecordedDocker):
+    """No container runs until `compose up`; `compose down` removes them again."""
+
+    def __init__(self):
+        super().__init__()
+        self.running = False
+
+    def __call__(self, cmd, env=None):
+        if "up" in cmd:
+            self.running = True
+        if "down" in cmd:
+            self.running = False
+        if cmd[-2:] == ["running", "--quiet"] and not self.running:
+            self.calls.append(cmd)
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return super().__call__(cmd, env)
+
+
+def test_switch_brings_the_containers_up_when_they_are_gone(tr116_on_test_servers, monkeypatch):
+    """A lone `bench`, or the runner's `down` between two load attempts: the next switch starts them."""
+    profile, _, _ = tr116_on_test_servers
+    monkeypatch.setattr("bench.runtimes.docker.port_is_free", lambda host, port: True)  # the test servers hold them
+    docker = StoppedDocker()
+    runtime = DockerRuntime(profile, run=docker)
+    gemma = next(m for m in profile.models if m.name == "gemma3:latest")
+    assert runtime.switch(gemma, {}) is True
+    assert sum("up" in c for c in docker.calls) == 1
+    assert runtime.switch(gemma, {}) is False  # up and serving: nothing to do
+    runtime.down()
+    assert runtime.switch(gemma, {}) is True
+    assert sum("up" in c for c in docker.calls) == 2
+
+
+def test_clean_refuses_while_the_containers_run(tr116_on_test_servers):
+    profile, _, _ = tr116_on_test_servers
+    docker = RecordedDocker()
+    with pytest.raises(BenchError, match="`invoke down` first"):
+        DockerRuntime(profile, run=docker).clean()
+    assert not [c for c in docker.calls if "down" in c]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bench.profile import Profile
 from bench.runtimes.base import Endpoint, Runtime
-from bench.runtimes.docker import DockerRuntime
+from bench.runtimes.docker import DockerRuntime, local_images
 from bench.runtimes.external import ExternalRuntime
 from bench.runtimes.llamacpp import LocalRuntime
 from bench.runtimes.ollama import OllamaRuntime
@@ -30,4 +30,4 @@ def engines_for(profile: Profile) -> list[str]:
     built Ollama only for its CPU override image; on a GPU host the image comes from a registry."""
     spec = profile.runtime
     return {"local": ["llamacpp"], "ollama": ["ollama"], "external": [],
-            "docker": ["ollama"] if spec.compose_overrides else []}[spec.kind]
+            "docker": ["ollama"] if local_images(spec) else []}[spec.kind]

@@ -1,31 +1,95 @@
-"""The docker runtime: two Ollama containers from compose.yaml (ports 11434/11435).
+"""The docker runtime: two Ollama containers from compose.yaml, services `ollama-a` (the first
+endpoint, collector) and `ollama-b` (the second, insight), sharing one model volume.
 
-`up` starts them with `docker compose up --wait` (the compose file gates on each container's
-`ollama list` health check), builds the Rust agent image, and makes the profile's models
-available through the first instance (both mount one model volume). Model switches, unloads and
-placement are the Ollama endpoints' (ollama.py). The lifecycle goes through the Compose CLI: the
-compose file is the product's interface, and the SDK has no Compose; the SDK inspects.
+- `up`: the images first. With compose.cpu.yaml (a host without a GPU or a registry: the
+  docker-smoke profile, CI) `scripts/build-images.sh` builds the local Ollama and Rust agent images;
+  it is cached by content, so when nothing changed it only compares labels (under a second), and
+  when setup rebuilt a binary the containers never run the stale one. On a GPU host the Ollama
+  image comes from the registry and the Rust agent image is built from source (`docker build`).
+  Then `docker compose up --wait` (the compose file gates each container on its `ollama list`
+  health check), and the profile's models through the first instance over HTTP (blob upload and
+  `/api/create`, or `/api/pull`; ollama.py), checked on the second.
+- Model switches, unloads (`keep_alive: 0`, then /api/ps) and placement are the Ollama
+  endpoints' (ollama.py). A switch finds the containers gone (a lone `bench`, or a `down` between
+  load attempts) and brings them up again.
+- `down`: `docker compose down` removes the containers and the network and keeps the model volume;
+  `clean` (invoke clean) removes the volume too, and the local images when asked.
+
+Lifecycle through the Compose CLI, inspection through the docker SDK: the compose file is the
+product's interface (a user runs the same `docker compose` by hand, and `--wait` gates on its
+health checks), and the SDK has no Compose; the SDK is what reads containers and images without
+parsing CLI text: image IDs, digests and labels, the environment that changes results, ports,
+memory limits, logs and the cgroup `oom_kill` counter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
+import time
+from pathlib import Path
 from typing import Callable
 
 from bench import rust
 from bench.errors import BenchError
-from bench.host import docker_engine
-from bench.paths import REPO_ROOT
-from bench.profile import Profile
+from bench.host import docker_engine, port_is_free, port_owner
+from bench.paths import REPO_ROOT, results_root
+from bench.profile import ModelSpec, Profile, RuntimeSpec, ServerConfig
 from bench.runtimes.base import Endpoint
 from bench.runtimes.ollama import OllamaEndpoints
 
-CommandRunner = Callable[[list[str]], subprocess.CompletedProcess]
+log = logging.getLogger("bench")
+
+CommandRunner = Callable[..., subprocess.CompletedProcess]
+SERVICES = ("ollama-a", "ollama-b")  # compose.yaml's services, in endpoint order
+CPU_OVERRIDE = "compose.cpu.yaml"
+LOG_TAIL_LINES = 20  # in failures.jsonl
+LOG_COPY_LINES = 20000  # copied to results/<study>/logs/: a long study's request lines stay bounded
+# Container environment that changes results: the server's settings and the Go runtime's.
+RESULT_ENV_PREFIXES = ("OLLAMA_", "GO", "CUDA_", "NVIDIA_")
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def local_images(spec: RuntimeSpec) -> bool:
+    """Whether the profile runs the locally built images (the CPU override) instead of the registry's."""
+    return any(Path(f).name == CPU_OVERRIDE for f in spec.compose_overrides)
+
+
+def cgroup_oom_kills(container) -> int | None:
+    """The container's cgroup `oom_kill` counter: the number of its processes the kernel killed for
+    memory (cgroup v1 memory.oom_control, v2 memory.events), read inside it and, where that fails,
+    from the host's cgroup tree. `docker inspect`'s OOMKilled stays false when only a child (the
+    Ollama runner) died, so this counter is the sign. None when neither is readable."""
+    inside = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
+    for path in inside:
+        try:
+            res = container.exec_run(["cat", path])
+        except Exception:  # a stopped container, or an image without cat: try the host side
+            break
+        if res.exit_code == 0:
+            return _oom_kill_field(res.output.decode())
+    cid = container.id
+    host = (f"/sys/fs/cgroup/memory/docker/{cid}/memory.oom_control",
+            f"/sys/fs/cgroup/memory/system.slice/docker-{cid}.scope/memory.oom_control",
+            f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.events",
+            f"/sys/fs/cgroup/docker/{cid}/memory.events")
+    for path in host:
+        try:
+            return _oom_kill_field(Path(path).read_text())
+        except OSError:
+            continue
+    return None
+
+
+def _oom_kill_field(text: str) -> int | None:
+    fields = dict(line.split(None, 1) for line in text.splitlines() if line.strip())
+    value = fields.get("oom_kill")
+    return int(value) if value is not None else None
 
 
 class DockerRuntime(OllamaEndpoints):
@@ -35,59 +99,200 @@ class DockerRuntime(OllamaEndpoints):
         spec = profile.runtime
         super().__init__(profile, [Endpoint(e.name, f"http://{spec.host}:{e.port}", e.api) for e in spec.endpoints])
         self.compose_files = [(REPO_ROOT / f).resolve() for f in [spec.compose_file, *spec.compose_overrides]]
+        self.project = spec.compose_project
+        self.local_images = local_images(spec)
+        self.services = dict(zip(SERVICES, self._endpoints))
+        # What compose.yaml reads from the environment, from the profile, so both agree. Threads
+        # are no container setting: the runner sends num_thread (self.threads) with every request.
+        self.compose_env = {
+            "TR116_PORT_A": str(spec.endpoints[0].port), "TR116_PORT_B": str(spec.endpoints[1].port),
+            "TR116_CONTEXT_LENGTH": str(spec.server_defaults.ctx), "TR116_KEEP_ALIVE": spec.keep_alive,
+            "TR116_NUM_PARALLEL": str(spec.num_parallel),
+        }
         self._run = run
+        self._up = False
+        self._log_seq = 0
 
-    def _compose(self, *args: str) -> subprocess.CompletedProcess:
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def _compose_args(self, *args: str) -> list[str]:
+        files = [a for f in self.compose_files for a in ("-f", str(f))]
+        return ["docker", "compose", "--project-name", self.project, *files, *args]
+
+    def _compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         for f in self.compose_files:
             if not f.is_file():
                 raise BenchError(f"compose file not found: {f}")
-        files = [a for f in self.compose_files for a in ("-f", str(f))]
-        proc = self._run(["docker", "compose", *files, *args])
-        if proc.returncode != 0:
+        proc = self._run(self._compose_args(*args), env={**os.environ, **self.compose_env})
+        if check and proc.returncode != 0:
             raise BenchError(f"`docker compose {' '.join(args)}` failed (exit {proc.returncode}):\n"
                              f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
         return proc
 
+    def _build_images(self) -> None:
+        """The images `up` needs (see the module docstring). Without the Rust agent image the
+        Python suites still run; the runner records the Rust suites as skipped with the reason."""
+        if self.local_images:
+            steps = [("ollama", ["bash", "scripts/build-images.sh", "ollama"], True),
+                     ("rust", ["bash", "scripts/build-images.sh", "rust"], False)]
+        else:
+            steps = [("rust", ["docker", "build", "-f", "docker/Dockerfile.rust-agents", "-t", rust.IMAGE,
+                               "rust-agents"], False)]
+        for what, cmd, required in steps:
+            t0 = time.perf_counter()
+            proc = self._run(cmd)
+            out = (proc.stderr or proc.stdout or "").strip()[-1500:]
+            if proc.returncode == 0:
+                log.info("images: %s ready in %.1f s", what, time.perf_counter() - t0)
+            elif required:
+                raise BenchError(f"the {what} image did not build (`{' '.join(cmd)}`):\n{out}")
+            else:
+                print(f"up: the {what} image did not build:\n{out}")
+
+    def _check_ports(self) -> None:
+        host = self.profile.runtime.host
+        taken = [f"{host}:{e.port} ({svc}) is taken by {port_owner(e.port) or 'another process'}"
+                 for svc, e in zip(SERVICES, self.profile.runtime.endpoints) if not port_is_free(host, e.port)]
+        if taken:
+            raise BenchError(f"cannot start the containers: {'; '.join(taken)}. Stop it, or give the profile "
+                             f"other ports")
+
     def up(self) -> None:
+        info = self._run(["docker", "info", "--format", "{{.ServerVersion}}"])
+        if info.returncode != 0:
+            raise BenchError(f"no Docker engine answers ({(info.stderr or info.stdout).strip()[-300:]}); start one "
+                             f"(where there is none: bash scripts/docker-host.sh up)")
+        if not self.is_running():
+            self._check_ports()
+        self._build_images()
+        t0 = time.perf_counter()
         self._compose("up", "--detach", "--wait", "--wait-timeout", str(int(self.profile.runtime.startup_timeout_s)))
-        build = self._run(["docker", "build", "-f", "docker/Dockerfile.rust-agents", "-t", rust.IMAGE,
-                           "rust-agents"])
-        if build.returncode != 0:
-            # The Python suites still run; the runner records the Rust suites as skipped with this reason.
-            print(f"up: the Rust agent image did not build:\n{build.stderr.strip()[-1000:]}")
+        log.info("compose up --wait: %s healthy in %.1f s", " and ".join(SERVICES), time.perf_counter() - t0)
+        self._up, self._current = True, None
+        t0 = time.perf_counter()
         self.ensure_models()
+        log.info("models through %s: %s in %.1f s", self._endpoints[0].url,
+                 ", ".join(f"{k} {v}" for k, v in self.model_actions.items()), time.perf_counter() - t0)
 
     def down(self) -> None:
-        self._compose("down", "--remove-orphans")
+        self._compose("down", "--remove-orphans")  # containers and network; the model volume stays
+        self._up, self._current = False, None
+
+    def clean(self, images: bool = False) -> list[str]:
+        """Remove the project's model volume (and with `images` the local images). Refuses while
+        its containers run: a study may be using them; `down` first."""
+        if self.is_running():
+            raise BenchError(f"the {self.project} containers are running: `invoke down` first, then clean")
+        done = []
+        self._compose("down", "--volumes", "--remove-orphans")
+        done.append(f"volume {self.project}_ollama-models")
+        if images:
+            proc = self._run(["bash", "scripts/build-images.sh", "remove"])
+            if proc.returncode != 0:
+                raise BenchError(f"removing the images failed:\n{(proc.stderr or proc.stdout).strip()[-1000:]}")
+            done.append("images " + (proc.stdout.strip().removeprefix("build-images: removed: ") or "(none)"))
+        return done
 
     def is_running(self) -> bool:
-        ps = self._run(["docker", "compose", *[a for f in self.compose_files for a in ("-f", str(f))],
-                        "ps", "--quiet"])
+        ps = self._run(self._compose_args("ps", "--status", "running", "--quiet"),
+                       env={**os.environ, **self.compose_env})
         return ps.returncode == 0 and bool(ps.stdout.strip())
+
+    def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
+        restarted = False
+        if not self._up:
+            if self.is_running():
+                self._up = True
+            else:  # a lone `bench`, or the runner's `down` between two load attempts
+                self.up()
+                restarted = True
+        return super().switch(model, servers) or restarted
 
     def parallel_slots(self) -> int | None:
         return self.profile.runtime.num_parallel
 
+    # ---- inspection (docker SDK) -------------------------------------------------------
+
+    def _containers(self):
+        """The project's containers (running or not) by service, or ({}, why) without an engine."""
+        engine, why = docker_engine()
+        if engine is None:
+            return {}, why
+        found = engine.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+        return {c.labels.get("com.docker.compose.service", c.name): c for c in found}, ""
+
+    def failure_evidence(self) -> dict:
+        """Right after a failed load or run: each container's log, copied into
+        results/<study>/logs/<service>-<time>.log, its tail, its cgroup oom_kill counter, and
+        what Docker says of its state."""
+        containers, why = self._containers()
+        if not containers:
+            return {"error": why or f"no containers of project {self.project}"}
+        study_dir = results_root() / self.profile.study
+        log_dir = study_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_seq += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{self._log_seq}"
+        out = {}
+        for service, c in sorted(containers.items()):
+            entry: dict = {"container": c.name, "endpoint": getattr(self.services.get(service), "name", None)}
+            try:
+                c.reload()
+                state = c.attrs.get("State", {})
+                entry.update(status=state.get("Status"), oom_killed=state.get("OOMKilled"),
+                             restart_count=c.attrs.get("RestartCount"),
+                             memory_limit=c.attrs.get("HostConfig", {}).get("Memory") or None)
+                text = c.logs(tail=LOG_COPY_LINES).decode(errors="replace")
+                path = log_dir / f"{service}-{stamp}.log"
+                path.write_text(text)
+                entry["log"] = str(path.relative_to(study_dir))
+                entry["log_tail"] = text.splitlines()[-LOG_TAIL_LINES:]
+                entry["oom_kill"] = cgroup_oom_kills(c)
+            except Exception as exc:  # evidence is best effort: the failure itself is what is logged
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            out[service] = entry
+        return {"containers": out}
+
     def describe(self) -> dict:
         info = {"kind": self.kind, "engine": self.engine, "endpoints": [e.__dict__ for e in self._endpoints],
-                "ollama_version": self.versions(), "compose_files": [str(f) for f in self.compose_files]}
-        files = [a for f in self.compose_files for a in ("-f", str(f))]
-        ps = self._run(["docker", "compose", *files, "ps", "--format", "json"])
+                "threads_per_server": self.threads, "ollama_version": self.versions(),
+                "compose_project": self.project, "compose_files": [str(f) for f in self.compose_files],
+                "compose_env": self.compose_env}
+        ps = self._compose("ps", "--format", "json", check=False)
         containers = []
         if ps.returncode == 0 and ps.stdout.strip():
             text = ps.stdout.strip()
             rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines()]
             engine, _ = docker_engine()
             for row in rows:
-                entry = {"service": row.get("Service"), "image": row.get("Image"), "ports": row.get("Publishers")}
+                entry = {"service": row.get("Service"), "endpoint": getattr(self.services.get(row.get("Service")),
+                                                                             "name", None),
+                         "image": row.get("Image"), "ports": row.get("Publishers")}
                 if engine is not None:
-                    try:
-                        c = engine.containers.get(row.get("ID", ""))
-                        entry.update(image_id=c.image.id, image_digests=c.image.attrs.get("RepoDigests"),
-                                     env=[e for e in c.attrs["Config"].get("Env", []) if e.startswith("OLLAMA_")],
-                                     memory_limit=c.attrs["HostConfig"].get("Memory"))
-                    except Exception as exc:  # inspection is best effort: the study never fails on it
-                        entry["inspect_error"] = f"{type(exc).__name__}: {exc}"
+                    entry.update(self._inspect(engine, row.get("ID", "")))
                 containers.append(entry)
         info["containers"] = containers
+        info["unloads"] = self.unloads  # between models, on both instances; /api/ps right after each
         return info
+
+    @staticmethod
+    def _inspect(engine, container_id: str) -> dict:
+        """Best effort: the study never fails on inspection."""
+        try:
+            c = engine.containers.get(container_id)
+            image, host = c.image, c.attrs.get("HostConfig", {})
+            bound = c.attrs.get("NetworkSettings", {}).get("Ports") or {}
+            return {
+                "container": c.name, "image_id": image.id,
+                # RepoDigests: the registry digest of a pulled image; a locally built image has none,
+                # its ID is its content digest and org.tr116.inputs the hash of what it was made from.
+                "image_digests": image.attrs.get("RepoDigests"), "image_tags": image.tags,
+                "image_inputs": (image.labels or {}).get("org.tr116.inputs"),
+                "env": sorted(e for e in c.attrs["Config"].get("Env", []) if e.startswith(RESULT_ENV_PREFIXES)),
+                "published_ports": {k: [f"{b['HostIp']}:{b['HostPort']}" for b in v or []] for k, v in bound.items()},
+                "memory_limit": host.get("Memory"), "memory_swap_limit": host.get("MemorySwap"),
+                "nano_cpus": host.get("NanoCpus"), "cpuset_cpus": host.get("CpusetCpus"),
+                "device_requests": host.get("DeviceRequests"),
+            }
+        except Exception as exc:
+            return {"inspect_error": f"{type(exc).__name__}: {exc}"}

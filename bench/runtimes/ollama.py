@@ -9,6 +9,7 @@ load itself happens in the warmup, which is never counted.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -21,6 +22,8 @@ from bench.profile import ModelSpec, Profile, ServerConfig
 from bench.runtimes.base import Endpoint
 from bench.runtimes.ollama_api import OllamaAPI, tag_matches
 from bench.runtimes.process import ManagedProcess
+
+log = logging.getLogger("bench")
 
 # Ollama logs how many layers it offloaded at each load (absent on builds without a GPU backend).
 OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -71,6 +74,7 @@ class OllamaEndpoints:
         self.apis = {ep.name: OllamaAPI(ep.url) for ep in endpoints}
         self._current: str | None = None
         self.model_actions: dict[str, str] = {}
+        self.unloads: list[dict] = []  # what free_others unloaded, and /api/ps right after
         self.threads = profile.runtime.threads
 
     def endpoints(self) -> list[Endpoint]:
@@ -101,10 +105,17 @@ class OllamaEndpoints:
     def free_others(self, keep: str | None) -> None:
         """Unload every model but `keep` on both instances and check /api/ps: two models must never
         compete for one GPU's memory."""
-        for api in self.apis.values():
+        for name, api in self.apis.items():
+            unloaded = []
             for m in api.ps():
                 if keep is None or not tag_matches(m.get("name", ""), keep):
                     api.unload(m["name"])  # waits until /api/ps no longer lists it
+                    unloaded.append(m["name"])
+            if unloaded:
+                listed = [m.get("name") for m in api.ps()]
+                self.unloads.append({"endpoint": name, "next_model": keep, "unloaded": unloaded, "ps_after": listed})
+                log.info("%s: unloaded %s (keep_alive 0); /api/ps now lists %s", name, ", ".join(unloaded),
+                         listed or "nothing")
 
     def free(self) -> None:
         self.free_others(keep=None)
