@@ -119,7 +119,8 @@ def test_rust_agent_classifies_each_shape_as_a_load_failure(name, tmp_path):
                     "ignore_eos": False, "scenario": None},
             agents={"single": {"endpoint": server.url, "api": "ollama", "model": "gemma3-270m",
                                "options": {"num_predict": 400, "seed": 42}}},
-            timeout_s=30, cold_load_ms=1000, contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
+            timeout_s=30, cold_load_ms=1000, retries=1,  # one attempt: the shape itself, not a retry's
+            contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
         with pytest.raises(RequestError) as info:
             rust.run_job(agent, job, tmp_path / "metrics.json", tmp_path, timeout_s=60)
     assert info.value.kind == "crash" and kind_class(info.value.kind) == LOAD
