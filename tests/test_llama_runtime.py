@@ -89,13 +89,16 @@ def _server_pids(runtime: LocalRuntime) -> list[int]:
 def test_up_down_leaves_no_process(tmp_path):
     profile = load_profile(smoke_variant(tmp_path)).profile
     rt = LocalRuntime(profile, state_dir=tmp_path / "state")
-    rt.up()
-    pids = _server_pids(rt)
-    assert len(pids) == 2
-    for ep in rt.endpoints():
-        assert requests.get(ep.url + "/health", timeout=5).json()["status"] == "ok"
-    # a second runtime object (another `invoke` process) finds and stops the same servers
-    LocalRuntime(profile, state_dir=tmp_path / "state").down()
+    try:
+        rt.up()
+        pids = _server_pids(rt)
+        assert len(pids) == 2
+        for ep in rt.endpoints():
+            assert requests.get(ep.url + "/health", timeout=5).json()["status"] == "ok"
+        # a second runtime object (another `invoke` process) finds and stops the same servers
+        LocalRuntime(profile, state_dir=tmp_path / "state").down()
+    finally:
+        rt.down()  # a no-op when the second object stopped them; no server outlives a failure
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
     assert _server_pids(rt) == []
