@@ -64,6 +64,17 @@ def retrying(attempts: int, sleep: Callable[[float], None] = time.sleep) -> Retr
                     wait=wait_exponential(multiplier=RETRY_WAIT_S, max=RETRY_MAX_WAIT_S), sleep=sleep, reraise=True)
 
 
+def nonced_chat(client: StreamingClient, model: str, workload: Workload, options: dict, *, key: str, agent: str,
+                stage: str, phase: str, attempt: int, previous: str = "", run_t0_ns: int | None = None,
+                cold_load_ms: float = 1000.0) -> RequestRecord:
+    """One call of an agent's stage whose system message opens with its own prompt nonce
+    (workload.prompt_nonce), so it shares no cached prefix with any other call."""
+    nonce = prompt_nonce(key, agent, stage, phase, attempt)
+    ctx = CallContext(agent, stage, phase, time.perf_counter_ns() if run_t0_ns is None else run_t0_ns, nonce,
+                      cold_load_ms=cold_load_ms)
+    return client.chat(model, workload.messages(agent, stage, nonce, previous), options, ctx)
+
+
 def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: int, run_key: str, *,
               attempts: int = 3, run_attempt: int = 1, cold_load_ms: float = 1000.0) -> list[RequestRecord]:
     """The agent's two calls; the second sees the text the first generated. Each attempt of each
@@ -74,11 +85,10 @@ def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: in
     for stage in STAGES:
         for attempt in retrying(attempts):
             with attempt:
-                n = nonce_attempt(run_attempt, attempt.retry_state.attempt_number, attempts)
-                nonce = prompt_nonce(run_key, target.agent, stage, phase, n)
-                ctx = CallContext(target.agent, stage, phase, run_t0_ns, nonce, cold_load_ms=cold_load_ms)
-                rec = target.client.chat(target.model, workload.messages(target.agent, stage, nonce, previous),
-                                         target.options, ctx)
+                rec = nonced_chat(target.client, target.model, workload, target.options, key=run_key,
+                                  agent=target.agent, stage=stage, phase=phase, previous=previous,
+                                  attempt=nonce_attempt(run_attempt, attempt.retry_state.attempt_number, attempts),
+                                  run_t0_ns=run_t0_ns, cold_load_ms=cold_load_ms)
         records.append(rec)
         previous = rec.output_text
     return records
@@ -96,9 +106,8 @@ def warmup(target: AgentTarget, workload: Workload, n: int, key: str) -> None:
     for i in range(n):
         for attempt in retrying(5):
             with attempt:
-                nonce = prompt_nonce(key, target.agent, "analysis", f"warmup{i + 1}", attempt.retry_state.attempt_number)
-                ctx = CallContext(target.agent, "analysis", "single", time.perf_counter_ns(), nonce)
-                target.client.chat(target.model, workload.messages(target.agent, "analysis", nonce), options, ctx)
+                nonced_chat(target.client, target.model, workload, options, key=key, agent=target.agent,
+                            stage="analysis", phase=f"warmup{i + 1}", attempt=attempt.retry_state.attempt_number)
 
 
 # ---------------------------------------------------------------------------------------------

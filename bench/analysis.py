@@ -119,8 +119,8 @@ def _flat_power(block: dict, prefix: str = "power_") -> dict:
 
 def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
     runs = runs.copy()
-    for suite, metrics in OUTLIER_METRICS.items():
-        for m in metrics:
+    for names in OUTLIER_METRICS.values():
+        for m in names:
             runs[f"outlier_{m}"] = False
     for _, g in runs.groupby("cell", sort=False):
         suite = g["suite"].iloc[0]

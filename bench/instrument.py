@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import metrics
-from bench.clients import CallContext, RequestRecord, StreamingClient
-from bench.workload import Workload, prompt_nonce
+from bench.agents import nonced_chat
+from bench.clients import RequestRecord, StreamingClient
+from bench.workload import Workload
 
 PROBE_CALLS = 3
 PROBE_TOKENS = 32
@@ -89,9 +90,8 @@ def run_probe(client: StreamingClient, model: str, workload: Workload, key: str,
     its own nonce (no prefix-cache hit), after one uncounted call that loads the model."""
     records = []
     for i in range(PROBE_CALLS + 1):
-        nonce = prompt_nonce(key, "single", "analysis", "probe", i + 1)
-        ctx = CallContext("single", "analysis", "probe", time.perf_counter_ns(), nonce)
-        rec = client.chat(model, workload.messages("single", "analysis", nonce), options, ctx)
+        rec = nonced_chat(client, model, workload, options, key=key, agent="single", stage="analysis",
+                          phase="probe", attempt=i + 1)
         if i:
             records.append(rec)
     return records

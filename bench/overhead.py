@@ -145,10 +145,9 @@ def _harness_calls(profile, ep, model: str, opts: dict, requests_n: int) -> list
     for i in range(requests_n + 1):
         for attempt in agents.retrying(3):  # a server just (re)started may refuse the first connection
             with attempt:
-                nonce = prompt_nonce(f"{profile.study}/bench-clients/{model}", "single", "analysis", f"call{i + 1}",
-                                     attempt.retry_state.attempt_number)
-                rec = client.chat(model, wl.messages("single", "analysis", nonce), opts,
-                                  CallContext("single", "analysis", "single", 0, nonce))
+                rec = agents.nonced_chat(client, model, wl, opts, key=f"{profile.study}/bench-clients/{model}",
+                                         agent="single", stage="analysis", phase=f"call{i + 1}",
+                                         attempt=attempt.retry_state.attempt_number)
         recs.append(rec)
     return recs[1:]
 

@@ -87,6 +87,7 @@ class MatrixRunner:
         self.threads = runtime.threads
         self.gpu_present = gpu.nvidia_gpu_count()[0] > 0
         self._after_load: dict = {}
+        self._block_counts: dict[str, int | None] = {}
         self.power = power.PowerMonitor(store)
         self.limits = ladder.Limits()
         self._run_attempts: dict[Path, int] = {}  # per run, for new prompt nonces on each attempt
@@ -149,9 +150,9 @@ class MatrixRunner:
         defaults = self.profile.runtime.server_defaults
         expected = {ep: cfg or defaults for ep, cfg in cell.server_configs(names).items()}
         end = self.runtime.placement(cell.model)
-        block_count = None
-        if self.gpu_present:
-            block_count = self.runtime.model_identity(cell.model).get("block_count")
+        if self.gpu_present and cell.model.name not in self._block_counts:  # one /api/show per model
+            self._block_counts[cell.model.name] = self.runtime.model_identity(cell.model).get("block_count")
+        block_count = self._block_counts.get(cell.model.name)
         return {"after_load": self._after_load, "end_of_run": end,
                 "issues": placement_issues(expected, end, gpu_present=self.gpu_present, block_count=block_count)}
 

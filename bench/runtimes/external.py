@@ -40,8 +40,7 @@ class ExternalRuntime(OllamaEndpoints):
                 if model.name not in names:
                     raise BenchError(f"unknown model '{model.name}' on {ep.url}; available models: "
                                      f"{', '.join(names) or '(none)'}")
-        changed = super().switch(model, servers)
-        return changed
+        return super().switch(model, servers)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "engine": self.engine, "endpoints": [e.__dict__ for e in self._all],
