@@ -9,13 +9,14 @@ The Rust agents (rust-agents/) do the same steps and produce the same documents.
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
 
 import bench
 from bench import metrics
@@ -24,6 +25,8 @@ from bench.errors import TRANSIENT, RequestError
 from bench.profile import AgentConfig, WorkloadSpec
 from bench.store import utc_now
 from bench.workload import STAGES, Workload, nonce_attempt, prompt_nonce
+
+log = logging.getLogger("bench")
 
 CLIENT_INFO = {"name": "bench.clients (python-requests)",
                "version": f"{bench.__version__} / CPython {platform.python_version()}"}
@@ -61,17 +64,20 @@ def retrying(attempts: int, sleep: Callable[[float], None] = time.sleep) -> Retr
     timeout, a cut stream); load failures go to the runner's ladder, permanent ones stop the study."""
     return Retrying(retry=retry_if_exception(lambda e: isinstance(e, RequestError) and e.cls == TRANSIENT),
                     stop=stop_after_attempt(attempts),
-                    wait=wait_exponential(multiplier=RETRY_WAIT_S, max=RETRY_MAX_WAIT_S), sleep=sleep, reraise=True)
+                    wait=wait_exponential(multiplier=RETRY_WAIT_S, max=RETRY_MAX_WAIT_S), sleep=sleep, reraise=True,
+                    # a retried call is counted (its record says call_attempt); the reason is logged
+                    before_sleep=before_sleep_log(log, logging.WARNING))
 
 
 def nonced_chat(client: StreamingClient, model: str, workload: Workload, options: dict, *, key: str, agent: str,
                 stage: str, phase: str, attempt: int, previous: str = "", run_t0_ns: int | None = None,
-                cold_load_ms: float = 1000.0) -> RequestRecord:
+                cold_load_ms: float = 1000.0, call_attempt: int = 1) -> RequestRecord:
     """One call of an agent's stage whose system message opens with its own prompt nonce
-    (workload.prompt_nonce), so it shares no cached prefix with any other call."""
+    (workload.prompt_nonce), so it shares no cached prefix with any other call. `attempt` seeds
+    the nonce; `call_attempt` (this call's try number) goes into the record."""
     nonce = prompt_nonce(key, agent, stage, phase, attempt)
     ctx = CallContext(agent, stage, phase, time.perf_counter_ns() if run_t0_ns is None else run_t0_ns, nonce,
-                      cold_load_ms=cold_load_ms)
+                      cold_load_ms=cold_load_ms, call_attempt=call_attempt)
     return client.chat(model, workload.messages(agent, stage, nonce, previous), options, ctx)
 
 
@@ -88,7 +94,8 @@ def run_agent(target: AgentTarget, workload: Workload, phase: str, run_t0_ns: in
                 rec = nonced_chat(target.client, target.model, workload, target.options, key=run_key,
                                   agent=target.agent, stage=stage, phase=phase, previous=previous,
                                   attempt=nonce_attempt(run_attempt, attempt.retry_state.attempt_number, attempts),
-                                  run_t0_ns=run_t0_ns, cold_load_ms=cold_load_ms)
+                                  run_t0_ns=run_t0_ns, cold_load_ms=cold_load_ms,
+                                  call_attempt=attempt.retry_state.attempt_number)
         records.append(rec)
         previous = rec.output_text
     return records

@@ -32,6 +32,7 @@ class RequestRecord:
     api: str
     model: str
     prompt_nonce: str
+    call_attempt: int
     start_offset_ms: float
     ttft_ms: float | None
     e2e_ms: float
@@ -217,6 +218,8 @@ class CallContext:
     run_t0_ns: int
     prompt_nonce: str
     first_after_start: bool = False
+    # which try of this call made the record (1: first; more: earlier tries failed transiently)
+    call_attempt: int = 1
     cold_load_ms: float = 1000.0
 
 
@@ -245,6 +248,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
     return RequestRecord(
         agent=ctx.agent, stage=ctx.stage, phase=ctx.phase, endpoint=endpoint, api=api, model=model,
         prompt_nonce=ctx.prompt_nonce,
+        call_attempt=ctx.call_attempt,
         start_offset_ms=max(0.0, (t_send - ctx.run_t0_ns) / metrics.NS_PER_MS),
         ttft_ms=metrics.ttft_ms(t_send, t_first),
         e2e_ms=metrics.e2e_ms(t_send, t_done),

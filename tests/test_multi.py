@@ -17,7 +17,7 @@ S = 1_000_000_000
 
 def rec(agent, phase, tokens, eval_ms, ttft):
     return RequestRecord(agent=agent, stage="analysis", phase=phase, endpoint="e", api="ollama", model="m",
-                         prompt_nonce="0" * 16, start_offset_ms=0, ttft_ms=ttft, e2e_ms=1, itl_ms=None, content_chunks=tokens,
+                         prompt_nonce="0" * 16, call_attempt=1, start_offset_ms=0, ttft_ms=ttft, e2e_ms=1, itl_ms=None, content_chunks=tokens,
                          output_tokens=tokens, output_tokens_estimated=False, prompt_tokens=1,
                          decode_tps_client=None, decode_tps_server=None, load_ms=0, prompt_eval_ms=1,
                          eval_ms=eval_ms, cold_load=False, done_reason="length", error=None, error_kind=None,

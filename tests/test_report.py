@@ -64,7 +64,7 @@ def make_profile(tmp_path: Path, mutate=None) -> Path:
 def _request(agent: str, stage: str, phase: str, model: str, tps: float, ttft: float) -> dict:
     eval_ms = 47 / tps * 1000
     return {"agent": agent, "stage": stage, "phase": phase, "endpoint": "http://127.0.0.1:9", "api": "ollama",
-            "model": model, "prompt_nonce": hashlib.sha256(f"{agent}{stage}{phase}".encode()).hexdigest()[:16],
+            "model": model, "prompt_nonce": hashlib.sha256(f"{agent}{stage}{phase}".encode()).hexdigest()[:16], "call_attempt": 1,
             "start_offset_ms": 0.0, "ttft_ms": ttft, "e2e_ms": ttft + eval_ms,
             "itl_ms": {"n": 47, "mean": 1000 / tps, "p50": 1000 / tps, "p95": 1000 / tps, "max": 1000 / tps},
             "content_chunks": 48, "output_tokens": 48, "output_tokens_estimated": False, "prompt_tokens": 100,

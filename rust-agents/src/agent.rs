@@ -133,6 +133,7 @@ async fn call(
         api: cfg.api,
         model: cfg.model.clone(),
         prompt_nonce: nonce,
+        call_attempt: attempt,
     };
     let record = request_record(&cctx, &timing, &out.stats, out.text, first, ctx.cold_load_ms);
     Ok((TimedRecord { record, timing }, out.t_done))

@@ -161,6 +161,7 @@ mod tests {
             api: Api::Ollama,
             model: "m".into(),
             prompt_nonce: "0123456789abcdef".into(),
+            call_attempt: 1,
         };
         let timing = CallTiming {
             t_send_ns: 0,

@@ -45,6 +45,8 @@ pub struct RequestRecord {
     pub model: String,
     /// The 16 hex digits on the system message's first line (`workload::prompt_nonce`).
     pub prompt_nonce: String,
+    /// Which try of this call made the record (1: first; more: earlier tries failed transiently).
+    pub call_attempt: u32,
     pub start_offset_ms: f64,
     pub ttft_ms: Option<f64>,
     pub e2e_ms: f64,
@@ -75,6 +77,7 @@ pub struct CallContext {
     pub api: Api,
     pub model: String,
     pub prompt_nonce: String,
+    pub call_attempt: u32,
 }
 
 /// The timing of a finished call, in nanoseconds from the run start.
@@ -129,6 +132,7 @@ pub fn request_record(
         api: ctx.api,
         model: ctx.model.clone(),
         prompt_nonce: ctx.prompt_nonce.clone(),
+        call_attempt: ctx.call_attempt,
         start_offset_ms: timing.t_send_ns as f64 / metrics::NS_PER_MS,
         ttft_ms: finite(metrics::ttft_ms(timing.t_send_ns, first)),
         e2e_ms: metrics::e2e_ms(timing.t_send_ns, timing.t_done_ns),
@@ -283,6 +287,7 @@ mod tests {
             api: Api::Ollama,
             model: "m".into(),
             prompt_nonce: "fc8ae2c437e2a020".into(),
+            call_attempt: 1,
         }
     }
 
@@ -324,9 +329,9 @@ mod tests {
         assert_eq!(v["stage"], "analysis");
         assert_eq!(v["api"], "ollama");
         assert!(v["error"].is_null() && v["error_kind"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 25);
+        assert_eq!(v.as_object().unwrap().len(), 26); // the schema's request fields
         let text = serde_json::to_string(&r).unwrap();
-        assert!(text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","start_offset_ms""#), "{text}");
+        assert!(text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","call_attempt":1,"start_offset_ms""#), "{text}");
     }
 
     #[test]
