@@ -16,16 +16,15 @@ Every number in the report comes from these tables.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from bench import instrument, ladder, metrics, stats
+from bench import findings, instrument, ladder, metrics, stats
+from bench.overhead import CLIENT_OVERHEAD_NAME
 from bench.profile import Profile
-from bench.store import Store, atomic_write_text
-from bench.summary import KEY_METRICS, OUTLIER_METRICS, outlier_flags
+from bench.store import Store, StoredRun, atomic_write_json, atomic_write_text
 
 # A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
 # come from the run's `power` block, defined in bench/metrics.py):
@@ -34,7 +33,7 @@ from bench.summary import KEY_METRICS, OUTLIER_METRICS, outlier_flags
 DERIVED_DEFINITIONS = {
     "served_tps": "single: Σ N_out / (latency_ms / 10³); multi: Σ N_out of the together phase / wall_s",
 }
-# Per-config statistics beyond KEY_METRICS, when the column exists.
+# Per-config statistics beyond metrics.key_metrics, when the column exists.
 POWER_CONFIG_METRICS = ("tokens_per_j", "tokens_per_j_net", "power_j_per_token", "power_j_per_token_net",
                         "power_mean_power_w", "power_idle_power_w", "power_peak_vram_used_bytes")
 EXTRA_CONFIG_METRICS = {
@@ -44,14 +43,14 @@ EXTRA_CONFIG_METRICS = {
               "collector_ttft_inflation", "insight_ttft_inflation"),
 }
 STATS = ("mean", "median", "std", "cv_pct", "p50", "p95", "ci95_low", "ci95_high")
-BENCHES = (("single", "python"), ("single", "rust"), ("multi", "python"), ("multi", "rust"))
-# The headline metric of each suite: what the winner rule and the language deltas compare.
-HEADLINE = {"single": "decode_tps", "multi": "speedup"}
-LOWER_IS_BETTER = {"ttft_ms", "latency_ms", "wall_s", "seq_s"}
 
 
 @dataclass
-class Tables:
+class Results:
+    """Everything `invoke report` shows, computed once from the stored runs (analysis.build):
+    the frames, the derived tables and the findings. Summaries, plots, validate and the report
+    only read it."""
+
     requests: pd.DataFrame
     runs: pd.DataFrame
     configs: pd.DataFrame
@@ -61,16 +60,37 @@ class Tables:
     # the instrument's own logs (bench/instrument.py): drift probes and the runner's timeline
     probes: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    # the rule-made conclusions (bench/findings.py), exported as tables/findings.json
+    findings: dict = field(default_factory=dict)
+    # per config folder, the config its first run was asked to run (metrics.json requested_config)
+    asked: dict[str, dict] = field(default_factory=dict)
+
+    def cell_runs(self, cell_key: str) -> pd.DataFrame:
+        """Every stored run of one config folder, placed or misplaced, in run order."""
+        frames = [f[f["cell"] == cell_key] for f in (self.runs, self.misplaced) if not f.empty]
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames).sort_values("run")
 
 
-def _cell_key(path: Path, root: Path) -> str:
-    return str(path.parent.parent.relative_to(root))
-
-
-def _run_row(doc: dict, base: dict) -> dict:
-    m = doc["metrics"]
-    row = dict(base)
-    for k, v in m.items():
+def run_row(run: StoredRun) -> dict:
+    """One runs.csv row: the run's identity, its config as ran, and its metrics flattened
+    (agents' metrics as <agent>_<key>, power as power_<key>, the client cost block)."""
+    doc = run.doc
+    cfg = doc.config
+    row = {"cell": run.cell_key, "suite": doc.suite, "lang": doc.lang,
+           "model": doc.model.name, "baseline": doc.model.baseline,
+           "scenario": cfg.scenario, "config": run.config_tag,
+           # what runs of different models (and languages) are compared on
+           "case": cfg.scenario or run.config_tag,
+           "gpu_layers": cfg.gpu_layers, "ctx": cfg.ctx,  # as ran: `config` is the effective one
+           "ran_as": ladder.downgrade(_plain(doc.requested_config), _plain(doc.effective_config)),
+           "downgrade_why": _downgrade_why(doc.ladder or []),
+           "temperature": cfg.temperature, "run": doc.run_index, "cold_load": doc.cold_load,
+           "started_at": doc.started_at,
+           # where the run ran differs from its config: kept, listed, out of the headline tables
+           "placement_issues": "; ".join(doc.placement.issues if doc.placement else [])}
+    for k, v in doc.metrics.model_dump().items():
         if k == "agents":
             for agent, a in v.items():
                 row.update({f"{agent}_{ak}": av for ak, av in a.items()})
@@ -78,31 +98,49 @@ def _run_row(doc: dict, base: dict) -> dict:
             row[k] = v
     # Power data (numbers only where NVML sampled a GPU): flattened as power_<key>, the GPU state
     # at the start and end as power_gpu_start_<key>, lists joined with ";".
-    row.update(_flat_power(doc.get("power") or {}))
+    row.update(_flat_power(doc.power or {}))
     # The client's cost and the host's load during the run (bench/instrument.py).
-    client = doc.get("client_cost") or {}
+    client = doc.client_cost.model_dump() if doc.client_cost else {}
     for k in ("client_cpu_s", "client_cpu_share", "host_busy_pct", "host_cores"):
         row[k] = client.get(k)
-    reqs = doc["requests"]
-    row["tokens_out"] = sum(r["output_tokens"] for r in reqs)
-    if doc["suite"] == "single":
-        lat = m.get("latency_ms")
+    row["tokens_out"] = sum(r.output_tokens for r in doc.requests)
+    if doc.suite == "single":
+        lat = doc.metrics.latency_ms
         row["served_tps"] = row["tokens_out"] / (lat / 1000) if lat else None
     else:
-        together = sum(r["output_tokens"] for r in reqs if r["phase"] == "together")
-        row["served_tps"] = together / m["wall_s"] if m.get("wall_s") else None
+        together = sum(r.output_tokens for r in doc.requests if r.phase == "together")
+        row["served_tps"] = together / doc.metrics.wall_s if doc.metrics.wall_s else None
     row["tokens_per_j"] = row.get("power_tokens_per_j")
     row["tokens_per_j_net"] = row.get("power_tokens_per_j_net")
     return row
 
 
-def _downgrade_why(steps: list[dict]) -> str:
+def _plain(cfg) -> dict | None:
+    return cfg.model_dump(exclude_unset=True) if cfg is not None else None
+
+
+def request_rows(run: StoredRun, base: dict) -> list[dict]:
+    """requests.csv rows of one run: each counted call with the reconciliation columns."""
+    rows = []
+    for rec in run.doc.requests:
+        r = rec.to_json()
+        itl = r["itl_ms"] or {}
+        rows.append({**base, **{k: v for k, v in r.items() if k not in ("output_text", "itl_ms")},
+                     "itl_ms_mean": itl.get("mean"), "itl_ms_p95": itl.get("p95"),
+                     "ttft_unaccounted_ms": metrics.ttft_unaccounted_ms(rec.ttft_ms, rec.load_ms, rec.prompt_eval_ms),
+                     "decode_overstatement_pct": metrics.decode_overstatement_pct(rec.decode_tps_server,
+                                                                                  rec.decode_tps_client),
+                     "stopped_early": rec.done_reason == "stop" and rec.output_tokens < run.doc.config.num_predict})
+    return rows
+
+
+def _downgrade_why(steps) -> str:
     """The first rung that did not run, as the run's ladder recorded it ('' without a ladder)."""
-    first = next((st for st in steps if st["outcome"] != "ran"), None)
+    first = next((st for st in steps if st.outcome != "ran"), None)
     if first is None:
         return ""
-    where = f"{first['model']} gpu_layers {first['gpu_layers']} ctx {first['ctx']}"
-    return f"{first['error_kind']} at {where}" + (f" ({first['error']})" if first["outcome"] == "skipped" else "")
+    where = f"{first.model} gpu_layers {first.gpu_layers} ctx {first.ctx}"
+    return f"{first.error_kind} at {where}" + (f" ({first.error})" if first.outcome == "skipped" else "")
 
 
 def _flat_power(block: dict, prefix: str = "power_") -> dict:
@@ -117,59 +155,43 @@ def _flat_power(block: dict, prefix: str = "power_") -> dict:
     return out
 
 
+def outlier_flags(df: pd.DataFrame, suite: str, mad_k: float = 2.0) -> dict[str, list[bool]]:
+    """Per outlier metric of the suite, the spec's flag of each row (run) of one config:
+    |x − median| > mad_k × MAD over that config's runs (see stats.mad_outliers)."""
+    return {k: stats.mad_outliers([None if pd.isna(v) else v for v in df[k]] if k in df else [None] * len(df),
+                                  mad_k)
+            for k in metrics.outlier_metrics(suite)}
+
+
+OUTLIER_COLUMNS = [f"outlier_{m}" for suite in metrics.SUITES for m in metrics.outlier_metrics(suite)]
+
+
 def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
     runs = runs.copy()
-    for names in OUTLIER_METRICS.values():
-        for m in names:
-            runs[f"outlier_{m}"] = False
+    for col in OUTLIER_COLUMNS:
+        runs[col] = False
     for _, g in runs.groupby("cell", sort=False):
         suite = g["suite"].iloc[0]
         ordered = g.sort_values("run")
         for metric, flags in outlier_flags(ordered, suite, mad_k).items():
             runs.loc[ordered.index, f"outlier_{metric}"] = flags
-    cols = [f"outlier_{m}" for ms in OUTLIER_METRICS.values() for m in ms]
-    runs["outlier"] = runs[cols].any(axis=1)
+    runs["outlier"] = runs[OUTLIER_COLUMNS].any(axis=1)
     return runs
 
 
-def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
-    req_rows, run_rows = [], []
-    for path in sorted(store.root.glob("*/*/*/*/run_*/metrics.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError:
-            continue
-        cfg = doc["config"]
-        cell = _cell_key(path, store.root)
-        config_tag = cell.rsplit("/", 1)[-1]
-        base = {"cell": cell, "suite": doc["suite"], "lang": doc["lang"],
-                "model": doc["model"]["name"], "baseline": doc["model"].get("baseline", False),
-                "scenario": cfg.get("scenario"), "config": config_tag,
-                # what runs of different models (and languages) are compared on
-                "case": cfg.get("scenario") or config_tag,
-                "gpu_layers": cfg["gpu_layers"], "ctx": cfg["ctx"],  # as ran: `config` is the effective one
-                "ran_as": ladder.downgrade(doc.get("requested_config"), doc.get("effective_config")),
-                "downgrade_why": _downgrade_why(doc.get("ladder") or []),
-                "temperature": cfg["temperature"], "run": doc["run_index"], "cold_load": doc.get("cold_load", False),
-                "started_at": doc["started_at"],
-                # where the run ran differs from its config: kept, listed, out of the headline tables
-                "placement_issues": "; ".join((doc.get("placement") or {}).get("issues", []))}
-        run_rows.append(_run_row(doc, base))
-        for r in doc["requests"]:
-            req_rows.append({**base, **{k: v for k, v in r.items() if k not in ("output_text", "itl_ms")},
-                             "itl_ms_mean": (r["itl_ms"] or {}).get("mean"),
-                             "itl_ms_p95": (r["itl_ms"] or {}).get("p95"),
-                             "ttft_unaccounted_ms": metrics.ttft_unaccounted_ms(r["ttft_ms"], r["load_ms"],
-                                                                                r["prompt_eval_ms"]),
-                             "decode_overstatement_pct": metrics.decode_overstatement_pct(
-                                 r["decode_tps_server"], r["decode_tps_client"]),
-                             "stopped_early": r.get("done_reason") == "stop"
-                             and r["output_tokens"] < cfg["num_predict"]})
+def load_tables(store: Store, mad_k: float = 2.0) -> Results:
+    """The tidy frames of every valid stored run (the store's order), outliers flagged."""
+    req_rows, run_rows, asked = [], [], {}
+    for run in store.iter_runs():
+        asked.setdefault(run.cell_key, _plain(run.doc.requested_config or run.doc.config))
+        row = run_row(run)
+        run_rows.append(row)
+        req_rows += request_rows(run, {k: row[k] for k in BASE_COLUMNS})
     runs = pd.DataFrame(run_rows)
     requests = pd.DataFrame(req_rows)
+    probes, events = store.read_jsonl(instrument.PROBES), store.read_jsonl(instrument.TIMELINE)
     if runs.empty:
-        return Tables(requests, runs, pd.DataFrame(), probes=store.read_jsonl(instrument.PROBES),
-                      events=store.read_jsonl(instrument.TIMELINE))
+        return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked)
     misplaced = runs[runs["placement_issues"] != ""]
     runs = _flag_outliers(runs[runs["placement_issues"] == ""].reset_index(drop=True), mad_k)
     config_rows = []
@@ -179,7 +201,7 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
         row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case",
                                      "ran_as", "gpu_layers", "ctx", "temperature")}
         row["n"] = len(g)
-        for metric in [*KEY_METRICS[suite], *EXTRA_CONFIG_METRICS[suite]]:
+        for metric in [*metrics.key_metrics(suite), *EXTRA_CONFIG_METRICS[suite]]:
             if metric not in g:
                 continue
             d = stats.describe([None if pd.isna(v) else v for v in g[metric]])
@@ -195,8 +217,13 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Tables:
             row["throttled_runs"] = int((g["power_throttled"] == True).sum())  # noqa: E712 (nulls count as no)
         row["outlier_runs"] = int(g["outlier"].sum())
         config_rows.append(row)
-    return Tables(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
-                  probes=store.read_jsonl(instrument.PROBES), events=store.read_jsonl(instrument.TIMELINE))
+    return Results(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
+                   probes=probes, events=events, asked=asked)
+
+
+# the run identity columns each requests.csv row repeats
+BASE_COLUMNS = ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case", "gpu_layers", "ctx",
+                "ran_as", "downgrade_why", "temperature", "run", "cold_load", "started_at", "placement_issues")
 
 
 # ---- derived tables ----------------------------------------------------------------------------
@@ -239,11 +266,11 @@ def winners(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataF
     the winner only when the bootstrap 95 % CI of mean(leader) − mean(runner-up) excludes 0, and
     only when every run of the case ran alike (no model on another rung of the fallback ladder)."""
     rows = []
-    for suite, lang in BENCHES:
+    for suite, lang in (bench.split("-") for bench in metrics.BENCHES):
         sub = runs[(runs["suite"] == suite) & (runs["lang"] == lang)] if not runs.empty else runs
         if sub.empty:
             continue
-        metric = HEADLINE[suite]
+        metric = metrics.headline(suite)
         for case, g in sub.groupby("case", sort=True):
             means = g.groupby("model")[metric].mean().dropna().sort_values(ascending=False)
             row = {"bench": f"{suite}-{lang}", "suite": suite, "lang": lang, "case": case, "metric": metric,
@@ -296,7 +323,7 @@ def lang_deltas(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.D
             a, b = _values(rs, metric), _values(py, metric)
             if not a or not b:
                 continue
-            cmp = stats.compare_groups(a, b, higher_is_better=metric not in LOWER_IS_BETTER, seed=seed)
+            cmp = stats.compare_groups(a, b, higher_is_better=not metrics.lower_is_better(metric), seed=seed)
             py_mean = sum(b) / len(b)
             rows.append({"suite": suite, "model": model, "case": case, "ran_as": ran_as, "metric": metric,
                          "python_mean": py_mean, "rust_mean": sum(a) / len(a), "n_python": len(b), "n_rust": len(a),
@@ -336,7 +363,7 @@ def outlier_list(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(rows)
     for _, r in runs[runs["outlier"]].iterrows():
         cfg = runs[runs["cell"] == r["cell"]]
-        for metric in OUTLIER_METRICS[r["suite"]]:
+        for metric in metrics.outlier_metrics(r["suite"]):
             if r[f"outlier_{metric}"]:
                 rows.append({"cell": r["cell"], "run": int(r["run"]), "metric": metric, "value": r[metric],
                              "config_median": cfg[metric].median(), "n": len(cfg)})
@@ -448,28 +475,7 @@ def client_cost(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def client_cpu_explains(runs: pd.DataFrame, suite: str, metric: str) -> str | None:
-    """The client-CPU rule for a language effect: on a host with fewer cores than servers +
-    clients (2 servers; 1 client single, 2 multi), a language whose client used more CPU and whose
-    metric is worse is explained by that CPU, not by its concurrency model. Returns why, or None."""
-    sub = runs[runs["suite"] == suite] if not runs.empty else runs
-    if sub.empty or "client_cpu_share" not in sub or sub["lang"].nunique() < 2 or sub["host_cores"].isna().all():
-        return None
-    cores = int(sub["host_cores"].dropna().iloc[0])
-    needed = 2 + (1 if suite == "single" else 2)
-    if cores >= needed:
-        return None
-    by_lang = sub.groupby("lang").agg(cpu=("client_cpu_share", "mean"), value=(metric, "mean"))
-    costly, light = by_lang["cpu"].idxmax(), by_lang["cpu"].idxmin()
-    worse = (by_lang.loc[costly, "value"] > by_lang.loc[light, "value"]) == (metric in LOWER_IS_BETTER)
-    if costly == light or not worse:
-        return None
-    extra = by_lang.loc[costly, "cpu"] - by_lang.loc[light, "cpu"]
-    return (f"{costly}'s client used {extra:.2f} more cores than {light}'s on a {cores}-core host that needs "
-            f"{needed} (2 servers + {needed - 2} client(s)), and its {metric} is the worse one")
-
-
-def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
+def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
     runs, configs = tables.runs, tables.configs
     tables.derived = {
         "normalized": normalized(runs, profile.baseline.name),
@@ -488,12 +494,26 @@ def derive(tables: Tables, profile: Profile) -> dict[str, pd.DataFrame]:
     return tables.derived
 
 
-def export_tables(store: Store, tables: Tables) -> dict[str, Path]:
+def build(store: Store, profile: Profile) -> Results:
+    """The one analysis of a study: frames, derived tables and findings, each computed once."""
+    results = load_tables(store, profile.outliers.mad_k)
+    if results.runs.empty:
+        return results
+    derive(results, profile)
+    results.findings = findings.build(results, store.failures(), store.read_json(CLIENT_OVERHEAD_NAME))
+    return results
+
+
+def export_tables(store: Store, results: Results) -> dict[str, Path]:
+    """tables/<name>.csv for every frame, and tables/findings.json."""
     out = {}
-    frames = {"requests": tables.requests, "runs": tables.runs, "configs": tables.configs,
-              "misplaced_runs": tables.misplaced, **tables.derived}
+    frames = {"requests": results.requests, "runs": results.runs, "configs": results.configs,
+              "misplaced_runs": results.misplaced, **results.derived}
     for name, df in frames.items():
         path = store.root / "tables" / f"{name}.csv"
         atomic_write_text(path, df.to_csv(index=False))
         out[name] = path
+    if results.findings:
+        out["findings"] = store.root / "tables" / "findings.json"
+        atomic_write_json(out["findings"], results.findings)
     return out

@@ -10,60 +10,16 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import requests
 
 from bench import metrics
 from bench.errors import RequestError, classify
+from bench.records import RequestRecord
 
 Clock = Callable[[], int]
-
-
-@dataclass
-class RequestRecord:
-    """One streamed LLM call, as stored in metrics.json (schema $defs/request)."""
-
-    agent: str
-    stage: str
-    phase: str
-    endpoint: str
-    api: str
-    model: str
-    prompt_nonce: str
-    call_attempt: int
-    start_offset_ms: float
-    ttft_ms: float | None
-    e2e_ms: float
-    itl_ms: dict | None
-    content_chunks: int
-    output_tokens: int
-    output_tokens_estimated: bool
-    prompt_tokens: int | None
-    decode_tps_client: float | None
-    decode_tps_server: float | None
-    load_ms: float | None
-    prompt_eval_ms: float | None
-    eval_ms: float | None
-    cold_load: bool
-    done_reason: str | None
-    error: str | None
-    error_kind: str | None
-    output_text: str
-    # timestamps for phase arithmetic; not serialised
-    t_send_ns: int = field(default=0, repr=False)
-    t_done_ns: int = field(default=0, repr=False)
-    decode_span_s: float | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        for k in ("t_send_ns", "t_done_ns", "decode_span_s"):
-            d.pop(k)
-        for k, v in d.items():
-            if isinstance(v, float):
-                d[k] = metrics.finite_or_none(v)
-        return d
 
 
 @dataclass
@@ -266,8 +222,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
         done_reason=counts.done_reason,
         error=None, error_kind=None,
         output_text="".join(texts),
-        t_send_ns=t_send, t_done_ns=t_done, decode_span_s=span_s,
-    )
+    ).with_clock(t_send, t_done, span_s)
 
 
 class StreamingClient:

@@ -16,6 +16,7 @@ rung is not tried again, so later configs of the model start from what fits.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 from bench.plan import Cell
@@ -24,6 +25,15 @@ from bench.profile import AgentConfig, Fallback
 # How many instances of the model a suite loads: a failure in one suite predicts failures in the
 # suites that load as much or more.
 SUITE_LOAD = {"single": 1, "multi": 2}
+
+
+class Skip(enum.StrEnum):
+    """Why planned runs were not made on purpose: the `fallback` value of a failures.jsonl line
+    (the strings are what stored studies hold)."""
+
+    OPTIONAL_MODEL = "optional model: skipped"  # no rung loaded an optional model: its runs are absent
+    RUST_SUITE = "Rust suite skipped"  # no Rust agent on this host
+    CONFIG = "config skipped"  # no rung loaded a required model's config: a problem
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 import requests
+from gguf import GGUFReader, LlamaFileType
+from pydantic import ValidationError
 
 from bench import gpu, rust, stats
 from bench.errors import BenchError
@@ -105,8 +107,6 @@ def gguf_metadata(path: Path, sha256: str) -> dict:
     memo = cache_dir() / "gguf" / f"{sha256}.json"
     if memo.is_file():
         return json.loads(memo.read_text())
-    from gguf import GGUFReader, LlamaFileType
-
     reader = GGUFReader(path)
 
     def field(key: str):
@@ -257,8 +257,6 @@ def load_manifest(path: Path) -> dict:
 
 
 def profile_from_manifest(manifest: dict) -> Profile:
-    from pydantic import ValidationError
-
     try:
         return Profile.model_validate(manifest["profile"]["resolved"])
     except ValidationError as exc:

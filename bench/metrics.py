@@ -528,3 +528,69 @@ def study_overhead_ratio(bench_wall_s: float, measured_s: float) -> float | None
     if measured_s <= 0:
         return None
     return bench_wall_s / measured_s
+
+
+# --------------------------------------------------------------------------------------------
+# The run-level metrics the tables summarise and compare: each one's label, direction and role,
+# stated once. KEY_METRICS, the outlier rule's metrics, the headline metric of each suite and
+# every "which way is better" question derive from this table.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunMetric:
+    column: str  # the metrics.json key and the runs.csv column
+    suite: str
+    label: str  # how tables name it, with its unit
+    higher_is_better: bool
+    definition: str  # the registered formula that computes it (its unit comes from there)
+    headline: bool = False  # what the winner rule and the language deltas compare
+    outlier_rule: bool = False  # the spec's |x − median| > k × MAD flag applies to it
+
+    @property
+    def unit(self) -> str:
+        return _REGISTRY[self.definition].unit
+
+
+RUN_METRICS: tuple[RunMetric, ...] = (
+    RunMetric("decode_tps", "single", "throughput (tok/s, server)", True, "decode_tps", headline=True,
+              outlier_rule=True),
+    RunMetric("decode_tps_client", "single", "throughput (tok/s, client)", True, "decode_tps_client_run"),
+    RunMetric("ttft_ms", "single", "TTFT (ms)", False, "ttft_ms_run", outlier_rule=True),
+    RunMetric("latency_ms", "single", "latency (ms, agent run)", False, "latency_ms"),
+    RunMetric("speedup", "multi", "speedup (×)", True, "speedup", headline=True, outlier_rule=True),
+    # efficiency_pct is speedup / 2: flagging it too would only repeat the speedup flags
+    RunMetric("efficiency_pct", "multi", "efficiency (%)", True, "efficiency_pct"),
+    RunMetric("evenness_pct", "multi", "evenness (%)", True, "evenness_pct"),
+    RunMetric("wall_s", "multi", "wall (s)", False, "wall_s"),
+    RunMetric("seq_s", "multi", "sequential (s)", False, "seq_s"),
+)
+SUITES = ("single", "multi")
+LANGS = ("python", "rust")
+# A bench is one suite with one client: the winner rule and the report's matrix go bench by bench.
+BENCHES = tuple(f"{suite}-{lang}" for suite in SUITES for lang in LANGS)
+
+
+def key_metrics(suite: str) -> dict[str, str]:
+    """The metrics summarised per config of a suite, column → label, in table order."""
+    return {m.column: m.label for m in RUN_METRICS if m.suite == suite}
+
+
+def outlier_metrics(suite: str) -> tuple[str, ...]:
+    return tuple(m.column for m in RUN_METRICS if m.suite == suite and m.outlier_rule)
+
+
+def headline(suite: str) -> str:
+    (m,) = [m.column for m in RUN_METRICS if m.suite == suite and m.headline]
+    return m
+
+
+def lower_is_better(column: str) -> bool:
+    """True for a run metric where less is better (times); False for rates, ratios, unknowns."""
+    return any(m.column == column and not m.higher_is_better for m in RUN_METRICS)
+
+
+def bench_label(bench: str) -> str:
+    """'single-python' → 'single-agent Python'."""
+    suite, lang = bench.split("-", 1)
+    return f"{suite}-agent {lang.capitalize()}"

@@ -2,7 +2,7 @@
 
 A run is flagged when |x − median| > k × MAD over its config's runs, for throughput
 (`decode_tps`) and TTFT (`ttft_ms`) in the single suite and for `speedup` in the multi suite
-(bench.summary.OUTLIER_METRICS, k = profile.outliers.mad_k). Flagged runs are never deleted:
+(bench.metrics.outlier_metrics, k = profile.outliers.mad_k). Flagged runs are never deleted:
 they stay in every table and the report lists them.
 
 Rerun rule: a config gets extra runs until it holds as many unflagged runs as the plan asked
@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.plan import Cell, Plan, RunItem
+from bench import metrics
+from bench.analysis import Results, load_tables
+from bench.plan import Plan, RunItem
 from bench.profile import Profile
-from bench.store import Store, schema_errors
-from bench.summary import outlier_flags, run_values
+from bench.store import Store
 
 
-def cell_flags(store: Store, cell: Cell, mad_k: float) -> dict[int, list[str]]:
-    """run_index → the metrics on which that run is flagged (empty list: not flagged)."""
-    # Only schema-valid records count: an invalid one is redone by the runner, never judged.
-    docs = [(p, d) for p, d in store.run_docs(cell.rel_dir) if not schema_errors(d)]
-    if not docs:
-        return {}
-    df = pd.DataFrame([{"run": d["run_index"], **run_values(d, cell.suite)} for _, d in docs])
-    flags = outlier_flags(df, cell.suite, mad_k)
-    return {int(run): [m for m, f in flags.items() if f[i]] for i, run in enumerate(df["run"])}
+def cell_flags(results: Results, cell_key: str) -> dict[int, list[str]]:
+    """run_index → the metrics on which that run is flagged (empty list: not flagged), for the
+    valid runs of one config folder; a misplaced run is listed, never flagged."""
+    rows = results.cell_runs(cell_key)
+    out: dict[int, list[str]] = {}
+    for _, r in rows.iterrows():
+        out[int(r["run"])] = [m for m in metrics.outlier_metrics(r["suite"])
+                              if f"outlier_{m}" in r and not pd.isna(r[f"outlier_{m}"]) and r[f"outlier_{m}"]]
+    return out
 
 
 def _attempted_indices(store: Store) -> dict[str, set[int]]:
@@ -51,9 +52,10 @@ def plan_outlier_reruns(profile: Profile, store: Store, plan: Plan) -> list[RunI
     if budget_total <= 0:
         return []
     failed = _attempted_indices(store)
+    results = load_tables(store, profile.outliers.mad_k)
     extra: list[RunItem] = []
     for cell in plan.cells:
-        flags = cell_flags(store, cell, profile.outliers.mad_k)
+        flags = cell_flags(results, cell.key)
         flagged = [r for r, metrics in flags.items() if metrics]
         if not flagged:
             continue

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 
 # Keys the writer sets itself, or that describe the file rather than the model.
 HEADER_KEYS = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture"}
@@ -43,8 +44,6 @@ def _plain(value):
 
 
 def write_skeleton(model: Path, out: Path) -> dict:
-    from gguf import GGUFReader
-
     reader = GGUFReader(model)
     digest = hashlib.sha256()
     with model.open("rb") as fh:
@@ -70,15 +69,11 @@ def load_skeleton(path: Path) -> dict:
 
 def file_type_name(skeleton: dict) -> str:
     """The llama-quantize type of the original, e.g. 'Q4_K_M' (from general.file_type)."""
-    from gguf import LlamaFileType
-
     ftype = next(f["value"] for f in skeleton["fields"] if f["name"] == "general.file_type")
     return LlamaFileType(ftype).name.removeprefix("MOSTLY_")
 
 
 def build_replica(skeleton: dict, out: Path, seed: int = 116) -> None:
-    from gguf import GGUFValueType, GGUFWriter
-
     rng = np.random.default_rng(seed)
     writer = GGUFWriter(out, arch=skeleton["arch"])
     for f in skeleton["fields"]:
@@ -98,8 +93,6 @@ def build_replica(skeleton: dict, out: Path, seed: int = 116) -> None:
 
 def compare(skeleton: dict, replica: Path) -> tuple[bool, str]:
     """Whether the replica has the original's tensors (names, shapes, types), with a summary."""
-    from gguf import GGUFReader
-
     got = {t.name: ([int(n) for n in t.shape], t.tensor_type.name) for t in GGUFReader(replica).tensors}
     want = {t["name"]: (t["ne"], t["type"]) for t in skeleton["tensors"]}
     diffs = [f"{n}: original {want.get(n)}, replica {got.get(n)}" for n in sorted(set(got) | set(want))

@@ -8,64 +8,36 @@ recommendations) is produced by a rule that the report states next to it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jinja2
 import pandas as pd
 
 from bench import instrument, metrics, power, stats
-from bench.analysis import (client_cpu_explains, DERIVED_DEFINITIONS, HEADLINE, LOWER_IS_BETTER, Tables, derive, export_tables,
-                            load_tables)
+from bench import findings, fmt
+from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
 from bench.manifest import MANIFEST_NAME, planned_cells, profile_from_manifest
 from bench.overhead import CLIENT_OVERHEAD_NAME
 from bench.paths import TEMPLATES_DIR
 from bench.plots import write_plots
 from bench.profile import LoadedProfile, Profile
-from bench.runner import CONFIG_SKIP, OPTIONAL_SKIP
+from bench.ladder import Skip
 from bench.store import Store, atomic_write_text
-from bench.summary import OUTLIER_METRICS, summarize_all
+from bench.summary import summarize_all
 from bench.validate import validate_study
 
 REPORT_NAME = "Technical_Report_116.md"
 # Rule thresholds of the recommendations, stated in the report.
-CV_LIMIT_PCT = 10.0
-CONTENTION_SHARE = 0.5
-SIGNIFICANCE = 0.05
-BENCH_LABELS = {"single-python": "single-agent Python", "single-rust": "single-agent Rust",
-                "multi-python": "multi-agent Python", "multi-rust": "multi-agent Rust"}
-
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if _missing(v):
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
-
-
-def _pct(v, digits: int = 1) -> str:
-    return "–" if _missing(v) else f"{v:.{digits}f} %"
-
-
-def _signed(v) -> str:
-    return "–" if _missing(v) else f"{v:+.3g}"
 
 
 def _mean_ci(row: pd.Series, metric: str) -> str:
     mean, lo, hi = row.get(f"{metric}_mean"), row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
-    if _missing(mean):
+    if fmt.missing(mean):
         return "–"
-    if _missing(lo):
-        return _fmt(mean)
-    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+    if fmt.missing(lo):
+        return fmt.num(mean)
+    return f"{fmt.num(mean)} [{fmt.num(lo)}, {fmt.num(hi)}]"
 
 
 def _as_ran(r: pd.Series, col: str) -> str:
@@ -91,11 +63,11 @@ def single_table(configs: pd.DataFrame, lang: str) -> str | None:
     df = _suite(configs, "single", lang)
     return _md([{"model": r["model"], "config": _as_ran(r, "config"), "n": r["n"],
                  "decode tok/s (server) [95% CI]": _mean_ci(r, "decode_tps"),
-                 "decode tok/s (client)": _fmt(r["decode_tps_client_mean"]),
-                 "CV %": _fmt(r["decode_tps_cv_pct"], 2),
+                 "decode tok/s (client)": fmt.num(r["decode_tps_client_mean"]),
+                 "CV %": fmt.num(r["decode_tps_cv_pct"], 2),
                  "TTFT ms [95% CI]": _mean_ci(r, "ttft_ms"),
-                 "TTFT p95 ms": _fmt(r["ttft_ms_p95"]),
-                 "latency ms p50 / p95": f"{_fmt(r['latency_ms_p50'])} / {_fmt(r['latency_ms_p95'])}",
+                 "TTFT p95 ms": fmt.num(r["ttft_ms_p95"]),
+                 "latency ms p50 / p95": f"{fmt.num(r['latency_ms_p50'])} / {fmt.num(r['latency_ms_p95'])}",
                  "cold runs": r["cold_runs"], "outlier runs": r["outlier_runs"]}
                 for _, r in df.sort_values(["model", "cell"]).iterrows()])
 
@@ -105,11 +77,11 @@ def multi_table(configs: pd.DataFrame, lang: str) -> str | None:
     return _md([{"model": r["model"], "scenario": _as_ran(r, "scenario"), "n": r["n"],
                  "speedup × [95% CI]": _mean_ci(r, "speedup"),
                  "efficiency % [95% CI]": _mean_ci(r, "efficiency_pct"),
-                 "evenness %": _fmt(r["evenness_pct_mean"]),
-                 "wall s": _fmt(r["wall_s_mean"]), "sequential s": _fmt(r["seq_s_mean"]),
-                 "tps ratio C / I": f"{_fmt(r.get('collector_tps_ratio_mean'))} / {_fmt(r.get('insight_tps_ratio_mean'))}",
-                 "TTFT inflation C / I": f"{_fmt(r.get('collector_ttft_inflation_mean'))} / "
-                                         f"{_fmt(r.get('insight_ttft_inflation_mean'))}",
+                 "evenness %": fmt.num(r["evenness_pct_mean"]),
+                 "wall s": fmt.num(r["wall_s_mean"]), "sequential s": fmt.num(r["seq_s_mean"]),
+                 "tps ratio C / I": f"{fmt.num(r.get('collector_tps_ratio_mean'))} / {fmt.num(r.get('insight_tps_ratio_mean'))}",
+                 "TTFT inflation C / I": f"{fmt.num(r.get('collector_ttft_inflation_mean'))} / "
+                                         f"{fmt.num(r.get('insight_ttft_inflation_mean'))}",
                  "contention runs": f"{int(r['contention_runs'])}/{r['n']}",
                  "legacy flag runs": f"{int(r['legacy_contention_runs'])}/{r['n']}",
                  "outlier runs": r["outlier_runs"]}
@@ -126,7 +98,7 @@ def normalized_table(norm: pd.DataFrame, baseline: str) -> str | None:
     for (suite, lang, case, metric), g in norm.groupby(["suite", "lang", "case", "metric"], sort=False):
         row = {"suite": suite, "lang": lang, "config / scenario": case, "metric": metric}
         for m in models:
-            cells = [f"{_fmt(r['mean'])} ({r['pct_of_baseline']:.1f} %"
+            cells = [f"{fmt.num(r['mean'])} ({r['pct_of_baseline']:.1f} %"
                      + (f", ran {r['ran_as']}" if r["ran_as"] else "") + ")" for _, r in g[g["model"] == m].iterrows()]
             row[m] = "; ".join(cells) or "–"
         rows.append(row)
@@ -138,35 +110,29 @@ def winner_matrix(win: pd.DataFrame) -> tuple[str | None, str | None]:
     if win.empty:
         return None, None
     cases = list(dict.fromkeys(win["case"]))
-    benches = [b for b in BENCH_LABELS if b in set(win["bench"])]
+    benches = [b for b in metrics.BENCHES if b in set(win["bench"])]
     matrix = []
     for case in cases:
         row = {"config / scenario": case}
-        for b in BENCH_LABELS:
+        for b in metrics.BENCHES:
             hit = win[(win["case"] == case) & (win["bench"] == b)]
-            row[b] = (f"**{hit.iloc[0]['winner']}**" if not _missing(hit.iloc[0]["winner"])
+            row[b] = (f"**{hit.iloc[0]['winner']}**" if not fmt.missing(hit.iloc[0]["winner"])
                       else hit.iloc[0]["verdict"]) if not hit.empty else "–"
             if not hit.empty and hit.iloc[0]["ran_as"]:
                 row[b] += f" (all ran {hit.iloc[0]['ran_as']})"
         matrix.append(row)
     detail = [{"bench": r["bench"], "config / scenario": r["case"], "metric": r["metric"],
-               "leader (mean)": f"{r['leader']} ({_fmt(r['leader_mean'])})",
-               "runner-up (mean)": f"{r['runner_up']} ({_fmt(r['runner_up_mean'])})" if r["runner_up"] else "–",
-               "n": f"{_fmt(r['n_leader'])} / {_fmt(r['n_runner_up'])}",
-               "Δ mean [bootstrap 95% CI]": (f"{_signed(r['diff'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
-                                             if not _missing(r["diff"]) else "–"),
+               "leader (mean)": f"{r['leader']} ({fmt.num(r['leader_mean'])})",
+               "runner-up (mean)": f"{r['runner_up']} ({fmt.num(r['runner_up_mean'])})" if r["runner_up"] else "–",
+               "n": f"{fmt.num(r['n_leader'])} / {fmt.num(r['n_runner_up'])}",
+               "Δ mean [bootstrap 95% CI]": (f"{fmt.signed(r['diff'])} [{fmt.signed(r['ci_low'])}, {fmt.signed(r['ci_high'])}]"
+                                             if not fmt.missing(r["diff"]) else "–"),
                "verdict": r["verdict"]}
               for _, r in win[win["bench"].isin(benches)].iterrows()]
     return _md(matrix), _md(detail)
 
 
 # ---- Python vs Rust and the client floors ----------------------------------------------------
-
-
-def client_floors(data: dict | None) -> dict[tuple[str, str], dict]:
-    """(client, api) → its floor row from client_overhead.json (`invoke bench-clients`)."""
-    return {(r["client"], r["api"]): r for r in (data or {}).get("client_floors", [])
-            if r.get("client") and r.get("api")}
 
 
 def _cpu_us_per_token(floors: dict[tuple[str, str], dict], client: str, api: str | None) -> float | None:
@@ -186,15 +152,15 @@ def lang_delta_table(deltas: pd.DataFrame, floors: dict[tuple[str, str], dict], 
     rows = []
     for _, r in deltas.iterrows():
         row = {"suite": r["suite"], "model": r["model"], "config / scenario": r["case"], "metric": r["metric"],
-               "Python": _fmt(r["python_mean"]), "Rust": _fmt(r["rust_mean"]),
-               "Δ Rust − Python [95% CI]": (f"{_signed(r['delta'])} [{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
-                                           if not _missing(r["ci_low"]) else _signed(r["delta"])),
-               "Δ %": _pct(r["delta_pct"]), "significant": "yes" if r["significant"] else "no",
+               "Python": fmt.num(r["python_mean"]), "Rust": fmt.num(r["rust_mean"]),
+               "Δ Rust − Python [95% CI]": (f"{fmt.signed(r['delta'])} [{fmt.signed(r['ci_low'])}, {fmt.signed(r['ci_high'])}]"
+                                           if not fmt.missing(r["ci_low"]) else fmt.signed(r["delta"])),
+               "Δ %": fmt.pct(r["delta_pct"]), "significant": "yes" if r["significant"] else "no",
                "client CPU share Py / Rust": "–", "beyond client floor": "–"}
         if r["metric"] in ("decode_tps", "decode_tps_client"):
             shares = {lang: _cpu_us_per_token(floors, lang, api) for lang in ("python", "rust")}
             share = {lang: (c * r[f"{lang}_mean"] / 1e4 if c is not None else None) for lang, c in shares.items()}
-            row["client CPU share Py / Rust"] = f"{_pct(share['python'], 2)} / {_pct(share['rust'], 2)}"
+            row["client CPU share Py / Rust"] = f"{fmt.pct(share['python'], 2)} / {fmt.pct(share['rust'], 2)}"
             if share["python"] is None or share["rust"] is None:
                 row["beyond client floor"] = "floor not measured"
             else:
@@ -205,18 +171,18 @@ def lang_delta_table(deltas: pd.DataFrame, floors: dict[tuple[str, str], dict], 
 
 
 def floors_table(floors: dict[tuple[str, str], dict]) -> str | None:
-    return _md([{"client": c, "protocol": a, "tokens/s (unpaced)": _fmt(r.get("tokens_per_s")),
-                 "CPU µs per token": _fmt(r.get("cpu_us_per_token")),
-                 "paced skew %": _fmt(r.get("skew_pct"), 2)} for (c, a), r in sorted(floors.items())])
+    return _md([{"client": c, "protocol": a, "tokens/s (unpaced)": fmt.num(r.get("tokens_per_s")),
+                 "CPU µs per token": fmt.num(r.get("cpu_us_per_token")),
+                 "paced skew %": fmt.num(r.get("skew_pct"), 2)} for (c, a), r in sorted(floors.items())])
 
 
 def engine_reference_table(data: dict | None) -> str | None:
     return _md([{"model": r.get("model"), "engine": r.get("engine"), "reference": r.get("reference"),
-                 "threads": r.get("threads"), "reference tok/s": _fmt(r.get("reference_tps")),
-                 "harness tok/s client / server": f"{_fmt(r.get('harness_client_tps'))} / "
-                                                 f"{_fmt(r.get('harness_server_tps'))}",
-                 "ratio client / server to reference": f"{_fmt(r.get('ratio_client_to_reference'))} / "
-                                                      f"{_fmt(r.get('ratio_server_to_reference'))}"}
+                 "threads": r.get("threads"), "reference tok/s": fmt.num(r.get("reference_tps")),
+                 "harness tok/s client / server": f"{fmt.num(r.get('harness_client_tps'))} / "
+                                                 f"{fmt.num(r.get('harness_server_tps'))}",
+                 "ratio client / server to reference": f"{fmt.num(r.get('ratio_client_to_reference'))} / "
+                                                      f"{fmt.num(r.get('ratio_server_to_reference'))}"}
                 for r in (data or {}).get("harness_vs_engine", [])])
 
 
@@ -244,11 +210,11 @@ def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str
             "parameters": (gguf.get("size_label") or m.get("parameter_size")
                            or (f"{meta['n_params'] / 1e6:,.1f}M" if meta.get("n_params") else "–")),
             "family / architecture": m.get("family") or gguf.get("architecture") or "–",
-            "file / model size": _bytes(m.get("size_bytes")),
-            "context (trained)": _fmt(gguf.get("context_length") or m.get("context_length")),
-            "VRAM (size_vram)": (_bytes(loaded.get("size_vram")) if loaded else "not loaded at manifest time")
+            "file / model size": fmt.bytes_(m.get("size_bytes")),
+            "context (trained)": fmt.num(gguf.get("context_length") or m.get("context_length")),
+            "VRAM (size_vram)": (fmt.bytes_(loaded.get("size_vram")) if loaded else "not loaded at manifest time")
             if ps_available else "n/a (no /api/ps on this runtime)",
-            "peak VRAM in runs (NVML, GPU total)": _bytes(peak),
+            "peak VRAM in runs (NVML, GPU total)": fmt.bytes_(peak),
             "load failures (attempts)": len(load),
             "identity": _identity(m),
         })
@@ -265,30 +231,11 @@ def _identity(m: dict) -> str:
     return "; ".join(parts) or m.get("error", "not recorded")
 
 
-def downgrade_rows(runs: pd.DataFrame, failures: list[dict]) -> list[dict]:
-    """The spec's "config downgrades required": per model, each config the fallback ladder changed,
-    what was asked, what ran and why; a config that no rung loaded ran nothing."""
-    rows = []
-    down = runs[runs["ran_as"] != ""] if "ran_as" in runs else runs.iloc[0:0]
-    for (model, cell, ran_as), g in down.groupby(["model", "cell", "ran_as"], sort=True):
-        rows.append({"model": model, "config (asked)": cell, "ran": ran_as, "runs": len(g),
-                     "why": g.sort_values("run")["downgrade_why"].iloc[0]})
-    for f in failures:
-        if f.get("fallback") in (CONFIG_SKIP, OPTIONAL_SKIP):
-            tried = [x for x in failures if x.get("cell") == f["cell"] and x.get("attempted_config")]
-            last = f.get("attempted_config") or {}
-            rows.append({"model": f["model"], "config (asked)": f["cell"], "ran": "nothing: no rung loaded",
-                         "runs": 0, "why": f"{f['error_kind']} on {len(tried)} rung(s), the last "
-                                           f"{last.get('model')} gpu_layers {last.get('gpu_layers')} ctx "
-                                           f"{last.get('ctx')}: {str(f.get('error', '')).splitlines()[0][:160]}"})
-    return sorted(rows, key=lambda r: (r["model"], r["config (asked)"]))
-
-
 def optional_skips(failures: list[dict]) -> list[str]:
     """Why each optional model is absent (the spec: "document failure and rationale")."""
     out = []
     for f in failures:
-        if f.get("fallback") != OPTIONAL_SKIP or f.get("error_kind") == "skipped":
+        if f.get("fallback") != Skip.OPTIONAL_MODEL or f.get("error_kind") == "skipped":
             continue
         tried = [x for x in failures if x.get("model") == f["model"] and x.get("attempted_config")]
         rungs = ", ".join(dict.fromkeys(f"{a['model']} gpu_layers {a['gpu_layers']} ctx {a['ctx']}"
@@ -297,21 +244,10 @@ def optional_skips(failures: list[dict]) -> list[str]:
         out.append(f"**{f['model']}** (optional) was not measured: no rung of its fallback ladder loaded on this "
                    f"host ({len(tried)} attempt(s): {rungs}); the last error was `{f['error_kind']}`: "
                    f"{str(f.get('error', '')).splitlines()[0][:200]}"
-                   + (f"; VRAM in use at that failure {_bytes(vram)} of {_bytes(f.get('observed_vram_total_bytes'))}"
+                   + (f"; VRAM in use at that failure {fmt.bytes_(vram)} of {fmt.bytes_(f.get('observed_vram_total_bytes'))}"
                       if vram else "")
                    + ". Its runs are absent from every table; the comparisons are between the other models.")
     return out
-
-
-def _bytes(v) -> str:
-    if _missing(v):
-        return "–"
-    v = float(v)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if v < 1024:
-            return f"{v:.3g} {unit}"
-        v /= 1024
-    return f"{v:.3g} TiB"
 
 
 def power_facts(runs: pd.DataFrame) -> dict:
@@ -325,16 +261,16 @@ def power_facts(runs: pd.DataFrame) -> dict:
     return {"reasons": distinct("power_reason"), "sources": distinct("power_source"),
             "fields": distinct("power_power_field"), "intervals": distinct("power_interval_s"),
             "idle_s": distinct("power_idle_s"), "settle_s": power.IDLE_SETTLE_S, "n_sampled": len(sampled),
-            "slack": {lang: _fmt(v * 1000) for lang, v in slack.items()},
+            "slack": {lang: fmt.num(v * 1000) for lang, v in slack.items()},
             "throttled": [f"{r['cell']} run {r['run']} ({r['power_throttle_reasons'] or 'reasons not read'})"
                           for _, r in throttled.iterrows()]}
 
 
 def thermal_table(thermal: pd.DataFrame) -> str | None:
     return _md([{"runs (in start order)": r["runs"], "from": r["from"],
-                 "start °C (mean)": _fmt(r["start_temp_c_mean"]), "end °C (mean)": _fmt(r["end_temp_c_mean"]),
-                 "max °C": _fmt(r["max_temp_c"]), "SM MHz at end (median)": _fmt(r["end_sm_clock_mhz_median"]),
-                 "power limit W": _fmt(r["power_limit_w"]), "throttled runs": r["throttled_runs"]}
+                 "start °C (mean)": fmt.num(r["start_temp_c_mean"]), "end °C (mean)": fmt.num(r["end_temp_c_mean"]),
+                 "max °C": fmt.num(r["max_temp_c"]), "SM MHz at end (median)": fmt.num(r["end_sm_clock_mhz_median"]),
+                 "power limit W": fmt.num(r["power_limit_w"]), "throttled runs": r["throttled_runs"]}
                 for _, r in thermal.iterrows()])
 
 
@@ -356,138 +292,46 @@ def _drift_flag(drift: pd.DataFrame, threshold_pct: float) -> str | None:
     if drift.empty or not drift["flag"].any():
         return None
     worst = drift.loc[drift["drift_pct"].abs().idxmax()]
-    return (f"**Host drift:** the reference probe's decode rate moved {_pct(worst['drift_pct'])} "
+    return (f"**Host drift:** the reference probe's decode rate moved {fmt.pct(worst['drift_pct'])} "
             f"(probe '{worst['probe']}' against the first; threshold ±{threshold_pct:g} %): differences between "
             f"configs measured at different times may be the host, not the config (section 8).")
-
-
-def central_answer(var: pd.DataFrame, suite: str, metric: str, runs: pd.DataFrame | None = None) -> dict | None:
-    """The stated rule: a factor 'shifts' the metric when it has the largest η² among model,
-    language and case and its one-way ANOVA p < 0.05; otherwise run-to-run noise dominates. A
-    language effect that client CPU explains on a host short of cores says so instead
-    (analysis.client_cpu_explains)."""
-    sub = var[(var["suite"] == suite) & (var["metric"] == metric)] if not var.empty else var
-    if sub.empty:
-        return None
-    factors = sub[sub["factor"].isin(["model", "language", "case"]) & sub["eta_sq"].notna()]
-    noise = sub[sub["factor"] == "run-to-run (within config)"]["eta_sq"].iloc[0]
-    model = sub[sub["factor"] == "model"]["eta_sq"].iloc[0]
-    if factors.empty:
-        return {"verdict": "no factor varied", "detail": "only one model, language and case were measured"}
-    top = factors.sort_values("eta_sq", ascending=False).iloc[0]
-    significant = not _missing(top["p_value"]) and top["p_value"] < SIGNIFICANCE
-    label = {"case": "config" if suite == "single" else "scenario"}.get(top["factor"], top["factor"])
-    if significant and top["factor"] == "model":
-        verdict = "model choice dominates"
-    elif significant and top["factor"] == "language" and runs is not None \
-            and (why := client_cpu_explains(runs, suite, metric)):
-        return {"verdict": "client CPU, not the language, explains the difference",
-                "detail": f"largest share: language η² = {top['eta_sq']:.2f} (p = {_fmt(top['p_value'])}), but {why}"}
-    elif significant:
-        verdict = f"architecture dominates ({label})"
-    else:
-        verdict = "no factor is significant: run-to-run variation dominates"
-    detail = f"largest share: {label} η² = {top['eta_sq']:.2f} (p = {_fmt(top['p_value'])}); "
-    if top["factor"] != "model":
-        detail += f"model η² = {_fmt(model, 2)}; "
-    detail += f"run-to-run (within config) = {_fmt(noise, 2)}"
-    return {"verdict": verdict, "detail": detail}
 
 
 def variance_table(var: pd.DataFrame) -> str | None:
     if var.empty:
         return None
     return _md([{"suite": r["suite"], "metric": r["metric"], "factor": r["factor"],
-                 "levels": _fmt(r["levels"]), "n": r["n"],
-                 "η² (share of variance)": "not varied" if _missing(r["eta_sq"]) and r["levels"] == 1
-                 else _fmt(r["eta_sq"], 2),
-                 "ANOVA p": _fmt(r["p_value"], 2)} for _, r in var.iterrows()])
-
-
-def recommendations(tables: Tables, downgrades: list[dict], floors: dict[tuple[str, str], dict]) -> list[dict]:
-    """Each recommendation is the output of a stated rule over the tables; none is free text."""
-    recs: list[dict] = []
-    win = tables.derived["winners"]
-    for bench in BENCH_LABELS:
-        sub = win[win["bench"] == bench] if not win.empty else win
-        if sub.empty:
-            continue
-        named = set(sub["winner"].dropna())
-        metric = sub.iloc[0]["metric"]
-        if len(named) == 1 and sub["winner"].notna().all():
-            model = next(iter(named))
-            recs.append({"rule": f"R1: a model that wins every {BENCH_LABELS[bench]} case on {metric} is recommended "
-                                 "for it", "finding": f"use **{model}** for {BENCH_LABELS[bench]} work: it wins all "
-                                                      f"{len(sub)} case(s) ({', '.join(sub['case'])})"})
-        else:
-            wins = "; ".join(f"{r['case']}: {r['verdict']}" for _, r in sub.iterrows())
-            recs.append({"rule": f"R1: no model is recommended for {BENCH_LABELS[bench]} unless it wins every case",
-                         "finding": f"no single model: {wins}"})
-    configs = tables.configs
-    for _, r in _suite(configs, "multi").iterrows():
-        if r["n"] and r["contention_runs"] / r["n"] >= CONTENTION_SHARE:
-            recs.append({"rule": f"R2: a multi config with contention in ≥ {CONTENTION_SHARE:.0%} of its runs needs "
-                                 "separate resources per instance",
-                         "finding": f"{r['cell']}: contention in {int(r['contention_runs'])}/{r['n']} runs "
-                                    f"(tps ratio C/I {_fmt(r.get('collector_tps_ratio_mean'))}/"
-                                    f"{_fmt(r.get('insight_tps_ratio_mean'))}, speedup {_fmt(r['speedup_mean'])}×)"})
-    for _, r in configs.iterrows():
-        metric = HEADLINE[r["suite"]]
-        cv = r.get(f"{metric}_cv_pct")
-        if not _missing(cv) and cv > CV_LIMIT_PCT:
-            recs.append({"rule": f"R3: a config whose {metric} CV exceeds {CV_LIMIT_PCT:.0f} % needs more runs "
-                                 "before its mean is quoted",
-                         "finding": f"{r['cell']}: CV {cv:.1f} % over {r['n']} runs"})
-    deltas = tables.derived["lang_deltas"]
-    for _, r in (deltas[deltas["significant"]] if not deltas.empty else deltas).iterrows():
-        faster = "Rust" if (r["delta"] > 0) == (r["metric"] not in LOWER_IS_BETTER) else "Python"
-        recs.append({"rule": "R4: a significant Python/Rust difference favours that client for the case",
-                     "finding": f"{r['suite']}/{r['model']}/{r['case']}: {faster} better on {r['metric']} "
-                                f"(Δ {_signed(r['delta'])}, {_pct(r['delta_pct'])})"
-                                + ("" if floors else "; client floor not measured")})
-    for d in downgrades:
-        recs.append({"rule": "R5: a config that needed the fallback ladder does not fit this host as asked",
-                     "finding": f"{d['config (asked)']}: ran {d['ran']} ({d['why']})"})
-    outl = tables.derived["outliers"]
-    if not outl.empty:
-        recs.append({"rule": "R6: flagged runs stay in the data; configs with flags are quoted with their median too",
-                     "finding": f"{outl['cell'].nunique()} config(s) with {len(outl)} flag(s); see section 14"})
-    return recs
+                 "levels": fmt.num(r["levels"]), "n": r["n"],
+                 "η² (share of variance)": "not varied" if fmt.missing(r["eta_sq"]) and r["levels"] == 1
+                 else fmt.num(r["eta_sq"], 2),
+                 "ANOVA p": fmt.num(r["p_value"], 2)} for _, r in var.iterrows()])
 
 
 # ---- rendering -----------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
-
-
-def write_report(loaded: LoadedProfile, store: Store | None = None) -> Path:
+def write_report(loaded: LoadedProfile, store: Store | None = None, results: Results | None = None) -> Path:
+    """Summaries, tables, plots and the report of a study (`results`: its analysis, when the
+    caller already built it)."""
     profile = loaded.profile
     store = store or Store(profile.study)
     if not store.root.is_dir():
         raise BenchError(f"no results for study '{profile.study}' in {store.root}: run `invoke bench` first")
-    manifest = _read_json(store.root / MANIFEST_NAME) or {}
+    manifest = store.read_json(MANIFEST_NAME) or {}
     # The manifest's plan (with the task's overrides) says how many runs each config expected;
     # without a usable manifest the profile's full plan stands in.
     try:
         cells = planned_cells(manifest, profile_from_manifest(manifest)) if manifest else planned_cells(None, profile)
     except BenchError:
         cells = planned_cells(None, profile)
-    summarize_all(store, cells, profile.outliers.mad_k)
-    tables = load_tables(store, profile.outliers.mad_k)
-    if tables.runs.empty and tables.misplaced.empty:
+    results = results if results is not None else build(store, profile)
+    if results.runs.empty and results.misplaced.empty:
         raise BenchError(f"no metrics.json under {store.root}: run `invoke bench` first")
-    derive(tables, profile)
-    export_tables(store, tables)
-    plots = write_plots(store.root, tables.configs, tables.derived["frontier"])
-    overhead = _read_json(store.root / CLIENT_OVERHEAD_NAME)
-    text = render(profile, tables, manifest, store.failures(), plots=plots, client_overhead=overhead,
+    summarize_all(store, cells, results, profile.outliers.mad_k)
+    export_tables(store, results)
+    plots = write_plots(store.root, results.configs, results.derived["frontier"])
+    overhead = store.read_json(CLIENT_OVERHEAD_NAME)
+    text = render(profile, results, manifest, store.failures(), plots=plots, client_overhead=overhead,
                   planned_runs={c.key: c.runs for c in cells}, incomplete=validate_study(loaded, store).incomplete)
     path = store.root / REPORT_NAME
     atomic_write_text(path, text)
@@ -500,24 +344,24 @@ def _bench_command(profile: Profile, manifest: dict) -> str:
     return f"bench --profile {profile.study}{flags}"
 
 
-def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict], *,
+def render(profile: Profile, tables: Results, manifest: dict, failures: list[dict], *,
            plots: dict[str, str] | None = None, client_overhead: dict | None = None,
            planned_runs: dict[str, int] | None = None, incomplete: str | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     configs, runs, derived = tables.configs, tables.runs, tables.derived
-    floors = client_floors(client_overhead)
+    floors = findings.client_floors(client_overhead)
     matrix, matrix_detail = winner_matrix(derived["winners"])
     outl = derived["outliers"]
-    ran = pd.concat([runs, tables.misplaced]) if not tables.misplaced.empty else runs  # misplaced runs ran too
-    downgrades = downgrade_rows(ran, failures)
+    found = tables.findings
+    downgrades = found["downgrades"]  # misplaced runs ran too: counted there
     ctx = {
         "profile": profile, "manifest": manifest, "incomplete": incomplete,
         "downgrades": _md(downgrades), "optional_skips": optional_skips(failures),
         "metric_levels": [("request", "Per request"), ("run", "Per agent run (single suite)"),
                           ("multi", "Multi-agent run"), ("power", "Power (GPU hosts, NVML)")],
         "definitions": metrics.definitions, "derived_definitions": DERIVED_DEFINITIONS,
-        "outlier_metrics": OUTLIER_METRICS,
+        "outlier_metrics": {suite: metrics.outlier_metrics(suite) for suite in metrics.SUITES},
         "single_tables": {lang: single_table(configs, lang) for lang in ("python", "rust")},
         "multi_tables": {lang: multi_table(configs, lang) for lang in ("python", "rust")},
         "normalized": normalized_table(derived["normalized"], profile.baseline.name),
@@ -527,62 +371,62 @@ def render(profile: Profile, tables: Tables, manifest: dict, failures: list[dict
         "floors": floors_table(floors), "engine_reference": engine_reference_table(client_overhead),
         "overhead_measured_at": (client_overhead or {}).get("measured_at"),
         "model_notes": model_notes(manifest, failures, runs),
-        "drift": _md([{"probe": r["probe"], "at": r["at"], "decode tok/s (server)": _fmt(r["decode_tps"]),
-                       "decode tok/s (client)": _fmt(r["decode_tps_client"]), "TTFT ms": _fmt(r["ttft_ms"]),
-                       "drift vs first": _pct(r["drift_pct"]), "TTFT drift": _pct(r["ttft_drift_pct"]),
+        "drift": _md([{"probe": r["probe"], "at": r["at"], "decode tok/s (server)": fmt.num(r["decode_tps"]),
+                       "decode tok/s (client)": fmt.num(r["decode_tps_client"]), "TTFT ms": fmt.num(r["ttft_ms"]),
+                       "drift vs first": fmt.pct(r["drift_pct"]), "TTFT drift": fmt.pct(r["ttft_drift_pct"]),
                        "flag": "DRIFT" if r["flag"] else ""} for _, r in derived["drift"].iterrows()]),
         "probe_calls": instrument.PROBE_CALLS, "probe_tokens": instrument.PROBE_TOKENS,
         "drift_flag": _drift_flag(derived["drift"], profile.instrument.drift_threshold_pct),
         "client_cost": _md([{"suite": r["suite"], "model": r["model"], "config / scenario": r["case"],
-                             "client CPU, cores Py / Rust": f"{_fmt(r.get('python_client_cpu_share'), 2)} / "
-                                                            f"{_fmt(r.get('rust_client_cpu_share'), 2)}",
-                             "host busy Py / Rust": f"{_pct(r.get('python_host_busy_pct'))} / "
-                                                    f"{_pct(r.get('rust_host_busy_pct'))}"}
+                             "client CPU, cores Py / Rust": f"{fmt.num(r.get('python_client_cpu_share'), 2)} / "
+                                                            f"{fmt.num(r.get('rust_client_cpu_share'), 2)}",
+                             "host busy Py / Rust": f"{fmt.pct(r.get('python_host_busy_pct'))} / "
+                                                    f"{fmt.pct(r.get('rust_host_busy_pct'))}"}
                             for _, r in derived["client_cost"].iterrows()]),
         "overhead_ratio": derived["overhead"].attrs.get("study_overhead_ratio"),
-        "overhead": _md([{"where the bench's time went": r["part"], "s": _fmt(r["seconds"]),
-                          "share": _pct(r["share_pct"])} for _, r in derived["overhead"].iterrows()]),
+        "overhead": _md([{"where the bench's time went": r["part"], "s": fmt.num(r["seconds"]),
+                          "share": fmt.pct(r["share_pct"])} for _, r in derived["overhead"].iterrows()]),
         "reconciliation": _md([{"engine API": r["api"], "model": r["model"], "requests": r["requests"],
                                 "stopped before num_predict": r["stopped_early"],
-                                "TTFT unaccounted, median (ms)": _fmt(r["ttft_unaccounted_ms_median"]),
-                                "p95 (ms)": _fmt(r["ttft_unaccounted_ms_p95"]),
-                                "decode overstatement, median": _pct(r["decode_overstatement_pct_median"]),
-                                "p95": _pct(r["decode_overstatement_pct_p95"])}
+                                "TTFT unaccounted, median (ms)": fmt.num(r["ttft_unaccounted_ms_median"]),
+                                "p95 (ms)": fmt.num(r["ttft_unaccounted_ms_p95"]),
+                                "decode overstatement, median": fmt.pct(r["decode_overstatement_pct_median"]),
+                                "p95": fmt.pct(r["decode_overstatement_pct_p95"])}
                                for _, r in derived["reconciliation"].iterrows()]),
         "misplaced": _md([{"config": r["cell"], "run": r["run"], "placement": r["placement_issues"]}
                           for _, r in tables.misplaced.iterrows()]),
         "gpu_reason": gpu_reason(manifest),
-        "frontier": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
-                          "tokens/J (gross)": _fmt(r["tokens_per_j_mean"]),
-                          "tokens/J (idle subtracted)": _fmt(r.get("tokens_per_j_net_mean")),
-                          "mean active W": _fmt(r.get("power_mean_power_w_mean")),
-                          "idle W": _fmt(r.get("power_idle_power_w_mean")),
+        "frontier": _md([{"config": r["cell"], "served tok/s": fmt.num(r["served_tps_mean"]),
+                          "tokens/J (gross)": fmt.num(r["tokens_per_j_mean"]),
+                          "tokens/J (idle subtracted)": fmt.num(r.get("tokens_per_j_net_mean")),
+                          "mean active W": fmt.num(r.get("power_mean_power_w_mean")),
+                          "idle W": fmt.num(r.get("power_idle_power_w_mean")),
                           "on frontier": "yes" if r["pareto"] else "no"}
                          for _, r in derived["frontier"].iterrows()]),
         "power_in_runs": "power_tokens_per_j" in runs and bool(runs["power_tokens_per_j"].notna().any()),
         "power": power_facts(runs),
         "thermal": thermal_table(derived["thermal"]),
-        "cost": _md([{"config": r["cell"], "served tok/s": _fmt(r["served_tps_mean"]),
-                      "tokens per $ (GPU-hour)": _fmt(r.get("tokens_per_usd_gpu_hour")),
-                      "tokens per $ (electricity)": _fmt(r.get("tokens_per_usd_electricity"))}
+        "cost": _md([{"config": r["cell"], "served tok/s": fmt.num(r["served_tps_mean"]),
+                      "tokens per $ (GPU-hour)": fmt.num(r.get("tokens_per_usd_gpu_hour")),
+                      "tokens per $ (electricity)": fmt.num(r.get("tokens_per_usd_electricity"))}
                      for _, r in derived["cost"].iterrows()]),
         "variance": variance_table(derived["variance"]),
-        "answers": {key: central_answer(derived["variance"], *key.split(":"), runs=runs)
-                    for key in ("multi:speedup", "multi:evenness_pct", "single:decode_tps", "single:ttft_ms")},
-        "outliers": _md([{"config": r["cell"], "run": r["run"], "metric": r["metric"], "value": _fmt(r["value"]),
-                          "config median": _fmt(r["config_median"]),
-                          "deviation": _pct((r["value"] - r["config_median"]) / r["config_median"] * 100
+        "answers": found["central_answers"],
+        "outliers": _md([{"config": r["cell"], "run": r["run"], "metric": r["metric"], "value": fmt.num(r["value"]),
+                          "config median": fmt.num(r["config_median"]),
+                          "deviation": fmt.pct((r["value"] - r["config_median"]) / r["config_median"] * 100
                                             if r["config_median"] else None),
                           "runs in config": r["n"]} for _, r in outl.iterrows()]),
         "extra_runs": int((runs["run"] > runs["cell"].map(planned_runs or {})).sum()),
         "failures": failures,
-        "recommendations": recommendations(tables, downgrades, floors),
+        "recommendations": found["recommendations"],
         "plots": plots or {},
         "bench_command": _bench_command(profile, manifest),
         "n_runs": len(runs), "n_configs": len(configs), "n_requests": len(tables.requests),
         "cold_runs": int(runs["cold_load"].sum()),
-        "fmt": _fmt, "bytes": _bytes,
-        "params": {"cv_limit": CV_LIMIT_PCT, "contention_share": CONTENTION_SHARE, "alpha": SIGNIFICANCE,
+        "fmt": fmt.num, "bytes": fmt.bytes_,
+        "params": {"cv_limit": findings.CV_LIMIT_PCT, "contention_share": findings.CONTENTION_SHARE,
+                   "alpha": findings.SIGNIFICANCE,
                    "bootstrap_seed": stats.BOOTSTRAP_SEED},
     }
     return env.get_template("report.md.j2").render(**ctx)

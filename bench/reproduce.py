@@ -23,7 +23,7 @@ import yaml
 
 from bench import manifest as mf
 from bench import metrics
-from bench.analysis import load_tables
+from bench.analysis import build, load_tables
 from bench.errors import BenchError
 from bench.plan import build_plan
 from bench.profile import LoadedProfile, load_profile
@@ -31,7 +31,6 @@ from bench.report import write_report
 from bench.runner import run_matrix
 from bench.runtimes import create_runtime
 from bench.store import Store, atomic_write_json, atomic_write_text
-from bench.summary import KEY_METRICS
 
 COMPARISON_NAME = "reproduction"
 # What identifies a model: the first of these keys the manifest recorded.
@@ -106,7 +105,7 @@ def comparison(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     for _, o in old.iterrows():
         key = (o["cell"], o["ran_as"])
         n = new_by_cell.loc[key] if key in new_by_cell.index else None
-        for metric in KEY_METRICS[o["suite"]]:
+        for metric in metrics.key_metrics(o["suite"]):
             om, lo, hi = o.get(f"{metric}_mean"), o.get(f"{metric}_ci95_low"), o.get(f"{metric}_ci95_high")
             if pd.isna(om):
                 continue
@@ -223,10 +222,10 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
                               learned_limits=outcome.learned_limits, extra=reproduces)
     finally:
         runtime.down()
-    write_report(loaded, store)
+    new_tables = build(store, loaded.profile)
+    write_report(loaded, store, results=new_tables)
     old_root = manifest_path.parent
     old_tables = load_tables(Store(old_root.name, old_root.parent), old_profile.outliers.mad_k)
-    new_tables = load_tables(store, loaded.profile.outliers.mad_k)
     cmp = comparison(old_tables.configs, new_tables.configs)
     host = host_verdict(old_tables.probes, new_tables.probes, loaded.profile.instrument.drift_threshold_pct)
     md_path, json_path = store.root / f"{COMPARISON_NAME}.md", store.root / f"{COMPARISON_NAME}.json"

@@ -26,7 +26,7 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, gpu, instrument, ladder, overhead, power, rust
+from bench import agents, analysis, gpu, instrument, ladder, overhead, power, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
@@ -41,10 +41,6 @@ from bench.workload import load_workload
 
 log = logging.getLogger("bench")
 
-# Decisions that skip on purpose (failures.jsonl `fallback`; bench/validate.py accounts for them).
-OPTIONAL_SKIP = "optional model: skipped"
-RUST_SKIP = "Rust suite skipped"
-CONFIG_SKIP = "config skipped"
 # Between two rungs, after freeing the servers: the driver hands memory back asynchronously.
 LADDER_WAIT_S = 1.0
 
@@ -289,7 +285,7 @@ class MatrixRunner:
         if exc.cls == LOAD:
             if next_rung is not None:
                 return f"next rung: {ladder.describe(next_rung)}"
-            return OPTIONAL_SKIP if item.cell.model.optional else CONFIG_SKIP
+            return ladder.Skip.OPTIONAL_MODEL if item.cell.model.optional else ladder.Skip.CONFIG
         if self._stops(exc):
             return "study stopped"
         if self._retry_pass:
@@ -354,7 +350,8 @@ class MatrixRunner:
                 self._floors()
         finally:
             bar.close()
-        summarize_all(self.store, self.plan.cells, self.profile.outliers.mad_k)
+        mad_k = self.profile.outliers.mad_k
+        summarize_all(self.store, self.plan.cells, analysis.load_tables(self.store, mad_k), mad_k)
         outcome.learned_limits = self.limits.to_json()
         return outcome
 
@@ -371,7 +368,7 @@ class MatrixRunner:
                 outcome.notes.append(note)
                 self.store.log_failure({"cell": cell.key, "suite": cell.suite, "lang": "rust",
                                         "model": cell.model.name, "error_kind": "skipped",
-                                        "error": self.rust_reason, "fallback": RUST_SKIP})
+                                        "error": self.rust_reason, "fallback": ladder.Skip.RUST_SUITE})
                 tqdm.write(note)
             return
         try:
@@ -389,7 +386,7 @@ class MatrixRunner:
                 else:
                     self._failed_cells.add(cell.key)
                 tqdm.write(f"no rung of the fallback ladder loads {cell.key} ({exc.kind}): "
-                           f"{OPTIONAL_SKIP if cell.model.optional else CONFIG_SKIP}")
+                           f"{ladder.Skip.OPTIONAL_MODEL if cell.model.optional else ladder.Skip.CONFIG}")
             else:
                 if not self._retry_pass:
                     self._retry.append(item)

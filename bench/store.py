@@ -15,9 +15,18 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import jsonschema
+from jsonschema.exceptions import best_match
+from pydantic import ValidationError
 
 from bench.paths import SCHEMA_FILE, results_root
+from bench.records import RunDocument
+
+# The one place the layout is read: results/<study>/<suite>/<lang>/<model_slug>/<config>/run_<k>/
+RUN_GLOB = "*/*/*/*/run_*/metrics.json"
 
 
 def _umask() -> int:
@@ -57,9 +66,64 @@ def metrics_validator() -> jsonschema.protocols.Validator:
 
 
 def schema_errors(doc) -> list[str]:
-    """Human-readable schema violations of one metrics.json document (empty when valid)."""
-    return [f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
-            for e in sorted(metrics_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))]
+    """Human-readable schema violations of one metrics.json document (empty when valid), each
+    narrowed to its most specific cause: a `oneOf` failure (the single/multi metrics) reports the
+    best-matching branch's error, not the whole object."""
+    out = []
+    for e in sorted(metrics_validator().iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        if e.context:
+            e = best_match(e.context)
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        out.append(f"{where}: {e.message if len(e.message) < 200 else e.message[:200] + '…'}")
+    return out
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One run folder of a study: where it is, and its document (None when unreadable or
+    invalid, with the problems that say why)."""
+
+    rel_dir: Path  # <suite>/<lang>/<model_slug>/<config>/run_<k>
+    path: Path
+    doc: RunDocument | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def cell_key(self) -> str:
+        """The config folder, <suite>/<lang>/<model_slug>/<config>: the plan's Cell.key."""
+        return str(self.rel_dir.parent)
+
+    @property
+    def config_tag(self) -> str:
+        return self.rel_dir.parent.name
+
+    @property
+    def folder_index(self) -> int | None:
+        """The run index the folder name gives (run_<k>), None when it is not a number."""
+        try:
+            return int(self.rel_dir.name.split("_", 1)[1])
+        except (IndexError, ValueError):
+            return None
+
+    @property
+    def folder_names(self) -> dict[str, str]:
+        suite, lang, slug, _config, run_dir = self.rel_dir.parts[:5]
+        return {"suite": suite, "lang": lang, "model slug": slug, "run": run_dir}
+
+
+def read_run(path: Path, rel_dir: Path) -> StoredRun:
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as exc:
+        return StoredRun(rel_dir, path, None, (f"not valid JSON ({exc})",))
+    errors = schema_errors(raw)
+    if errors:
+        return StoredRun(rel_dir, path, None, tuple(errors))
+    try:
+        return StoredRun(rel_dir, path, RunDocument.model_validate(raw))
+    except ValidationError as exc:  # the schema passed it: the models lag behind the schema
+        return StoredRun(rel_dir, path, None, tuple(f"{'/'.join(map(str, e['loc']))}: {e['msg']}"
+                                                    for e in exc.errors()))
 
 
 def utc_now() -> str:
@@ -76,16 +140,27 @@ class Store:
     def metrics_path(self, run_rel_dir: Path) -> Path:
         return self.root / run_rel_dir / "metrics.json"
 
-    def load_valid(self, run_rel_dir: Path) -> dict | None:
-        """The run's metrics.json when it exists and validates, else None (so it is rerun)."""
+    def load_valid(self, run_rel_dir: Path) -> RunDocument | None:
+        """The run's document when its metrics.json exists and validates, else None (so it is rerun)."""
         p = self.metrics_path(run_rel_dir)
-        if not p.is_file():
-            return None
-        try:
-            doc = json.loads(p.read_text())
-        except ValueError:
-            return None
-        return None if schema_errors(doc) else doc
+        return read_run(p, run_rel_dir).doc if p.is_file() else None
+
+    def iter_runs(self, cell_rel_dir: Path | str | None = None, *, valid_only: bool = True) -> Iterator[StoredRun]:
+        """Every run of the study (or of one config folder) in a stable order: by config folder,
+        then run index. With valid_only, runs whose metrics.json is unreadable or off the schema
+        are left out (the runner redoes them; `invoke validate` reports them)."""
+        base = self.root / cell_rel_dir if cell_rel_dir is not None else self.root
+        pattern = "run_*/metrics.json" if cell_rel_dir is not None else RUN_GLOB
+        paths = [p for p in base.glob(pattern) if p.is_file()]
+
+        def order(p: Path):
+            idx = p.parent.name.split("_", 1)[1]
+            return (str(p.parent.parent.relative_to(self.root)), int(idx) if idx.isdigit() else 1 << 30, idx)
+
+        for p in sorted(paths, key=order):
+            run = read_run(p, p.parent.relative_to(self.root))
+            if run.doc is not None or not valid_only:
+                yield run
 
     def write_metrics(self, run_rel_dir: Path, doc: dict) -> Path:
         errors = schema_errors(doc)
@@ -116,12 +191,13 @@ class Store:
     def failures(self) -> list[dict]:
         return self.read_jsonl("failures.jsonl")
 
-    def run_docs(self, cell_rel_dir: Path) -> list[tuple[Path, dict]]:
-        out = []
-        for p in sorted((self.root / cell_rel_dir).glob("run_*/metrics.json"),
-                        key=lambda q: int(q.parent.name.split("_")[1])):
-            try:
-                out.append((p, json.loads(p.read_text())))
-            except ValueError:
-                continue
-        return out
+    def read_json(self, name: str) -> dict | None:
+        """A JSON file at the study root (the manifest, the overhead study), None when absent
+        or unreadable."""
+        p = self.root / name
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except ValueError:
+            return None

@@ -9,69 +9,44 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench import ladder, stats
+from bench import metrics
+from bench.analysis import STATS, Results
 from bench.plan import Cell
 from bench.store import Store, atomic_write_json, atomic_write_text
 
-# The metrics summarised per suite, with the label used in tables.
-KEY_METRICS = {
-    "single": {"decode_tps": "throughput (tok/s, server)", "decode_tps_client": "throughput (tok/s, client)",
-               "ttft_ms": "TTFT (ms)", "latency_ms": "latency (ms, agent run)"},
-    "multi": {"speedup": "speedup (×)", "efficiency_pct": "efficiency (%)", "evenness_pct": "evenness (%)",
-              "wall_s": "wall (s)", "seq_s": "sequential (s)"},
-}
-# The spec's outlier rule applies to throughput and TTFT; a multi run's headline is its speedup
-# (efficiency_pct is speedup / 2, so flagging it too would only repeat the same flags).
-OUTLIER_METRICS = {"single": ("decode_tps", "ttft_ms"), "multi": ("speedup",)}
+# the per-run columns a summary lists, beyond the key metrics (multi: the contention evidence)
+MULTI_RUN_COLUMNS = ("collector_tps_ratio", "collector_ttft_inflation", "insight_tps_ratio",
+                     "insight_ttft_inflation", "contention", "legacy_contention")
 
 
-def outlier_flags(df: pd.DataFrame, suite: str, mad_k: float = 2.0) -> dict[str, list[bool]]:
-    """Per outlier metric of the suite, the spec's flag of each row (run) of one config:
-    |x − median| > mad_k × MAD over that config's runs (see stats.mad_outliers)."""
-    return {k: stats.mad_outliers([None if pd.isna(v) else v for v in df[k]] if k in df else [None] * len(df),
-                                  mad_k)
-            for k in OUTLIER_METRICS[suite]}
-
-
-def run_values(doc: dict, suite: str) -> dict:
-    m = doc["metrics"]
-    values = {k: m.get(k) for k in KEY_METRICS[suite]}
-    if suite == "multi":
-        for agent, a in m["agents"].items():
-            values[f"{agent}_tps_ratio"] = a["tps_ratio"]
-            values[f"{agent}_ttft_inflation"] = a["ttft_inflation"]
-        values["contention"] = m["contention"]
-        values["legacy_contention"] = m["legacy_contention"]
-    return values
-
-
-def summarize_cell(store: Store, cell: Cell, mad_k: float = 2.0) -> dict | None:
-    docs = store.run_docs(cell.rel_dir)
-    if not docs:
+def summarize_cell(store: Store, cell: Cell, results: Results, mad_k: float = 2.0) -> dict | None:
+    """summary.json and summary.md of one config from the study's analysis: every stored run of
+    the folder (downgraded and misplaced ones marked), and the key metrics' statistics and the
+    outlier flags as the analysis computed them (configs.csv's row of the runs that ran as asked;
+    with every run downgraded, of what they ran)."""
+    rows = results.cell_runs(cell.key)
+    if rows.empty:
         return None
     suite = cell.suite
-    rows = []
-    for path, doc in docs:
-        rows.append({"run": doc["run_index"], "cold_load": doc.get("cold_load", False),
-                     "ran_as": ladder.downgrade(doc.get("requested_config"), doc.get("effective_config")),
-                     **run_values(doc, suite)})
-    df = pd.DataFrame(rows).sort_values("run")
-    stats_by_metric = {k: stats.describe(df[k].tolist()) for k in KEY_METRICS[suite]}
-    flags = outlier_flags(df, suite, mad_k)
-    for k, f in flags.items():
-        df[f"outlier_{k}"] = f
-    first = docs[0][1]
+    keys = list(metrics.key_metrics(suite))
+    outlier_cols = [f"outlier_{m}" for m in metrics.outlier_metrics(suite)]
+    cols = ["run", "cold_load", "ran_as", *keys, *(MULTI_RUN_COLUMNS if suite == "multi" else ()), *outlier_cols]
+    df = rows.reindex(columns=cols).reset_index(drop=True)
+    df[outlier_cols] = df[outlier_cols].fillna(False).astype(bool)  # a misplaced run is never flagged
+    first = rows.iloc[0]
     summary = {
-        "study": store.root.name, "suite": suite, "lang": cell.lang, "model": first["model"],
-        "scenario": cell.scenario, "config": first.get("requested_config", first["config"]),
+        "study": store.root.name, "suite": suite, "lang": cell.lang,
+        "model": {"name": first["model"], "slug": cell.model.slug, "baseline": bool(first["baseline"])},
+        "scenario": cell.scenario, "config": results.asked[cell.key],
         "config_tag": cell.config_tag,
-        "runs_expected": cell.runs, "runs_found": len(docs),
-        "metrics": stats_by_metric,
+        "runs_expected": cell.runs, "runs_found": len(df),
+        "metrics": _config_stats(results, cell.key, keys),
         "outlier_rule": f"|x - median| > {mad_k} x MAD",
-        "outliers": {k: [int(r) for r, f in zip(df["run"], v) if f] for k, v in flags.items()},
+        "outliers": {c.removeprefix("outlier_"): [int(r) for r, f in zip(df["run"], df[c]) if f] for c in outlier_cols},
         "cold_runs": [int(r) for r, c in zip(df["run"], df["cold_load"]) if c],
         "downgraded_runs": {int(r): a for r, a in zip(df["run"], df["ran_as"]) if a},
-        "runs": df.where(pd.notna(df), None).to_dict(orient="records"),
+        "misplaced_runs": [int(r) for r, p in zip(rows["run"], rows["placement_issues"]) if p],
+        "runs": df.astype(object).where(pd.notna(df), None).to_dict(orient="records"),
     }
     if suite == "multi":
         summary["contention_runs"] = int(df["contention"].sum())
@@ -82,8 +57,17 @@ def summarize_cell(store: Store, cell: Cell, mad_k: float = 2.0) -> dict | None:
     return summary
 
 
+def _config_stats(results: Results, cell_key: str, keys: list[str]) -> dict[str, dict]:
+    rows = results.configs[results.configs["cell"] == cell_key] if not results.configs.empty else results.configs
+    if rows.empty:  # every run misplaced: nothing was pooled
+        return {k: {"n": 0} for k in keys}
+    row = rows[rows["ran_as"] == ""].iloc[0] if (rows["ran_as"] == "").any() else rows.iloc[0]
+    return {k: {"n": int(row["n"]), **{st: None if pd.isna(row.get(f"{k}_{st}")) else float(row[f"{k}_{st}"])
+                                       for st in STATS}} for k in keys}
+
+
 def render_markdown(summary: dict, df: pd.DataFrame) -> str:
-    labels = KEY_METRICS[summary["suite"]]
+    labels = metrics.key_metrics(summary["suite"])
     table = pd.DataFrame([
         {"metric": labels[k], **{c: s.get(c) for c in ("n", "mean", "median", "std", "cv_pct", "p50", "p95",
                                                        "ci95_low", "ci95_high")}}
@@ -112,6 +96,6 @@ def render_markdown(summary: dict, df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def summarize_all(store: Store, cells: list[Cell], mad_k: float = 2.0) -> list[dict]:
-    return [s for c in cells if (s := summarize_cell(store, c, mad_k))]
+def summarize_all(store: Store, cells: list[Cell], results: Results, mad_k: float = 2.0) -> list[dict]:
+    return [s for c in cells if (s := summarize_cell(store, c, results, mad_k))]
 

@@ -19,19 +19,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jsonschema.exceptions import best_match
-
+from bench import metrics
+from bench.analysis import load_tables
 from bench.errors import BenchError
+from bench.ladder import Skip
 from bench.manifest import MANIFEST_NAME, load_manifest, planned_cells, profile_from_manifest
 from bench.outliers import cell_flags
 from bench.plan import Cell
 from bench.profile import LoadedProfile, Profile
-from bench.runner import CONFIG_SKIP, OPTIONAL_SKIP, RUST_SKIP
-from bench.store import Store, metrics_validator
-from bench.summary import KEY_METRICS
+from bench.store import Store
 
 # Fallbacks that skip a model or a suite on purpose (bench.runner): its runs are accounted for.
-DELIBERATE_SKIPS = (OPTIONAL_SKIP, RUST_SKIP)
+DELIBERATE_SKIPS = (Skip.OPTIONAL_MODEL, Skip.RUST_SUITE)
 
 
 @dataclass
@@ -74,63 +73,39 @@ class Validation:
                              + "\n".join(f"  - {p}" for p in self.problems))
 
 
-def schema_problems(doc) -> list[str]:
-    """Schema violations, each narrowed to its most specific cause: a `oneOf` failure (the
-    single/multi metrics) reports the best-matching branch's error, not the whole object."""
-    out = []
-    for e in sorted(metrics_validator().iter_errors(doc), key=lambda e: list(e.absolute_path)):
-        if e.context:
-            e = best_match(e.context)
-        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-        out.append(f"{where}: {e.message if len(e.message) < 200 else e.message[:200] + '…'}")
-    return out
-
-
-def _run_index(rel: Path) -> int | None:
-    try:
-        return int(rel.parent.name.split("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
 def _check_metrics_files(store: Store, v: Validation) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """Parse and schema-check every metrics.json; returns the valid and the invalid run indices
     per cell key (an invalid file is reported here, not again as a missing run)."""
     valid: dict[str, set[int]] = {}
     invalid: dict[str, set[int]] = {}
-    for path in sorted(store.root.glob("*/*/*/*/run_*/metrics.json")):
+    for run in store.iter_runs(valid_only=False):
         v.metrics_files += 1
-        rel = path.relative_to(store.root)
-        bad = invalid.setdefault(str(rel.parent.parent), set())
-        try:
-            doc = json.loads(path.read_text())
-        except ValueError as exc:
-            v.problems.append(f"{rel}: not valid JSON ({exc})")
-            bad.add(_run_index(rel))
+        rel = run.rel_dir / run.path.name
+        bad = invalid.setdefault(run.cell_key, set())
+        if run.doc is None:
+            what = run.problems[0] if run.problems[0].startswith("not valid JSON") else \
+                "does not match the schema: " + "; ".join(run.problems[:3]) + \
+                (f" (+{len(run.problems) - 3} more)" if len(run.problems) > 3 else "")
+            v.problems.append(f"{rel}: {what}")
+            bad.add(run.folder_index)
             continue
-        errors = schema_problems(doc)
-        if errors:
-            v.problems.append(f"{rel}: does not match the schema: " + "; ".join(errors[:3])
-                              + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""))
-            bad.add(_run_index(rel))
-            continue
-        suite, lang, slug, _config, run_dir = rel.parts[:5]
-        expected = {"suite": suite, "lang": lang, "model slug": slug, "run": run_dir, "study": store.root.name}
-        found = {"suite": doc["suite"], "lang": doc["lang"], "model slug": doc["model"]["slug"],
-                 "run": f"run_{doc['run_index']}", "study": doc["study"]}
+        doc = run.doc
+        expected = {**run.folder_names, "study": store.root.name}
+        found = {"suite": doc.suite, "lang": doc.lang, "model slug": doc.model.slug,
+                 "run": f"run_{doc.run_index}", "study": doc.study}
         wrong = [f"{k} is {found[k]!r}, the path says {expected[k]!r}" for k in expected if found[k] != expected[k]]
         if wrong:
             v.problems.append(f"{rel}: misplaced record: " + "; ".join(wrong))
-            bad.add(_run_index(rel))
+            bad.add(run.folder_index)
             continue
-        valid.setdefault(str(rel.parent.parent), set()).add(int(doc["run_index"]))
+        valid.setdefault(run.cell_key, set()).add(doc.run_index)
     return valid, {k: i for k, i in invalid.items() if i}
 
 
 def _skip_reason(cell: Cell, failures: list[dict]) -> str | None:
     for f in failures:
         same_cell = f.get("cell") == cell.key
-        same_model = f.get("model") == cell.model.name and f.get("fallback") == "optional model: skipped"
+        same_model = f.get("model") == cell.model.name and f.get("fallback") == Skip.OPTIONAL_MODEL
         if (same_cell or same_model) and f.get("fallback") in DELIBERATE_SKIPS:
             return f"{f.get('fallback')} ({f.get('error_kind')}: {str(f.get('error', '')).splitlines()[0][:120]})"
     return None
@@ -140,7 +115,7 @@ def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[s
                   failures: list[dict], profile: Profile, v: Validation) -> None:
     # the last failure of each run; a config no rung loaded accounts for its runs never tried
     failed_runs = {(f.get("cell"), f.get("run_index")): f for f in failures if f.get("run_index") is not None}
-    no_rung = {f.get("cell"): f for f in failures if f.get("fallback") == CONFIG_SKIP}
+    no_rung = {f.get("cell"): f for f in failures if f.get("fallback") == Skip.CONFIG}
     for cell in cells:
         v.runs_planned += cell.runs
         have = valid.get(cell.key, set())
@@ -156,7 +131,7 @@ def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[s
                 for k in missing:
                     failure = failed_runs.get((cell.key, k)) or no_rung.get(cell.key)
                     why = ""
-                    if failure and failure.get("fallback") == CONFIG_SKIP:
+                    if failure and failure.get("fallback") == Skip.CONFIG:
                         why = (f"; no rung of the fallback ladder loaded its config ({failure.get('error_kind')}), "
                                f"see failures.jsonl")
                     elif failure:
@@ -192,12 +167,14 @@ def _check_summaries(store: Store, cells: list[Cell], valid: dict[str, set[int]]
         except ValueError as exc:
             v.problems.append(f"{cell.rel_dir / 'summary.json'}: not valid JSON ({exc})")
             continue
-        empty = [k for k in KEY_METRICS[cell.suite] if not summary.get("metrics", {}).get(k, {}).get("n")]
+        empty = [k for k in metrics.key_metrics(cell.suite) if not summary.get("metrics", {}).get(k, {}).get("n")]
         # A summary that disagrees because a run is missing or broken repeats that problem: skip it.
         if summary.get("runs_found") != n and cell.key not in incomplete:
             v.problems.append(f"{cell.rel_dir / 'summary.json'}: counts {summary.get('runs_found')} runs, the folder "
                               f"holds {n} valid ones (stale: run `invoke report`)")
-        elif len(empty) == len(KEY_METRICS[cell.suite]):
+        elif len(empty) == len(metrics.key_metrics(cell.suite)) \
+                and len(summary.get("misplaced_runs", [])) < summary.get("runs_found", 0):
+            # (every run misplaced: none is pooled, and the report lists them as misplaced)
             v.problems.append(f"{cell.rel_dir / 'summary.json'}: no metric has a value")
 
 
@@ -233,8 +210,9 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None) -> Validat
     _check_counts(cells, valid, invalid, failures, profile, v)
     incomplete = set(invalid) | {c.key for c in cells if any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1))}
     _check_summaries(store, cells, valid, incomplete, v)
+    results = load_tables(store, profile.outliers.mad_k)
     for cell in cells:
-        for run, metrics in sorted(cell_flags(store, cell, profile.outliers.mad_k).items()):
-            if metrics:
-                v.flags.append(f"{cell.key} run_{run}: {', '.join(metrics)}")
+        for run, flagged in sorted(cell_flags(results, cell.key).items()):
+            if flagged:
+                v.flags.append(f"{cell.key} run_{run}: {', '.join(flagged)}")
     return v

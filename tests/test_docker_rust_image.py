@@ -52,5 +52,6 @@ def test_rust_jobs_run_from_the_image(built_image, tmp_path, results_dir, monkey
         runtime.down()
     assert outcome.done == 2 and outcome.failed == 0
     for cell in plan.cells:
-        (_, doc), = store.run_docs(cell.rel_dir)
+        (run,) = store.iter_runs(cell.rel_dir)
+        doc = run.doc.to_json()
         assert doc["lang"] == "rust" and schema_errors(doc) == []

@@ -25,7 +25,7 @@ import requests
 import yaml
 
 from bench.errors import LOAD, kind_class
-from bench.runner import CONFIG_SKIP
+from bench.ladder import Skip
 from bench.store import schema_errors
 from conftest import REPO, invoke, smoke_variant
 from docker_env import compose_cli, docker_client
@@ -161,7 +161,7 @@ def test_memory_limited_containers_fail_for_real(engine, project, tmp_path, resu
     assert load["error"].endswith("HTTP 500: llama runner process has terminated: signal: killed"), load
     # a load failure: the ladder tried the smaller context, then skipped the config
     assert all(kind_class(f["error_kind"]) == LOAD for f in failures), failures
-    assert load["fallback"].startswith("next rung") and failures[-1]["fallback"] == CONFIG_SKIP, failures
+    assert load["fallback"].startswith("next rung") and failures[-1]["fallback"] == Skip.CONFIG, failures
     ev = load["evidence"]["containers"]["ollama-b"]
     assert ev["oom_kill"] >= 1 and ev["memory_limit"] == 400 * 2**20, ev
     log = results_dir / "test" / ev["log"]

@@ -105,7 +105,7 @@ def test_the_client_cpu_rule_explains_a_language_effect_on_a_short_host():
     Python client used more CPU and its speedup is lower, so the rule names client CPU."""
     import pandas as pd
 
-    from bench.analysis import client_cpu_explains
+    from bench.findings import client_cpu_explains
 
     rows = [{"suite": "multi", "lang": lang, "speedup": s, "client_cpu_share": c, "host_cores": 2}
             for lang, s, c in [("python", 1.84, 0.21), ("python", 1.88, 0.20), ("python", 1.86, 0.22),

@@ -36,7 +36,7 @@ def test_real_inference_both_models(llama_runtime, model):
     assert rec.output_tokens == 16 and not rec.output_tokens_estimated  # ignore_eos: exactly num_predict
     assert rec.prompt_tokens > 100  # the data set is in the prompt, and the prompt cache is off
     assert rec.ttft_ms > 0 and rec.e2e_ms > rec.ttft_ms
-    assert rec.ttft_ms + rec.itl_ms["mean"] * rec.itl_ms["n"] <= rec.e2e_ms + 1e-6
+    assert rec.ttft_ms + rec.itl_ms.mean * rec.itl_ms.n <= rec.e2e_ms + 1e-6
     # server-side prefill + decode fit inside the client's end-to-end time
     assert rec.prompt_eval_ms + rec.eval_ms <= rec.e2e_ms
     # client and server decode rates measure the same thing on loopback

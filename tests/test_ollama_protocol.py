@@ -41,7 +41,7 @@ def test_stream_counts_and_durations(ollama):
     # server and client decode rates agree (the server paces tokens with real sleeps)
     assert rec.decode_tps_server == pytest.approx(rec.decode_tps_client, rel=0.35)
     # timing reconciles: TTFT + gaps = last chunk ≤ e2e, and the server's work fits inside e2e
-    assert rec.ttft_ms + rec.itl_ms["mean"] * rec.itl_ms["n"] <= rec.e2e_ms + 1e-6
+    assert rec.ttft_ms + rec.itl_ms.mean * rec.itl_ms.n <= rec.e2e_ms + 1e-6
     assert rec.load_ms + rec.prompt_eval_ms + rec.eval_ms <= rec.e2e_ms
     warm = client.chat("gemma3:latest", MSG, opts, ctx())
     assert warm.load_ms == 0.0 and not warm.cold_load  # omitempty load_duration → 0

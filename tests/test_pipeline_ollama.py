@@ -107,7 +107,8 @@ def test_rust_agents_over_ollama(tmp_path, two_servers, results_dir):
     plan, store, outcome = _run_in_process(tmp_path, a, b, ["rust"])
     assert outcome.done == len(plan.items) == 4 and outcome.failed == 0
     for cell in plan.cells:
-        (_, doc), = store.run_docs(cell.rel_dir)
+        (run,) = store.iter_runs(cell.rel_dir)
+        doc = run.doc.to_json()
         assert doc["lang"] == "rust" and schema_errors(doc) == []
         assert {r["api"] for r in doc["requests"]} == {"ollama"}
         if cell.suite == "multi":
@@ -154,5 +155,5 @@ def test_runner_executes_outlier_reruns(tmp_path, two_servers, results_dir, monk
     store = Store("test")
     outcome = runner_mod.run_matrix(loaded, plan, create_runtime(loaded.profile), store, progress=False)
     assert outcome.reruns == 1 and rounds == [4, 5]  # a second round found nothing more to do
-    assert [d["run_index"] for _, d in store.run_docs(plan.cells[0].rel_dir)] == [1, 2, 3]
+    assert [r.doc.run_index for r in store.iter_runs(plan.cells[0].rel_dir)] == [1, 2, 3]
     assert plan.items[-1].run_index == 3 and plan.items[-1].cell == plan.cells[0]

@@ -309,7 +309,8 @@ def test_runs_carry_the_power_block_and_the_log(monkeypatch, tmp_path, results_d
         store = Store("test")
         outcome = run_matrix(loaded, plan, create_runtime(loaded.profile), store, progress=False)
     assert outcome.done == 1
-    (path, doc), = store.run_docs(plan.cells[0].rel_dir)
+    (run,) = store.iter_runs(plan.cells[0].rel_dir)
+    doc = run.doc.to_json()
     assert schema_errors(doc) == []
     p = doc["power"]
     active = sum(r["e2e_ms"] for r in doc["requests"]) / 1000  # the single suite's calls do not overlap

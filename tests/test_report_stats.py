@@ -12,9 +12,9 @@ from bench import analysis, stats
 from bench.outliers import plan_outlier_reruns
 from bench.plan import build_plan
 from bench.profile import load_profile
-from bench.report import central_answer
+from bench.findings import central_answer
 from bench.store import Store
-from bench.summary import outlier_flags
+from bench.analysis import outlier_flags
 from test_report import make_profile, synthetic_doc
 
 

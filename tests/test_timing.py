@@ -94,13 +94,13 @@ def test_ollama_timing_reconciles():
     assert rec.ttft_ms == pytest.approx(100.0)
     assert rec.e2e_ms == pytest.approx(152.0)
     assert rec.start_offset_ms == pytest.approx(2.0)
-    assert rec.itl_ms["n"] == 4
-    assert rec.itl_ms["mean"] == pytest.approx(12.5)
-    assert rec.itl_ms["max"] == pytest.approx(20.0)
-    assert rec.itl_ms["p50"] == pytest.approx(12.5)  # gaps 10, 15, 5, 20 → median 12.5
+    assert rec.itl_ms.n == 4
+    assert rec.itl_ms.mean == pytest.approx(12.5)
+    assert rec.itl_ms.max == pytest.approx(20.0)
+    assert rec.itl_ms.p50 == pytest.approx(12.5)  # gaps 10, 15, 5, 20 → median 12.5
     # reconciliation: ttft + Σgaps = time of the last text chunk ≤ e2e
-    assert rec.ttft_ms + rec.itl_ms["mean"] * rec.itl_ms["n"] == pytest.approx(150.0)
-    assert rec.ttft_ms + rec.itl_ms["mean"] * rec.itl_ms["n"] <= rec.e2e_ms
+    assert rec.ttft_ms + rec.itl_ms.mean * rec.itl_ms.n == pytest.approx(150.0)
+    assert rec.ttft_ms + rec.itl_ms.mean * rec.itl_ms.n <= rec.e2e_ms
     # (N − 1) tokens over the 50 ms from first to last text chunk
     assert rec.decode_tps_client == pytest.approx(4 / 0.050)
     assert rec.output_tokens == 5 and not rec.output_tokens_estimated
@@ -121,7 +121,7 @@ def test_openai_sse_timing_reconciles_and_ignores_empty_chunks():
     # the role-only first chunk (content null) is not a token: TTFT is the first 'x' at line index 2
     assert rec.ttft_ms == pytest.approx(30.0)
     assert rec.content_chunks == 3
-    assert rec.itl_ms["mean"] == pytest.approx(20.0)  # text lines are 2 lines apart
+    assert rec.itl_ms.mean == pytest.approx(20.0)  # text lines are 2 lines apart
     assert rec.e2e_ms == pytest.approx(10 * (len(lines) + 1))
     assert rec.decode_tps_client == pytest.approx(2 / 0.040)
     assert rec.decode_tps_server == pytest.approx(3 / 0.030)

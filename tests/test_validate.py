@@ -9,6 +9,7 @@ import pytest
 from bench import manifest as mf
 from bench.errors import BenchError
 from bench.store import atomic_write_json
+from bench.analysis import load_tables
 from bench.summary import summarize_all
 from bench.validate import validate_study
 from conftest import invoke
@@ -19,7 +20,8 @@ RUN = "single/python/gemma3_latest/gpu80_ctx512_temp08/run_2/metrics.json"
 
 def summarize(loaded, store):
     manifest = json.loads((store.root / "manifest.json").read_text())
-    summarize_all(store, mf.planned_cells(manifest, loaded.profile), loaded.profile.outliers.mad_k)
+    mad_k = loaded.profile.outliers.mad_k
+    summarize_all(store, mf.planned_cells(manifest, loaded.profile), load_tables(store, mad_k), mad_k)
 
 
 def complete_study(tmp_path, **kw):

@@ -1,0 +1,173 @@
+"""Findings: the conclusions the report states, each made by a stated rule over the analysis
+tables (bench/analysis.py) — the central question's answer per suite and metric, the
+recommendations, the downgrades the fallback ladder needed. analysis.build() computes them once;
+they are exported as tables/findings.json and rendered by bench/report.py.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bench import fmt, metrics
+from bench.ladder import Skip
+
+# Rule thresholds of the recommendations and the central answer, stated in the report.
+CV_LIMIT_PCT = 10.0
+CONTENTION_SHARE = 0.5
+SIGNIFICANCE = 0.05
+# The questions the central section answers: (suite, metric).
+CENTRAL_QUESTIONS = (("multi", "speedup"), ("multi", "evenness_pct"), ("single", "decode_tps"), ("single", "ttft_ms"))
+
+
+def _suite(configs: pd.DataFrame, suite: str) -> pd.DataFrame:
+    return configs if configs.empty else configs[configs["suite"] == suite]
+
+
+def client_cpu_explains(runs: pd.DataFrame, suite: str, metric: str) -> str | None:
+    """The client-CPU rule for a language effect: on a host with fewer cores than servers +
+    clients (2 servers; 1 client single, 2 multi), a language whose client used more CPU and whose
+    metric is worse is explained by that CPU, not by its concurrency model. Returns why, or None."""
+    sub = runs[runs["suite"] == suite] if not runs.empty else runs
+    if sub.empty or "client_cpu_share" not in sub or sub["lang"].nunique() < 2 or sub["host_cores"].isna().all():
+        return None
+    cores = int(sub["host_cores"].dropna().iloc[0])
+    needed = 2 + (1 if suite == "single" else 2)
+    if cores >= needed:
+        return None
+    by_lang = sub.groupby("lang").agg(cpu=("client_cpu_share", "mean"), value=(metric, "mean"))
+    costly, light = by_lang["cpu"].idxmax(), by_lang["cpu"].idxmin()
+    worse = (by_lang.loc[costly, "value"] > by_lang.loc[light, "value"]) == metrics.lower_is_better(metric)
+    if costly == light or not worse:
+        return None
+    extra = by_lang.loc[costly, "cpu"] - by_lang.loc[light, "cpu"]
+    return (f"{costly}'s client used {extra:.2f} more cores than {light}'s on a {cores}-core host that needs "
+            f"{needed} (2 servers + {needed - 2} client(s)), and its {metric} is the worse one")
+
+
+def client_floors(data: dict | None) -> dict[tuple[str, str], dict]:
+    """(client, api) → its floor row from client_overhead.json (`invoke bench-clients`)."""
+    return {(r["client"], r["api"]): r for r in (data or {}).get("client_floors", [])
+            if r.get("client") and r.get("api")}
+
+
+def downgrade_rows(runs: pd.DataFrame, failures: list[dict]) -> list[dict]:
+    """The spec's "config downgrades required": per model, each config the fallback ladder changed,
+    what was asked, what ran and why; a config that no rung loaded ran nothing."""
+    rows = []
+    down = runs[runs["ran_as"] != ""] if "ran_as" in runs else runs.iloc[0:0]
+    for (model, cell, ran_as), g in down.groupby(["model", "cell", "ran_as"], sort=True):
+        rows.append({"model": model, "config (asked)": cell, "ran": ran_as, "runs": len(g),
+                     "why": g.sort_values("run")["downgrade_why"].iloc[0]})
+    for f in failures:
+        if f.get("fallback") in (Skip.CONFIG, Skip.OPTIONAL_MODEL):
+            tried = [x for x in failures if x.get("cell") == f["cell"] and x.get("attempted_config")]
+            last = f.get("attempted_config") or {}
+            rows.append({"model": f["model"], "config (asked)": f["cell"], "ran": "nothing: no rung loaded",
+                         "runs": 0, "why": f"{f['error_kind']} on {len(tried)} rung(s), the last "
+                                           f"{last.get('model')} gpu_layers {last.get('gpu_layers')} ctx "
+                                           f"{last.get('ctx')}: {str(f.get('error', '')).splitlines()[0][:160]}"})
+    return sorted(rows, key=lambda r: (r["model"], r["config (asked)"]))
+
+
+def central_answer(var: pd.DataFrame, suite: str, metric: str, runs: pd.DataFrame | None = None) -> dict | None:
+    """The stated rule: a factor 'shifts' the metric when it has the largest η² among model,
+    language and case and its one-way ANOVA p < 0.05; otherwise run-to-run noise dominates. A
+    language effect that client CPU explains on a host short of cores says so instead
+    (analysis.client_cpu_explains)."""
+    sub = var[(var["suite"] == suite) & (var["metric"] == metric)] if not var.empty else var
+    if sub.empty:
+        return None
+    factors = sub[sub["factor"].isin(["model", "language", "case"]) & sub["eta_sq"].notna()]
+    noise = sub[sub["factor"] == "run-to-run (within config)"]["eta_sq"].iloc[0]
+    model = sub[sub["factor"] == "model"]["eta_sq"].iloc[0]
+    if factors.empty:
+        return {"verdict": "no factor varied", "detail": "only one model, language and case were measured"}
+    top = factors.sort_values("eta_sq", ascending=False).iloc[0]
+    significant = not fmt.missing(top["p_value"]) and top["p_value"] < SIGNIFICANCE
+    label = {"case": "config" if suite == "single" else "scenario"}.get(top["factor"], top["factor"])
+    if significant and top["factor"] == "model":
+        verdict = "model choice dominates"
+    elif significant and top["factor"] == "language" and runs is not None \
+            and (why := client_cpu_explains(runs, suite, metric)):
+        return {"verdict": "client CPU, not the language, explains the difference",
+                "detail": f"largest share: language η² = {top['eta_sq']:.2f} (p = {fmt.num(top['p_value'])}), but {why}"}
+    elif significant:
+        verdict = f"architecture dominates ({label})"
+    else:
+        verdict = "no factor is significant: run-to-run variation dominates"
+    detail = f"largest share: {label} η² = {top['eta_sq']:.2f} (p = {fmt.num(top['p_value'])}); "
+    if top["factor"] != "model":
+        detail += f"model η² = {fmt.num(model, 2)}; "
+    detail += f"run-to-run (within config) = {fmt.num(noise, 2)}"
+    return {"verdict": verdict, "detail": detail}
+
+
+def recommendations(results, downgrades: list[dict], floors: dict[tuple[str, str], dict]) -> list[dict]:
+    """Each recommendation is the output of a stated rule over the tables; none is free text."""
+    recs: list[dict] = []
+    win = results.derived["winners"]
+    for bench in metrics.BENCHES:
+        sub = win[win["bench"] == bench] if not win.empty else win
+        if sub.empty:
+            continue
+        named = set(sub["winner"].dropna())
+        metric = sub.iloc[0]["metric"]
+        if len(named) == 1 and sub["winner"].notna().all():
+            model = next(iter(named))
+            recs.append({"rule": f"R1: a model that wins every {metrics.bench_label(bench)} case on {metric} is recommended "
+                                 "for it", "finding": f"use **{model}** for {metrics.bench_label(bench)} work: it wins all "
+                                                      f"{len(sub)} case(s) ({', '.join(sub['case'])})"})
+        else:
+            wins = "; ".join(f"{r['case']}: {r['verdict']}" for _, r in sub.iterrows())
+            recs.append({"rule": f"R1: no model is recommended for {metrics.bench_label(bench)} unless it wins every case",
+                         "finding": f"no single model: {wins}"})
+    configs = results.configs
+    for _, r in _suite(configs, "multi").iterrows():
+        if r["n"] and r["contention_runs"] / r["n"] >= CONTENTION_SHARE:
+            recs.append({"rule": f"R2: a multi config with contention in ≥ {CONTENTION_SHARE:.0%} of its runs needs "
+                                 "separate resources per instance",
+                         "finding": f"{r['cell']}: contention in {int(r['contention_runs'])}/{r['n']} runs "
+                                    f"(tps ratio C/I {fmt.num(r.get('collector_tps_ratio_mean'))}/"
+                                    f"{fmt.num(r.get('insight_tps_ratio_mean'))}, speedup {fmt.num(r['speedup_mean'])}×)"})
+    for _, r in configs.iterrows():
+        metric = metrics.headline(r["suite"])
+        cv = r.get(f"{metric}_cv_pct")
+        if not fmt.missing(cv) and cv > CV_LIMIT_PCT:
+            recs.append({"rule": f"R3: a config whose {metric} CV exceeds {CV_LIMIT_PCT:.0f} % needs more runs "
+                                 "before its mean is quoted",
+                         "finding": f"{r['cell']}: CV {cv:.1f} % over {r['n']} runs"})
+    deltas = results.derived["lang_deltas"]
+    for _, r in (deltas[deltas["significant"]] if not deltas.empty else deltas).iterrows():
+        faster = "Rust" if (r["delta"] > 0) == (not metrics.lower_is_better(r["metric"])) else "Python"
+        recs.append({"rule": "R4: a significant Python/Rust difference favours that client for the case",
+                     "finding": f"{r['suite']}/{r['model']}/{r['case']}: {faster} better on {r['metric']} "
+                                f"(Δ {fmt.signed(r['delta'])}, {fmt.pct(r['delta_pct'])})"
+                                + ("" if floors else "; client floor not measured")})
+    for d in downgrades:
+        recs.append({"rule": "R5: a config that needed the fallback ladder does not fit this host as asked",
+                     "finding": f"{d['config (asked)']}: ran {d['ran']} ({d['why']})"})
+    outl = results.derived["outliers"]
+    if not outl.empty:
+        recs.append({"rule": "R6: flagged runs stay in the data; configs with flags are quoted with their median too",
+                     "finding": f"{outl['cell'].nunique()} config(s) with {len(outl)} flag(s); see section 14"})
+    return recs
+
+
+def build(results, failures: list[dict], client_overhead: dict | None) -> dict:
+    """Every finding of a study, as plain data (JSON-ready)."""
+    ran = pd.concat([results.runs, results.misplaced]) if not results.misplaced.empty else results.runs
+    downgrades = downgrade_rows(ran, failures)
+    floors = client_floors(client_overhead)
+    win = results.derived["winners"]
+    return {
+        "rules": {"cv_limit_pct": CV_LIMIT_PCT, "contention_share": CONTENTION_SHARE, "significance": SIGNIFICANCE},
+        "central_answers": {f"{suite}:{metric}": central_answer(results.derived["variance"], suite, metric,
+                                                                runs=results.runs)
+                            for suite, metric in CENTRAL_QUESTIONS},
+        "winners": [] if win.empty else
+        [{k: (None if fmt.missing(r[k]) else r[k]) for k in ("bench", "case", "metric", "winner", "verdict", "diff",
+                                                               "ci_low", "ci_high", "ran_as")}
+         for r in win.to_dict(orient="records")],
+        "downgrades": downgrades,
+        "recommendations": recommendations(results, downgrades, floors),
+    }

