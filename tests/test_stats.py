@@ -41,3 +41,14 @@ def test_bootstrap_diff_ci():
     diff, lo, hi = stats.bootstrap_diff_ci([1, 5, 3, 4, 2], [2, 4, 3, 5, 1])
     assert diff == 0 and lo < 0 < hi  # no difference: CI straddles 0
     assert stats.bootstrap_diff_ci(a, b) == stats.bootstrap_diff_ci(a, b)  # seeded: repeatable
+
+
+def test_eta_squared_p_value_is_scipys_one_way_anova():
+    # eta_squared derives F from its own sums of squares; it must be the F-test scipy computes
+    from scipy.stats import f_oneway
+    values = [3.1, 2.9, 3.4, 5.0, 5.6, 4.8, 4.1, 3.9, None]
+    groups = ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
+    r = stats.eta_squared(values, groups)
+    assert r["n"] == 8 and r["k"] == 3  # the null is dropped with its label
+    want = f_oneway([3.1, 2.9, 3.4], [5.0, 5.6, 4.8], [4.1, 3.9]).pvalue
+    assert r["p_value"] == pytest.approx(want, rel=1e-12)
