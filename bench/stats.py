@@ -92,7 +92,7 @@ def compare_groups(a: Sequence[float], b: Sequence[float], *, higher_is_better: 
 def eta_squared(values: Sequence[float], groups: Sequence) -> dict:
     """Share of the variance of `values` explained by a grouping, from group means:
     η² = SS_between / SS_total, SS_between = Σ_g n_g (mean_g − mean)², SS_total = Σ (x − mean)².
-    Also the one-way ANOVA F-test p-value of the grouping (None with one group, or no
+    Also the one-way ANOVA F-test p-value of the grouping (scipy.stats.f_oneway) (None with one group, or no
     within-group variance). η² is None when the grouping has one level (the factor did not
     vary, so it explains nothing measurable). Nulls are dropped with their group label."""
     pairs = [(float(v), g) for v, g in zip(values, groups) if v is not None and math.isfinite(v)]
@@ -109,9 +109,5 @@ def eta_squared(values: Sequence[float], groups: Sequence) -> dict:
     out["eta_sq"] = ss_between / ss_total if ss_total > 0 else 0.0
     ss_within = ss_total - ss_between
     if n > k and ss_within > 1e-12 * ss_total:  # all-equal groups: F is undefined
-        # F from the SS above, tail from scipy's F distribution. Not sps.f_oneway: it re-sums the
-        # squares in another order and moves p by up to ~1e-13 (relative) on the stored study, which
-        # its byte-for-byte table guard rejects; tests check the two agree.
-        f = (ss_between / (k - 1)) / (ss_within / (n - k))
-        out["p_value"] = float(sps.f.sf(f, k - 1, n - k))
+        out["p_value"] = float(sps.f_oneway(*by_group.values()).pvalue)
     return out
