@@ -75,7 +75,6 @@ class RunItem:
 
 @dataclass
 class Plan:
-    study: str
     cells: list[Cell]
     items: list[RunItem] = field(default_factory=list)
 
@@ -122,7 +121,7 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
                     agents = _multi_agents(profile, scenario, lang)
                     label = dict(agents)["insight"]
                     cells.append(Cell("multi", lang, model, scenario, agents, runs or m.runs, label))
-    plan = Plan(profile.study, cells)
+    plan = Plan(cells)
     rng = random.Random(profile.workload.order_seed)
     # Models stay in blocks (a model switch is the costly step); within a block, runs of the
     # single suite come before the multi suite, and are shuffled when the profile asks for it.

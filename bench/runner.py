@@ -103,8 +103,10 @@ class MatrixRunner:
         if key == self._server_key:
             return
         self._server_key = None
-        with self.timeline.event("switch", cell=eff.key):
-            self.runtime.switch(eff.model, {k: v for k, v in servers.items() if v is not None})
+        with self.timeline.event("switch", cell=eff.key) as event:
+            # whether a server restarted or the model changed: the timeline tells a cheap switch
+            # (the same server, warm again) from a reload
+            event["changed"] = self.runtime.switch(eff.model, {k: v for k, v in servers.items() if v is not None})
         with self.timeline.event("warmup", cell=eff.key):
             self._warmup(eff)  # Ollama loads here: a load failure surfaces in the warmup
         self._server_key = key

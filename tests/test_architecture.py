@@ -1,11 +1,15 @@
 """The package's shape: data flows one way, so its modules import without a circle, no import
-hides inside a function to dodge one, and only the store reads the results layout."""
+hides inside a function to dodge one, only the store reads the results layout, and every
+package the code imports is declared in pyproject.toml."""
 
 from __future__ import annotations
 
 import ast
 import graphlib
 import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import bench
@@ -36,7 +40,6 @@ def _bench_imports(node: ast.AST, module: str) -> set[str]:
 
 def test_no_import_circle():
     graph = {MODULES[p]: _bench_imports(ast.parse(p.read_text()), MODULES[p]) - {MODULES[p]} for p in MODULES}
-    # a package's __init__ is imported with any of its modules, but what it imports is its own business
     graphlib.TopologicalSorter({m: {d for d in deps if d in graph} for m, deps in graph.items()}).prepare()
 
 
@@ -62,3 +65,22 @@ def test_only_the_store_reads_the_results_layout():
     layout = re.compile(r"""["'][^"']*(\*/\*|run_\*)[^"']*["']""")
     readers = [MODULES[p] for p in MODULES if layout.search(p.read_text())]
     assert readers == ["bench.store"], readers
+
+
+def test_every_imported_package_is_declared():
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[; ]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in [*project["dependencies"], *(x for extra in project["optional-dependencies"].values()
+                                                       for x in extra)]}
+    dists = packages_distributions()
+    imported = set()
+    for path in [*MODULES, PACKAGE.parent / "tasks.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"bench"}
+    undeclared = {m: dists.get(m) for m in third_party
+                  if not {d.lower().replace("_", "-") for d in dists.get(m, [m])} & declared}
+    assert not undeclared, undeclared
