@@ -17,7 +17,7 @@ import requests
 
 from bench import metrics
 from bench.errors import RequestError, classify
-from bench.records import RequestRecord
+from bench.records import CallStamps, RequestRecord
 
 Clock = Callable[[], int]
 
@@ -222,6 +222,8 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
         done_reason=counts.done_reason,
         error=None, error_kind=None,
         output_text="".join(texts),
+        timing=CallStamps(t_send_ns=t_send - ctx.run_t0_ns, content_ns=[t - ctx.run_t0_ns for t in stamps],
+                          t_done_ns=t_done - ctx.run_t0_ns),
     ).with_clock(t_send, t_done, span_s)
 
 

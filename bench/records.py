@@ -41,6 +41,17 @@ class GapStats(_Strict):
     max: float
 
 
+class CallStamps(_Strict):
+    """A call's raw clock, in ns from its run's start: the send, each content message's arrival
+    (one stamp per parsed message that carried text), the end of the stream. Every client-side
+    timing metric of the record is a function of these (bench/metrics.py), so it can be
+    recomputed from the stored data."""
+
+    t_send_ns: int
+    content_ns: list[int]
+    t_done_ns: int
+
+
 class RequestRecord(_Strict):
     """One streamed LLM call, as stored in metrics.json (schema $defs/request)."""
 
@@ -72,6 +83,7 @@ class RequestRecord(_Strict):
     error: str | None
     error_kind: str | None
     output_text: str
+    timing: CallStamps | None = None  # absent in records stored before the stamps were kept
 
     # The client's own clock stamps (perf_counter ns) for phase arithmetic in the run that made
     # the record; not part of metrics.json.
@@ -96,9 +108,9 @@ class RequestRecord(_Strict):
         return self
 
     def to_json(self) -> dict:
-        """The record as metrics.json stores it (non-finite floats become null, as JSON has none)."""
-        from_model = self.model_dump(mode="python")
-        return _finite(from_model)
+        """The record as metrics.json stores it (non-finite floats become null, as JSON has none;
+        a record without stamps leaves `timing` out rather than null)."""
+        return _finite(self.model_dump(mode="python", exclude={"timing"} if self.timing is None else None))
 
 
 def _finite(v):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import records
+from bench import clients, metrics, records
 from bench.paths import SCHEMA_FILE
 from bench.store import Store, schema_errors
 
@@ -20,6 +20,7 @@ MIRRORS = {
     "": records.RunDocument,
     "$defs/request": records.RequestRecord,
     "$defs/gap_stats": records.GapStats,
+    "$defs/request/properties/timing": records.CallStamps,
     "$defs/config": records.RunConfig,
     "$defs/agent_options": records.AgentOptions,
     "$defs/single_metrics": records.SingleMetrics,
@@ -82,3 +83,29 @@ def test_models_refuse_what_the_schema_refuses():
     doc["requests"][0]["surprise"] = 1
     with pytest.raises(ValueError):
         records.RunDocument.model_validate(doc)
+
+
+def test_the_stored_stamps_give_back_the_timing_metrics():
+    """A record keeps its raw clock; ttft, e2e, the gaps and the client decode rate recomputed
+    from the stored stamps equal the stored metrics (scripted clock, Ollama NDJSON)."""
+    ms = 1_000_000
+    stamps = iter([100 * ms, 150 * ms, 160 * ms, 180 * ms, 185 * ms, 205 * ms])  # send, 4 lines, end
+    lines = [json.dumps({"message": {"content": t}, "done": False}).encode() for t in ("a", "b", "c")]
+    lines.append(json.dumps({"message": {"content": "d"}, "done": True, "done_reason": "length",
+                             "eval_count": 4, "eval_duration": 30 * ms, "prompt_eval_count": 9,
+                             "prompt_eval_duration": 20 * ms, "load_duration": 0}).encode())
+    clock = lambda: next(stamps)  # noqa: E731
+    t_send = clock()
+    parser = clients.PARSERS["ollama"]()
+    content, texts, t_done = clients.time_stream(lines, parser, clock)
+    ctx = clients.CallContext("single", "analysis", "single", run_t0_ns=40 * ms, prompt_nonce="0" * 16)
+    rec = clients.build_record(ctx, "http://x", "ollama", "m", t_send, content, texts, t_done, parser.counts)
+    doc = rec.to_json()
+    assert doc["timing"] == {"t_send_ns": 60 * ms, "content_ns": [110 * ms, 120 * ms, 140 * ms, 145 * ms],
+                             "t_done_ns": 165 * ms}
+    again = records.RequestRecord.model_validate(doc)
+    t = again.timing
+    assert again.ttft_ms == metrics.ttft_ms(t.t_send_ns, t.content_ns[0]) == 50.0
+    assert again.e2e_ms == metrics.e2e_ms(t.t_send_ns, t.t_done_ns) == 105.0
+    assert again.itl_ms.max == max(metrics.inter_token_gaps_ms(t.content_ns)) == 20.0
+    assert again.decode_tps_client == metrics.decode_tps_client(4, t.content_ns[0], t.content_ns[-1])
