@@ -236,15 +236,15 @@ def bench_clients(c, profile=LINE_PROFILE, requests=5, tokens=20000, pace=20000)
     """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs the engine's own rate."""
     from bench import overhead
     from bench.runtimes import create_runtime
-    from bench.store import Store, atomic_write_json
+    from bench.store import CLIENT_OVERHEAD_NAME, Store, atomic_write_json
 
     loaded = _load(profile)
     store = Store(loaded.profile.study)
     result = overhead.measure(loaded, create_runtime(loaded.profile), store.root.parent, requests_n=int(requests),
                               num_predict=int(tokens), pace_tps=float(pace))
-    atomic_write_json(store.root / overhead.CLIENT_OVERHEAD_NAME, result)
+    atomic_write_json(store.root / CLIENT_OVERHEAD_NAME, result)
     _print_overhead(result)
-    print(f"bench-clients: {store.root / overhead.CLIENT_OVERHEAD_NAME}")
+    print(f"bench-clients: {store.root / CLIENT_OVERHEAD_NAME}")
 
 
 def _print_overhead(result: dict) -> None:

@@ -22,9 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench import findings, instrument, ladder, metrics, stats
-from bench.overhead import CLIENT_OVERHEAD_NAME
 from bench.profile import Profile
-from bench.store import Store, StoredRun, atomic_write_json, atomic_write_text
+from bench.store import CLIENT_OVERHEAD_NAME, PROBES, TIMELINE, Store, StoredRun, atomic_write_json, atomic_write_text
 
 # A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
 # come from the run's `power` block, defined in bench/metrics.py):
@@ -189,7 +188,7 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Results:
         req_rows += request_rows(run, {k: row[k] for k in BASE_COLUMNS})
     runs = pd.DataFrame(run_rows)
     requests = pd.DataFrame(req_rows)
-    probes, events = store.read_jsonl(instrument.PROBES), store.read_jsonl(instrument.TIMELINE)
+    probes, events = store.read_jsonl(PROBES), store.read_jsonl(TIMELINE)
     if runs.empty:
         return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked)
     misplaced = runs[runs["placement_issues"] != ""]

@@ -25,12 +25,11 @@ from pathlib import Path
 from bench import metrics
 from bench.agents import nonced_chat
 from bench.clients import RequestRecord, StreamingClient
+from bench.store import TIMELINE
 from bench.workload import Workload
 
 PROBE_CALLS = 3
 PROBE_TOKENS = 32
-TIMELINE = "timeline.jsonl"
-PROBES = "probes.jsonl"
 
 
 def _proc_stat() -> tuple[int, int]:

@@ -31,12 +31,11 @@ from bench.errors import BenchError
 from bench.paths import REPO_ROOT, cache_dir
 from bench.plan import Cell, Plan, build_plan
 from bench.profile import LoadedProfile, Profile
-from bench.store import Store, atomic_write_json, utc_now
+from bench.store import MANIFEST_NAME, Store, atomic_write_json, utc_now
 
 __all__ = ["write_manifest", "utc_now", "git_state", "load_manifest", "plans_from_manifest",
-           "profile_from_manifest", "planned_cells", "gguf_metadata", "MANIFEST_NAME"]
+           "profile_from_manifest", "planned_cells", "gguf_metadata"]
 
-MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
 PACKAGES = ("tr116-bench", "invoke", "docker", "requests", "pandas", "nvidia-ml-py", "jinja2", "pyyaml",

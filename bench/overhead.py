@@ -32,10 +32,9 @@ from bench.clients import CallContext, StreamingClient
 from bench.errors import BenchError
 from bench.paths import cache_dir
 from bench.profile import ServerConfig
-from bench.store import atomic_write_json, utc_now
+from bench.store import CLIENT_OVERHEAD_NAME, atomic_write_json, utc_now
 from bench.workload import load_workload, prompt_nonce
 
-CLIENT_OVERHEAD_NAME = "client_overhead.json"
 MESSAGES = [{"role": "user", "content": "stream"}]
 # The loopback server ignores prompts; its records are never stored.
 LOOPBACK_CTX = CallContext("single", "analysis", "single", 0, "0" * 16)

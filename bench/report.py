@@ -17,13 +17,12 @@ from bench import instrument, metrics, power, stats
 from bench import findings, fmt
 from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
-from bench.manifest import MANIFEST_NAME, planned_cells, profile_from_manifest
-from bench.overhead import CLIENT_OVERHEAD_NAME
+from bench.manifest import planned_cells, profile_from_manifest
 from bench.paths import TEMPLATES_DIR
 from bench.plots import write_plots
 from bench.profile import LoadedProfile, Profile
 from bench.ladder import Skip
-from bench.store import Store, atomic_write_text
+from bench.store import CLIENT_OVERHEAD_NAME, MANIFEST_NAME, Store, atomic_write_text
 from bench.summary import summarize_all
 from bench.validate import validate_study
 

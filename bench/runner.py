@@ -35,7 +35,7 @@ from bench.placement import placement_issues
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
 from bench.profile import LoadedProfile
 from bench.runtimes import Runtime
-from bench.store import Store, schema_errors, utc_now
+from bench.store import PROBES, Store, schema_errors, utc_now
 from bench.summary import summarize_all
 from bench.workload import load_workload
 
@@ -417,9 +417,9 @@ class MatrixRunner:
                                                f"{self.profile.study}/probe/{label}", options=options)
             except RequestError as exc:
                 tqdm.write(f"drift probe '{label}' failed ({exc.kind}): {exc}")
-                self.store.append_jsonl(instrument.PROBES, {"label": label, "model": base.name, "error": str(exc)})
+                self.store.append_jsonl(PROBES, {"label": label, "model": base.name, "error": str(exc)})
                 return
-        self.store.append_jsonl(instrument.PROBES, instrument.probe_entry(label, base.name, records))
+        self.store.append_jsonl(PROBES, instrument.probe_entry(label, base.name, records))
 
     def _floors(self) -> None:
         """The client floors and the harness-vs-engine ratio (bench/overhead.py), measured once per

@@ -27,6 +27,12 @@ from bench.records import RunDocument
 
 # The one place the layout is read: results/<study>/<suite>/<lang>/<model_slug>/<config>/run_<k>/
 RUN_GLOB = "*/*/*/*/run_*/metrics.json"
+# The study root's own files.
+MANIFEST_NAME = "manifest.json"  # bench/manifest.py
+CLIENT_OVERHEAD_NAME = "client_overhead.json"  # `invoke bench-clients` (bench/overhead.py)
+TIMELINE = "timeline.jsonl"  # the runner's events (bench/instrument.py)
+PROBES = "probes.jsonl"  # the drift probes (bench/instrument.py)
+FAILURES = "failures.jsonl"
 
 
 def _umask() -> int:
@@ -186,10 +192,10 @@ class Store:
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
     def log_failure(self, entry: dict) -> None:
-        self.append_jsonl("failures.jsonl", entry)
+        self.append_jsonl(FAILURES, entry)
 
     def failures(self) -> list[dict]:
-        return self.read_jsonl("failures.jsonl")
+        return self.read_jsonl(FAILURES)
 
     def read_json(self, name: str) -> dict | None:
         """A JSON file at the study root (the manifest, the overhead study), None when absent

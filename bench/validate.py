@@ -23,11 +23,11 @@ from bench import metrics
 from bench.analysis import load_tables
 from bench.errors import BenchError
 from bench.ladder import Skip
-from bench.manifest import MANIFEST_NAME, load_manifest, planned_cells, profile_from_manifest
+from bench.manifest import load_manifest, planned_cells, profile_from_manifest
 from bench.outliers import cell_flags
 from bench.plan import Cell
 from bench.profile import LoadedProfile, Profile
-from bench.store import Store
+from bench.store import MANIFEST_NAME, Store
 
 # Fallbacks that skip a model or a suite on purpose (bench.runner): its runs are accounted for.
 DELIBERATE_SKIPS = (Skip.OPTIONAL_MODEL, Skip.RUST_SUITE)
