@@ -382,6 +382,9 @@ async fn a_cut_stream_is_retried_per_call_with_a_new_nonce() {
     let requests = out.metrics.unwrap()["requests"].as_array().unwrap().clone();
     let recorded: Vec<&str> = requests.iter().map(|r| r["prompt_nonce"].as_str().unwrap()).collect();
     assert_eq!(recorded, [sent[1], sent[2]]);
+    // each record says which try of its call made it
+    let tries: Vec<u64> = requests.iter().map(|r| r["call_attempt"].as_u64().unwrap()).collect();
+    assert_eq!(tries, [2, 1]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
