@@ -273,7 +273,8 @@ mod tests {
             serde_json::json!({"error_kind": "loading", "class": "transient",
                                "message": "http://h:1: Loading model (retry later)"})
         );
-        let v: serde_json::Value = serde_json::from_str(&ErrorLine::other("bad job file x: key `a`").to_json()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&ErrorLine::other("bad job file x: key `a`").to_json()).unwrap();
         assert_eq!(v, serde_json::json!({"error_kind": null, "class": null, "message": "bad job file x: key `a`"}));
     }
 

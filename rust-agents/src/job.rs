@@ -246,8 +246,8 @@ pub const DEFAULT_SCHEMA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../b
 
 impl JobSchema {
     pub fn load(path: &Path) -> Result<JobSchema, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the job schema {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the job schema {}: {e}", path.display()))?;
         JobSchema::parse(&text).map_err(|e| format!("job schema {}: {e}", path.display()))
     }
 
@@ -440,17 +440,24 @@ pub(crate) mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("timeout_s", Box::new(|v| drop(v.as_object_mut().unwrap().remove("timeout_s")))),
             ("surprise", Box::new(|v| v["surprise"] = 1.into())),
             ("seed", Box::new(|v| drop(v["agents"]["single"]["options"].as_object_mut().unwrap().remove("seed")))),
             ("key `timeout_s`", Box::new(|v| v["timeout_s"] = "soon".into())),
             ("key `timeout_s`", Box::new(|v| v["timeout_s"] = 0.into())),
-            ("key `agents/single/options/temperature`", Box::new(|v| v["agents"]["single"]["options"]["temperature"] = "hot".into())),
+            (
+                "key `agents/single/options/temperature`",
+                Box::new(|v| v["agents"]["single"]["options"]["temperature"] = "hot".into()),
+            ),
             ("grpc", Box::new(|v| v["agents"]["single"]["api"] = "grpc".into())),
             ("key `model/slug`", Box::new(|v| v["model"]["slug"] = "Gemma 3".into())),
             ("key `agents`", Box::new(|v| v["suite"] = "multi".into())),
-            ("key `agents/single/options/num_predict`", Box::new(|v| v["agents"]["single"]["options"]["num_predict"] = 0.into())),
+            (
+                "key `agents/single/options/num_predict`",
+                Box::new(|v| v["agents"]["single"]["options"]["num_predict"] = 0.into()),
+            ),
             ("key `agents/single/endpoint`", Box::new(|v| v["agents"]["single"]["endpoint"] = "127.0.0.1:1".into())),
             ("first_after_start", Box::new(|v| v["first_after_start"] = false.into())),
         ];

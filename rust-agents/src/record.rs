@@ -330,7 +330,10 @@ mod tests {
         assert!(v["error"].is_null() && v["error_kind"].is_null());
         assert_eq!(v.as_object().unwrap().len(), 26); // the schema's request fields
         let text = serde_json::to_string(&r).unwrap();
-        assert!(text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","call_attempt":1,"start_offset_ms""#), "{text}");
+        assert!(
+            text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","call_attempt":1,"start_offset_ms""#),
+            "{text}"
+        );
     }
 
     #[test]

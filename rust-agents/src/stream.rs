@@ -336,7 +336,12 @@ pub struct TimedStream<T> {
 
 impl<T> TimedStream<T> {
     pub fn new(api: Api) -> TimedStream<T> {
-        TimedStream { parser: StreamParser::new(api), stamps: Vec::with_capacity(1024), text: String::with_capacity(4096), ends: Vec::with_capacity(1024) }
+        TimedStream {
+            parser: StreamParser::new(api),
+            stamps: Vec::with_capacity(1024),
+            text: String::with_capacity(4096),
+            ends: Vec::with_capacity(1024),
+        }
     }
 
     /// One network read; `Done` once the terminal message is in (stop reading then).

@@ -95,7 +95,8 @@ fn stream_bodies() {
         match (run_stream(case), want.get("error_kind")) {
             (Ok((stream, t_done)), None) => {
                 let texts: Vec<&str> = stream.texts().collect();
-                let want_texts: Vec<&str> = want["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+                let want_texts: Vec<&str> =
+                    want["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
                 assert_eq!(texts, want_texts, "{name}: texts");
                 let want_stamps: Vec<i64> =
                     want["stamps_ns"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
@@ -165,8 +166,11 @@ fn call(c: &Value, agent: AgentName, phase: Phase, stage: Stage) -> TimedRecord 
         content_ns: c["content_ns"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect(),
         t_done_ns: c["t_done_ns"].as_i64().unwrap(),
     };
-    let stats =
-        ServerStats { output_tokens: c["output_tokens"].as_u64(), eval_ms: c["eval_ms"].as_f64(), ..Default::default() };
+    let stats = ServerStats {
+        output_tokens: c["output_tokens"].as_u64(),
+        eval_ms: c["eval_ms"].as_f64(),
+        ..Default::default()
+    };
     let record = request_record(&ctx(agent, phase, stage), &timing, &stats, String::new(), 1000.0);
     TimedRecord { record, timing }
 }
@@ -236,7 +240,8 @@ fn prompt_nonces() {
         let agent: AgentName = serde_json::from_value(parse(&c["agent"])).unwrap();
         let stage: Stage = serde_json::from_value(parse(&c["stage"])).unwrap();
         let phase: Phase = serde_json::from_value(parse(&c["phase"])).unwrap();
-        let got = prompt_nonce(c["run_key"].as_str().unwrap(), agent, stage, phase, c["attempt"].as_u64().unwrap() as u32);
+        let got =
+            prompt_nonce(c["run_key"].as_str().unwrap(), agent, stage, phase, c["attempt"].as_u64().unwrap() as u32);
         assert_eq!(got, c["nonce"].as_str().unwrap(), "{}", c["why"]);
     }
     for c in doc["nonce_attempt"].as_array().unwrap() {
