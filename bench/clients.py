@@ -72,88 +72,160 @@ def build_request(api: str, model: str, messages: list[dict], options: dict) -> 
     raise ValueError(f"unknown api {api!r}")
 
 
+def _malformed(what: str, raw: bytes) -> RequestError:
+    return RequestError("malformed_stream", f"{what}: {raw[:120]!r}")
+
+
+def _message(raw: bytes) -> dict:
+    """One protocol message: a JSON object, else the stream is malformed."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:  # also bytes that are not UTF-8
+        raise _malformed("not JSON", raw) from None
+    if not isinstance(obj, dict):
+        raise _malformed("not a JSON object", raw)
+    return obj
+
+
+# The types a message's fields must have; the Rust agents' serde structs (stream.rs) refuse the
+# same values, so both clients call the same streams malformed.
+def _typed(obj: dict | None, key: str, kind: str, raw: bytes):
+    value = None if obj is None else obj.get(key)
+    if value is None:
+        return None
+    ok = {"text": isinstance(value, str),
+          "object": isinstance(value, dict),
+          "list": isinstance(value, list),
+          "flag": isinstance(value, bool),
+          "count": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+          "number": isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
+    if not ok:
+        raise _malformed(f"{key} is not a {kind}", raw)
+    return value
+
+
+def _error_text(err) -> str:
+    """An in-stream error: Ollama's "error": "text", OpenAI's "error": {"message": "text"}, else its JSON."""
+    if isinstance(err, str):
+        return err
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return err["message"]
+    return json.dumps(err, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def _raise_if_error(obj: dict) -> None:
+    if obj.get("error") is not None:
+        msg = _error_text(obj["error"])
+        raise RequestError(classify(msg), msg)
+
+
 class OllamaStream:
-    """Ollama /api/chat and /api/generate NDJSON: one JSON object per line."""
+    """Ollama /api/chat NDJSON: one JSON object per line, the last with "done": true.
+
+    `feed` takes one line and returns the generated text it carries ('' if none); every
+    non-blank line is one message. `finish` is called when the body ended before the done line."""
 
     def __init__(self) -> None:
         self.counts = ServerCounts()
         self.finished = False
 
     def feed(self, line: bytes) -> str:
-        """Text carried by one line ('' if none); records the final chunk's counts."""
         if not line.strip():
             return ""
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise RequestError("malformed_stream", f"not JSON: {line[:120]!r}") from None
-        if "error" in obj:
-            msg = str(obj["error"])
-            raise RequestError(classify(msg), msg)
-        text = obj["message"].get("content", "") if "message" in obj else obj.get("response", "")
-        if obj.get("done"):
+        obj = _message(line)
+        _raise_if_error(obj)
+        text = _typed(_typed(obj, "message", "object", line), "content", "text", line) or ""
+        if _typed(obj, "done", "flag", line):
             # Metrics fields are omitempty: a missing one means zero.
             c = self.counts
-            c.output_tokens = obj.get("eval_count", 0)
-            c.prompt_tokens = obj.get("prompt_eval_count", 0)
-            c.load_ms = metrics.server_duration_ms(obj.get("load_duration", 0))
-            c.prompt_eval_ms = metrics.server_duration_ms(obj.get("prompt_eval_duration", 0))
-            c.eval_ms = metrics.server_duration_ms(obj.get("eval_duration", 0))
-            c.done_reason = obj.get("done_reason")
+            c.output_tokens = _typed(obj, "eval_count", "count", line) or 0
+            c.prompt_tokens = _typed(obj, "prompt_eval_count", "count", line) or 0
+            c.load_ms = metrics.server_duration_ms(_typed(obj, "load_duration", "number", line) or 0)
+            c.prompt_eval_ms = metrics.server_duration_ms(_typed(obj, "prompt_eval_duration", "number", line) or 0)
+            c.eval_ms = metrics.server_duration_ms(_typed(obj, "eval_duration", "number", line) or 0)
+            c.done_reason = _typed(obj, "done_reason", "text", line)
             self.finished = True
-        return text or ""
+        return text
 
-    def check_end(self) -> None:
+    def finish(self) -> str:
+        """The body ended: no message is pending (every line was fed), so without its done line
+        the stream was cut."""
         if not self.finished:
             raise RequestError("stream_cut", "stream ended without a done:true chunk")
+        return ""
 
 
 class OpenAIStream:
-    """OpenAI-compatible SSE (`data: {...}` events, `data: [DONE]`), with llama.cpp `timings`."""
+    """OpenAI-compatible SSE (`data: {...}` events, `data: [DONE]`), with llama.cpp `timings`.
+
+    An event is its `data:` lines, joined by newlines, dispatched by the blank line that ends it
+    (or by the end of the body); `feed` returns the text of the event a line completed. Comment
+    lines (':') and the `event`, `id` and `retry` fields carry nothing here; any other field is
+    not the protocol."""
 
     def __init__(self) -> None:
         self.counts = ServerCounts()
         self.finished = False
+        self._data: list[bytes] | None = None  # the pending event's data lines
 
     def feed(self, line: bytes) -> str:
-        if not line.startswith(b"data:"):
-            return ""  # blank separators, comments (':') and event/id fields carry no data here
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
+        line = line.removesuffix(b"\r")
+        if not line:
+            return self._dispatch()
+        if line.startswith(b":"):
+            return ""
+        name, colon, value = line.partition(b":")
+        if colon and value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data = (self._data or []) + [value]
+        elif name not in (b"event", b"id", b"retry"):
+            raise _malformed("not an SSE line", line)
+        return ""
+
+    def finish(self) -> str:
+        """The body ended: an event it ended inside is dispatched; without [DONE] the stream was cut."""
+        text = self._dispatch()
+        if not self.finished:
+            raise RequestError("stream_cut", "stream ended without data: [DONE]")
+        return text
+
+    def _dispatch(self) -> str:
+        if self._data is None:
+            return ""
+        payload, self._data = b"\n".join(self._data), None
+        if payload.strip() == b"[DONE]":
             self.finished = True
             return ""
-        try:
-            obj = json.loads(payload)
-        except ValueError:
-            raise RequestError("malformed_stream", f"not JSON: {payload[:120]!r}") from None
-        if "error" in obj:
-            err = obj["error"]
-            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            raise RequestError(classify(msg), msg)
+        obj = _message(payload)
+        _raise_if_error(obj)
         c = self.counts
-        usage = obj.get("usage")
-        if usage:
-            c.output_tokens = usage.get("completion_tokens", c.output_tokens)
-            c.prompt_tokens = usage.get("prompt_tokens", c.prompt_tokens)
-        timings = obj.get("timings")
-        if timings:
-            c.prompt_eval_ms = timings.get("prompt_ms", c.prompt_eval_ms)
-            c.eval_ms = timings.get("predicted_ms", c.eval_ms)
+        usage = _typed(obj, "usage", "object", payload)
+        if usage is not None:
+            n = _typed(usage, "completion_tokens", "count", payload)
+            c.output_tokens = c.output_tokens if n is None else n
+            n = _typed(usage, "prompt_tokens", "count", payload)
+            c.prompt_tokens = c.prompt_tokens if n is None else n
+        timings = _typed(obj, "timings", "object", payload)
+        if timings is not None:
+            ms = _typed(timings, "prompt_ms", "number", payload)
+            c.prompt_eval_ms = c.prompt_eval_ms if ms is None else ms
+            ms = _typed(timings, "predicted_ms", "number", payload)
+            c.eval_ms = c.eval_ms if ms is None else ms
             if c.output_tokens is None:
-                c.output_tokens = timings.get("predicted_n")
+                c.output_tokens = _typed(timings, "predicted_n", "count", payload)
             if c.prompt_tokens is None:
-                c.prompt_tokens = timings.get("prompt_n")
-        choices = obj.get("choices") or []
+                c.prompt_tokens = _typed(timings, "prompt_n", "count", payload)
+        choices = _typed(obj, "choices", "list", payload)
         if not choices:
             return ""
         choice = choices[0]
-        if choice.get("finish_reason"):
-            c.done_reason = choice["finish_reason"]
-        return (choice.get("delta") or {}).get("content") or ""
-
-    def check_end(self) -> None:
-        if not self.finished:
-            raise RequestError("stream_cut", "stream ended without data: [DONE]")
+        if not isinstance(choice, dict):
+            raise _malformed("choices[0] is not an object", payload)
+        reason = _typed(choice, "finish_reason", "text", payload)
+        if reason is not None:
+            c.done_reason = reason
+        return _typed(_typed(choice, "delta", "object", payload), "content", "text", payload) or ""
 
 
 PARSERS = {"ollama": OllamaStream, "openai": OpenAIStream}
@@ -173,14 +245,20 @@ class CallContext:
     phase: str
     run_t0_ns: int
     prompt_nonce: str
-    first_after_start: bool = False
     # which try of this call made the record (1: first; more: earlier tries failed transiently)
     call_attempt: int = 1
     cold_load_ms: float = 1000.0
 
 
 def time_stream(lines: Iterable[bytes], parser, clock: Clock) -> tuple[list[int], list[str], int]:
-    """Consume a stream of lines: arrival stamps of text chunks, their texts, and the end stamp."""
+    """Consume a stream of lines: the stamps of its content messages, their texts, and the end stamp.
+
+    A content message (an NDJSON line, an SSE event, with non-empty generated text) is stamped with
+    the instant its complete message was available: the clock is read as each line arrives, before
+    it is parsed, and a message takes the stamp of the line that completed it (SSE: the blank line
+    ending the event). Messages that arrive in one network read are stamped one by one. The end
+    stamp is read once the terminal message (done:true, [DONE]) is in; nothing after it is read.
+    The Rust agents stamp the same unit (rust-agents/src/stream.rs TimedStream)."""
     stamps: list[int] = []
     texts: list[str] = []
     for line in lines:
@@ -189,8 +267,13 @@ def time_stream(lines: Iterable[bytes], parser, clock: Clock) -> tuple[list[int]
         if text:
             stamps.append(t)
             texts.append(text)
+        if parser.finished:
+            break
     t_done = clock()
-    parser.check_end()
+    text = parser.finish()  # an event the body ended inside is complete now; no terminal message: cut
+    if text:
+        stamps.append(t_done)
+        texts.append(text)
     return stamps, texts, t_done
 
 
@@ -218,7 +301,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
         load_ms=counts.load_ms,
         prompt_eval_ms=counts.prompt_eval_ms,
         eval_ms=counts.eval_ms,
-        cold_load=metrics.is_cold_load(counts.load_ms, ctx.first_after_start, ctx.cold_load_ms),
+        cold_load=metrics.is_cold_load(counts.load_ms, ctx.cold_load_ms),
         done_reason=counts.done_reason,
         error=None, error_kind=None,
         output_text="".join(texts),

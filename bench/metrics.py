@@ -159,13 +159,15 @@ def server_duration_ms(duration_ns: int | float | None) -> float | None:
 
 
 @metric("cold_load", "flag", "request")
-def is_cold_load(load_ms: float | None, first_after_start: bool, threshold_ms: float) -> bool:
-    """cold_load = load_ms ≥ threshold_ms  or  first request after the server (re)started
+def is_cold_load(load_ms: float | None, threshold_ms: float) -> bool:
+    """cold_load = load_ms ≥ threshold_ms
 
-    Marks a request that paid for loading the model. Warmup requests absorb these loads and are
-    never counted; a counted cold request is flagged in its run and in the report.
+    Marks a request that paid for loading the model, by the server's own load time (Ollama's
+    load_duration; llama.cpp reports none, so its requests are never flagged). Warmup requests
+    absorb these loads and are never counted; a counted cold request is flagged in its run and in
+    the report.
     """
-    return first_after_start or (load_ms is not None and load_ms >= threshold_ms)
+    return load_ms is not None and load_ms >= threshold_ms
 
 
 # --------------------------------------------------------------------------------------------

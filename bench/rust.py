@@ -3,6 +3,10 @@
 The binary comes from the Docker image where a Docker engine is usable and the image exists,
 else from `cargo build --release`. With neither, the Rust suite is recorded as skipped with the
 reason, never silently dropped.
+
+The contract between the two: the job file (data/job.schema.json, checked here before it is written
+and by the agent when it loads it) and, when the agent fails, its last stderr line, one JSON object
+(data/agent_error.schema.json).
 """
 
 from __future__ import annotations
@@ -12,16 +16,24 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+from jsonschema import Draft202012Validator
 
 from bench.agents import RETRY_MAX_WAIT_S, RETRY_WAIT_S
 from bench.assets import file_sha256
-from bench.errors import BenchError, RequestError
+from bench.errors import BenchError, RequestError, error_kinds
 from bench.host import docker_engine
-from bench.paths import DATASET_DIR, ERROR_KINDS_FILE, REPO_ROOT, RUST_CRATE_DIR, WORKLOAD_FILE
+from bench.paths import DATA_DIR, DATASET_DIR, ERROR_KINDS_FILE, REPO_ROOT, RUST_CRATE_DIR, WORKLOAD_FILE
 
 IMAGE = "tr116-rust-agents:local"
 NATIVE_BINARY = RUST_CRATE_DIR / "target" / "release" / "tr116-agent"
+JOB_SCHEMA_FILE = DATA_DIR / "job.schema.json"
+AGENT_ERROR_SCHEMA_FILE = DATA_DIR / "agent_error.schema.json"
+EXIT_BAD_JOB, EXIT_REQUEST_FAILED = 2, 3
+# a crash's stderr tail quoted in its error
+STDERR_TAIL_CHARS = 600
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,7 @@ def job_document(*, suite: str, study: str, run_key: str, run_index: int, model:
         "model": model, "config": config,
         "workload_file": str(WORKLOAD_FILE), "dataset_dir": str(DATASET_DIR),
         "error_kinds_file": str(ERROR_KINDS_FILE), "timeout_s": timeout_s, "cold_load_ms": cold_load_ms,
-        "contention": contention, "first_after_start": False, "agents": agents,
+        "contention": contention, "agents": agents,
     }
     if suite == "multi":
         job["phase_order"] = phase_order
@@ -114,19 +126,63 @@ def job_document(*, suite: str, study: str, run_key: str, run_index: int, model:
     return job
 
 
+@lru_cache(maxsize=None)
+def _validator(path: Path) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(path.read_text()))
+
+
+def _violations(doc, schema: Path) -> list[str]:
+    """Each way `doc` breaks the schema, as "key `a/b`: what is wrong" (the agent words them alike)."""
+    out = []
+    for err in sorted(_validator(schema).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        key = "/".join(map(str, err.absolute_path))
+        out.append(f"key `{key}`: {err.message}" if key else err.message)
+    return out
+
+
+def validate_job(job: dict) -> None:
+    """Refuse a job that breaks data/job.schema.json, naming the keys (a harness bug: BenchError)."""
+    problems = _violations(job, JOB_SCHEMA_FILE)
+    if problems:
+        raise BenchError(f"bad tr116-agent job ({JOB_SCHEMA_FILE.name}): " + "; ".join(problems[:5]))
+
+
+def agent_failure(returncode: int, stderr: str) -> BenchError:
+    """The error a failed tr116-agent run stands for, from its last stderr line (one JSON object,
+    data/agent_error.schema.json): a failed request is a RequestError of its kind; a refused job or
+    the agent's own failure is a BenchError. An agent that died without that line (a panic, a
+    signal) is a RequestError of kind malformed_stream, permanent: the agent broke its protocol,
+    and neither a retry nor the fallback ladder would help; its stderr tail says what happened."""
+    lines = stderr.strip().splitlines()
+    try:
+        line = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        line = None
+    known = {k.kind for k in error_kinds()}
+    if isinstance(line, dict) and not _violations(line, AGENT_ERROR_SCHEMA_FILE):
+        kind, message = line["error_kind"], line["message"]
+        if returncode == EXIT_REQUEST_FAILED and kind in known:
+            return RequestError(kind, f"tr116-agent: {message}")
+        if returncode != EXIT_REQUEST_FAILED and kind is None:
+            what = "refused the job" if returncode == EXIT_BAD_JOB else "failed"
+            return BenchError(f"tr116-agent {what} (exit {returncode}): {message}")
+    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+    tail = stderr.strip()[-STDERR_TAIL_CHARS:] or "(no stderr)"
+    return RequestError("malformed_stream", f"tr116-agent {how} without a valid error line; stderr ends: {tail}")
+
+
 def run_job(agent: RustAgent, job: dict, out_path: Path, results_dir: Path, timeout_s: float) -> None:
-    """Run one job; raise RequestError with the agent's error kind when it fails."""
+    """Run one job; raise RequestError with the agent's error kind when a request failed, BenchError
+    when the job was refused or the agent failed on its own."""
+    validate_job(job)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     job_path = out_path.parent / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
-    cmd = agent.command(results_dir, job["suite"], "--job", str(job_path), "--out", str(out_path))
+    cmd = agent.command(results_dir, job["suite"], "--job", str(job_path), "--out", str(out_path),
+                        "--job-schema", str(JOB_SCHEMA_FILE))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise RequestError("timeout", f"tr116-agent did not finish within {timeout_s:.0f} s") from None
     if proc.returncode != 0:
-        line = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        kind, sep, message = line.partition(": ")
-        if not sep or " " in kind:
-            kind, message = "http", line
-        raise RequestError(kind, f"tr116-agent (exit {proc.returncode}): {message}")
+        raise agent_failure(proc.returncode, proc.stderr)

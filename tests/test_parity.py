@@ -12,12 +12,19 @@ clients themselves differ by well under 1 %. What differs between two runs is th
 shared cores a server's decode rate varies by ~5–10 % from run to run. Medians of interleaved runs
 are therefore required to agree within 20 % (rates, durations) and TTFT within 25 % or 40 ms,
 whichever is larger.
+
+The contract tests at the end need no engine: on a scripted loopback server both clients must retry
+the same unit (a call, transient kinds only, with the same nonces and waits), and run_job must turn
+the agent's JSON error line, or its absence, into the right error.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import statistics
+import subprocess
+import threading
 import time
 
 import pytest
@@ -25,6 +32,7 @@ import pytest
 from bench import agents, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
+from bench.errors import BenchError, RequestError
 from bench.profile import ModelSpec, ServerConfig, WorkloadSpec
 from bench.store import schema_errors
 from bench.workload import load_workload, prompt_nonce
@@ -129,3 +137,159 @@ def test_rust_integration_test_against_real_llama_server(llama_runtime):
                           cwd=RUST_CRATE_DIR, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "skipped" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract without an engine: retry scope and the agent's error line, on a scripted server
+# (fast; these need the native binary but no model).
+# ---------------------------------------------------------------------------------------------
+
+
+class ScriptedOllama:
+    """A loopback /api/chat that answers each request from `replies` in turn (status, body) and
+    records the system message's nonce line of each request."""
+
+    def __init__(self, replies: list[tuple[int, bytes]]):
+        self.replies, self.nonces = list(replies), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.nonces.append(body["messages"][0]["content"].split("\n", 1)[0][len("[run "):-1])
+                status, data = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _stream(texts, done=True) -> bytes:
+    lines = [json.dumps({"message": {"content": t}, "done": False}) for t in texts]
+    if done:
+        lines.append(json.dumps({"message": {"content": ""}, "done": True, "done_reason": "stop",
+                                 "eval_count": len(texts), "eval_duration": 10_000_000}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+CUT, WHOLE = (200, _stream(["par", "tial"], done=False)), (200, _stream(["fine", " text"]))
+OPTIONS = {"num_predict": 8, "seed": 42}
+
+
+def _rust_job(url: str, run_key: str, attempts: int) -> dict:
+    return rust.job_document(suite="single", study="contract", run_key=run_key, run_index=1,
+                             model={"name": MODEL, "slug": MODEL}, config={"gpu_layers": 0},
+                             agents={"single": {"endpoint": url, "api": "ollama", "model": MODEL,
+                                                "options": dict(OPTIONS)}},
+                             timeout_s=30, cold_load_ms=1000, retries=attempts,
+                             contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
+
+
+def test_both_clients_retry_a_cut_call_not_the_run(rust_agent, tmp_path):
+    """The first analysis call is cut (stream_cut, transient): each client sends that call again
+    with its next nonce, after the same 0.5 s wait, and records call_attempt 2 for it and 1 for the
+    report; the run is not started over."""
+    run_key = "contract/retry/run_1"
+    nonce = {s: [prompt_nonce(run_key, "single", s, "single", a) for a in (1, 2)] for s in ("analysis", "report")}
+    want_sent = [nonce["analysis"][0], nonce["analysis"][1], nonce["report"][0]]
+    workload = load_workload()
+    with ScriptedOllama([CUT, WHOLE]) as server:
+        target = AgentTarget("single", StreamingClient(server.url, "ollama"), MODEL, OPTIONS)
+        _, records, _ = agents.run_single(target, workload, run_key, attempts=3)
+        py_sent = server.nonces
+    with ScriptedOllama([CUT, WHOLE]) as server:
+        out = tmp_path / "metrics.json"
+        rust.run_job(rust_agent, _rust_job(server.url, run_key, 3), out, tmp_path, timeout_s=60)
+        rs_records = json.loads(out.read_text())["requests"]
+        rs_sent = server.nonces
+    assert py_sent == rs_sent == want_sent
+    for recs in ([r.to_json() for r in records], rs_records):
+        assert [(r["stage"], r["call_attempt"], r["prompt_nonce"]) for r in recs] == [
+            ("analysis", 2, nonce["analysis"][1]), ("report", 1, nonce["report"][0])]
+        assert recs[0]["output_text"] == "fine text"
+
+
+def test_both_clients_do_not_retry_a_permanent_kind(rust_agent, tmp_path):
+    not_found = (404, json.dumps({"error": f"model '{MODEL}' not found"}).encode())
+    with ScriptedOllama([not_found]) as server:
+        target = AgentTarget("single", StreamingClient(server.url, "ollama"), MODEL, OPTIONS)
+        with pytest.raises(RequestError) as py:
+            agents.run_single(target, load_workload(), "contract/nf/run_1", attempts=3)
+        assert len(server.nonces) == 1
+    with ScriptedOllama([not_found]) as server:
+        with pytest.raises(RequestError) as rs:
+            rust.run_job(rust_agent, _rust_job(server.url, "contract/nf/run_1", 3), tmp_path / "m.json", tmp_path, 60)
+        assert len(server.nonces) == 1
+    assert py.value.kind == rs.value.kind == "not_found"
+    assert "not found" in str(rs.value) and server.url in str(rs.value)  # the agent's own message
+
+
+def test_a_failed_request_comes_back_with_its_kind(rust_agent, tmp_path):
+    """The agent's JSON error line: a cut stream after its one allowed try is stream_cut."""
+    with ScriptedOllama([CUT]) as server:
+        with pytest.raises(RequestError) as info:
+            rust.run_job(rust_agent, _rust_job(server.url, "contract/cut/run_1", 1), tmp_path / "m.json",
+                         tmp_path, timeout_s=60)
+    assert info.value.kind == "stream_cut" and info.value.cls == "transient"
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_bad_job_is_refused_before_the_agent_runs(tmp_path):
+    job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1)
+    job["agents"]["single"]["options"]["num_predict"] = 0
+    never = rust.RustAgent(("/nonexistent/tr116-agent",), "never run")
+    with pytest.raises(BenchError, match=r"key `agents/single/options/num_predict`: 0 is less than the minimum of 1"):
+        rust.run_job(never, job, tmp_path / "m.json", tmp_path, timeout_s=10)
+    assert not (tmp_path / "job.json").exists()
+
+
+def test_the_agent_refuses_a_bad_job_itself(rust_agent, tmp_path):
+    """A job that skipped Python's check (here written by hand) is refused by the agent: exit 2 and
+    an error line without a kind, which run_job turns into a BenchError naming the key."""
+    job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1)
+    job["attempt"] = 0
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    proc = subprocess.run(rust_agent.command(tmp_path, "single", "--job", str(path), "--out", str(tmp_path / "m.json"),
+                                             "--job-schema", str(rust.JOB_SCHEMA_FILE)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    line = json.loads(proc.stderr.splitlines()[-1])
+    assert line["error_kind"] is None and line["class"] is None
+    err = rust.agent_failure(proc.returncode, proc.stderr)
+    assert isinstance(err, BenchError) and not isinstance(err, RequestError)
+    assert "refused the job" in str(err) and "key `attempt`" in str(err)
+
+
+@pytest.mark.parametrize("script, how", [
+    ("echo 'thread main panicked at src/agent.rs:9:5: index out of bounds' >&2; exit 101", "exited 101"),
+    ("echo 'partial output' >&2; kill -9 $$", "killed by signal 9"),
+    ("echo '{\"error_kind\": \"gremlins\", \"class\": \"load\", \"message\": \"m\"}' >&2; exit 3", "exited 3"),
+])
+def test_an_agent_that_dies_without_its_error_line(script, how, tmp_path):
+    """No valid error line (a panic, a kill, a kind the table does not know): a RequestError of kind
+    malformed_stream (permanent) that quotes the stderr tail."""
+    crashing = rust.RustAgent(("sh", "-c", script, "tr116-agent"), "a crashing stand-in")
+    job = _rust_job("http://127.0.0.1:9", "contract/crash/run_1", 1)
+    with pytest.raises(RequestError) as info:
+        rust.run_job(crashing, job, tmp_path / "m.json", tmp_path, timeout_s=30)
+    assert info.value.kind == "malformed_stream" and info.value.cls == "permanent"
+    assert how in str(info.value)
+    last = script.split("'")[1]
+    assert last[:20] in str(info.value), "the stderr tail is quoted"

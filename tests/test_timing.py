@@ -1,4 +1,7 @@
-"""Client timing against a scripted clock: TTFT, gaps, e2e and decode rates must reconcile."""
+"""Client timing against a scripted clock: TTFT, gaps, e2e and decode rates must reconcile.
+
+The clock here is read once per line (and once at the send and the end); bench/data/golden/
+streams.json and requests.json hold the cases both clients run, on a scripted network."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import pytest
 
 from bench import metrics
 from bench.clients import CallContext, StreamingClient
+from bench.errors import RequestError
 
 MS = 1_000_000
 
@@ -117,11 +121,12 @@ def test_openai_sse_timing_reconciles_and_ignores_empty_chunks():
     # one clock read per line (including blanks and non-text events), then the end
     stamps = [1000] + [1000 + 10 * (i + 1) for i in range(len(lines))] + [1000 + 10 * (len(lines) + 1)]
     rec, clock = run_chat("openai", lines, [s * MS for s in stamps])
-    assert clock.times == []
-    # the role-only first chunk (content null) is not a token: TTFT is the first 'x' at line index 2
-    assert rec.ttft_ms == pytest.approx(30.0)
+    assert clock.times == []  # [DONE] is complete at the last blank line, and nothing after it is read
+    # the role-only first event (content null) is not a token; an SSE event is complete at the blank
+    # line after its data line: TTFT is the first 'x' event's blank line, line index 3
+    assert rec.ttft_ms == pytest.approx(40.0)
     assert rec.content_chunks == 3
-    assert rec.itl_ms.mean == pytest.approx(20.0)  # text lines are 2 lines apart
+    assert rec.itl_ms.mean == pytest.approx(20.0)  # text events are 2 lines apart
     assert rec.e2e_ms == pytest.approx(10 * (len(lines) + 1))
     assert rec.decode_tps_client == pytest.approx(2 / 0.040)
     assert rec.decode_tps_server == pytest.approx(3 / 0.030)
@@ -136,12 +141,31 @@ def test_cold_load_flag_from_load_duration():
 
 
 def test_fallback_token_count_is_marked_estimated():
-    lines = [b'data: {"choices":[{"delta":{"content":"a"}}]}', b'data: {"choices":[{"delta":{"content":"b"}}]}',
-             b"data: [DONE]"]
-    rec, _ = run_chat("openai", lines, [x * MS for x in (0, 5, 15, 16, 17)])
+    lines = [b'data: {"choices":[{"delta":{"content":"a"}}]}', b"", b'data: {"choices":[{"delta":{"content":"b"}}]}',
+             b"", b"data: [DONE]", b""]
+    rec, _ = run_chat("openai", lines, [x * MS for x in (0, 4, 5, 14, 15, 16, 17, 18)])
     assert rec.output_tokens == 2 and rec.output_tokens_estimated
     assert rec.decode_tps_server is None  # no server timing: not invented
     assert rec.decode_tps_client == pytest.approx(1 / 0.010)
+
+
+def test_sse_data_lines_without_blank_lines_are_one_event():
+    """SSE: data lines up to a blank line are one event, joined by newlines. Three JSON data lines
+    with no blank line between them are not one JSON document: malformed, in both clients
+    (bench/data/golden/streams.json holds the cases both parsers run)."""
+    lines = [b'data: {"choices":[{"delta":{"content":"a"}}]}', b'data: {"choices":[{"delta":{"content":"b"}}]}',
+             b"data: [DONE]"]
+    with pytest.raises(RequestError) as info:
+        run_chat("openai", lines, [x * MS for x in range(6)])
+    assert info.value.kind == "malformed_stream"
+
+
+def test_stream_stops_at_the_terminal_message():
+    """Lines after done:true are not read (the clock is not read for them either)."""
+    lines = ollama_lines(["a", "b"]) + [b"not json", b'{"error":"late"}']
+    rec, clock = run_chat("ollama", lines, [x * MS for x in (0, 10, 20, 21, 99, 99)])
+    assert rec.e2e_ms == pytest.approx(21.0) and rec.output_text == "ab"
+    assert clock.times == [99 * MS, 99 * MS]
 
 
 def test_single_chunk_has_no_gaps_and_no_decode_rate():

@@ -1,8 +1,7 @@
 //! One agent run, the two-call workflow shared by both suites: `analysis` with the data set,
 //! then `report` on the analysis text. Also the single suite itself.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{ChatRequest, Client};
@@ -23,13 +22,10 @@ pub struct RunContext {
     pub run_start: Instant,
     pub timeout: Duration,
     pub cold_load_ms: f64,
-    pub first_after_start: bool,
     /// The job's run_key and attempt, which seed each call's prompt nonce.
     pub run_key: String,
     pub attempt: u32,
     pub retries: Retries,
-    /// Endpoints that already received a request in this run (for first_after_start).
-    seen_endpoints: Arc<Mutex<HashSet<String>>>,
 }
 
 impl RunContext {
@@ -40,19 +36,10 @@ impl RunContext {
             run_start: Instant::now(),
             timeout: Duration::from_secs_f64(job.timeout_s),
             cold_load_ms: job.cold_load_ms,
-            first_after_start: job.first_after_start,
             run_key: job.run_key.clone(),
             attempt: job.attempt,
             retries: job.retries,
-            seen_endpoints: Arc::new(Mutex::new(HashSet::new())),
         }
-    }
-
-    /// True for the first request of the run to `endpoint` when the job says the servers were
-    /// just (re)started.
-    fn claim_first(&self, endpoint: &str) -> bool {
-        let mut seen = self.seen_endpoints.lock().expect("endpoint set lock");
-        self.first_after_start && seen.insert(endpoint.trim_end_matches('/').to_string())
     }
 }
 
@@ -101,7 +88,6 @@ async fn call(
     system: &str,
     user: &str,
 ) -> Result<(TimedRecord, Instant), RequestError> {
-    let first = ctx.claim_first(&cfg.endpoint);
     let mut attempt = 1;
     let (nonce, out) = loop {
         let nonce =
@@ -135,7 +121,7 @@ async fn call(
         prompt_nonce: nonce,
         call_attempt: attempt,
     };
-    let record = request_record(&cctx, &timing, &out.stats, out.text, first, ctx.cold_load_ms);
+    let record = request_record(&cctx, &timing, &out.stats, out.text, ctx.cold_load_ms);
     Ok((TimedRecord { record, timing }, out.t_done))
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::errors::{Classifier, ErrorKind, RequestError};
 use crate::job::{Api, Options};
-use crate::stream::{error_body_message, Progress, ServerStats, StreamError, StreamParser};
+use crate::stream::{error_body_message, Progress, ServerStats, StreamError, TimedStream};
 
 /// The HTTP client shared by all calls of a process (one connection pool).
 #[derive(Clone)]
@@ -34,7 +34,8 @@ pub struct ChatRequest<'a> {
 pub struct ChatOutcome {
     /// Just before the request was sent.
     pub t_send: Instant,
-    /// Arrival of each chunk carrying non-empty text (the network read it came in).
+    /// One stamp per content message (a line or event with non-empty text): the instant the
+    /// message was complete, read before it was parsed (stream.rs TimedStream).
     pub content_times: Vec<Instant>,
     /// The end of the stream (its terminal event was read).
     pub t_done: Instant,
@@ -191,22 +192,24 @@ impl Client {
         let url = req.api.chat_url(req.endpoint);
         let endpoint = req.endpoint.trim_end_matches('/');
         let body = request_body(req);
-        let mut text = String::with_capacity(4096);
-        let mut content_times: Vec<Instant> = Vec::with_capacity(1024);
+        let mut stream = TimedStream::new(req.api);
         let t_send = Instant::now();
         let year = Duration::from_secs(365 * 86_400);
         let deadline = tokio::time::Instant::from_std(t_send.checked_add(timeout.min(year)).unwrap_or(t_send + year));
-        let call = self.stream_call(&url, endpoint, req.api, body, &mut text, &mut content_times);
+        let call = self.stream_call(&url, endpoint, body, &mut stream);
         let result = tokio::time::timeout_at(deadline, call).await;
         match result {
-            Ok(Ok((stats, t_done))) => Ok(ChatOutcome { t_send, content_times, t_done, text, stats }),
+            Ok(Ok(t_done)) => {
+                let (content_times, text, stats) = stream.into_parts();
+                Ok(ChatOutcome { t_send, content_times, t_done, text, stats })
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(RequestError::new(
                 ErrorKind::Timeout,
                 format!(
                     "{endpoint}: no complete response within {:.1} s ({} content chunks received)",
                     timeout.as_secs_f64(),
-                    content_times.len()
+                    stream.stamps.len()
                 ),
             )),
         }
@@ -216,11 +219,9 @@ impl Client {
         &self,
         url: &str,
         endpoint: &str,
-        api: Api,
         body: Vec<u8>,
-        text: &mut String,
-        content_times: &mut Vec<Instant>,
-    ) -> Result<(ServerStats, Instant), RequestError> {
+        stream: &mut TimedStream<Instant>,
+    ) -> Result<Instant, RequestError> {
         let mut resp = self
             .http
             .post(url)
@@ -236,29 +237,19 @@ impl Client {
             let kind = http_error_kind(&self.classifier, status.as_u16(), &msg);
             return Err(RequestError::new(kind, format!("{endpoint}: HTTP {}: {msg}", status.as_u16())));
         }
-        let mut parser = StreamParser::new(api);
-        let mut t_read;
+        let mut clock = Instant::now;
         loop {
             let chunk = resp.chunk().await.map_err(|e| transport_error(e, endpoint, ErrorKind::StreamCut))?;
-            t_read = Instant::now();
             let Some(bytes) = chunk else {
-                let mut on = |t: &str| {
-                    content_times.push(t_read);
-                    text.push_str(t);
-                };
-                parser.finish(&mut on).map_err(|e| self.stream_error(e, endpoint))?;
+                stream.end(&mut clock).map_err(|e| self.stream_error(e, endpoint))?;
                 break;
             };
-            let mut on = |t: &str| {
-                content_times.push(t_read);
-                text.push_str(t);
-            };
-            if parser.feed(&bytes, &mut on).map_err(|e| self.stream_error(e, endpoint))? == Progress::Done {
+            if stream.read(&bytes, &mut clock).map_err(|e| self.stream_error(e, endpoint))? == Progress::Done {
                 break;
             }
         }
         // Anything after the terminal event is ignored; dropping the response closes the socket.
-        Ok((parser.stats, Instant::now()))
+        Ok(Instant::now())
     }
 
     fn stream_error(&self, err: StreamError, endpoint: &str) -> RequestError {

@@ -9,9 +9,9 @@ use std::fmt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The kind of a failed request, as written to `error_kind` and to stderr (`<kind>: <message>`).
+/// The kind of a failed request, as written to `error_kind` and to the stderr error line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     Oom,
@@ -92,7 +92,7 @@ struct KindsFile {
 }
 
 /// What the harness does about a kind (`class` in the table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     /// Retried per call, with backoff.
@@ -153,6 +153,44 @@ impl Classifier {
         let message = message.into();
         let kind = self.classify(&message).unwrap_or(fallback);
         RequestError::new(kind, message)
+    }
+}
+
+/// The agent's last stderr line when it fails (`bench/data/agent_error.schema.json`): one JSON
+/// object, read by bench/rust.py::run_job. A failed request has its kind and class; a refused job
+/// or the agent's own failure has neither.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorLine {
+    pub error_kind: Option<&'static str>,
+    pub class: Option<Class>,
+    pub message: String,
+}
+
+impl ErrorLine {
+    pub fn request(err: &RequestError, classifier: &Classifier) -> ErrorLine {
+        ErrorLine {
+            error_kind: Some(err.kind.as_str()),
+            class: Some(classifier.class(err.kind)),
+            message: one_line(&err.message),
+        }
+    }
+
+    /// Not a request failure: a bad job (exit 2) or the agent's own (exit 1).
+    pub fn other(message: impl std::fmt::Display) -> ErrorLine {
+        ErrorLine { error_kind: None, class: None, message: one_line(&message.to_string()) }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an error line always serialises")
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        "(no message)".to_string()
+    } else {
+        line
     }
 }
 
@@ -221,6 +259,23 @@ mod tests {
         let e = c.error(ErrorKind::Http, "HTTP 500:\nsomething\n  odd");
         assert_eq!(e.kind, ErrorKind::Http);
         assert_eq!(e.to_string(), "http: HTTP 500: something odd");
+    }
+
+    #[test]
+    fn error_lines() {
+        let c = shipped();
+        let e = c.error(ErrorKind::Http, "http://h:1: Loading model\n(retry later)");
+        let line = ErrorLine::request(&e, &c).to_json();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error_kind": "loading", "class": "transient",
+                               "message": "http://h:1: Loading model (retry later)"})
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&ErrorLine::other("bad job file x: key `a`").to_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"error_kind": null, "class": null, "message": "bad job file x: key `a`"}));
     }
 
     #[test]

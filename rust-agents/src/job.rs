@@ -1,4 +1,8 @@
 //! The job file the Python orchestrator writes for one run (`--job JOB.json`).
+//!
+//! A job is checked against `bench/data/job.schema.json` (the Python side checks the same schema
+//! before it writes the file), then deserialised into these structs, which refuse unknown keys, so
+//! a key the schema allows but the agent would not read cannot slip through either.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -183,10 +187,8 @@ pub struct Job {
     pub run_key: String,
     /// 1, or higher when the orchestrator runs the same run again (a fallback-ladder rung, its
     /// retry pass), so the new attempt's prompts are new too (`workload::nonce_attempt`).
-    #[serde(default = "first_attempt")]
     pub attempt: u32,
-    /// How each call retries transient failures (absent: one attempt, no retry).
-    #[serde(default)]
+    /// How each call retries transient failures.
     pub retries: Retries,
     pub model: ModelInfo,
     pub config: serde_json::Value,
@@ -195,19 +197,12 @@ pub struct Job {
     pub error_kinds_file: PathBuf,
     pub timeout_s: f64,
     pub cold_load_ms: f64,
-    #[serde(default)]
     pub contention: Contention,
     #[serde(default)]
     pub phase_order: Option<Vec<Phase>>,
     #[serde(default)]
     pub alone_order: Option<Vec<AgentName>>,
-    #[serde(default)]
-    pub first_after_start: bool,
     pub agents: BTreeMap<String, AgentConfig>,
-}
-
-fn first_attempt() -> u32 {
-    1
 }
 
 /// Per-call retries of the transient kinds (`class: transient` in error_kinds.yaml), with the
@@ -242,104 +237,64 @@ pub struct JobError {
     pub message: String,
 }
 
-impl Job {
-    pub fn load(path: &Path) -> Result<Job, JobError> {
-        let err = |message: String| JobError { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-        Job::parse(&text).map_err(err)
+/// `bench/data/job.schema.json`, compiled.
+pub struct JobSchema(jsonschema::Validator);
+
+/// The schema beside the sources this binary was built from; the orchestrator passes its own
+/// (`--job-schema`), which a binary built elsewhere (the Docker image) needs.
+pub const DEFAULT_SCHEMA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/data/job.schema.json");
+
+impl JobSchema {
+    pub fn load(path: &Path) -> Result<JobSchema, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the job schema {}: {e}", path.display()))?;
+        JobSchema::parse(&text).map_err(|e| format!("job schema {}: {e}", path.display()))
     }
 
-    /// Parse and check a job. The message names the offending key.
-    pub fn parse(text: &str) -> Result<Job, String> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let job: Job = serde_path_to_error::deserialize(de).map_err(|e| {
+    pub fn parse(text: &str) -> Result<JobSchema, String> {
+        let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        jsonschema::draft202012::new(&schema).map(JobSchema).map_err(|e| format!("not a JSON Schema: {e}"))
+    }
+
+    /// Every violation, each as "key `a/b`: what is wrong" (at most five).
+    pub fn violations(&self, job: &serde_json::Value) -> Vec<String> {
+        self.0
+            .iter_errors(job)
+            .take(5)
+            .map(|e| {
+                let key = e.instance_path().as_str().trim_start_matches('/').to_string();
+                if key.is_empty() {
+                    format!("{e}")
+                } else {
+                    format!("key `{key}`: {e}")
+                }
+            })
+            .collect()
+    }
+}
+
+impl Job {
+    pub fn load(path: &Path, schema: &JobSchema) -> Result<Job, JobError> {
+        let err = |message: String| JobError { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        Job::parse(&text, schema).map_err(err)
+    }
+
+    /// Parse a job and check it against the schema. The message names the offending key.
+    pub fn parse(text: &str, schema: &JobSchema) -> Result<Job, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let violations = schema.violations(&value);
+        if !violations.is_empty() {
+            return Err(violations.join("; "));
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             if path == "." {
                 e.inner().to_string()
             } else {
                 format!("key `{path}`: {}", e.inner())
             }
-        })?;
-        job.check()?;
-        Ok(job)
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.study.is_empty() {
-            return Err("key `study` must not be empty".into());
-        }
-        if self.run_index < 1 {
-            return Err("key `run_index` must be ≥ 1".into());
-        }
-        if self.run_key.is_empty() {
-            return Err("key `run_key` must not be empty".into());
-        }
-        if self.attempt < 1 {
-            return Err("key `attempt` must be ≥ 1".into());
-        }
-        let r = self.retries;
-        if r.attempts < 1 {
-            return Err("key `retries.attempts` must be ≥ 1".into());
-        }
-        if !(r.wait_s.is_finite() && r.wait_s >= 0.0 && r.max_wait_s.is_finite() && r.max_wait_s >= 0.0) {
-            return Err("keys `retries.wait_s` and `retries.max_wait_s` must be seconds ≥ 0".into());
-        }
-        if self.model.slug.is_empty()
-            || !self.model.slug.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
-        {
-            return Err(format!("key `model.slug` {:?} must match ^[a-z0-9._-]+$", self.model.slug));
-        }
-        if !self.config.is_object() {
-            return Err("key `config` must be an object".into());
-        }
-        if !(self.timeout_s > 0.0 && std::time::Duration::try_from_secs_f64(self.timeout_s).is_ok()) {
-            return Err("key `timeout_s` must be a positive number of seconds".into());
-        }
-        if !self.cold_load_ms.is_finite() {
-            return Err("key `cold_load_ms` must be a number".into());
-        }
-        let expected: &[AgentName] = match self.suite {
-            Suite::Single => &[AgentName::Single],
-            Suite::Multi => &[AgentName::Collector, AgentName::Insight],
-        };
-        let got: Vec<&str> = self.agents.keys().map(String::as_str).collect();
-        let want: Vec<&str> = expected.iter().map(|a| a.as_str()).collect();
-        if got != want {
-            return Err(format!(
-                "key `agents` of a {} job must hold exactly [{}], found [{}]",
-                self.suite.as_str(),
-                want.join(", "),
-                got.join(", ")
-            ));
-        }
-        for (name, agent) in &self.agents {
-            if !(agent.endpoint.starts_with("http://") || agent.endpoint.starts_with("https://")) {
-                return Err(format!("key `agents.{name}.endpoint` must be an http(s) URL, got {:?}", agent.endpoint));
-            }
-            if agent.model.is_empty() {
-                return Err(format!("key `agents.{name}.model` must not be empty"));
-            }
-            if agent.options.num_predict < 1 {
-                return Err(format!("key `agents.{name}.options.num_predict` must be ≥ 1"));
-            }
-            if agent.options.num_thread.is_some_and(|n| n < 1) {
-                return Err(format!("key `agents.{name}.options.num_thread` must be ≥ 1"));
-            }
-        }
-        if self.suite == Suite::Multi {
-            let phases = self.phase_order();
-            let mut sorted = phases.clone();
-            sorted.sort();
-            if sorted != [Phase::Alone, Phase::Together] {
-                return Err("key `phase_order` must be a permutation of [\"alone\", \"together\"]".into());
-            }
-            let mut alone = self.alone_order();
-            alone.sort();
-            if alone != [AgentName::Collector, AgentName::Insight] {
-                return Err("key `alone_order` must be a permutation of [\"collector\", \"insight\"]".into());
-            }
-        }
-        Ok(())
+        })
     }
 
     /// The agents of this job's suite, in name order.
@@ -376,6 +331,8 @@ pub(crate) mod tests {
             "study": "smoke",
             "run_index": 1,
             "run_key": "smoke/single/rust/gemma3-270m/gpu0_ctx512_temp08/run_1",
+            "attempt": 1,
+            "retries": {"attempts": 3, "wait_s": 0.5, "max_wait_s": 10.0},
             "model": {"name": "gemma3-270m", "slug": "gemma3-270m", "baseline": true},
             "config": {"gpu_layers": 0, "ctx": 512, "temperature": 0.8, "seed": 42, "num_predict": 48},
             "workload_file": "/abs/bench/data/workload.yaml",
@@ -384,7 +341,6 @@ pub(crate) mod tests {
             "timeout_s": 300,
             "cold_load_ms": 1000,
             "contention": {"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0},
-            "first_after_start": false,
             "agents": {
                 "single": {"endpoint": "http://127.0.0.1:18434", "api": "openai", "model": "gemma3-270m",
                            "options": {"num_predict": 48, "seed": 42, "ignore_eos": true, "temperature": 0.8,
@@ -393,8 +349,12 @@ pub(crate) mod tests {
         })
     }
 
+    fn schema() -> JobSchema {
+        JobSchema::load(Path::new(DEFAULT_SCHEMA_FILE)).expect("bench/data/job.schema.json compiles")
+    }
+
     fn parse(v: &serde_json::Value) -> Result<Job, String> {
-        Job::parse(&v.to_string())
+        Job::parse(&v.to_string(), &schema())
     }
 
     #[test]
@@ -406,8 +366,8 @@ pub(crate) mod tests {
         assert_eq!(job.timeout_s, 300.0);
         assert_eq!(job.model.baseline, Some(true));
         assert_eq!(job.run_key, "smoke/single/rust/gemma3-270m/gpu0_ctx512_temp08/run_1");
-        assert_eq!(job.attempt, 1, "attempt defaults to 1");
-        assert_eq!(job.retries, Retries::default(), "one attempt per call unless the job says so");
+        assert_eq!(job.attempt, 1);
+        assert_eq!(job.retries, Retries { attempts: 3, wait_s: 0.5, max_wait_s: 10.0 });
         assert_eq!(job.agent(AgentName::Single).options.num_thread, None);
     }
 
@@ -425,18 +385,17 @@ pub(crate) mod tests {
             v["attempt"] = bad;
             assert!(parse(&v).unwrap_err().contains("key `attempt`"));
         }
+        for (key, bad) in [("run_key", serde_json::json!("")), ("run_key", serde_json::json!(7))] {
+            let mut v = single_job_json();
+            v[key] = bad;
+            assert!(parse(&v).unwrap_err().contains("key `run_key`"));
+        }
         let mut v = single_job_json();
         v.as_object_mut().unwrap().remove("run_key");
-        assert!(parse(&v).unwrap_err().contains("run_key"));
-        let mut v = single_job_json();
-        v["run_key"] = "".into();
-        assert!(parse(&v).unwrap_err().contains("key `run_key`"));
-        let mut v = single_job_json();
-        v["run_key"] = 7.into();
-        assert!(parse(&v).unwrap_err().contains("key `run_key`"));
+        assert!(parse(&v).unwrap_err().contains("\"run_key\" is a required property"));
         let mut v = single_job_json();
         v["agents"]["single"]["options"]["num_thread"] = 0.into();
-        assert!(parse(&v).unwrap_err().contains("key `agents.single.options.num_thread`"));
+        assert!(parse(&v).unwrap_err().contains("key `agents/single/options/num_thread`"));
     }
 
     #[test]
@@ -448,11 +407,13 @@ pub(crate) mod tests {
         let waits: Vec<f64> = (1..=4).map(|n| r.wait_after(n).as_secs_f64()).collect();
         assert_eq!(waits, [0.5, 1.0, 1.5, 1.5], "doubling, capped");
         v["retries"]["attempts"] = 0.into();
-        assert!(parse(&v).unwrap_err().contains("retries.attempts"));
+        assert!(parse(&v).unwrap_err().contains("retries/attempts"));
         v["retries"] = serde_json::json!({"attempts": 2, "wait_s": -1.0, "max_wait_s": 1.0});
-        assert!(parse(&v).unwrap_err().contains("retries.wait_s"));
+        assert!(parse(&v).unwrap_err().contains("retries/wait_s"));
         v["retries"] = serde_json::json!({"attempts": 2});
-        assert!(parse(&v).unwrap_err().contains("retries"));
+        assert!(parse(&v).unwrap_err().contains("wait_s"));
+        v.as_object_mut().unwrap().remove("retries");
+        assert!(parse(&v).unwrap_err().contains("retries"), "a job says how its calls retry");
     }
 
     #[test]
@@ -468,49 +429,44 @@ pub(crate) mod tests {
         assert_eq!(job.alone_order(), vec![AgentName::Insight, AgentName::Collector]);
         v["phase_order"] = serde_json::json!(["alone", "alone"]);
         assert!(parse(&v).unwrap_err().contains("phase_order"));
+        v["phase_order"] = serde_json::json!(["alone", "single"]);
+        assert!(parse(&v).unwrap_err().contains("phase_order/1"));
         v.as_object_mut().unwrap().remove("phase_order");
-        v.as_object_mut().unwrap().remove("alone_order");
-        let job = parse(&v).unwrap();
-        assert_eq!(job.phase_order(), vec![Phase::Alone, Phase::Together]);
+        assert!(parse(&v).unwrap_err().contains("phase_order"), "a multi job names its phase order");
+        let mut single = single_job_json();
+        single["phase_order"] = serde_json::json!(["alone", "together"]);
+        assert!(parse(&single).unwrap_err().contains("phase_order"), "a single job has no phases");
     }
 
     #[test]
     fn errors_name_the_key() {
-        let mut v = single_job_json();
-        v.as_object_mut().unwrap().remove("timeout_s");
-        assert!(parse(&v).unwrap_err().contains("timeout_s"));
-
-        let mut v = single_job_json();
-        v["surprise"] = 1.into();
-        assert!(parse(&v).unwrap_err().contains("surprise"));
-
-        let mut v = single_job_json();
-        v["agents"]["single"]["options"].as_object_mut().unwrap().remove("seed");
-        assert!(parse(&v).unwrap_err().contains("seed"));
-
-        let mut v = single_job_json();
-        v["timeout_s"] = "soon".into();
-        assert!(parse(&v).unwrap_err().contains("key `timeout_s`"));
-
-        let mut v = single_job_json();
-        v["agents"]["single"]["options"]["temperature"] = "hot".into();
-        assert!(parse(&v).unwrap_err().contains("key `agents.single.options.temperature`"));
-
-        let mut v = single_job_json();
-        v["agents"]["single"]["api"] = "grpc".into();
-        assert!(parse(&v).unwrap_err().contains("grpc"));
-
-        let mut v = single_job_json();
-        v["model"]["slug"] = "Gemma 3".into();
-        assert!(parse(&v).unwrap_err().contains("model.slug"));
-
-        let mut v = single_job_json();
-        v["suite"] = "multi".into();
-        assert!(parse(&v).unwrap_err().contains("agents"));
-
-        let mut v = single_job_json();
-        v["agents"]["single"]["options"]["num_predict"] = 0.into();
-        assert!(parse(&v).unwrap_err().contains("num_predict"));
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("timeout_s", Box::new(|v| drop(v.as_object_mut().unwrap().remove("timeout_s")))),
+            ("surprise", Box::new(|v| v["surprise"] = 1.into())),
+            ("seed", Box::new(|v| drop(v["agents"]["single"]["options"].as_object_mut().unwrap().remove("seed")))),
+            ("key `timeout_s`", Box::new(|v| v["timeout_s"] = "soon".into())),
+            ("key `timeout_s`", Box::new(|v| v["timeout_s"] = 0.into())),
+            (
+                "key `agents/single/options/temperature`",
+                Box::new(|v| v["agents"]["single"]["options"]["temperature"] = "hot".into()),
+            ),
+            ("grpc", Box::new(|v| v["agents"]["single"]["api"] = "grpc".into())),
+            ("key `model/slug`", Box::new(|v| v["model"]["slug"] = "Gemma 3".into())),
+            ("key `agents`", Box::new(|v| v["suite"] = "multi".into())),
+            (
+                "key `agents/single/options/num_predict`",
+                Box::new(|v| v["agents"]["single"]["options"]["num_predict"] = 0.into()),
+            ),
+            ("key `agents/single/endpoint`", Box::new(|v| v["agents"]["single"]["endpoint"] = "127.0.0.1:1".into())),
+            ("first_after_start", Box::new(|v| v["first_after_start"] = false.into())),
+        ];
+        for (needle, mutate) in cases {
+            let mut v = single_job_json();
+            mutate(&mut v);
+            let err = parse(&v).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `tr116-agent`: run one benchmark job (single or multi suite) or the client stream benchmark.
 //!
 //! Exit status: 0 success (metrics.json written); 1 internal / output error; 2 bad job file or
-//! usage; 3 a request failed (stderr: `<error_kind>: <message>`).
+//! usage; 3 a request failed. On failure the last stderr line is one JSON object,
+//! `{"error_kind": ..., "class": ..., "message": ...}` (bench/data/agent_error.schema.json).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 
 use tr116_agents::agent::run_single;
 use tr116_agents::client::Client;
-use tr116_agents::errors::Classifier;
-use tr116_agents::job::{Api, Job, Suite};
+use tr116_agents::errors::{Classifier, ErrorLine, RequestError};
+use tr116_agents::job::{Api, Job, JobSchema, Suite, DEFAULT_SCHEMA_FILE};
 use tr116_agents::multi::run_multi;
 use tr116_agents::record::write_json_atomic;
 use tr116_agents::streambench::{run_bench, BenchConfig};
@@ -49,6 +50,10 @@ struct RunArgs {
     /// Where to write metrics.json (atomically, via PATH.tmp).
     #[arg(long)]
     out: PathBuf,
+    /// The job's JSON Schema (bench/data/job.schema.json; default: beside the sources this binary
+    /// was built from).
+    #[arg(long, default_value = DEFAULT_SCHEMA_FILE)]
+    job_schema: PathBuf,
 }
 
 #[derive(Args)]
@@ -74,10 +79,16 @@ struct BenchArgs {
     error_kinds: Option<PathBuf>,
 }
 
+/// A failure that is not a request's (exit 1 or 2): its error line, without a kind.
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    let line = msg.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-    eprintln!("{line}");
+    eprintln!("{}", ErrorLine::other(msg).to_json());
     ExitCode::from(code)
+}
+
+/// A failed request (exit 3): its error line with the kind and its class.
+fn fail_request(err: &RequestError, classifier: &Classifier) -> ExitCode {
+    eprintln!("{}", ErrorLine::request(err, classifier).to_json());
+    ExitCode::from(EXIT_REQUEST_FAILED)
 }
 
 fn main() -> ExitCode {
@@ -90,8 +101,9 @@ fn main() -> ExitCode {
 }
 
 /// Everything that makes a job runnable, checked before any request goes out (exit 2).
-fn prepare(suite: Suite, job_path: &Path) -> Result<(Job, Classifier, Workload), String> {
-    let job = Job::load(job_path).map_err(|e| e.to_string())?;
+fn prepare(suite: Suite, job_path: &Path, schema_path: &Path) -> Result<(Job, Classifier, Workload), String> {
+    let schema = JobSchema::load(schema_path)?;
+    let job = Job::load(job_path, &schema).map_err(|e| e.to_string())?;
     if job.suite != suite {
         return Err(format!(
             "bad job file {}: key `suite` is {:?} but the `{}` command was run",
@@ -113,11 +125,11 @@ fn prepare(suite: Suite, job_path: &Path) -> Result<(Job, Classifier, Workload),
 }
 
 fn run_job(suite: Suite, args: &RunArgs) -> ExitCode {
-    let (job, classifier, workload) = match prepare(suite, &args.job) {
+    let (job, classifier, workload) = match prepare(suite, &args.job, &args.job_schema) {
         Ok(p) => p,
         Err(msg) => return fail(EXIT_BAD_JOB, msg),
     };
-    let client = match Client::new(classifier) {
+    let client = match Client::new(classifier.clone()) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")),
     };
@@ -138,7 +150,7 @@ fn run_job(suite: Suite, args: &RunArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(EXIT_INTERNAL, format!("{e:#}")),
         },
-        Err(e) => fail(EXIT_REQUEST_FAILED, e),
+        Err(e) => fail_request(&e, &classifier),
     }
 }
 
@@ -154,7 +166,7 @@ fn stream_bench(args: &BenchArgs) -> ExitCode {
         },
         None => Classifier::default(),
     };
-    let client = match Client::new(classifier) {
+    let client = match Client::new(classifier.clone()) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")),
     };
@@ -179,6 +191,6 @@ fn stream_bench(args: &BenchArgs) -> ExitCode {
             }
             Err(e) => fail(EXIT_INTERNAL, e),
         },
-        Err(e) => fail(EXIT_REQUEST_FAILED, e),
+        Err(e) => fail_request(&e, &classifier),
     }
 }

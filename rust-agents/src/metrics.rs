@@ -60,9 +60,9 @@ pub fn server_duration_ms(duration_ns: Option<f64>) -> Option<f64> {
     duration_ns.map(|d| d / NS_PER_MS)
 }
 
-/// cold_load = load_ms ≥ threshold_ms  or  first request after the server (re)started
-pub fn is_cold_load(load_ms: Option<f64>, first_after_start: bool, threshold_ms: f64) -> bool {
-    first_after_start || load_ms.is_some_and(|l| l >= threshold_ms)
+/// cold_load = load_ms ≥ threshold_ms
+pub fn is_cold_load(load_ms: Option<f64>, threshold_ms: f64) -> bool {
+    load_ms.is_some_and(|l| l >= threshold_ms)
 }
 
 /// Summary of the inter-token gaps that a request record stores (`itl_ms`).
@@ -258,10 +258,9 @@ mod tests {
         assert!(close(decode_tps_server(Some(48), Some(400.0)).unwrap(), 120.0));
         assert!(close(server_duration_ms(Some(101_397_084.0)).unwrap(), 101.397084));
         assert_eq!(gap_stats(&[]), None);
-        assert!(is_cold_load(None, true, 1000.0));
-        assert!(is_cold_load(Some(1000.0), false, 1000.0));
-        assert!(!is_cold_load(Some(999.9), false, 1000.0));
-        assert!(!is_cold_load(None, false, 1000.0));
+        assert!(is_cold_load(Some(1000.0), 1000.0));
+        assert!(!is_cold_load(Some(999.9), 1000.0));
+        assert!(!is_cold_load(None, 0.0));
     }
 
     #[test]

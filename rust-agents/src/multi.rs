@@ -169,7 +169,7 @@ mod tests {
             t_done_ns: 2_000_000_000,
         };
         let stats = ServerStats { output_tokens: Some(n), eval_ms: Some(eval_ms), ..Default::default() };
-        TimedRecord { record: request_record(&ctx, &timing, &stats, String::new(), false, 1e9), timing }
+        TimedRecord { record: request_record(&ctx, &timing, &stats, String::new(), 1e9), timing }
     }
 
     fn run(

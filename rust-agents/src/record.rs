@@ -113,7 +113,6 @@ pub fn request_record(
     timing: &CallTiming,
     stats: &ServerStats,
     text: String,
-    first_after_start: bool,
     cold_load_ms: f64,
 ) -> RequestRecord {
     let content_chunks = timing.content_ns.len() as u64;
@@ -146,7 +145,7 @@ pub fn request_record(
         load_ms: finite(stats.load_ms),
         prompt_eval_ms: finite(stats.prompt_eval_ms),
         eval_ms: finite(stats.eval_ms),
-        cold_load: metrics::is_cold_load(stats.load_ms, first_after_start, cold_load_ms),
+        cold_load: metrics::is_cold_load(stats.load_ms, cold_load_ms),
         done_reason: stats.done_reason.clone(),
         error: None,
         error_kind: None,
@@ -307,7 +306,7 @@ mod tests {
             prompt_eval_ms: Some(90.0),
             load_ms: Some(1500.0),
         };
-        let r = request_record(&ctx(), &timing, &stats, "abc".into(), false, 1000.0);
+        let r = request_record(&ctx(), &timing, &stats, "abc".into(), 1000.0);
         assert_eq!(r.start_offset_ms, 5.0);
         assert_eq!(r.ttft_ms, Some(100.0));
         assert_eq!(r.e2e_ms, 135.0);
@@ -331,21 +330,24 @@ mod tests {
         assert!(v["error"].is_null() && v["error_kind"].is_null());
         assert_eq!(v.as_object().unwrap().len(), 26); // the schema's request fields
         let text = serde_json::to_string(&r).unwrap();
-        assert!(text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","call_attempt":1,"start_offset_ms""#), "{text}");
+        assert!(
+            text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","call_attempt":1,"start_offset_ms""#),
+            "{text}"
+        );
     }
 
     #[test]
     fn estimated_tokens_and_no_content() {
         let timing = CallTiming { t_send_ns: 0, content_ns: vec![10], t_done_ns: 20 };
-        let r = request_record(&ctx(), &timing, &ServerStats::default(), "x".into(), true, 1000.0);
+        let r = request_record(&ctx(), &timing, &ServerStats::default(), "x".into(), 0.0);
         assert_eq!(r.output_tokens, 1);
         assert!(r.output_tokens_estimated);
         assert_eq!(r.itl_ms, None);
         assert_eq!(r.decode_tps_client, None);
         assert_eq!(r.decode_tps_server, None);
-        assert!(r.cold_load, "first after start");
+        assert!(!r.cold_load, "no load time (llama.cpp): never cold, whatever the threshold");
         let timing = CallTiming { t_send_ns: 0, content_ns: vec![], t_done_ns: 20 };
-        let r = request_record(&ctx(), &timing, &ServerStats::default(), String::new(), false, 1000.0);
+        let r = request_record(&ctx(), &timing, &ServerStats::default(), String::new(), 1000.0);
         assert_eq!(r.ttft_ms, None);
         assert_eq!(r.output_tokens, 0);
         assert!(!r.cold_load);
@@ -356,7 +358,7 @@ mod tests {
         let mk = |content: Vec<i64>, n: u64, eval: Option<f64>| {
             let timing = CallTiming { t_send_ns: 0, content_ns: content, t_done_ns: 2_000_000_000 };
             let stats = ServerStats { output_tokens: Some(n), eval_ms: eval, ..Default::default() };
-            TimedRecord { record: request_record(&ctx(), &timing, &stats, String::new(), false, 1e9), timing }
+            TimedRecord { record: request_record(&ctx(), &timing, &stats, String::new(), 1e9), timing }
         };
         let calls = vec![
             mk(vec![100_000_000, 600_000_000], 11, Some(500.0)),

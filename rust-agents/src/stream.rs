@@ -8,6 +8,12 @@
 //! number of reads. Complete lines are parsed in place from the read buffer when possible, and
 //! JSON is deserialised into borrowed structs, so a steady stream costs no allocation per token
 //! beyond the growth of the caller's text buffer.
+//!
+//! The stream semantics are the Python client's (bench/clients.py), case for case in
+//! bench/data/golden/streams.json: a content message is an NDJSON line or an SSE event (its
+//! `data:` lines, ended by a blank line or by the end of the body) with non-empty generated text,
+//! stamped when it is complete; the terminal message (`"done": true`, `data: [DONE]`) ends the
+//! stream and nothing after it is read; a null field is an absent one.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -99,9 +105,16 @@ impl StreamParser {
         self.done
     }
 
-    /// Feed one network read. `on_content` receives the text of each chunk whose generated text
-    /// is non-empty, in order. Data after the terminal event is ignored.
-    pub fn feed(&mut self, mut bytes: &[u8], on_content: &mut dyn FnMut(&str)) -> Result<Progress, StreamError> {
+    /// Feed one network read. `clock` is read once per complete message (an NDJSON line, an SSE
+    /// event), before the message is parsed; `on_content` receives that stamp and the text of each
+    /// message whose generated text is non-empty, in order. Data after the terminal event is
+    /// ignored.
+    pub fn feed<T>(
+        &mut self,
+        mut bytes: &[u8],
+        clock: &mut dyn FnMut() -> T,
+        on_content: &mut dyn FnMut(T, &str),
+    ) -> Result<Progress, StreamError> {
         if self.done {
             return Ok(Progress::Done);
         }
@@ -115,7 +128,7 @@ impl StreamParser {
                     self.line.extend_from_slice(&bytes[..i]);
                     bytes = &bytes[i + 1..];
                     let line = std::mem::take(&mut self.line);
-                    let result = self.line_in(&line, on_content);
+                    let result = self.line_in(&line, clock, on_content);
                     self.line = line;
                     self.line.clear();
                     result?;
@@ -125,7 +138,7 @@ impl StreamParser {
         while !self.done {
             match memchr::memchr(b'\n', bytes) {
                 Some(i) => {
-                    self.line_in(&bytes[..i], on_content)?;
+                    self.line_in(&bytes[..i], clock, on_content)?;
                     bytes = &bytes[i + 1..];
                 }
                 None => {
@@ -137,15 +150,19 @@ impl StreamParser {
         Ok(if self.done { Progress::Done } else { Progress::More })
     }
 
-    /// The body has ended. A last line without its newline is still parsed; a stream that never
-    /// reached its terminal event was cut.
-    pub fn finish(&mut self, on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
+    /// The body has ended. A last line without its newline is still parsed, and an SSE event the
+    /// body ended inside is dispatched; a stream that never reached its terminal event was cut.
+    pub fn finish<T>(
+        &mut self,
+        clock: &mut dyn FnMut() -> T,
+        on_content: &mut dyn FnMut(T, &str),
+    ) -> Result<(), StreamError> {
         if !self.done && !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
-            self.line_in(&line, on_content)?;
+            self.line_in(&line, clock, on_content)?;
         }
         if !self.done && self.api == Api::Openai && self.has_event {
-            self.dispatch(on_content)?;
+            self.dispatch(clock, on_content)?;
         }
         if self.done {
             Ok(())
@@ -157,20 +174,31 @@ impl StreamParser {
         }
     }
 
-    fn line_in(&mut self, line: &[u8], on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
+    fn line_in<T>(
+        &mut self,
+        line: &[u8],
+        clock: &mut dyn FnMut() -> T,
+        on_content: &mut dyn FnMut(T, &str),
+    ) -> Result<(), StreamError> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match self.api {
-            Api::Ollama => self.ndjson_line(line, on_content),
-            Api::Openai => self.sse_line(line, on_content),
+            Api::Ollama => self.ndjson_line(line, clock, on_content),
+            Api::Openai => self.sse_line(line, clock, on_content),
         }
     }
 
     // ---- Ollama NDJSON ---------------------------------------------------------------------
 
-    fn ndjson_line(&mut self, line: &[u8], on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
+    fn ndjson_line<T>(
+        &mut self,
+        line: &[u8],
+        clock: &mut dyn FnMut() -> T,
+        on_content: &mut dyn FnMut(T, &str),
+    ) -> Result<(), StreamError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
+        let t = clock(); // the message is complete: stamp it before parsing
         let chunk: OllamaChunk = serde_json::from_slice(line)
             .map_err(|e| StreamError::Malformed(format!("bad NDJSON line ({e}): {}", excerpt(line))))?;
         if let Some(err) = chunk.error {
@@ -178,10 +206,10 @@ impl StreamParser {
         }
         if let Some(text) = chunk.message.and_then(|m| m.content) {
             if !text.0.is_empty() {
-                on_content(&text.0);
+                on_content(t, &text.0);
             }
         }
-        if chunk.done {
+        if chunk.done.unwrap_or(false) {
             let ns = |v: Option<f64>| Some(v.unwrap_or(0.0) / 1e6);
             self.stats = ServerStats {
                 done_reason: chunk.done_reason.map(|t| t.0.into_owned()),
@@ -199,9 +227,14 @@ impl StreamParser {
 
     // ---- OpenAI-compatible SSE -------------------------------------------------------------
 
-    fn sse_line(&mut self, line: &[u8], on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
+    fn sse_line<T>(
+        &mut self,
+        line: &[u8],
+        clock: &mut dyn FnMut() -> T,
+        on_content: &mut dyn FnMut(T, &str),
+    ) -> Result<(), StreamError> {
         if line.is_empty() {
-            return if self.has_event { self.dispatch(on_content) } else { Ok(()) };
+            return if self.has_event { self.dispatch(clock, on_content) } else { Ok(()) };
         }
         if line[0] == b':' {
             return Ok(()); // comment / keep-alive
@@ -227,16 +260,21 @@ impl StreamParser {
         }
     }
 
-    fn dispatch(&mut self, on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
+    fn dispatch<T>(
+        &mut self,
+        clock: &mut dyn FnMut() -> T,
+        on_content: &mut dyn FnMut(T, &str),
+    ) -> Result<(), StreamError> {
+        let t = clock(); // the event is complete: stamp it before parsing
         let data = std::mem::take(&mut self.event);
         self.has_event = false;
-        let result = self.sse_event(&data, on_content);
+        let result = self.sse_event(&data, t, on_content);
         self.event = data;
         self.event.clear();
         result
     }
 
-    fn sse_event(&mut self, data: &[u8], on_content: &mut dyn FnMut(&str)) -> Result<(), StreamError> {
+    fn sse_event<T>(&mut self, data: &[u8], t: T, on_content: &mut dyn FnMut(T, &str)) -> Result<(), StreamError> {
         if data.trim_ascii() == b"[DONE]" {
             self.done = true;
             return Ok(());
@@ -249,7 +287,7 @@ impl StreamParser {
         if let Some(choice) = chunk.choices.0 {
             if let Some(text) = choice.delta.and_then(|d| d.content) {
                 if !text.0.is_empty() {
-                    on_content(&text.0);
+                    on_content(t, &text.0);
                 }
             }
             if let Some(reason) = choice.finish_reason {
@@ -282,6 +320,65 @@ impl StreamParser {
     }
 }
 
+/// One call's stream with the stamps of its content messages: what the client feeds each network
+/// read into and builds the call's timing from. `T` is the stamp (`Instant` in the client, scripted
+/// nanoseconds in tests). Each content message is stamped once, with the clock read when the
+/// message was complete (bench/clients.py time_stream stamps the same unit).
+#[derive(Debug)]
+pub struct TimedStream<T> {
+    parser: StreamParser,
+    /// One stamp per content message.
+    pub stamps: Vec<T>,
+    /// The generated text, all messages in order.
+    pub text: String,
+    ends: Vec<usize>,
+}
+
+impl<T> TimedStream<T> {
+    pub fn new(api: Api) -> TimedStream<T> {
+        TimedStream {
+            parser: StreamParser::new(api),
+            stamps: Vec::with_capacity(1024),
+            text: String::with_capacity(4096),
+            ends: Vec::with_capacity(1024),
+        }
+    }
+
+    /// One network read; `Done` once the terminal message is in (stop reading then).
+    pub fn read(&mut self, bytes: &[u8], clock: &mut dyn FnMut() -> T) -> Result<Progress, StreamError> {
+        let (stamps, text, ends) = (&mut self.stamps, &mut self.text, &mut self.ends);
+        self.parser.feed(bytes, clock, &mut |t, s| {
+            stamps.push(t);
+            text.push_str(s);
+            ends.push(text.len());
+        })
+    }
+
+    /// The body ended (no terminal message yet).
+    pub fn end(&mut self, clock: &mut dyn FnMut() -> T) -> Result<(), StreamError> {
+        let (stamps, text, ends) = (&mut self.stamps, &mut self.text, &mut self.ends);
+        self.parser.finish(clock, &mut |t, s| {
+            stamps.push(t);
+            text.push_str(s);
+            ends.push(text.len());
+        })
+    }
+
+    /// The text of each content message, in order.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(a, b)| &self.text[a..b])
+    }
+
+    pub fn stats(&self) -> &ServerStats {
+        &self.parser.stats
+    }
+
+    pub fn into_parts(self) -> (Vec<T>, String, ServerStats) {
+        (self.stamps, self.text, self.parser.stats)
+    }
+}
+
 // ---- wire structs (borrowed) ---------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -289,7 +386,7 @@ struct OllamaChunk<'a> {
     #[serde(borrow, default)]
     message: Option<OllamaMessage<'a>>,
     #[serde(default)]
-    done: bool,
+    done: Option<bool>,
     #[serde(borrow, default)]
     done_reason: Option<Text<'a>>,
     #[serde(default)]
@@ -489,9 +586,10 @@ mod tests {
             prev = c;
         }
         pieces.push(&body[prev..]);
-        let mut on = |t: &str| chunks.push(t.to_string());
+        let mut on = |_: (), t: &str| chunks.push(t.to_string());
+        let mut clock = || ();
         for (i, piece) in pieces.iter().enumerate() {
-            match p.feed(piece, &mut on) {
+            match p.feed(piece, &mut clock, &mut on) {
                 Ok(Progress::Done) if out.reads_until_done.is_none() => out.reads_until_done = Some(i + 1),
                 Ok(_) => {}
                 Err(e) => {
@@ -501,7 +599,7 @@ mod tests {
             }
         }
         if out.error.is_none() {
-            if let Err(e) = p.finish(&mut on) {
+            if let Err(e) = p.finish(&mut clock, &mut on) {
                 out.error = Some(e);
             }
         }
@@ -684,6 +782,41 @@ mod tests {
         let r = run(Api::Openai, body.as_bytes(), &[]);
         assert_eq!(r.error, None);
         assert_eq!(r.text, "z");
+    }
+
+    #[test]
+    fn one_clock_read_per_complete_message() {
+        let mut reads = 0u32;
+        let mut clock = || {
+            reads += 1;
+            reads
+        };
+        let mut s: TimedStream<u32> = TimedStream::new(Api::Ollama);
+        // two messages and a blank line in one read, a third split over two reads
+        let first = "{\"message\":{\"content\":\"a\"}}\n\n{\"message\":{\"content\":\"\"}}\n{\"message\":{\"con";
+        assert_eq!(s.read(first.as_bytes(), &mut clock).unwrap(), Progress::More);
+        // read 1 stamps "a"; the blank line is no message; read 2 is the empty-text message
+        assert_eq!(s.stamps, vec![1]);
+        let second = "tent\":\"b\"}}\n{\"done\":true}\n{\"message\":{\"content\":\"late\"}}\n";
+        assert_eq!(s.read(second.as_bytes(), &mut clock).unwrap(), Progress::Done);
+        assert_eq!(s.stamps, vec![1, 3], "each message its own read of the clock, when it was complete");
+        assert_eq!(s.texts().collect::<Vec<_>>(), vec!["a", "b"]);
+        let (stamps, text, stats) = s.into_parts();
+        assert_eq!((stamps.len(), text.as_str(), stats.output_tokens), (2, "ab", Some(0)));
+        assert_eq!(reads, 4, "nothing after the done line is read");
+
+        let mut t = 0u32;
+        let mut clock = || {
+            t += 10;
+            t
+        };
+        let mut s: TimedStream<u32> = TimedStream::new(Api::Openai);
+        s.read(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n", &mut clock).unwrap();
+        assert!(s.stamps.is_empty(), "an SSE event is complete at its blank line");
+        s.read(b"\ndata: {\"choices\":[{\"delta\":{\"content\":\"y\"}}]}", &mut clock).unwrap();
+        s.end(&mut clock).unwrap_err(); // no [DONE]
+        assert_eq!(s.stamps, vec![10, 20], "the end of the body completes the last event");
+        assert_eq!(s.texts().collect::<Vec<_>>(), vec!["x", "y"]);
     }
 
     #[test]

@@ -254,11 +254,13 @@ pub fn job(suite: &str, agents: Value) -> Value {
         config["agents"] =
             serde_json::json!({"collector": null, "insight": {"gpu_layers": 0, "ctx": 512, "temperature": 0.8}});
     }
-    serde_json::json!({
+    let mut job = serde_json::json!({
         "suite": suite,
         "study": "it",
         "run_index": 1,
         "run_key": format!("it/{suite}/rust/gemma3-270m/gpu0_ctx512_temp08/run_1"),
+        "attempt": 1,
+        "retries": {"attempts": 1, "wait_s": 0.5, "max_wait_s": 10.0},
         "model": {"name": "gemma3-270m", "slug": "gemma3-270m", "baseline": true},
         "config": config,
         "workload_file": data.join("workload.yaml"),
@@ -267,11 +269,42 @@ pub fn job(suite: &str, agents: Value) -> Value {
         "timeout_s": 30,
         "cold_load_ms": 1000,
         "contention": {"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0},
-        "phase_order": ["alone", "together"],
-        "alone_order": ["collector", "insight"],
-        "first_after_start": false,
         "agents": agents
-    })
+    });
+    if suite == "multi" {
+        // the schema asks a multi job for both orders, and a single job for neither
+        job["phase_order"] = serde_json::json!(["alone", "together"]);
+        job["alone_order"] = serde_json::json!(["collector", "insight"]);
+    }
+    job
+}
+
+/// The agent's last stderr line, which must be one JSON object valid against
+/// bench/data/agent_error.schema.json.
+pub fn error_line(stderr: &str) -> Value {
+    let line = stderr.lines().last().unwrap_or_else(|| panic!("no stderr line"));
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("last stderr line is not JSON ({e}): {line}"));
+    let schema: Value =
+        serde_json::from_slice(&std::fs::read(bench_data().join("agent_error.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).expect("agent_error.schema.json compiles");
+    if let Err(e) = validator.validate(&v) {
+        panic!("error line {line} does not match agent_error.schema.json: {e}");
+    }
+    v
+}
+
+/// A failed request: exit 3, and an error line with this kind, its class in the shipped
+/// error_kinds.yaml, and a message that starts with `prefix`.
+pub fn assert_request_failed(out: &Outcome, kind: &str, prefix: &str) {
+    use tr116_agents::errors::{Classifier, ErrorKind};
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let e = error_line(&out.stderr);
+    assert_eq!(e["error_kind"], kind, "{e}");
+    let classes = Classifier::load(&bench_data().join("error_kinds.yaml")).unwrap();
+    let class = classes.class(ErrorKind::parse(kind).unwrap());
+    assert_eq!(e["class"], serde_json::to_value(class).unwrap(), "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.starts_with(prefix), "{message:?} should start with {prefix:?}");
 }
 
 pub struct Outcome {
@@ -291,6 +324,8 @@ pub async fn run_job(command: &str, job: &Value, dir: &Path) -> Outcome {
         .arg(&job_path)
         .arg("--out")
         .arg(&out)
+        .arg("--job-schema")
+        .arg(bench_data().join("job.schema.json"))
         .output()
         .await
         .unwrap();
