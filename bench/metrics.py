@@ -59,7 +59,8 @@ def ttft_ms(t_send_ns: int, t_first_content_ns: int | None) -> float | None:
     """ttft_ms = (t_first_content − t_send) / 10⁶
 
     Client-side time to first token: from just before the request is sent to the arrival of the
-    first stream chunk that carries non-empty generated text. It includes queueing, any model
+    first content message (an NDJSON line / SSE event, stamped when complete) that carries
+    non-empty generated text. It includes queueing, any model
     load, prompt processing and the first decode step. Null when no text arrived.
     """
     if t_first_content_ns is None:
@@ -72,7 +73,7 @@ def e2e_ms(t_send_ns: int, t_done_ns: int) -> float:
     """e2e_ms = (t_done − t_send) / 10⁶
 
     Client-side end-to-end latency: from just before the request is sent until the stream has
-    ended (final chunk read, or the error that ended it).
+    ended (its terminal message read, or the error that ended it).
     """
     return (t_done_ns - t_send_ns) / NS_PER_MS
 
@@ -81,9 +82,9 @@ def e2e_ms(t_send_ns: int, t_done_ns: int) -> float:
 def inter_token_gaps_ms(content_times_ns: Sequence[int]) -> list[float]:
     """gapᵢ = (t_contentᵢ − t_contentᵢ₋₁) / 10⁶, for i = 2..n
 
-    Inter-token gaps: time between consecutive chunks that carry generated text. A record
-    stores their mean, p50, p95 and max. By construction ttft_ms + Σ gaps = time of the last
-    text chunk, which is ≤ e2e_ms.
+    Inter-token gaps: time between consecutive content messages that carry generated text (one
+    stamp per message, in both clients). A record stores their mean, p50, p95 and max. By
+    construction ttft_ms + Σ gaps = time of the last text message, which is ≤ e2e_ms.
     """
     return [(b - a) / NS_PER_MS for a, b in zip(content_times_ns, content_times_ns[1:])]
 
@@ -122,7 +123,7 @@ def ttft_unaccounted_ms(ttft: float | None, load_ms: float | None, prompt_eval_m
 
     The part of the client's TTFT that the engine's own durations leave out: HTTP, request
     parsing, templating and tokenization, scheduling, and the first decode step up to the first
-    text chunk. llama.cpp has no load time per request (read as 0). Null when the engine reports
+    text message. llama.cpp has no load time per request (read as 0). Null when the engine reports
     no prompt-eval time or no text arrived.
     """
     if ttft is None or prompt_eval_ms is None:
@@ -136,7 +137,7 @@ def decode_overstatement_pct(decode_tps_server_value: float | None,
     """decode_overstatement_pct = (decode_tps_server / decode_tps_client − 1) × 100
 
     How much the engine's own decode rate overstates what the client sees: the client's decode
-    window (first to last text chunk, N_out − 1 tokens) against the engine's eval time for the
+    window (first to last text message, N_out − 1 tokens) against the engine's eval time for the
     same number of tokens. Positive when streaming, HTTP and scheduling add time between tokens
     that the engine's eval duration does not count.
     """

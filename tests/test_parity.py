@@ -98,6 +98,11 @@ def test_python_and_rust_records_agree(engine, rust_agent, tmp_path):
                 assert rec["prompt_nonce"] == prompt_nonce(f"parity/{engine.kind}/run_{k}", "single",
                                                            ("analysis", "report")[stage], "single",
                                                            rec["call_attempt"]), (side, k, stage)
+                # both store their raw clock; the timing metrics follow from it
+                t = rec["timing"]
+                assert rec["ttft_ms"] == pytest.approx((t["content_ns"][0] - t["t_send_ns"]) / 1e6), side
+                assert rec["e2e_ms"] == pytest.approx((t["t_done_ns"] - t["t_send_ns"]) / 1e6), side
+                assert len(t["content_ns"]) == rec["content_chunks"], side
             prompts_agree = prompts_agree and py["call_attempt"] == rs["call_attempt"]
             if not prompts_agree:
                 continue

@@ -65,6 +65,8 @@ pub struct RequestRecord {
     pub error: Option<String>,
     pub error_kind: Option<String>,
     pub output_text: String,
+    /// The call's raw clock (schema `timing`): every client timing metric above is a function of it.
+    pub timing: CallTiming,
 }
 
 /// Where a call sits in the run.
@@ -80,8 +82,9 @@ pub struct CallContext {
     pub call_attempt: u32,
 }
 
-/// The timing of a finished call, in nanoseconds from the run start.
-#[derive(Debug, Clone, PartialEq)]
+/// The timing of a finished call, in nanoseconds from the run start: the send, each content
+/// message's arrival (one stamp per parsed message that carried text), the end of the stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallTiming {
     pub t_send_ns: i64,
     pub content_ns: Vec<i64>,
@@ -150,6 +153,7 @@ pub fn request_record(
         error: None,
         error_kind: None,
         output_text: text,
+        timing: timing.clone(),
     }
 }
 
@@ -328,7 +332,13 @@ mod tests {
         assert_eq!(v["stage"], "analysis");
         assert_eq!(v["api"], "ollama");
         assert!(v["error"].is_null() && v["error_kind"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 26); // the schema's request fields
+        assert_eq!(v.as_object().unwrap().len(), 27); // the schema's request fields
+                                                      // the raw clock is stored, in ns from the run start, as the schema's `timing`
+        assert_eq!(
+            v["timing"],
+            serde_json::json!({"t_send_ns": 5_000_000, "content_ns": [105_000_000, 115_000_000, 135_000_000],
+                               "t_done_ns": 140_000_000})
+        );
         let text = serde_json::to_string(&r).unwrap();
         assert!(
             text.contains(r#""model":"m","prompt_nonce":"fc8ae2c437e2a020","call_attempt":1,"start_offset_ms""#),
