@@ -189,6 +189,36 @@ def multi_metrics(records: list[RequestRecord], t_alone: dict[str, float], t_tog
     }
 
 
+def _together(targets: dict[str, AgentTarget], workload: Workload, run_t0: int, run_key: str, *, clock: Clock,
+              attempts: int, run_attempt: int, cold_load_ms: float
+              ) -> tuple[dict[str, list[RequestRecord]], int, dict[str, int]]:
+    """Every agent's run at once, released by a barrier (one thread each): each agent's records,
+    the release stamp (the first agent's start) and each agent's last call's end."""
+    barrier = threading.Barrier(len(targets))
+    starts: dict[str, int] = {}
+    results: dict[str, list[RequestRecord]] = {}
+    errors: list[BaseException] = []
+
+    def work(agent: str) -> None:
+        try:
+            barrier.wait()
+            starts[agent] = clock()
+            results[agent] = run_agent(targets[agent], workload, "together", run_t0, run_key,
+                                       attempts=attempts, run_attempt=run_attempt, cold_load_ms=cold_load_ms)
+        except BaseException as exc:  # re-raised on the main thread below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(a,), name=f"agent-{a}") for a in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results, min(starts.values()), {a: recs[-1].t_done_ns for a, recs in results.items()}
+
+
 def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str, *, phase_order: list[str],
               alone_order: list[str], clock: Clock = time.perf_counter_ns, attempts: int = 3,
               run_attempt: int = 1, cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85,
@@ -209,34 +239,60 @@ def run_multi(targets: dict[str, AgentTarget], workload: Workload, run_key: str,
                 t_alone[agent] = metrics.agent_time_s(t_release, recs[-1].t_done_ns)
                 records.extend(recs)
         else:
-            barrier = threading.Barrier(len(targets))
-            starts: dict[str, int] = {}
-            results: dict[str, list[RequestRecord]] = {}
-            errors: list[BaseException] = []
-
-            def work(agent: str) -> None:
-                try:
-                    barrier.wait()
-                    starts[agent] = clock()
-                    results[agent] = run_agent(targets[agent], workload, "together", run_t0, run_key,
-                                               attempts=attempts, run_attempt=run_attempt,
-                                               cold_load_ms=cold_load_ms)
-                except BaseException as exc:  # re-raised on the main thread below
-                    errors.append(exc)
-                    barrier.abort()
-
-            threads = [threading.Thread(target=work, args=(a,), name=f"agent-{a}") for a in targets]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
-            t_release = min(starts.values())
-            done = {a: recs[-1].t_done_ns for a, recs in results.items()}
+            results, t_release, done = _together(targets, workload, run_t0, run_key, clock=clock, attempts=attempts,
+                                                 run_attempt=run_attempt, cold_load_ms=cold_load_ms)
             wall = metrics.wall_s(t_release, max(done.values()))
             for agent, t_done in done.items():
                 t_together[agent] = metrics.agent_time_s(t_release, t_done)
                 records.extend(results[agent])
     return started_at, records, multi_metrics(records, t_alone, t_together, wall,
                                               min_tps_ratio, max_ttft_inflation)
+
+
+def steps_metrics(records: list[RequestRecord], t_alone: float, t_together: dict[str, float], wall: float,
+                  min_tps_ratio: float, max_ttft_inflation: float) -> dict:
+    """An agent-count step: N agents together against one agent alone (the same run)."""
+    n = len(t_together)
+    tps_a, ttft_a = _phase_stats([r for r in records if r.phase == "alone"])
+    tps_t, ttft_t = _phase_stats([r for r in records if r.phase == "together"])
+    seq = metrics.steps_seq_s(n, t_alone)
+    speed = metrics.speedup(seq, wall)
+    per_agent = {}
+    for agent, t in t_together.items():
+        a_tps, a_ttft = _phase_stats([r for r in records if r.agent == agent and r.phase == "together"])
+        per_agent[agent] = {"t_together_s": t, "decode_tps_together": a_tps, "ttft_ms_together": a_ttft,
+                            "tps_ratio": metrics.tps_ratio(a_tps, tps_a),
+                            "ttft_inflation": metrics.ttft_inflation(a_ttft, ttft_a)}
+    return {
+        "n_agents": n, "t_alone_s": t_alone, "seq_s": seq, "wall_s": wall, "speedup": speed,
+        "efficiency_pct": metrics.efficiency_pct(speed, n),
+        "decode_tps_alone": tps_a, "decode_tps_together": tps_t,
+        "ttft_ms_alone": ttft_a, "ttft_ms_together": ttft_t,
+        "tps_ratio": metrics.tps_ratio(tps_t, tps_a), "ttft_inflation": metrics.ttft_inflation(ttft_t, ttft_a),
+        "contention": metrics.contention([a["tps_ratio"] for a in per_agent.values()],
+                                         [a["ttft_inflation"] for a in per_agent.values()],
+                                         min_tps_ratio, max_ttft_inflation),
+        "agents": {name: {k: metrics.finite_or_none(v) for k, v in a.items()} for name, a in per_agent.items()},
+    }
+
+
+def run_steps(targets: dict[str, AgentTarget], workload: Workload, run_key: str, *,
+              clock: Clock = time.perf_counter_ns, attempts: int = 3, run_attempt: int = 1,
+              cold_load_ms: float = 1000.0, min_tps_ratio: float = 0.85, max_ttft_inflation: float = 2.0,
+              ) -> tuple[str, list[RequestRecord], dict]:
+    """One agent-count step: the first agent alone on an idle instance (the reference), then all
+    N agents released together; the agents call the instances round-robin (plan.Cell)."""
+    started_at = utc_now()
+    run_t0 = clock()
+    first = next(iter(targets))
+    t_release = clock()
+    records = run_agent(targets[first], workload, "alone", run_t0, run_key, attempts=attempts,
+                        run_attempt=run_attempt, cold_load_ms=cold_load_ms)
+    t_alone = metrics.agent_time_s(t_release, records[-1].t_done_ns)
+    results, t_release, done = _together(targets, workload, run_t0, run_key, clock=clock, attempts=attempts,
+                                         run_attempt=run_attempt, cold_load_ms=cold_load_ms)
+    for agent in targets:
+        records.extend(results[agent])
+    t_together = {a: metrics.agent_time_s(t_release, t) for a, t in done.items()}
+    wall = metrics.wall_s(t_release, max(done.values()))
+    return started_at, records, steps_metrics(records, t_alone, t_together, wall, min_tps_ratio, max_ttft_inflation)

@@ -40,7 +40,12 @@ EXTRA_CONFIG_METRICS = {
     "multi": ("served_tps", "client_cpu_share", "host_busy_pct", *POWER_CONFIG_METRICS,
               "collector_tps_ratio", "insight_tps_ratio",
               "collector_ttft_inflation", "insight_ttft_inflation"),
+    "steps": ("n_agents", "served_tps", "client_cpu_share", "host_busy_pct", "tps_ratio", "decode_tps_alone",
+              "ttft_ms_together", "ttft_ms_alone"),
 }
+# The topology control (bench/plan.py): the dual-instance scenario it is set against.
+TOPOLOGY_PAIR = ("chimera_homo", "one_instance_two_slots")
+TOPOLOGY_METRICS = ("wall_s", "speedup", "served_tps")
 STATS = ("mean", "median", "std", "cv_pct", "p50", "p95", "ci95_low", "ci95_high")
 
 
@@ -89,6 +94,9 @@ def run_row(run: StoredRun) -> dict:
            "started_at": doc.started_at,
            # where the run ran differs from its config: kept, listed, out of the headline tables
            "placement_issues": "; ".join(doc.placement.issues if doc.placement else [])}
+    if doc.server_settings is not None:  # studies made before the settings were recorded have none
+        row["topology"] = doc.server_settings.topology
+        row["server_settings"] = settings_label(doc.server_settings)
     for k, v in doc.metrics.model_dump().items():
         if k == "agents":
             for agent, a in v.items():
@@ -112,6 +120,13 @@ def run_row(run: StoredRun) -> dict:
     row["tokens_per_j"] = row.get("power_tokens_per_j")
     row["tokens_per_j_net"] = row.get("power_tokens_per_j_net")
     return row
+
+
+def settings_label(block) -> str:
+    """'np2 fa0 kv f16 · 2 threads' per used instance (joined with ' | ' when they differ)."""
+    labels = [f"np{i.num_parallel} fa{int(i.flash_attention)} kv {i.kv_cache_type}"
+              + (f" · {i.threads} threads" if i.threads else "") for i in block.instances.values()]
+    return " | ".join(dict.fromkeys(labels))
 
 
 def _plain(cfg) -> dict | None:
@@ -162,7 +177,7 @@ def outlier_flags(df: pd.DataFrame, suite: str, mad_k: float = 2.0) -> dict[str,
             for k in metrics.outlier_metrics(suite)}
 
 
-OUTLIER_COLUMNS = [f"outlier_{m}" for suite in metrics.SUITES for m in metrics.outlier_metrics(suite)]
+OUTLIER_COLUMNS = list(dict.fromkeys(f"outlier_{m}" for suite in metrics.SUITES for m in metrics.outlier_metrics(suite)))
 
 
 def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
@@ -337,8 +352,12 @@ def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
     """η² (SS_between / SS_total, from group means) of each factor alone, per suite and metric;
     `config (all factors)` groups by the whole cell, so 1 − its η² is run-to-run noise. The
     factors are not orthogonal in an unbalanced study, so the shares need not sum to 1."""
-    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("multi", "speedup"), ("multi", "evenness_pct")]
+    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("multi", "speedup"), ("multi", "evenness_pct"),
+             ("steps", "speedup")]
     factors = {"model": "model", "language": "lang", "case": "case", "config (all factors)": "cell"}
+    if "server_settings" in runs and runs["server_settings"].notna().any():
+        factors = {**dict(list(factors.items())[:3]), "server settings": "server_settings",
+                   "config (all factors)": "cell"}
     rows = []
     for suite, metric in specs:
         sub = runs[runs["suite"] == suite] if not runs.empty else runs
@@ -489,8 +508,67 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "drift": pd.DataFrame(instrument.drift_rows(tables.probes, profile.instrument.drift_threshold_pct)),
         "overhead": overhead(tables.events),
         "client_cost": client_cost(runs),
+        "topology": topology(runs),
+        "steps": steps(runs),
     }
     return tables.derived
+
+
+def topology(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Two instances against one instance with two slots (the topology control), per model,
+    language and server settings: each scenario's mean of the together-phase wall time, the
+    speedup and the served rate, and the bootstrap 95 % CI of mean(two instances) − mean(one
+    instance); `better` names the topology the CI favours, or 'no difference'."""
+    rows: list[dict] = []
+    if runs.empty or "scenario" not in runs:
+        return pd.DataFrame(rows)
+    two, one = TOPOLOGY_PAIR
+    sub = runs[(runs["suite"] == "multi") & runs["scenario"].isin(TOPOLOGY_PAIR) & (runs["ran_as"] == "")]
+    if sub.empty or set(sub["scenario"]) != set(TOPOLOGY_PAIR):
+        return pd.DataFrame(rows)
+    # the control's own instance has two slots and both instances' threads: its settings label
+    # differs from the pair's, so the pair is matched on the settings of the dual scenario's runs
+    for (model, lang), g in sub.groupby(["model", "lang"], sort=True):
+        a, b = g[g["scenario"] == two], g[g["scenario"] == one]
+        if a.empty or b.empty:
+            continue
+        for metric in TOPOLOGY_METRICS:
+            cmp = stats.compare_groups(_values(a, metric), _values(b, metric),
+                                       higher_is_better=not metrics.lower_is_better(metric), seed=seed)
+            better = {"a": "two instances", "b": "one instance, two slots"}.get(cmp["winner"], "no difference")
+            rows.append({"model": model, "lang": lang, "metric": metric,
+                         "two_instances_mean": a[metric].mean(), "one_instance_mean": b[metric].mean(),
+                         "n_two": cmp["n_a"], "n_one": cmp["n_b"], "diff": cmp["diff"],
+                         "ci_low": cmp["ci_low"], "ci_high": cmp["ci_high"], "better": better,
+                         "settings_two": "; ".join(sorted(set(a.get("server_settings", pd.Series(dtype=str))
+                                                               .dropna()))),
+                         "settings_one": "; ".join(sorted(set(b.get("server_settings", pd.Series(dtype=str))
+                                                               .dropna())))})
+    return pd.DataFrame(rows)
+
+
+def steps(runs: pd.DataFrame) -> pd.DataFrame:
+    """The agent-count steps per model and server settings: for each N, the mean speedup (with
+    its t-based 95 % CI), efficiency, per-agent decode rate, tps ratio and TTFT inflation against
+    one agent alone in the same runs."""
+    rows: list[dict] = []
+    if runs.empty:
+        return pd.DataFrame(rows)
+    sub = runs[(runs["suite"] == "steps") & (runs["ran_as"] == "")]
+    if sub.empty:
+        return pd.DataFrame(rows)
+    keys = ["model", "lang", "server_settings"] if "server_settings" in sub else ["model", "lang"]
+    for key, g in sub.groupby(keys + ["n_agents"], sort=True, dropna=False):
+        d = stats.describe(_values(g, "speedup"))
+        rows.append({**dict(zip(keys + ["n_agents"], key)), "n": d["n"],
+                     "speedup_mean": d.get("mean"), "speedup_ci95_low": d.get("ci95_low"),
+                     "speedup_ci95_high": d.get("ci95_high"),
+                     "efficiency_pct_mean": g["efficiency_pct"].mean(),
+                     "decode_tps_together_mean": g["decode_tps_together"].mean(),
+                     "decode_tps_alone_mean": g["decode_tps_alone"].mean(),
+                     "tps_ratio_mean": g["tps_ratio"].mean(), "ttft_inflation_mean": g["ttft_inflation"].mean(),
+                     "contention_runs": int(g["contention"].sum())})
+    return pd.DataFrame(rows)
 
 
 def build(store: Store, profile: Profile) -> Results:
@@ -499,7 +577,9 @@ def build(store: Store, profile: Profile) -> Results:
     if results.runs.empty:
         return results
     derive(results, profile)
-    results.findings = findings.build(results, store.failures(), store.read_json(CLIENT_OVERHEAD_NAME))
+    th = profile.multi.contention
+    results.findings = findings.build(results, store.failures(), store.read_json(CLIENT_OVERHEAD_NAME),
+                                      (th.min_tps_ratio, th.max_ttft_inflation))
     return results
 
 

@@ -15,8 +15,11 @@ from bench.ladder import Skip
 CV_LIMIT_PCT = 10.0
 CONTENTION_SHARE = 0.5
 SIGNIFICANCE = 0.05
+# An agent-count step "scales" while its parallel efficiency stays at or above this.
+SCALE_EFFICIENCY_PCT = 75.0
 # The questions the central section answers: (suite, metric).
-CENTRAL_QUESTIONS = (("multi", "speedup"), ("multi", "evenness_pct"), ("single", "decode_tps"), ("single", "ttft_ms"))
+CENTRAL_QUESTIONS = (("multi", "speedup"), ("multi", "evenness_pct"), ("single", "decode_tps"), ("single", "ttft_ms"),
+                     ("steps", "speedup"))
 
 
 def _suite(configs: pd.DataFrame, suite: str) -> pd.DataFrame:
@@ -77,7 +80,7 @@ def central_answer(var: pd.DataFrame, suite: str, metric: str, runs: pd.DataFram
     sub = var[(var["suite"] == suite) & (var["metric"] == metric)] if not var.empty else var
     if sub.empty:
         return None
-    factors = sub[sub["factor"].isin(["model", "language", "case"]) & sub["eta_sq"].notna()]
+    factors = sub[sub["factor"].isin(["model", "language", "case", "server settings"]) & sub["eta_sq"].notna()]
     noise = sub[sub["factor"] == "run-to-run (within config)"]["eta_sq"].iloc[0]
     model = sub[sub["factor"] == "model"]["eta_sq"].iloc[0]
     if factors.empty:
@@ -153,14 +156,80 @@ def recommendations(results, downgrades: list[dict], floors: dict[tuple[str, str
     return recs
 
 
-def build(results, failures: list[dict], client_overhead: dict | None) -> dict:
-    """Every finding of a study, as plain data (JSON-ready)."""
+def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: float) -> list[dict]:
+    """The stated rule, per model and server settings: the steps scale up to the largest N whose
+    mean efficiency (speedup / N) stays ≥ SCALE_EFFICIENCY_PCT at every step up to it; at the
+    first step that does not, the cause is named from the contention signals of bench/metrics.py:
+    TTFT inflated beyond max_ttft_inflation while the decode rate holds (tps ratio ≥ min_tps_ratio)
+    is waiting for a slot; a decode rate below min_tps_ratio is shared compute."""
+    out: list[dict] = []
+    if steps.empty:
+        return out
+    keys = [k for k in ("model", "lang", "server_settings") if k in steps]
+    for key, g in steps.groupby(keys, sort=True, dropna=False):
+        g = g.sort_values("n_agents")
+        where = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        scaled, first_bad = 0, None
+        for _, r in g.iterrows():
+            if fmt.missing(r["efficiency_pct_mean"]) or r["efficiency_pct_mean"] < SCALE_EFFICIENCY_PCT:
+                first_bad = r
+                break
+            scaled = int(r["n_agents"])
+        label = f"{where['model']}" + (f" ({where['server_settings']})" if not fmt.missing(where.get("server_settings"))
+                                       else "")
+        if first_bad is None:
+            text = (f"{label}: scales to {scaled} agents, every step measured (efficiency ≥ "
+                    f"{SCALE_EFFICIENCY_PCT:.0f} % up to {scaled})")
+        else:
+            n = int(first_bad["n_agents"])
+            ti, tr = first_bad["ttft_inflation_mean"], first_bad["tps_ratio_mean"]
+            eff = fmt.pct(first_bad["efficiency_pct_mean"], 0)
+            if not fmt.missing(ti) and ti > max_ttft_inflation and (fmt.missing(tr) or tr >= min_tps_ratio):
+                why = (f"at {n} the extra agent waits for a slot (TTFT ×{fmt.num(ti, 2)} while the decode rate holds at "
+                       f"{fmt.num(tr, 2)} of alone): raise OLLAMA_NUM_PARALLEL or add an instance")
+            elif not fmt.missing(tr) and tr < min_tps_ratio:
+                why = (f"at {n} the agents share compute (decode rate {fmt.num(tr, 2)} of alone, TTFT "
+                       f"×{fmt.num(ti, 2)}): more slots will not help; add compute, or run fewer agents")
+            else:
+                why = f"at {n} efficiency falls to {eff} without one clear cause (TTFT ×{fmt.num(ti, 2)}, decode {fmt.num(tr, 2)})"
+            text = (f"{label}: scales to {scaled} agent{'s' if scaled != 1 else ''}" if scaled
+                    else f"{label}: does not scale") + f"; {why}"
+            text += f" (efficiency {eff} at {n})"
+        out.append({**{k: (None if fmt.missing(v) else v) for k, v in where.items()}, "scales_to": scaled,
+                    "finding": text})
+    return out
+
+
+def topology_verdicts(topo: pd.DataFrame) -> list[dict]:
+    """One line per model and language from the topology table's wall time: which topology
+    finishes the same pair of agent runs sooner, by how much, with the bootstrap CI."""
+    out: list[dict] = []
+    if topo.empty:
+        return out
+    for _, r in topo[topo["metric"] == "wall_s"].iterrows():
+        if r["better"] == "no difference":
+            verdict = (f"no difference: the CI of two instances − one instance [{fmt.signed(r['ci_low'])}, "
+                       f"{fmt.signed(r['ci_high'])}] s contains 0")
+        else:
+            faster = abs(r["diff"])
+            verdict = (f"{r['better']} finish the pair {fmt.num(faster)} s sooner ({fmt.num(r['two_instances_mean'])} vs "
+                       f"{fmt.num(r['one_instance_mean'])} s; two − one [{fmt.signed(r['ci_low'])}, "
+                       f"{fmt.signed(r['ci_high'])}] s)")
+        out.append({"model": r["model"], "lang": r["lang"], "verdict": verdict})
+    return out
+
+
+def build(results, failures: list[dict], client_overhead: dict | None,
+          contention: tuple[float, float] = (0.85, 2.0)) -> dict:
+    """Every finding of a study, as plain data (JSON-ready). `contention`: the profile's
+    (min_tps_ratio, max_ttft_inflation)."""
     ran = pd.concat([results.runs, results.misplaced]) if not results.misplaced.empty else results.runs
     downgrades = downgrade_rows(ran, failures)
     floors = client_floors(client_overhead)
     win = results.derived["winners"]
     return {
-        "rules": {"cv_limit_pct": CV_LIMIT_PCT, "contention_share": CONTENTION_SHARE, "significance": SIGNIFICANCE},
+        "rules": {"cv_limit_pct": CV_LIMIT_PCT, "contention_share": CONTENTION_SHARE, "significance": SIGNIFICANCE,
+                  "scale_efficiency_pct": SCALE_EFFICIENCY_PCT},
         "central_answers": {f"{suite}:{metric}": central_answer(results.derived["variance"], suite, metric,
                                                                 runs=results.runs)
                             for suite, metric in CENTRAL_QUESTIONS},
@@ -170,4 +239,6 @@ def build(results, failures: list[dict], client_overhead: dict | None) -> dict:
          for r in win.to_dict(orient="records")],
         "downgrades": downgrades,
         "recommendations": recommendations(results, downgrades, floors),
+        "topology": topology_verdicts(results.derived.get("topology", pd.DataFrame())),
+        "capacity": capacity(results.derived.get("steps", pd.DataFrame()), *contention),
     }

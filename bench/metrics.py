@@ -256,6 +256,17 @@ def seq_s(t_collector_alone_s: float, t_insight_alone_s: float) -> float:
     return t_collector_alone_s + t_insight_alone_s
 
 
+@metric("seq_s_steps", "s", "steps")
+def steps_seq_s(n_agents: int, t_alone_s: float) -> float:
+    """seq_s (agent-count step) = N × t_alone_s
+
+    The time N agents would take one after another, each as long as one agent alone on an idle
+    instance (measured in the same run); the step's speedup is seq_s / wall_s, as in the multi
+    suite, and its efficiency_pct divides by N.
+    """
+    return n_agents * t_alone_s
+
+
 @metric("speedup", "×", "multi")
 def speedup(seq: float, wall: float) -> float:
     """speedup = seq_s / wall_s
@@ -567,11 +578,17 @@ RUN_METRICS: tuple[RunMetric, ...] = (
     RunMetric("evenness_pct", "multi", "evenness (%)", True, "evenness_pct"),
     RunMetric("wall_s", "multi", "wall (s)", False, "wall_s"),
     RunMetric("seq_s", "multi", "sequential (s)", False, "seq_s"),
+    RunMetric("speedup", "steps", "speedup (×)", True, "speedup", headline=True, outlier_rule=True),
+    RunMetric("efficiency_pct", "steps", "efficiency (%)", True, "efficiency_pct"),
+    RunMetric("decode_tps_together", "steps", "per-agent decode (tok/s, server)", True, "decode_tps"),
+    RunMetric("ttft_inflation", "steps", "TTFT inflation (×)", False, "ttft_inflation"),
+    RunMetric("wall_s", "steps", "wall (s)", False, "wall_s"),
 )
-SUITES = ("single", "multi")
+SUITES = ("single", "multi", "steps")
 LANGS = ("python", "rust")
-# A bench is one suite with one client: the winner rule and the report's matrix go bench by bench.
-BENCHES = tuple(f"{suite}-{lang}" for suite in SUITES for lang in LANGS)
+# A bench is one suite with one client: the winner rule and the report's matrix go bench by bench
+# (the agent-count steps run the Python agents only).
+BENCHES = tuple(f"{suite}-{lang}" for suite in SUITES for lang in LANGS if (suite, lang) != ("steps", "rust"))
 
 
 def key_metrics(suite: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.profile import AgentConfig, ModelSpec, Profile, ServerConfig
+from bench.profile import SHARED_INSTANCE_SCENARIOS, AgentConfig, ModelSpec, Profile, ServerConfig, ServerSettings
 from bench.workload import load_workload
 
 AGENTS_MULTI = ("collector", "insight")
@@ -22,16 +22,29 @@ def temp_tag(temperature: float) -> str:
     return f"temp{int(round(temperature * 10)):02d}"
 
 
+def step_agents(n: int) -> tuple[str, ...]:
+    """The agents of an agent-count step: agent1 … agentN."""
+    return tuple(f"agent{i}" for i in range(1, n + 1))
+
+
 @dataclass(frozen=True)
 class Cell:
-    suite: str  # "single" | "multi"
+    suite: str  # "single" | "multi" | "steps"
     lang: str  # "python" | "rust"
     model: ModelSpec
-    scenario: str | None
+    scenario: str | None  # multi: the scenario; steps: "agents_<N>"
     # Per agent: its config, or None for "server defaults, send no config options".
     agents: tuple[tuple[str, AgentConfig | None], ...]
     runs: int
     label_config: AgentConfig  # the config that names the folder
+    # Swept server settings (profile.settings_sweep); None: the runtime's pinned settings.
+    settings: ServerSettings | None = None
+    settings_tag: str = ""  # the swept values that differ from the pinned ones, in the folder name
+
+    @property
+    def shared_instance(self) -> bool:
+        """Both agents on the first instance (the topology control scenario)."""
+        return self.scenario in SHARED_INSTANCE_SCENARIOS
 
     @property
     def agent_configs(self) -> dict[str, AgentConfig | None]:
@@ -41,6 +54,8 @@ class Cell:
     def config_tag(self) -> str:
         c = self.label_config
         tag = f"gpu{c.gpu_layers}_ctx{c.ctx}_{temp_tag(c.temperature)}"
+        if self.settings_tag:
+            tag += f"_{self.settings_tag}"
         return f"{self.scenario}_{tag}" if self.scenario else tag
 
     @property
@@ -51,15 +66,33 @@ class Cell:
     def key(self) -> str:
         return str(self.rel_dir)
 
-    def server_configs(self, endpoint_names: list[str]) -> dict[str, ServerConfig | None]:
-        """Which load-time settings each endpoint needs (None: the runtime's defaults)."""
+    def agent_endpoints(self, endpoint_names: list[str]) -> dict[str, str]:
+        """Which endpoint each agent calls: the single agent the first; the multi agents one each
+        (both the first in the shared-instance scenario); step agents round-robin."""
         if self.suite == "single":
-            c = self.agent_configs["single"]
-            return {endpoint_names[0]: ServerConfig(gpu_layers=c.gpu_layers, ctx=c.ctx)}
+            return {"single": endpoint_names[0]}
+        if self.suite == "steps":
+            return {a: endpoint_names[i % len(endpoint_names)] for i, (a, _) in enumerate(self.agents)}
+        if self.shared_instance:
+            return {a: endpoint_names[0] for a in AGENTS_MULTI}
+        return dict(zip(AGENTS_MULTI, endpoint_names))
+
+    def server_configs(self, endpoint_names: list[str]) -> dict[str, ServerConfig | None]:
+        """Which load-time settings each used endpoint needs (None: the runtime's defaults)."""
         out: dict[str, ServerConfig | None] = {}
-        for agent, ep in zip(AGENTS_MULTI, endpoint_names):
+        for agent, ep in self.agent_endpoints(endpoint_names).items():
             c = self.agent_configs[agent]
-            out[ep] = ServerConfig(gpu_layers=c.gpu_layers, ctx=c.ctx) if c else None
+            out.setdefault(ep, ServerConfig(gpu_layers=c.gpu_layers, ctx=c.ctx) if c else None)
+        return out
+
+    def instance_settings(self, endpoint_names: list[str], pinned: ServerSettings) -> dict[str, ServerSettings]:
+        """The settings every instance runs with for this cell: the swept or pinned ones, and one
+        parallel slot per agent on the shared instance of the topology control."""
+        base = self.settings or pinned
+        out = {name: base for name in endpoint_names}
+        if self.shared_instance:
+            out[endpoint_names[0]] = base.model_copy(update={"num_parallel": max(base.num_parallel,
+                                                                                 len(AGENTS_MULTI))})
         return out
 
 
@@ -91,7 +124,7 @@ def _multi_agents(profile: Profile, scenario: str, lang: str) -> tuple[tuple[str
     chimera = profile.multi.chimera_for(lang)
     if scenario == "baseline_vs_chimera":
         return (("collector", None), ("insight", chimera))
-    if scenario == "chimera_homo":
+    if scenario in ("chimera_homo", *SHARED_INSTANCE_SCENARIOS):
         return (("collector", chimera), ("insight", chimera))
     hetero = profile.multi.hetero
     return (("collector", hetero.collector), ("insight", hetero.insight))
@@ -101,6 +134,13 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
                suites: list[str] | None = None, runs: int | None = None) -> Plan:
     """Expand a profile (with the task's overrides) into cells and an ordered list of runs."""
     chosen = [m for m in profile.models if models is None or m.name in models]
+    pinned = profile.runtime.pinned_settings
+    sweep = profile.settings_sweep
+
+    def settings_for(suite: str) -> list[tuple[ServerSettings | None, str]]:
+        points = sweep.points(pinned) if suite in sweep.suites else [pinned]
+        return [(None, "") if p == pinned else (p, p.tag(pinned)) for p in points]
+
     cells: list[Cell] = []
     for model in chosen:
         s = profile.single
@@ -111,7 +151,9 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
                 for g in s.gpu_layers:
                     for c in s.ctx:
                         cfg = AgentConfig(gpu_layers=g, ctx=c, temperature=s.temperature)
-                        cells.append(Cell("single", lang, model, None, (("single", cfg),), runs or s.runs, cfg))
+                        for st, tag in settings_for("single"):
+                            cells.append(Cell("single", lang, model, None, (("single", cfg),), runs or s.runs, cfg,
+                                              st, tag))
         m = profile.multi
         if m.enabled and (suites is None or "multi" in suites):
             for lang in m.langs:
@@ -120,13 +162,24 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
                 for scenario in m.scenarios:
                     agents = _multi_agents(profile, scenario, lang)
                     label = dict(agents)["insight"]
-                    cells.append(Cell("multi", lang, model, scenario, agents, runs or m.runs, label))
+                    for st, tag in settings_for("multi"):
+                        cells.append(Cell("multi", lang, model, scenario, agents, runs or m.runs, label, st, tag))
+        st_ = profile.steps
+        if st_.enabled and (suites is None or "steps" in suites) and (not st_.models or model.name in st_.models):
+            cfg = st_.config or m.chimera
+            for lang in st_.langs:
+                if langs and lang not in langs:
+                    continue
+                for n in st_.agents:
+                    for st, tag in settings_for("steps"):
+                        cells.append(Cell("steps", lang, model, f"agents_{n}",
+                                          tuple((a, cfg) for a in step_agents(n)), runs or st_.runs, cfg, st, tag))
     plan = Plan(cells)
     rng = random.Random(profile.workload.order_seed)
     # Models stay in blocks (a model switch is the costly step); within a block, runs of the
     # single suite come before the multi suite, and are shuffled when the profile asks for it.
     for model in chosen:
-        for suite in ("single", "multi"):
+        for suite in ("single", "multi", "steps"):
             block = [RunItem(c, k) for c in cells if c.model == model and c.suite == suite
                      for k in range(1, c.runs + 1)]
             if profile.workload.randomize_order:
@@ -143,7 +196,9 @@ def estimate_seconds(profile: Profile, plan: Plan) -> float:
     per_run = {"single": 2 * call_s,
                # alone: 2 agents × 2 calls one after the other; together: 2 calls, overlapped
                "multi": 4 * call_s + 2 * call_s * 1.3}
-    total = sum(per_run[i.cell.suite] for i in plan.items)
+    # steps: one agent alone (2 calls), then N agents at once (2 calls each, overlapping by the slots)
+    total = sum(per_run[i.cell.suite] if i.cell.suite in per_run
+                else 2 * call_s * (1 + len(i.cell.agents) * 0.75) for i in plan.items)
     switches = len({(c.model.name, c.suite, c.config_tag) for c in plan.cells})
     total += switches * (hints.restart_s + wl.warmup_requests * call_s * 2)
     return total

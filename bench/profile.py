@@ -21,7 +21,11 @@ from bench.paths import PROFILES_DIR
 
 Lang = Literal["python", "rust"]
 Api = Literal["ollama", "openai"]
-Scenario = Literal["baseline_vs_chimera", "chimera_homo", "chimera_hetero"]
+Scenario = Literal["baseline_vs_chimera", "chimera_homo", "chimera_hetero", "one_instance_two_slots"]
+# The topology control: both agents on the first instance, started with two parallel slots and
+# the CPU threads of both instances, measured like the dual-instance scenarios.
+SHARED_INSTANCE_SCENARIOS = ("one_instance_two_slots",)
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
 
 
 class Strict(BaseModel):
@@ -42,6 +46,35 @@ class ServerConfig(Strict):
     ctx: int = Field(ge=64)
 
 
+class ServerSettings(Strict):
+    """Instance-wide engine settings: the environment of a native `ollama serve`, the compose
+    override of a container, llama-server's launch flags. Pinned by the runtime section, swept by
+    `settings_sweep`; each run records the settings of the instances it used."""
+
+    num_parallel: int = Field(1, ge=1, description="OLLAMA_NUM_PARALLEL: requests one instance serves at once")
+    flash_attention: bool = Field(False, description="OLLAMA_FLASH_ATTENTION")
+    kv_cache_type: KvCacheType = Field("f16", description="OLLAMA_KV_CACHE_TYPE (quantised types need flash "
+                                                          "attention)")
+
+    @model_validator(mode="after")
+    def _quantised_kv_needs_fa(self):
+        if self.kv_cache_type != "f16" and not self.flash_attention:
+            raise ValueError(f"kv_cache_type {self.kv_cache_type} needs flash_attention: true (Ollama ignores it "
+                             f"otherwise, and the run would not be what its settings say)")
+        return self
+
+    def tag(self, pinned: "ServerSettings") -> str:
+        """The folder-name suffix of the values that differ from the pinned ones ('' when none)."""
+        parts = []
+        if self.num_parallel != pinned.num_parallel:
+            parts.append(f"np{self.num_parallel}")
+        if self.flash_attention != pinned.flash_attention:
+            parts.append(f"fa{int(self.flash_attention)}")
+        if self.kv_cache_type != pinned.kv_cache_type:
+            parts.append(f"kv{self.kv_cache_type.replace('_', '')}")
+        return "_".join(parts)
+
+
 class RuntimeSpec(Strict):
     kind: Literal["local", "ollama", "external", "docker"]
     host: str = "127.0.0.1"
@@ -51,6 +84,8 @@ class RuntimeSpec(Strict):
     server_defaults: ServerConfig = ServerConfig(gpu_layers=-1, ctx=2048)
     startup_timeout_s: float = Field(120.0, gt=0)
     num_parallel: int = Field(1, ge=1, description="Ollama: OLLAMA_NUM_PARALLEL of each instance")
+    flash_attention: bool = Field(False, description="Ollama: OLLAMA_FLASH_ATTENTION of each instance")
+    kv_cache_type: KvCacheType = Field("f16", description="Ollama: OLLAMA_KV_CACHE_TYPE of each instance")
     keep_alive: str = Field("30m", description="Ollama: OLLAMA_KEEP_ALIVE (how long an idle model stays loaded)")
     compose_file: str = "compose.yaml"
     compose_overrides: list[str] = Field(default_factory=list,
@@ -58,6 +93,11 @@ class RuntimeSpec(Strict):
     compose_project: str = Field("tr116", pattern=r"^[a-z0-9][a-z0-9_-]*$",
                                  description="docker: the Compose project name (containers, network and the "
                                              "model volume <project>_ollama-models)")
+
+    @property
+    def pinned_settings(self) -> ServerSettings:
+        return ServerSettings(num_parallel=self.num_parallel, flash_attention=self.flash_attention,
+                              kv_cache_type=self.kv_cache_type)
 
     @model_validator(mode="after")
     def _two_distinct_endpoints(self):
@@ -164,6 +204,44 @@ class MultiSuite(Strict):
         return self.chimera_by_lang.get(lang, self.chimera)
 
 
+class SettingsSweep(Strict):
+    """Server settings as matrix axes: each listed value becomes its own cells (a factor in the
+    variance analysis); an axis left out stays at the runtime's pinned value."""
+
+    num_parallel: list[int] = Field(default_factory=list)
+    flash_attention: list[bool] = Field(default_factory=list)
+    kv_cache_type: list[KvCacheType] = Field(default_factory=list)
+    suites: list[Literal["single", "multi", "steps"]] = ["single", "multi", "steps"]
+
+    def points(self, pinned: ServerSettings) -> list[ServerSettings]:
+        """Every combination of the swept values (the pinned settings alone when nothing is swept)."""
+        out = []
+        for np_ in self.num_parallel or [pinned.num_parallel]:
+            for fa in self.flash_attention or [pinned.flash_attention]:
+                for kv in self.kv_cache_type or [pinned.kv_cache_type]:
+                    out.append(ServerSettings(num_parallel=np_, flash_attention=fa, kv_cache_type=kv))
+        return out
+
+
+class StepsSuite(Strict):
+    """Agent-count steps: N agents at once (round-robin over the instances), each running the
+    single agent's two calls, measured against one agent alone in the same run."""
+
+    enabled: bool = False
+    agents: list[int] = Field([1, 2, 3, 4], min_length=1)
+    langs: list[Literal["python"]] = ["python"]  # the Rust agent runs the spec's two-agent jobs only
+    models: list[str] = Field(default_factory=list, description="default: every model")
+    config: AgentConfig | None = Field(None, description="default: the multi suite's chimera config")
+    runs: int = Field(3, ge=1)
+
+    @field_validator("agents")
+    @classmethod
+    def _counts(cls, v: list[int]):
+        if any(n < 1 or n > 8 for n in v) or len(set(v)) != len(v):
+            raise ValueError(f"agent counts are distinct numbers from 1 to 8, got {v}")
+        return sorted(v)
+
+
 class WorkloadSpec(Strict):
     seed: int = 42
     num_predict: int = Field(ge=1)
@@ -209,6 +287,8 @@ class Profile(Strict):
     models: list[ModelSpec] = Field(min_length=1)
     single: SingleSuite
     multi: MultiSuite
+    steps: StepsSuite = StepsSuite()
+    settings_sweep: SettingsSweep = SettingsSweep()
     workload: WorkloadSpec
     outliers: OutlierPolicy = OutlierPolicy()
     pricing: Pricing = Pricing()
@@ -226,6 +306,15 @@ class Profile(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         return models
+
+    @model_validator(mode="after")
+    def _steps_models_known(self):
+        names = [m.name for m in self.models]
+        unknown = [n for n in self.steps.models if n not in names]
+        if unknown:
+            raise ValueError(f"steps.models names unknown models {unknown}; the profile's models are {names}")
+        self.runtime.pinned_settings  # the pinned values must be a valid combination  # noqa: B018
+        return self
 
     @field_validator("fallback")
     @classmethod

@@ -16,11 +16,12 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-Agent = Literal["single", "collector", "insight"]
+# single, the multi suite's two agents, or agent1…agent8 of an agent-count step
+AGENT_PATTERN = r"^(single|collector|insight|agent[1-8])$"
 Stage = Literal["analysis", "report"]
 Phase = Literal["single", "alone", "together"]
 Api = Literal["ollama", "openai"]
-Suite = Literal["single", "multi"]
+Suite = Literal["single", "multi", "steps"]
 Lang = Literal["python", "rust"]
 
 
@@ -55,7 +56,7 @@ class CallStamps(_Strict):
 class RequestRecord(_Strict):
     """One streamed LLM call, as stored in metrics.json (schema $defs/request)."""
 
-    agent: Agent
+    agent: str = Field(pattern=AGENT_PATTERN)
     stage: Stage
     # a stored record's phase is one of `Phase` (the schema checks it at write); the client also
     # labels calls that are never stored: warmups ("warmup<n>") and the drift probes ("probe")
@@ -173,6 +174,43 @@ class MultiMetrics(_Strict):
     agents: dict[str, AgentMultiMetrics]
 
 
+class AgentStepMetrics(_Strict):
+    t_together_s: float
+    decode_tps_together: float | None
+    ttft_ms_together: float | None
+    tps_ratio: float | None
+    ttft_inflation: float | None
+
+
+class StepsMetrics(_Strict):
+    n_agents: int = Field(ge=1)
+    t_alone_s: float
+    seq_s: float
+    wall_s: float
+    speedup: float
+    efficiency_pct: float
+    decode_tps_alone: float | None
+    decode_tps_together: float | None
+    ttft_ms_alone: float | None
+    ttft_ms_together: float | None
+    tps_ratio: float | None
+    ttft_inflation: float | None
+    contention: bool
+    agents: dict[str, AgentStepMetrics]
+
+
+class InstanceSettings(_Strict):
+    num_parallel: int = Field(ge=1)
+    flash_attention: bool
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"]
+    threads: int | None
+
+
+class ServerSettingsBlock(_Strict):
+    topology: Literal["one_instance", "two_instances"]
+    instances: dict[str, InstanceSettings]
+
+
 class ClientInfo(_Open):
     name: str
     version: str
@@ -229,7 +267,7 @@ class RunDocument(_Strict):
     finished_at: str
     workload: WorkloadRef
     requests: list[RequestRecord] = Field(min_length=1)
-    metrics: Union[SingleMetrics, MultiMetrics]
+    metrics: Union[SingleMetrics, MultiMetrics, StepsMetrics]
     cold_load: bool = False
     outlier: dict[str, bool] | None = None
     notes: list[str] | None = None
@@ -239,6 +277,7 @@ class RunDocument(_Strict):
     effective_config: RunConfig | None = None
     ladder: list[LadderStep] | None = None
     placement: Placement | None = None
+    server_settings: ServerSettingsBlock | None = None  # absent in studies made before settings were recorded
     power: dict | None = None  # schema-checked; its keys are flattened as they come (power_<key>)
 
     def to_json(self) -> dict:

@@ -358,7 +358,8 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
         "profile": profile, "manifest": manifest, "incomplete": incomplete,
         "downgrades": _md(downgrades), "optional_skips": optional_skips(failures),
         "metric_levels": [("request", "Per request"), ("run", "Per agent run (single suite)"),
-                          ("multi", "Multi-agent run"), ("power", "Power (GPU hosts, NVML)")],
+                          ("multi", "Multi-agent run"), ("steps", "Agent-count step"),
+                          ("power", "Power (GPU hosts, NVML)")],
         "definitions": metrics.definitions, "derived_definitions": DERIVED_DEFINITIONS,
         "outlier_metrics": {suite: metrics.outlier_metrics(suite) for suite in metrics.SUITES},
         "single_tables": {lang: single_table(configs, lang) for lang in ("python", "rust")},
@@ -411,6 +412,24 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
                      for _, r in derived["cost"].iterrows()]),
         "variance": variance_table(derived["variance"]),
         "answers": found["central_answers"],
+        "topology": _md([{"model": r["model"], "client": r["lang"], "metric": r["metric"],
+                          "two instances": fmt.num(r["two_instances_mean"]), "one instance, 2 slots":
+                          fmt.num(r["one_instance_mean"]), "n": f"{r['n_two']} / {r['n_one']}",
+                          "diff [95% CI]": f"{fmt.signed(r['diff'])} [{fmt.signed(r['ci_low'])}, "
+                                           f"{fmt.signed(r['ci_high'])}]", "better": r["better"]}
+                         for _, r in derived["topology"].iterrows()]),
+        "topology_verdicts": found["topology"],
+        "steps": _md([{"model": r["model"], "settings": r.get("server_settings") or "–", "agents": int(r["n_agents"]),
+                       "runs": r["n"], "speedup [95% CI]": f"{fmt.num(r['speedup_mean'])} "
+                                                         f"[{fmt.num(r['speedup_ci95_low'])}, "
+                                                         f"{fmt.num(r['speedup_ci95_high'])}]",
+                       "efficiency": fmt.pct(r["efficiency_pct_mean"], 0),
+                       "decode tok/s per agent (alone → together)": f"{fmt.num(r['decode_tps_alone_mean'])} → "
+                                                                    f"{fmt.num(r['decode_tps_together_mean'])}",
+                       "tps ratio": fmt.num(r["tps_ratio_mean"], 2), "TTFT ×": fmt.num(r["ttft_inflation_mean"], 2),
+                       "contention runs": r["contention_runs"]}
+                      for _, r in derived["steps"].iterrows()]),
+        "capacity": found["capacity"],
         "outliers": _md([{"config": r["cell"], "run": r["run"], "metric": r["metric"], "value": fmt.num(r["value"]),
                           "config median": fmt.num(r["config_median"]),
                           "deviation": fmt.pct((r["value"] - r["config_median"]) / r["config_median"] * 100
@@ -425,7 +444,7 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
         "cold_runs": int(runs["cold_load"].sum()),
         "fmt": fmt.num, "bytes": fmt.bytes_,
         "params": {"cv_limit": findings.CV_LIMIT_PCT, "contention_share": findings.CONTENTION_SHARE,
-                   "alpha": findings.SIGNIFICANCE,
+                   "alpha": findings.SIGNIFICANCE, "scale_efficiency": f"{findings.SCALE_EFFICIENCY_PCT:.0f}",
                    "bootstrap_seed": stats.BOOTSTRAP_SEED},
     }
     return env.get_template("report.md.j2").render(**ctx)

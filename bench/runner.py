@@ -99,10 +99,15 @@ class MatrixRunner:
         """Serve `eff` (the cell as a rung runs it), loaded and warm; `cell` names the folder."""
         names = [e.name for e in self.endpoints]
         servers = eff.server_configs(names)
-        key = (eff.model.name, tuple(sorted((k, v.model_dump_json() if v else None) for k, v in servers.items())))
+        settings = eff.instance_settings(names, self.profile.runtime.pinned_settings)
+        key = (eff.model.name, tuple(sorted((k, v.model_dump_json() if v else None) for k, v in servers.items())),
+               tuple(sorted((k, v.model_dump_json()) for k, v in settings.items())))
         if key == self._server_key:
             return
         self._server_key = None
+        with self.timeline.event("settings", cell=eff.key) as event:
+            # slots, flash attention, KV cache: an instance whose settings change restarts
+            event["changed"] = self.runtime.apply_settings(settings)
         with self.timeline.event("switch", cell=eff.key) as event:
             # whether a server restarted or the model changed: the timeline tells a cheap switch
             # (the same server, warm again) from a reload
@@ -132,12 +137,28 @@ class MatrixRunner:
     def _targets(self, cell: Cell) -> dict[str, AgentTarget]:
         wl = self.profile.workload
         cfgs = cell.agent_configs
-        pairs = [("single", self.endpoints[0])] if cell.suite == "single" else zip(AGENTS_MULTI, self.endpoints)
-        # Ollama takes its CPU threads per request; llama-server got them as a launch flag.
-        return {agent: AgentTarget(agent, self.clients[ep.name], cell.model.name,
-                                   agents.request_options(wl, cfgs[agent],
-                                                          self.threads if ep.api == "ollama" else None))
-                for agent, ep in pairs}
+        by_name = {e.name: e for e in self.endpoints}
+        used = cell.agent_endpoints(list(by_name))
+        return {agent: AgentTarget(agent, self.clients[ep], cell.model.name,
+                                   agents.request_options(wl, cfgs[agent], self._request_threads(cell, ep)))
+                for agent, ep in used.items()}
+
+    def _request_threads(self, cell: Cell, endpoint: str) -> int | None:
+        """The CPU threads a request asks for: Ollama takes them per request (llama-server got them
+        as a launch flag). The shared instance of the topology control gets the threads of every
+        instance, so one copy with two slots has the same CPU as two copies."""
+        if self.threads is None or next(e.api for e in self.endpoints if e.name == endpoint) != "ollama":
+            return None
+        return self.threads * len(self.endpoints) if cell.shared_instance else self.threads
+
+    def _server_settings(self, cell: Cell) -> dict:
+        """The run's `server_settings` block: the topology and each used instance's settings."""
+        names = [e.name for e in self.endpoints]
+        used = sorted(set(cell.agent_endpoints(names).values()), key=names.index)
+        settings = cell.instance_settings(names, self.profile.runtime.pinned_settings)
+        return {"topology": "one_instance" if len(used) == 1 else "two_instances",
+                "instances": {ep: {**settings[ep].model_dump(), "threads": self._request_threads(cell, ep) or self.threads}
+                              for ep in used}}
 
     def _run_key(self, item: RunItem) -> str:
         return f"{self.profile.study}/{item.rel_dir}"
@@ -180,13 +201,18 @@ class MatrixRunner:
         wl = self.profile.workload
         targets = self._targets(eff)
         extra = None
+        th = self.profile.multi.contention
         if eff.suite == "single":
             started, records, run_metrics = agents.run_single(
                 targets["single"], self.workload, self._run_key(item), attempts=wl.retries, run_attempt=attempt,
                 cold_load_ms=wl.cold_load_ms)
+        elif eff.suite == "steps":
+            started, records, run_metrics = agents.run_steps(
+                targets, self.workload, self._run_key(item), attempts=wl.retries, run_attempt=attempt,
+                cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
+                max_ttft_inflation=th.max_ttft_inflation)
         else:
             phases, alone = self._orders()
-            th = self.profile.multi.contention
             started, records, run_metrics = agents.run_multi(
                 targets, self.workload, self._run_key(item), phase_order=phases, alone_order=alone, attempts=wl.retries,
                 run_attempt=attempt, cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
@@ -233,6 +259,7 @@ class MatrixRunner:
             event["measured_s"] = instrument.measured_s(doc)
         doc["power"] = self.power.block(window, item, doc)
         doc["run_key"] = self._run_key(item)
+        doc["server_settings"] = self._server_settings(eff)
         doc["placement"] = self._placement(eff)
         return doc
 

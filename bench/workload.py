@@ -41,6 +41,12 @@ def nonce_attempt(run_attempt: int, call_attempt: int, attempts: int) -> int:
     return (run_attempt - 1) * attempts + call_attempt
 
 
+def prompt_role(agent: str) -> str:
+    """Whose prompts an agent sends: its own, or the single agent's for the agents of an
+    agent-count step (agent1 … agentN: the same work N times, each with its own nonce)."""
+    return "single" if agent.startswith("agent") else agent
+
+
 @dataclass(frozen=True)
 class Workload:
     prompts: dict
@@ -51,7 +57,7 @@ class Workload:
     def messages(self, agent: str, stage: str, nonce: str, previous: str = "") -> list[dict]:
         """Chat messages for one call: the system message opens with the fixed-length line
         '[run <nonce>]'; `previous` is the text the agent's first call generated."""
-        spec = self.prompts["agents"][agent][stage]
+        spec = self.prompts["agents"][prompt_role(agent)][stage]
         user = spec["user"].replace("{{dataset}}", self.dataset_text).replace("{{previous}}", previous)
         return [{"role": "system", "content": f"[run {nonce}]\n{spec['system']}"},
                 {"role": "user", "content": user}]

@@ -8,11 +8,12 @@ import types
 
 import pytest
 import requests
+import yaml
 
 from bench.errors import BenchError
 from bench.paths import REPO_ROOT
 from bench.runtimes import DockerRuntime
-from bench.profile import builtin_profiles, load_profile
+from bench.profile import ServerSettings, builtin_profiles, load_profile
 from ollama_server import FakeOllama
 
 
@@ -57,7 +58,12 @@ def test_up_starts_compose_builds_image_and_pulls_models(tr116_on_test_servers):
     assert docker.calls[build][:2] == ["docker", "build"] and "docker/Dockerfile.rust-agents" in docker.calls[build]
     cmd = docker.calls[up]
     assert cmd[:4] == ["docker", "compose", "--project-name", "tr116"] and "--wait" in cmd
-    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "-f"] == [str(REPO_ROOT / "compose.yaml")]  # no override
+    # compose.yaml, then the generated override of each instance's engine settings (pinned: 1 slot)
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "-f"] == [str(REPO_ROOT / "compose.yaml"),
+                                                                     str(runtime.settings_file)]
+    override = yaml.safe_load(runtime.settings_file.read_text())
+    assert {svc: body["environment"]["OLLAMA_NUM_PARALLEL"] for svc, body in override["services"].items()} == \
+        {"ollama-a": "1", "ollama-b": "1"}
     env = docker.envs[up]
     assert (env["TR116_PORT_A"], env["TR116_PORT_B"]) == (a.url.rsplit(":", 1)[1], b.url.rsplit(":", 1)[1])
     assert env["TR116_CONTEXT_LENGTH"] == "4096" and env["TR116_NUM_PARALLEL"] == "1"
@@ -169,3 +175,28 @@ def test_clean_refuses_while_the_containers_run(tr116_on_test_servers):
     with pytest.raises(BenchError, match="`invoke down` first"):
         DockerRuntime(profile, run=docker).clean()
     assert not [c for c in docker.calls if "down" in c]
+
+
+def test_apply_settings_recreates_only_through_the_override(tr116_on_test_servers):
+    """The topology control's instance gets two slots: the override says so for ollama-a only,
+    and `compose up` runs again (it recreates the containers whose environment changed)."""
+    profile, _, _ = tr116_on_test_servers
+    docker = RecordedDocker()
+    runtime = DockerRuntime(profile, run=docker)
+    runtime.up()
+    ups = sum("up" in c for c in docker.calls)
+    pinned = profile.runtime.pinned_settings
+    names = [e.name for e in profile.runtime.endpoints]
+    assert runtime.apply_settings({n: pinned for n in names}) is False  # nothing changes: no compose call
+    assert sum("up" in c for c in docker.calls) == ups
+    two = pinned.model_copy(update={"num_parallel": 2})
+    assert runtime.apply_settings({names[0]: two, names[1]: pinned}) is True
+    assert sum("up" in c for c in docker.calls) == ups + 1 and "--wait" in docker.calls[-1]
+    env = {svc: body["environment"] for svc, body in yaml.safe_load(runtime.settings_file.read_text())["services"].items()}
+    assert env["ollama-a"] == {"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_FLASH_ATTENTION": "0", "OLLAMA_KV_CACHE_TYPE": "f16"}
+    assert env["ollama-b"]["OLLAMA_NUM_PARALLEL"] == "1"
+    assert runtime.placement(next(iter(profile.models)))  # placement reports each instance's own slots
+    fa = ServerSettings(num_parallel=1, flash_attention=True, kv_cache_type="q8_0")
+    runtime.apply_settings({n: fa for n in names})
+    env = yaml.safe_load(runtime.settings_file.read_text())["services"]["ollama-b"]["environment"]
+    assert env == {"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_FLASH_ATTENTION": "1", "OLLAMA_KV_CACHE_TYPE": "q8_0"}

@@ -26,6 +26,10 @@ MIRRORS = {
     "$defs/single_metrics": records.SingleMetrics,
     "$defs/multi_metrics": records.MultiMetrics,
     "$defs/agent_multi_metrics": records.AgentMultiMetrics,
+    "$defs/steps_metrics": records.StepsMetrics,
+    "$defs/steps_metrics/properties/agents/additionalProperties": records.AgentStepMetrics,
+    "properties/server_settings": records.ServerSettingsBlock,
+    "properties/server_settings/properties/instances/additionalProperties": records.InstanceSettings,
     "properties/client": records.ClientInfo,
     "properties/model": records.ModelRef,
     "properties/workload": records.WorkloadRef,
@@ -54,8 +58,9 @@ def test_each_model_has_the_schema_fields(path):
 
 def test_enums_agree_with_the_schema():
     req = SCHEMA["$defs"]["request"]["properties"]
-    for field in ("agent", "stage", "api"):
+    for field in ("stage", "api"):
         assert set(records.RequestRecord.model_fields[field].annotation.__args__) == set(req[field]["enum"])
+    assert records.AGENT_PATTERN == req["agent"]["pattern"]
     assert set(records.Phase.__args__) == set(req["phase"]["enum"])
     assert set(records.Suite.__args__) == set(SCHEMA["properties"]["suite"]["enum"])
     assert set(records.Lang.__args__) == set(SCHEMA["properties"]["lang"]["enum"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from bench.profile import ModelSpec, ServerConfig
+from bench.profile import ModelSpec, ServerConfig, ServerSettings
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class Runtime(Protocol):
         """True when the servers are up already; `bench` stops only servers it had to start."""
 
     def endpoints(self) -> list[Endpoint]: ...
+
+    def apply_settings(self, settings: dict[str, ServerSettings]) -> bool:
+        """Run each instance with these engine settings (slots, flash attention, KV-cache type),
+        restarting or recreating the ones that differ; True when any did. A runtime that cannot
+        change them (servers run by someone else) refuses values other than the pinned ones."""
 
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
         """Serve `model` with these load-time settings per endpoint; True when anything changed

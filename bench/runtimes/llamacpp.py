@@ -11,7 +11,7 @@ import requests
 
 from bench import assets
 from bench.paths import results_root
-from bench.profile import ModelSpec, Profile, ServerConfig
+from bench.profile import ModelSpec, Profile, ServerConfig, ServerSettings
 from bench.runtimes.base import Endpoint
 from bench.runtimes.process import ManagedProcess
 
@@ -23,12 +23,15 @@ class LlamaServer(ManagedProcess):
         super().__init__("llama-server", host, port, state_dir, startup_timeout_s)
         self.threads = threads
 
-    def command(self, model: str, model_file: Path, config: ServerConfig) -> list[str]:
-        # -np 1: one slot with the whole context (current builds default to 4 slots sharing it);
-        # threads explicit so two servers on one machine don't oversubscribe the cores.
+    def command(self, model: str, model_file: Path, config: ServerConfig, settings: ServerSettings) -> list[str]:
+        # -np: the slots (current builds default to 4 sharing the context), and -c is per slot here
+        # as OLLAMA_CONTEXT_LENGTH is; flash attention and the KV cache type explicit (the build's
+        # default is 'auto'); threads explicit so two servers don't oversubscribe the cores.
         return [str(assets.llama_server_binary()), "-m", str(model_file), "--alias", model,
                 "--host", self.host, "--port", str(self.port),
-                "-c", str(config.ctx), "-ngl", str(config.gpu_layers), "-np", "1",
+                "-c", str(config.ctx * settings.num_parallel), "-ngl", str(config.gpu_layers),
+                "-np", str(settings.num_parallel), "-fa", "on" if settings.flash_attention else "off",
+                "-ctk", settings.kv_cache_type, "-ctv", settings.kv_cache_type,
                 "-t", str(self.threads), "-tb", str(self.threads), "--no-webui"]
 
     def healthy(self) -> bool:
@@ -37,9 +40,9 @@ class LlamaServer(ManagedProcess):
         except requests.RequestException:
             return False
 
-    def ensure(self, model: str, model_file: Path, config: ServerConfig) -> bool:
+    def ensure(self, model: str, model_file: Path, config: ServerConfig, settings: ServerSettings) -> bool:
         """Run the server with exactly these flags; True when it had to (re)start."""
-        args = self.command(model, model_file, config)
+        args = self.command(model, model_file, config, settings)
         current = self.state()
         if current and current.args == args and self.healthy():
             return False
@@ -62,6 +65,7 @@ class LocalRuntime:
         self.specs = spec.endpoints
         self.servers = {e.name: LlamaServer(spec.host, e.port, self.threads, state_dir, spec.startup_timeout_s)
                         for e in spec.endpoints}
+        self.instance_settings = {e.name: spec.pinned_settings for e in spec.endpoints}
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint(e.name, self.servers[e.name].url, "openai") for e in self.specs]
@@ -79,7 +83,14 @@ class LocalRuntime:
         changed = False
         for name, server in self.servers.items():
             cfg = servers.get(name) or self.profile.runtime.server_defaults
-            changed |= server.ensure(model.name, path, cfg)
+            changed |= server.ensure(model.name, path, cfg, self.instance_settings[name])
+        return changed
+
+    def apply_settings(self, settings: dict[str, ServerSettings]) -> bool:
+        """llama-server takes its settings as launch flags: the next switch restarts the servers
+        whose flags change."""
+        changed = any(st != self.instance_settings.get(n) for n, st in settings.items())
+        self.instance_settings.update(settings)
         return changed
 
     def down(self) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import assets
 from bench.errors import BenchError, RequestError
 from bench.paths import cache_dir, results_root
-from bench.profile import ModelSpec, Profile, ServerConfig
+from bench.profile import ModelSpec, Profile, ServerConfig, ServerSettings
 from bench.runtimes.base import Endpoint
 from bench.runtimes.ollama_api import OllamaAPI, tag_matches
 from bench.runtimes.process import ManagedProcess
@@ -27,6 +27,13 @@ log = logging.getLogger("bench")
 
 # Ollama logs how many layers it offloaded at each load (absent on builds without a GPU backend).
 OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+def settings_env(settings: ServerSettings) -> dict[str, str]:
+    """The Ollama environment of one instance's engine settings."""
+    return {"OLLAMA_NUM_PARALLEL": str(settings.num_parallel),
+            "OLLAMA_FLASH_ATTENTION": "1" if settings.flash_attention else "0",
+            "OLLAMA_KV_CACHE_TYPE": settings.kv_cache_type}
 
 
 def chat_template(name: str) -> str:
@@ -76,6 +83,8 @@ class OllamaEndpoints:
         self.model_actions: dict[str, str] = {}
         self.unloads: list[dict] = []  # what free_others unloaded, and /api/ps right after
         self.threads = profile.runtime.threads
+        # the engine settings each instance runs with now (apply_settings changes them)
+        self.instance_settings = {ep.name: profile.runtime.pinned_settings for ep in endpoints}
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)
@@ -121,6 +130,16 @@ class OllamaEndpoints:
         self.free_others(keep=None)
         self._current = None
 
+    def apply_settings(self, settings: dict[str, ServerSettings]) -> bool:
+        """Servers run by someone else keep their settings: only the pinned ones are accepted."""
+        changed = {n: s for n, s in settings.items() if s != self.instance_settings.get(n)}
+        if changed:
+            raise BenchError(f"the {self.kind} runtime cannot change engine settings (asked: "
+                             + "; ".join(f"{n}: {s.model_dump()}" for n, s in changed.items())
+                             + "): its servers are run by someone else; sweep settings with the ollama or docker "
+                               "runtime, or remove settings_sweep and the one_instance_two_slots scenario")
+        return False
+
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
         fallback_tags = {t for m in self.profile.models for t in self.profile.fallback_for(m).tags}
         if model.name in fallback_tags:  # a fallback tag of a profile model: pulled on first use
@@ -151,11 +170,9 @@ class OllamaEndpoints:
             out[name] = {"loaded": True, "size_bytes": size, "size_vram_bytes": vram,
                          "gpu_share": (vram / size) if size else None,
                          "context_length": entry.get("context_length"),
-                         "parallel": self.parallel_slots(), "offload": self.offloaded_layers(name)}
+                         "parallel": self.instance_settings[name].num_parallel,
+                         "offload": self.offloaded_layers(name)}
         return out
-
-    def parallel_slots(self) -> int | None:
-        return None
 
     def failure_evidence(self) -> dict:
         return {}  # servers run by someone else: their logs are not ours to read
@@ -236,12 +253,10 @@ class OllamaRuntime(OllamaEndpoints):
         self.settings = {
             "OLLAMA_MODELS": str(self.models_dir),
             "OLLAMA_NOPRUNE": "1",  # each server deletes unreferenced blobs at start otherwise
-            "OLLAMA_NUM_PARALLEL": str(spec.num_parallel),
             "OLLAMA_MAX_LOADED_MODELS": "1",
             "OLLAMA_KEEP_ALIVE": spec.keep_alive,
             "OLLAMA_CONTEXT_LENGTH": str(spec.server_defaults.ctx),  # what requests without num_ctx get
-            "OLLAMA_FLASH_ATTENTION": "0",
-            "OLLAMA_KV_CACHE_TYPE": "f16",
+            **settings_env(spec.pinned_settings),  # slots, flash attention, KV cache: per instance below
         }
         state_dir = state_dir or results_root() / ".runtime"
         log_dir = log_dir or results_root() / profile.study / "logs"
@@ -269,6 +284,21 @@ class OllamaRuntime(OllamaEndpoints):
             raise BenchError(f"Ollama on port {server.port} runs without AVX2 (log: {seen}); "
                              f"rebuild it with scripts/build-ollama.sh on a CPU with AVX2")
 
+    def apply_settings(self, settings: dict[str, ServerSettings]) -> bool:
+        """A native instance takes its settings from its environment: one whose settings change
+        is restarted (its model is loaded again by the next request)."""
+        restarted = False
+        for name, wanted in settings.items():
+            server = self.servers[name]
+            env = {**server.env, **settings_env(wanted)}
+            self.instance_settings[name] = wanted
+            if env != server.env:
+                server.env = env
+                restarted |= server.ensure()
+        if restarted:
+            self._current = None
+        return restarted
+
     def switch(self, model: ModelSpec, servers: dict[str, ServerConfig]) -> bool:
         restarted = False
         for server in self.servers.values():
@@ -284,9 +314,6 @@ class OllamaRuntime(OllamaEndpoints):
 
     def is_running(self) -> bool:
         return any(s.state() for s in self.servers.values())
-
-    def parallel_slots(self) -> int | None:
-        return self.profile.runtime.num_parallel
 
     def failure_evidence(self) -> dict:
         return {"server_log_tail": {name: s.log_tail(20) for name, s in self.servers.items()}}
@@ -309,4 +336,6 @@ class OllamaRuntime(OllamaEndpoints):
                 "ollama_version": self.versions(),
                 "ollama": {"binary": str(self.binary), "binary_sha256": assets.file_sha256(self.binary),
                            "version_output": (out.stdout + out.stderr).strip().splitlines()[-1:]},
-                "settings": self.settings, "endpoints": [e.__dict__ for e in self._endpoints], "servers": servers}
+                "settings": self.settings,
+                "instance_settings": {n: st.model_dump() for n, st in self.instance_settings.items()},
+                "endpoints": [e.__dict__ for e in self._endpoints], "servers": servers}
