@@ -153,12 +153,14 @@ def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
 @task(help={"profile": PROFILE_HELP})
 @_friendly
 def report(c, profile=LINE_PROFILE):
-    """Write summaries, tables, plots and Technical_Report_116.md from the stored results."""
+    """Write summaries, tables, plots, Technical_Report_116.md and its single-file .html from the stored results."""
     from bench.report import write_report
+    from bench.store import HTML_REPORT_NAME
 
     loaded = _load(profile)
     path = write_report(loaded)
     print(f"report: {path}")
+    print(f"report: {path.with_name(HTML_REPORT_NAME)}")
 
 
 @task(help={"profile": PROFILE_HELP})

@@ -17,6 +17,7 @@ from bench import instrument, metrics, power, stats
 from bench import findings, fmt
 from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
+from bench.html_report import write_html_report
 from bench.manifest import planned_cells, profile_from_manifest
 from bench.paths import TEMPLATES_DIR
 from bench.plots import write_plots
@@ -334,6 +335,7 @@ def write_report(loaded: LoadedProfile, store: Store | None = None, results: Res
                   planned_runs={c.key: c.runs for c in cells}, incomplete=validate_study(loaded, store).incomplete)
     path = store.root / REPORT_NAME
     atomic_write_text(path, text)
+    write_html_report(path)  # Technical_Report_116.html beside it, the same content in one offline file
     return path
 
 

@@ -33,6 +33,7 @@ CLIENT_OVERHEAD_NAME = "client_overhead.json"  # `invoke bench-clients` (bench/o
 TIMELINE = "timeline.jsonl"  # the runner's events (bench/instrument.py)
 PROBES = "probes.jsonl"  # the drift probes (bench/instrument.py)
 FAILURES = "failures.jsonl"
+HTML_REPORT_NAME = "Technical_Report_116.html"  # the report as one offline page (bench/html_report.py)
 
 
 def _umask() -> int:
