@@ -16,6 +16,9 @@ from pathlib import Path
 from bench import fmt
 
 HOST_ID_CHARS = 12
+# What identifies a model in a manifest entry, in the order `invoke reproduce` checks them: the
+# GGUF file's sha256 (the weights), then Ollama's digest (weights, template and parameters).
+MODEL_IDENTITY_KEYS = ("file_sha256", "digest")
 SYS_CPU = Path("/sys/devices/system/cpu")
 # Fields whose absence the fingerprint reports (gpu_driver is not applicable without a GPU).
 FIELDS = ("cpu", "cores_physical", "cores_logical", "ram_bytes", "gpus", "gpu_driver", "os", "kernel",
@@ -89,6 +92,18 @@ def of_manifest(manifest: dict) -> dict:
     if isinstance(manifest.get("fingerprint"), dict):
         return {**manifest["fingerprint"], "derived": False}
     return {**derive(manifest), "derived": True}
+
+
+def model_identity(entry: dict) -> dict[str, str]:
+    """The identity keys a manifest's model entry recorded (empty when it recorded an error)."""
+    return {k: entry[k] for k in MODEL_IDENTITY_KEYS if entry.get(k)}
+
+
+def identity_text(entry: dict, chars: int = 12) -> str:
+    labels = {"file_sha256": "GGUF sha256", "digest": "Ollama digest"}
+    ident = model_identity(entry)
+    return ", ".join(f"{labels[k]} `{v.removeprefix('sha256:')[:chars]}`" for k, v in ident.items()) \
+        or f"identity not recorded ({entry.get('error', 'no digest')})"
 
 
 def gpu_text(fp: dict) -> str:
