@@ -280,6 +280,23 @@ def validate(c, profile=LINE_PROFILE):
     result.raise_for_problems()
 
 
+@task(positional=["study_a", "study_b"], iterable=["also"],
+      help={"study_a": "the reference study: a name under the results root or a path to a study folder",
+            "study_b": "the study compared with it (name or path)",
+            "also": "a further study to compare (repeat the flag for more)",
+            "allow_mismatch": "compare even when a model digest or a setting differs (the report lists them)",
+            "out": "the comparison folder's name under the results root (default compare-<UTC time>)"})
+@_friendly
+def compare(c, study_a, study_b, also=None, allow_mismatch=False, out=None):
+    """Compare studies across hosts: matched configs, differences with bootstrap CIs, η² of the host."""
+    from bench.compare import compare as run_comparison
+
+    result = run_comparison([study_a, study_b, *(also or [])], allow_mismatch=allow_mismatch, out=out)
+    print(f"compare: {result.matched} matched config(s), {len(result.only_in)} in one study only"
+          + (f", {len(result.mismatches)} accepted mismatch(es)" if result.mismatches else ""))
+    print(f"  {result.markdown} (and the CSV tables beside it)")
+
+
 @task(help={"manifest": "path to a study's manifest.json",
             "allow_mismatch": "rerun even when a model digest or the runtime differs from the manifest",
             "no_progress": "hide the progress bar"})

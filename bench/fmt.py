@@ -36,3 +36,11 @@ def bytes_(v) -> str:
             return f"{v:.3g} {unit}"
         v /= 1024
     return f"{v:.3g} TiB"
+
+
+def mean_ci(mean, low, high, n=None) -> str:
+    """'mean [low, high]' (just the mean without a CI), with ' (n=…)' when n is given."""
+    if missing(mean):
+        return "–"
+    text = num(mean) if missing(low) or missing(high) else f"{num(mean)} [{num(low)}, {num(high)}]"
+    return text if n is None else f"{text} (n={n})"

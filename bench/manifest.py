@@ -26,7 +26,7 @@ import requests
 from gguf import GGUFReader, LlamaFileType
 from pydantic import ValidationError
 
-from bench import gpu, rust, stats
+from bench import fingerprint, gpu, rust, stats
 from bench.errors import BenchError
 from bench.paths import REPO_ROOT, cache_dir
 from bench.plan import Cell, Plan, build_plan
@@ -83,7 +83,8 @@ def host_info() -> dict:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_bytes": mem, "os": platform.platform(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "physical_cores": fingerprint.physical_cores(), "ram_bytes": mem,
+            "os": platform.platform(),
             "kernel": platform.release(), "python": platform.python_version()}
 
 
@@ -236,6 +237,7 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
         "environment": {k: v for k, v in sorted(os.environ.items()) if ENV_ALLOW.match(k)},
         **(extra or {}),
     }
+    manifest["fingerprint"] = fingerprint.derive(manifest)  # the comparable subset (`invoke compare`)
     atomic_write_json(path, manifest)
     return path
 

@@ -14,7 +14,7 @@ import jinja2
 import pandas as pd
 
 from bench import instrument, metrics, power, stats
-from bench import findings, fmt
+from bench import findings, fmt, issue_summary
 from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
 from bench.html_report import write_html_report
@@ -331,11 +331,13 @@ def write_report(loaded: LoadedProfile, store: Store | None = None, results: Res
     export_tables(store, results)
     plots = write_plots(store.root, results.configs, results.derived["frontier"])
     overhead = store.read_json(CLIENT_OVERHEAD_NAME)
+    incomplete = validate_study(loaded, store).incomplete
     text = render(profile, results, manifest, store.failures(), plots=plots, client_overhead=overhead,
-                  planned_runs={c.key: c.runs for c in cells}, incomplete=validate_study(loaded, store).incomplete)
+                  planned_runs={c.key: c.runs for c in cells}, incomplete=incomplete)
     path = store.root / REPORT_NAME
     atomic_write_text(path, text)
     write_html_report(path)  # Technical_Report_116.html beside it, the same content in one offline file
+    issue_summary.write(store, results, manifest, incomplete)  # the paste-ready block beside it
     return path
 
 

@@ -23,6 +23,7 @@ import yaml
 
 from bench import manifest as mf
 from bench import metrics
+from bench.fingerprint import MODEL_IDENTITY_KEYS
 from bench.analysis import build, load_tables
 from bench.errors import BenchError
 from bench.plan import build_plan
@@ -34,7 +35,7 @@ from bench.store import Store, atomic_write_json, atomic_write_text
 
 COMPARISON_NAME = "reproduction"
 # What identifies a model: the first of these keys the manifest recorded.
-IDENTITY_KEYS = ("file_sha256", "digest")
+IDENTITY_KEYS = MODEL_IDENTITY_KEYS
 
 
 @dataclass

@@ -34,6 +34,13 @@ TIMELINE = "timeline.jsonl"  # the runner's events (bench/instrument.py)
 PROBES = "probes.jsonl"  # the drift probes (bench/instrument.py)
 FAILURES = "failures.jsonl"
 HTML_REPORT_NAME = "Technical_Report_116.html"  # the report as one offline page (bench/html_report.py)
+ISSUE_SUMMARY = "issue_summary.md"  # the paste-ready block `invoke report` writes (bench/issue_summary.py)
+# `invoke compare` (bench/compare.py): results/compare-<UTC time>/ holds the merged report and tables.
+COMPARE_PREFIX = "compare-"
+COMPARISON_REPORT = "comparison.md"
+COMPARISON_TABLE = "comparison.csv"  # per matched config, metric and study
+COMPARISON_VARIANCE = "variance.csv"  # η² of host, study, model, config and language
+COMPARISON_STUDIES = "studies.csv"  # one row per study: its fingerprint
 
 
 def _umask() -> int:

@@ -1,0 +1,487 @@
+"""`invoke compare STUDY_A STUDY_B [--also STUDY_C …]`: studies from different hosts side by side.
+
+1. Load each study: a name under the results root or a path to a study folder; its manifest (the
+   resolved profile, the model identities, the runtime, the host fingerprint: bench/fingerprint.py)
+   and its analysis (bench/analysis.build), so every number is the one its own report shows.
+2. Match configs across studies: the same suite, language, config tag (or scenario), ladder rung
+   and model, where a model is the same when its identity (GGUF sha256, Ollama digest) is, whatever
+   it is called. The settings each run records (its config, the workload's hashes, the server
+   slots and context it was placed on) and the runtime's own settings must agree too. A differing
+   digest or setting is refused with the list of differences, unless `allow_mismatch`, which
+   compares anyway and lists them in the report. Configs only one study holds are listed.
+3. Per matched config and key metric: each study's mean and t-based 95 % CI (its configs table),
+   and the difference to the reference study (the first listed that holds the config) with a
+   percentile-bootstrap 95 % CI (stats.compare_groups). Over the matched runs of all studies
+   together: η² of host, study, model, config and language (stats.eta_squared).
+4. Write results/compare-<UTC time>/: comparison.md, comparison.csv, variance.csv, studies.csv.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from bench import fingerprint, fmt, metrics, stats
+from bench.analysis import Results, build
+from bench.errors import BenchError
+from bench.manifest import load_manifest, profile_from_manifest
+from bench.paths import TEMPLATES_DIR, results_root
+from bench.store import (COMPARE_PREFIX, COMPARISON_REPORT, COMPARISON_STUDIES, COMPARISON_TABLE,
+                         COMPARISON_VARIANCE, MANIFEST_NAME, Store, atomic_write_text)
+
+TEMPLATE = "comparison.md.j2"
+# Runtime settings that name a place on the host, not how the server runs.
+HOST_PATH_SETTINGS = {"OLLAMA_MODELS"}
+FINGERPRINT_FIELDS = ("cpu", "cores_physical", "cores_logical", "ram_bytes", "gpus", "gpu_driver", "os", "kernel",
+                      "engine", "engine_version", "harness_commit")
+FACTORS = {"host": "host", "study": "study", "model": "model_key", "config": "case", "language": "lang"}
+ALL_FACTORS = "config × study (all factors)"
+# Below this many runs a side, the percentile bootstrap has few distinct resamples and its CI is
+# too narrow (n = 2: three distinct means per side); the report says so beside the table.
+FEW_RUNS = 5
+WITHIN = "run-to-run (within config × study)"
+
+
+@dataclass
+class Study:
+    label: str
+    root: Path
+    manifest: dict
+    fingerprint: dict
+    results: Results
+    identities: dict[str, dict[str, str]]  # model name → its identity keys
+    settings: dict[tuple[str, str], dict[str, str]]  # (cell, ran_as) → setting → value
+    runtime_settings: dict[str, str]
+
+    @property
+    def host(self) -> str:
+        return self.fingerprint.get("host_id") or "unknown"
+
+    def probe(self) -> tuple[float | None, float | None]:
+        """The drift guard's reference probe (bench/instrument.py): the baseline's decode tok/s at
+        the study's start, and the largest drift from it during the study (%): the host's state."""
+        drift = self.results.derived.get("drift", pd.DataFrame())
+        if drift.empty:
+            return None, None
+        return float(drift["decode_tps"].iloc[0]), float(drift["drift_pct"].abs().max())
+
+
+@dataclass
+class Matching:
+    groups: dict[tuple, dict[str, pd.Series]]  # match key → study label → its configs row
+    only_in: list[dict] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    folder: Path
+    markdown: Path
+    table: pd.DataFrame
+    variance: pd.DataFrame
+    matched: int
+    only_in: list[dict]
+    mismatches: list[str]
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def resolve(spec: str) -> Path:
+    """A study folder from a path, or from a study name under the results root."""
+    path = Path(spec).expanduser()
+    for candidate in (path, results_root() / spec):
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise BenchError(f"study {spec!r} not found: neither a folder nor a study under {results_root()}; pass a "
+                     f"study name from the results root or the path to a study folder")
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+
+
+def run_settings(doc) -> dict[str, str]:
+    """What a run records about how it ran, beside its metrics: its config as asked (the ladder's
+    rung is the configs table's ran_as), the workload's hashes, and per server instance the
+    parallel slots and context the model was placed with."""
+    out = {}
+    asked = (doc.requested_config or doc.config).model_dump(exclude_none=True)
+    for key, value in asked.items():
+        if key == "agents":
+            for agent, opts in value.items():
+                for k, v in (opts or {}).items():
+                    out[f"config.agents.{agent}.{k}"] = _value(v)
+        elif key != "model":
+            out[f"config.{key}"] = _value(value)
+    out["workload.prompts_sha256"] = doc.workload.prompts_sha256
+    out["workload.dataset_sha256"] = doc.workload.dataset_sha256
+    for endpoint, state in ((doc.placement.after_load if doc.placement else None) or {}).items():
+        if isinstance(state, dict) and state.get("loaded"):
+            for k in ("parallel", "context_length"):
+                if state.get(k) is not None:
+                    out[f"server.{endpoint}.{k}"] = _value(state[k])
+    return out
+
+
+def runtime_settings(describe: dict) -> dict[str, str]:
+    """The runtime's settings that change how its servers run: kind, engine, threads per server,
+    the server environment (Ollama) and the slots (llama.cpp); host paths left out."""
+    out = {k: _value(describe[k]) for k in ("kind", "engine", "threads_per_server") if describe.get(k) is not None}
+    for k, v in (describe.get("settings") or {}).items():
+        if k not in HOST_PATH_SETTINGS:
+            out[f"settings.{k}"] = _value(v)
+    for name, server in (describe.get("servers") or {}).items():
+        if isinstance(server, dict) and server.get("total_slots") is not None:
+            out[f"servers.{name}.total_slots"] = _value(server["total_slots"])
+    return out
+
+
+def load(spec: str, label: str | None = None) -> Study:
+    root = resolve(spec)
+    if not (root / MANIFEST_NAME).is_file():
+        raise BenchError(f"{root} has no {MANIFEST_NAME}: without it the models' digests and the host are unknown, "
+                         f"so its configs cannot be matched (is it a study folder? `invoke bench` writes it)")
+    manifest = load_manifest(root / MANIFEST_NAME)
+    store = Store(root.name, root.parent)
+    results = build(store, profile_from_manifest(manifest))
+    if results.runs.empty:
+        raise BenchError(f"no valid metrics.json under {root}: nothing to compare (`invoke validate` says why)")
+    ran_as = {(r.cell, int(r.run)): r.ran_as for r in results.runs[["cell", "run", "ran_as"]].itertuples()}
+    settings: dict[tuple[str, str], dict[str, set]] = {}
+    for run in store.iter_runs():
+        key = (run.cell_key, run.doc.run_index)
+        if key not in ran_as:  # a misplaced run: in no table, so in no comparison
+            continue
+        merged = settings.setdefault((run.cell_key, ran_as[key]), {})
+        for k, v in run_settings(run.doc).items():
+            merged.setdefault(k, set()).add(v)
+    return Study(label=label or root.name, root=root, manifest=manifest,
+                 fingerprint=fingerprint.of_manifest(manifest), results=results,
+                 identities={m["name"]: fingerprint.model_identity(m) for m in manifest.get("models", [])
+                             if m.get("name")},
+                 settings={k: {s: " | ".join(sorted(vs)) for s, vs in v.items()} for k, v in settings.items()},
+                 runtime_settings=runtime_settings(manifest.get("runtime") or {}))
+
+
+def _labels(roots: list[Path]) -> list[str]:
+    """Each study's folder name; a name two studies share gets its parent folder's name too."""
+    names = [r.name for r in roots]
+    return [f"{r.parent.name}/{r.name}" if names.count(r.name) > 1 else r.name for r in roots]
+
+
+# ---- matching --------------------------------------------------------------------------------
+
+
+def _short(v: str) -> str:
+    return v.removeprefix("sha256:")[:12]
+
+
+def model_keys(studies: list[Study], allow_mismatch: bool) -> tuple[dict[tuple[str, str], str], list[str]]:
+    """Which models are the same across studies: a shared identity value (GGUF sha256 or Ollama
+    digest) joins two names, and so does a shared name. Two joined models whose recorded
+    identities differ are a mismatch; without allow_mismatch they stay apart.
+    Returns ((study, model name) → model key: the names it goes by, and the mismatches)."""
+    nodes = [(s.label, name) for s in studies for name in s.identities]
+    ident = {(s.label, name): s.identities[name] for s in studies for name in s.identities}
+    parent = {n: n for n in nodes}
+
+    def find(n):
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    def conflicts(a, b) -> list[str]:
+        ia, ib = ident[a], ident[b]
+        shared = set(ia) & set(ib)
+        if not shared:
+            return [f"no common identity key ({a[0]} recorded {sorted(ia) or 'none'}, {b[0]} {sorted(ib) or 'none'})"]
+        return [f"{k} `{_short(ia[k])}` in {a[0]} vs `{_short(ib[k])}` in {b[0]}" for k in
+                fingerprint.MODEL_IDENTITY_KEYS if k in shared and ia[k] != ib[k]]
+
+    mismatches = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            if a[0] == b[0]:
+                continue
+            same_value = any(ident[a].get(k) and ident[a].get(k) == ident[b].get(k) for k in ident[a])
+            if not (same_value or a[1] == b[1]):
+                continue
+            problems = conflicts(a, b)
+            if problems:
+                names = a[1] if a[1] == b[1] else f"{a[1]} ({a[0]}) / {b[1]} ({b[0]})"
+                mismatches.append(f"model {names}: " + "; ".join(problems))
+                if not allow_mismatch:
+                    continue
+            parent[find(a)] = find(b)
+    components: dict = {}
+    for n in nodes:
+        components.setdefault(find(n), []).append(n)
+    keys = {}
+    for members in components.values():
+        for m in members:
+            keys[m] = " = ".join(sorted({m[1] for m in members}))
+    return keys, mismatches
+
+
+def _config_label(key: tuple) -> str:
+    suite, lang, model, case, ran_as = key
+    return f"{suite}/{lang}/{model}/{case}" + (f" (ran {ran_as})" if ran_as else "")
+
+
+def match(studies: list[Study], allow_mismatch: bool = False) -> Matching:
+    keys, mismatches = model_keys(studies, allow_mismatch)
+    groups: dict[tuple, dict[str, pd.Series]] = {}
+    cells: dict[tuple, dict[str, tuple[str, str]]] = {}
+    for s in studies:
+        for _, row in s.results.configs.iterrows():
+            model = keys.get((s.label, row["model"]), row["model"])
+            key = (row["suite"], row["lang"], model, row["case"], row["ran_as"])
+            groups.setdefault(key, {})[s.label] = row
+            cells.setdefault(key, {})[s.label] = (row["cell"], row["ran_as"])
+    matching = Matching(groups={k: v for k, v in groups.items() if len(v) > 1})
+    matching.only_in = [{"study": label, "config": _config_label(k)} for k in sorted(groups, key=_order)
+                        if len(groups[k]) == 1 for label in groups[k]]
+    # Settings: per matched config, each that differs, grouped so one difference reads once.
+    by_study = {s.label: s for s in studies}
+    differences: dict[tuple, list[str]] = {}
+    for key in sorted(matching.groups, key=_order):
+        held = cells[key]
+        recorded = {label: by_study[label].settings.get(cell, {}) for label, cell in held.items()}
+        for setting in sorted(set().union(*recorded.values())):
+            values = tuple((label, r.get(setting, "not recorded")) for label, r in recorded.items())
+            if len({v for _, v in values}) > 1:
+                differences.setdefault((setting, values), []).append(_config_label(key))
+    for (setting, values), configs in differences.items():
+        shown = ", ".join(configs[:3]) + (f" and {len(configs) - 3} more" if len(configs) > 3 else "")
+        mismatches.append(f"setting `{setting}`: " + ", ".join(f"{label}={v}" for label, v in values)
+                          + f" ({len(configs)} config(s): {shown})")
+    first = studies[0]
+    for s in studies[1:]:
+        for setting in sorted(set(first.runtime_settings) | set(s.runtime_settings)):
+            a, b = first.runtime_settings.get(setting, "not recorded"), s.runtime_settings.get(setting, "not recorded")
+            if a != b:
+                mismatches.append(f"runtime `{setting}`: {first.label}={a}, {s.label}={b}")
+    matching.mismatches = mismatches
+    return matching
+
+
+# ---- comparing ---------------------------------------------------------------------------------
+
+
+def _order(key: tuple) -> tuple:
+    """Single before multi (the report's order), then language, model, config."""
+    return (metrics.SUITES.index(key[0]), *key[1:])
+
+
+def _label(metric: str) -> str:
+    return next((m.label for m in metrics.RUN_METRICS if m.column == metric), metric)
+
+
+def _num(v) -> float | None:
+    return None if fmt.missing(v) else float(v)
+
+
+def _values(study: Study, row: pd.Series, metric: str) -> list[float]:
+    runs = study.results.runs
+    sel = runs[(runs["cell"] == row["cell"]) & (runs["ran_as"] == row["ran_as"])]
+    return [float(v) for v in sel[metric] if pd.notna(v)] if metric in sel else []
+
+
+def comparison_table(studies: list[Study], matching: Matching, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Long form: one row per matched config, key metric and study, with the difference to the
+    reference study (the first listed holding the config): study − reference, bootstrap 95 % CI."""
+    order = [s.label for s in studies]
+    by_label = {s.label: s for s in studies}
+    rows = []
+    for key in sorted(matching.groups, key=_order):
+        held = matching.groups[key]
+        labels = [label for label in order if label in held]
+        ref = labels[0]
+        suite = key[0]
+        for metric in metrics.key_metrics(suite):
+            ref_values = _values(by_label[ref], held[ref], metric)
+            for label in labels:
+                r = held[label]
+                if fmt.missing(r.get(f"{metric}_mean")):
+                    continue
+                row = {"config": _config_label(key), "suite": suite, "lang": key[1], "model": key[2], "case": key[3],
+                       "ran_as": key[4], "metric": metric, "study": label, "host": by_label[label].host,
+                       "reference": ref, "n": int(r["n"]), "mean": _num(r[f"{metric}_mean"]),
+                       "ci95_low": _num(r.get(f"{metric}_ci95_low")), "ci95_high": _num(r.get(f"{metric}_ci95_high")),
+                       "diff": None, "diff_ci_low": None, "diff_ci_high": None, "diff_pct": None,
+                       "verdict": "reference"}
+                if label != ref:
+                    cmp = stats.compare_groups(_values(by_label[label], r, metric), ref_values,
+                                               higher_is_better=not metrics.lower_is_better(metric), seed=seed)
+                    ref_mean = _num(held[ref].get(f"{metric}_mean"))
+                    row.update(diff=cmp["diff"], diff_ci_low=cmp["ci_low"], diff_ci_high=cmp["ci_high"],
+                               diff_pct=(row["mean"] - ref_mean) / ref_mean * 100 if ref_mean else None,
+                               verdict=("too few runs (< 2 per study)" if cmp["diff"] is None else
+                                        "better" if cmp["winner"] == "a" else
+                                        "worse" if cmp["winner"] == "b" else "no significant difference"))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def merged_runs(studies: list[Study], matching: Matching) -> pd.DataFrame:
+    """The runs of every matched config, all studies together, labelled with study, host and the
+    cross-study model key."""
+    frames = []
+    for s in studies:
+        held = {(row["cell"], row["ran_as"]): key for key, g in matching.groups.items()
+                for label, row in g.items() if label == s.label}
+        runs = s.results.runs
+        mask = [(c, r) in held for c, r in zip(runs["cell"], runs["ran_as"])]
+        sub = runs[mask].copy()
+        if sub.empty:
+            continue
+        sub["study"], sub["host"] = s.label, s.host
+        sub["model_key"] = [held[(c, r)][2] for c, r in zip(sub["cell"], sub["ran_as"])]
+        sub["match"] = [f"{s.label}|{_config_label(held[(c, r)])}" for c, r in zip(sub["cell"], sub["ran_as"])]
+        frames.append(sub)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def variance(runs: pd.DataFrame) -> pd.DataFrame:
+    """η² (stats.eta_squared) of each factor alone, per suite and key metric, over the matched runs
+    of all studies: host beside study, model, config and language. Grouping by config and study
+    together leaves 1 − η² as run-to-run noise. The factors need not be orthogonal, so the
+    shares need not sum to 1; a factor with one level did not vary and explains nothing."""
+    rows = []
+    for suite in metrics.SUITES:
+        sub = runs[runs["suite"] == suite] if not runs.empty else runs
+        if sub.empty:
+            continue
+        for metric in metrics.key_metrics(suite):
+            if metric not in sub:
+                continue
+            g = sub[sub[metric].notna()]
+            values = g[metric].tolist()
+            for label, col in FACTORS.items():
+                r = stats.eta_squared(values, g[col].tolist())
+                rows.append({"suite": suite, "metric": metric, "factor": label, "levels": r["k"], "n": r["n"],
+                             "eta_sq": r["eta_sq"], "p_value": r["p_value"]})
+            r = stats.eta_squared(values, g["match"].tolist())
+            rows.append({"suite": suite, "metric": metric, "factor": ALL_FACTORS, "levels": r["k"], "n": r["n"],
+                         "eta_sq": r["eta_sq"], "p_value": r["p_value"]})
+            rows.append({"suite": suite, "metric": metric, "factor": WITHIN, "levels": None, "n": r["n"],
+                         "eta_sq": None if r["eta_sq"] is None else 1 - r["eta_sq"], "p_value": None})
+    return pd.DataFrame(rows)
+
+
+def studies_table(studies: list[Study]) -> pd.DataFrame:
+    rows = []
+    for s in studies:
+        fp = s.fingerprint
+        rows.append({"study": s.label, "folder": str(s.root), "host": s.host,
+                     "fingerprint": "derived from the manifest" if fp.get("derived") else "recorded",
+                     "unknown": ";".join(fp.get("unknown") or []),
+                     **{k: _value(fp.get(k)) if isinstance(fp.get(k), list) else fp.get(k) for k in FINGERPRINT_FIELDS},
+                     "runs": len(s.results.runs), "configs": len(s.results.configs),
+                     "probe_start_tps": s.probe()[0], "probe_max_drift_pct": s.probe()[1],
+                     "started_at": s.manifest.get("started_at")})
+    return pd.DataFrame(rows)
+
+
+def fingerprint_differences(studies: list[Study]) -> list[str]:
+    out = []
+    for k in FINGERPRINT_FIELDS:
+        values = [(s.label, s.fingerprint.get(k)) for s in studies]
+        if len({_value(v) for _, v in values}) > 1:
+            shown = [fingerprint.gpu_text(s.fingerprint) if k == "gpus" else
+                     fmt.bytes_(v) if k == "ram_bytes" else ("unknown" if v is None else v)
+                     for s, (_, v) in zip(studies, values)]
+            out.append(f"{k}: " + ", ".join(f"{label}={v}" for (label, _), v in zip(values, shown)))
+    return out
+
+
+# ---- rendering and the task ------------------------------------------------------------------
+
+
+def _markdown_tables(table: pd.DataFrame, var: pd.DataFrame, order: list[str]) -> tuple[str | None, str | None]:
+    if table.empty:
+        wide = None
+    else:
+        rows = []
+        for (config, metric), g in table.groupby(["config", "metric"], sort=False):
+            row = {"config": config, "metric": _label(metric)}
+            for label in order:
+                hit = g[g["study"] == label]
+                r = hit.iloc[0] if not hit.empty else None
+                row[f"{label} mean [95% CI] (n)"] = "–" if r is None else fmt.mean_ci(r["mean"], r["ci95_low"],
+                                                                                    r["ci95_high"], r["n"])
+            for _, r in g[g["verdict"] != "reference"].iterrows():
+                row[f"{r['study']} − {r['reference']} [bootstrap 95% CI]"] = (
+                    fmt.signed(r["diff"]) if fmt.missing(r["diff_ci_low"]) else
+                    f"{fmt.signed(r['diff'])} [{fmt.signed(r['diff_ci_low'])}, {fmt.signed(r['diff_ci_high'])}]")
+                row[f"{r['study']} Δ %"] = fmt.pct(r["diff_pct"])
+                row[f"{r['study']} verdict"] = r["verdict"]
+            rows.append(row)
+        wide = pd.DataFrame(rows).fillna("–").to_markdown(index=False)
+    if var.empty:
+        shares = None
+    else:
+        rows = []
+        for (suite, metric), g in var.groupby(["suite", "metric"], sort=False):
+            row = {"suite": suite, "metric": _label(metric), "n": int(g["n"].max())}
+            for _, r in g.iterrows():
+                varied = not (fmt.missing(r["eta_sq"]) and r["levels"] == 1)
+                p = "" if fmt.missing(r["p_value"]) else f" (p {fmt.num(r['p_value'], 2)})"
+                row[f"η² {r['factor']}"] = (fmt.num(r["eta_sq"], 2) + p) if varied else "not varied"
+            rows.append(row)
+        shares = pd.DataFrame(rows).to_markdown(index=False)
+    return wide, shares
+
+
+def render(studies: list[Study], matching: Matching, table: pd.DataFrame, var: pd.DataFrame,
+           allow_mismatch: bool, generated_at: str) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    wide, shares = _markdown_tables(table, var, [s.label for s in studies])
+    hosts = {s.host for s in studies}
+    judged = table[table["verdict"] != "reference"] if not table.empty else table
+    return env.get_template(TEMPLATE).render(
+        studies=[{"label": s.label, "root": str(s.root), "host": s.host, "line": fingerprint.one_line(s.fingerprint),
+                  "derived": s.fingerprint.get("derived"), "runs": len(s.results.runs),
+                  "configs": len(s.results.configs), "probe": fmt.num(s.probe()[0]), "drift": fmt.pct(s.probe()[1]),
+                  "started": s.manifest.get("started_at") or "–"} for s in studies],
+        one_host=len(hosts) == 1, fp_differences=fingerprint_differences(studies),
+        mismatches=matching.mismatches, allow_mismatch=allow_mismatch, matched=len(matching.groups),
+        table=wide, variance=shares, only_in=matching.only_in, generated_at=generated_at,
+        differing=int(judged["verdict"].isin(["better", "worse"]).sum()) if not judged.empty else 0,
+        judged=len(judged), seed=stats.BOOTSTRAP_SEED, few_runs=FEW_RUNS,
+        min_n=int(table["n"].min()) if not table.empty else None)
+
+
+def compare(specs: list[str], *, allow_mismatch: bool = False, out: str | None = None,
+            now: dt.datetime | None = None) -> Comparison:
+    if len(specs) < 2:
+        raise BenchError("compare needs two or more studies: invoke compare STUDY_A STUDY_B [--also STUDY_C]")
+    roots = [resolve(s) for s in specs]
+    twice = sorted({str(r) for r in roots if roots.count(r) > 1})
+    if twice:
+        raise BenchError(f"the same study is given twice: {', '.join(twice)}")
+    studies = [load(str(root), label) for root, label in zip(roots, _labels(roots))]
+    matching = match(studies, allow_mismatch)
+    if matching.mismatches and not allow_mismatch:
+        raise BenchError("refusing to compare: the studies differ in what was measured:\n"
+                         + "\n".join(f"  - {m}" for m in matching.mismatches)
+                         + "\npass --allow-mismatch to compare anyway (the report lists these differences)")
+    table = comparison_table(studies, matching)
+    var = variance(merged_runs(studies, matching))
+    now = now or dt.datetime.now(dt.timezone.utc)
+    folder = results_root() / (out or f"{COMPARE_PREFIX}{now.strftime('%Y%m%d-%H%M%S')}")
+    md = folder / COMPARISON_REPORT
+    atomic_write_text(md, render(studies, matching, table, var, allow_mismatch,
+                                 now.isoformat(timespec="seconds").replace("+00:00", "Z")))
+    atomic_write_text(folder / COMPARISON_TABLE, table.to_csv(index=False))
+    atomic_write_text(folder / COMPARISON_VARIANCE, var.to_csv(index=False))
+    atomic_write_text(folder / COMPARISON_STUDIES, studies_table(studies).to_csv(index=False))
+    return Comparison(folder, md, table, var, len(matching.groups), matching.only_in, matching.mismatches)

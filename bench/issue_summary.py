@@ -1,0 +1,82 @@
+"""The paste-ready block `invoke report` writes beside the report (results/<study>/issue_summary.md):
+the host fingerprint in one line, the models with their digests, each bench's headline metric per
+config and model (mean, t-based 95 % CI, n: the analysis' configs table), and the study's verdict
+lines (bench/findings.py). Short enough to paste into an issue; the report has the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from bench import fingerprint, fmt, metrics
+from bench.paths import TEMPLATES_DIR
+from bench.store import ISSUE_SUMMARY, Store, atomic_write_text
+
+TEMPLATE = "issue_summary.md.j2"
+# Past this many table rows the block stops being paste-sized: the rest is in the report.
+MAX_ROWS = 16
+
+
+def headline_rows(configs: pd.DataFrame, baseline: str | None) -> tuple[list[str], list[dict]]:
+    """One row per bench (suite × language), case and ladder rung; one column per model: the
+    suite's headline metric as 'mean [95 % CI] (n=…)'. Returns (models, rows)."""
+    if configs.empty:
+        return [], []
+    models = sorted(configs["model"].unique(), key=lambda m: (m != baseline, m))
+    rows = []
+    for bench in metrics.BENCHES:
+        suite, lang = bench.split("-")
+        sub = configs[(configs["suite"] == suite) & (configs["lang"] == lang)]
+        metric = metrics.headline(suite)
+        for (case, ran_as), g in sub.groupby(["case", "ran_as"], sort=True):
+            row = {"bench": bench, "case": case + (f" (ran {ran_as})" if ran_as else ""),
+                   "metric": metrics.key_metrics(suite)[metric]}
+            for model in models:
+                hit = g[g["model"] == model]
+                r = hit.iloc[0] if not hit.empty else {}
+                row[model] = fmt.mean_ci(r.get(f"{metric}_mean"), r.get(f"{metric}_ci95_low"),
+                                         r.get(f"{metric}_ci95_high"), r.get("n")) if len(hit) else "–"
+            rows.append(row)
+    return models, rows
+
+
+def verdict_lines(found: dict) -> list[str]:
+    """The central answers, then each bench's winner verdicts, one line each."""
+    lines = []
+    for key, answer in (found.get("central_answers") or {}).items():
+        if answer:
+            suite, metric = key.split(":")
+            lines.append(f"{suite}-agent {metrics.key_metrics(suite).get(metric, metric)}: "
+                         f"**{answer['verdict']}** ({answer['detail']})")
+    by_bench: dict[str, list[str]] = {}
+    for w in found.get("winners") or []:
+        by_bench.setdefault(w["bench"], []).append(f"{w['case']} → " + (f"**{w['winner']}**" if w["winner"]
+                                                                         else w["verdict"]))
+    for bench, cases in by_bench.items():
+        lines.append(f"{metrics.bench_label(bench)} winner: " + "; ".join(cases))
+    return lines
+
+
+def render(study: str, results, manifest: dict, incomplete: str | None = None) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    resolved = (manifest.get("profile") or {}).get("resolved") or {}
+    baseline = next((m["name"] for m in resolved.get("models", []) if m.get("baseline")), None)
+    models, rows = headline_rows(results.configs, baseline)
+    table = pd.DataFrame(rows[:MAX_ROWS]).to_markdown(index=False) if rows else None
+    return env.get_template(TEMPLATE).render(
+        study=study, incomplete=incomplete, n_runs=len(results.runs), n_configs=len(results.configs),
+        host=fingerprint.one_line(fingerprint.of_manifest(manifest)) if manifest else "host unknown (no manifest)",
+        models=[{"name": m.get("name"), "baseline": m.get("name") == baseline,
+                 "identity": fingerprint.identity_text(m)} for m in manifest.get("models", [])],
+        table=table, more_rows=max(0, len(rows) - MAX_ROWS), verdicts=verdict_lines(results.findings or {}),
+        started=(manifest.get("started_at") or "")[:10])
+
+
+def write(store: Store, results, manifest: dict, incomplete: str | None = None) -> Path:
+    path = store.root / ISSUE_SUMMARY
+    atomic_write_text(path, render(store.root.name, results, manifest, incomplete))
+    return path
