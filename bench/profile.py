@@ -308,12 +308,13 @@ class Profile(Strict):
         return models
 
     @model_validator(mode="after")
-    def _steps_models_known(self):
+    def _steps_and_sweep_valid(self):
         names = [m.name for m in self.models]
         unknown = [n for n in self.steps.models if n not in names]
         if unknown:
             raise ValueError(f"steps.models names unknown models {unknown}; the profile's models are {names}")
-        self.runtime.pinned_settings  # the pinned values must be a valid combination  # noqa: B018
+        # every swept combination must be valid (a quantised KV cache needs flash attention)
+        self.settings_sweep.points(self.runtime.pinned_settings)
         return self
 
     @field_validator("fallback")
