@@ -322,8 +322,8 @@ def report_context(results, profile: Profile) -> dict:
                            "load ms (engine)": fmt.num(r["load_ms"]),
                            "cold TTFT / e2e ms": f"{fmt.num(r['cold_ttft_ms'])} / {fmt.num(r['cold_e2e_ms'])}",
                            "warm TTFT / e2e ms": f"{fmt.num(r['warm_ttft_ms'])} / {fmt.num(r['warm_e2e_ms'])}",
-                           "cold − warm TTFT / e2e ms": f"{fmt.signed(r['ttft_penalty_ms'])} / "
-                                                        f"{fmt.signed(r['e2e_penalty_ms'])}",
+                           "cold − warm TTFT / e2e ms": f"{fmt.num(r['ttft_penalty_ms'])} / "
+                                                        f"{fmt.num(r['e2e_penalty_ms'])}",
                            "failed": _short(r["error"], 120) if r["error"] else ""}
                           for _, r in cs.iterrows()]),
         "sanity_models": _md([{"model": m["model"], "kind": m["kind"], "why": m["kind_why"],
