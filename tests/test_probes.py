@@ -46,7 +46,10 @@ def test_the_rule_wants_the_answer_as_whole_words_and_no_wrong_alternative():
     assert probes.judge("PINEAPPLE!", echo) and probes.judge("Ｐｉｎｅａｐｐｌｅ", echo)  # NFKC, case-folded
     assert not probes.judge("pineapples are fruit", echo) and not probes.judge("", echo)
     fact = question("stated_fact")
-    assert probes.judge("The sky is green.", fact) and not probes.judge("green, or blue?", fact)
+    assert probes.judge("The cat is called Toby.", fact) and not probes.judge("Tobyx", fact)
+    two = probes.Question(id="two", ask="?", expect="green sky", wrong=["blue", "red"])
+    assert probes.judge("A GREEN  sky!", two) and not probes.judge("green sky, not blue", two)
+    assert not probes.judge("sky green", two)  # a phrase in its order
 
 
 def test_the_question_set_is_checked_and_a_bad_file_says_what_to_fix(tmp_path):
@@ -190,7 +193,7 @@ def test_the_runner_measures_each_model_once_per_study_and_counts_the_cost(tmp_p
             assert e["options"] == {"num_predict": 8, "seed": 42}  # the study's workload options
         chats = [r for r in a.requests if r["path"] == "/api/chat"]
         asked = [r for r in chats if r["options"].get("temperature") == 0.0]
-        assert len(asked) == 2 * len(QS.questions) and {r["options"]["num_predict"] for r in asked} == {32}
+        assert len(asked) == 2 * len(QS.questions) and {r["options"]["num_predict"] for r in asked} == {QS.num_predict}
         doc = store.read_json(SANITY)
         # the test servers answer with fixed words, and a pulled model has no GGUF header here: judged, junk
         assert {m: (v["kind"], v["verdict"]) for m, v in doc["models"].items()} == {
