@@ -23,7 +23,8 @@ import pandas as pd
 
 from bench import findings, instrument, ladder, metrics, probes, stats
 from bench.profile import Profile
-from bench.store import CLIENT_OVERHEAD_NAME, COLDSTART, PROBES, SANITY, TIMELINE, Store, StoredRun, atomic_write_json, atomic_write_text
+from bench.store import (CLIENT_OVERHEAD_NAME, COLDSTART, PROBES, SANITY, TIMELINE, Store, StoredRun,
+                         atomic_write_json, atomic_write_text)
 
 # A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
 # come from the run's `power` block, defined in bench/metrics.py):

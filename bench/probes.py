@@ -332,7 +332,8 @@ def report_context(results, profile: Profile) -> dict:
                                "verdict": m["verdict"]} for m in doc.get("models", {}).values()]),
         "sanity_answers": _md([{"model": m["model"], "question": a["id"], "asked": _short(a["messages"][-1]["content"]),
                                 "expected / wrong": a["expect"] + (f" / {', '.join(a['wrong'])}" if a["wrong"] else ""),
-                                "answer": _short(a["response"]) if a["error"] is None else f"error: {_short(a['error'])}",
+                                "answer": (_short(a["response"]) if a["error"] is None
+                                           else f"error: {_short(a['error'])}"),
                                 "right": "–" if a["right"] is None else ("yes" if a["right"] else "no")}
                                for m in doc.get("models", {}).values() for a in m["answers"]]),
         "sanity_rule": doc.get("rule", RULE), "min_correct": doc.get("min_correct") or load_sanity()[0].min_correct,
