@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import findings, instrument, ladder, metrics, stats
+from bench import findings, instrument, ladder, metrics, probes, stats
 from bench.profile import Profile
-from bench.store import CLIENT_OVERHEAD_NAME, PROBES, TIMELINE, Store, StoredRun, atomic_write_json, atomic_write_text
+from bench.store import (CLIENT_OVERHEAD_NAME, COLDSTART, PROBES, SANITY, TIMELINE, Store, StoredRun,
+                         atomic_write_json, atomic_write_text)
 
 # A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
 # come from the run's `power` block, defined in bench/metrics.py):
@@ -68,6 +69,9 @@ class Results:
     findings: dict = field(default_factory=dict)
     # per config folder, the config its first run was asked to run (metrics.json requested_config)
     asked: dict[str, dict] = field(default_factory=dict)
+    # the per-study model probes (bench/probes.py): coldstart.jsonl and sanity.json
+    coldstart: list[dict] = field(default_factory=list)
+    sanity: dict | None = None
 
     def cell_runs(self, cell_key: str) -> pd.DataFrame:
         """Every stored run of one config folder, placed or misplaced, in run order."""
@@ -204,8 +208,9 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Results:
     runs = pd.DataFrame(run_rows)
     requests = pd.DataFrame(req_rows)
     probes, events = store.read_jsonl(PROBES), store.read_jsonl(TIMELINE)
+    model_probes = {"coldstart": store.read_jsonl(COLDSTART), "sanity": store.read_json(SANITY)}
     if runs.empty:
-        return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked)
+        return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked, **model_probes)
     misplaced = runs[runs["placement_issues"] != ""]
     runs = _flag_outliers(runs[runs["placement_issues"] == ""].reset_index(drop=True), mad_k)
     config_rows = []
@@ -232,7 +237,7 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Results:
         row["outlier_runs"] = int(g["outlier"].sum())
         config_rows.append(row)
     return Results(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
-                   probes=probes, events=events, asked=asked)
+                   probes=probes, events=events, asked=asked, **model_probes)
 
 
 # the run identity columns each requests.csv row repeats
@@ -510,6 +515,7 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "client_cost": client_cost(runs),
         "topology": topology(runs),
         "steps": steps(runs),
+        **probes.derived_tables(tables.coldstart, tables.sanity),
     }
     return tables.derived
 

@@ -101,10 +101,13 @@ def rust_info(runtime_kind: str) -> dict:
 # ---- GGUF metadata (local runtime): quant, architecture, sizes, read with the `gguf` package ----
 
 
+GGUF_MEMO_VERSION = 2  # bumped when gguf_metadata reads more keys: older memos lack them
+
+
 def gguf_metadata(path: Path, sha256: str) -> dict:
-    """Quant, architecture, parameter count, context length and vocabulary size of a GGUF file,
-    cached by the file's sha256: GGUFReader parses the whole vocabulary (seconds for 262k tokens)."""
-    memo = cache_dir() / "gguf" / f"{sha256}.json"
+    """Quant, architecture, parameter count, context length and vocabulary size of a GGUF file, and
+    its chat template and finetune tag (present or not), cached by the file's sha256: GGUFReader parses the whole vocabulary (seconds for 262k tokens)."""
+    memo = cache_dir() / "gguf" / f"{sha256}.v{GGUF_MEMO_VERSION}.json"
     if memo.is_file():
         return json.loads(memo.read_text())
     reader = GGUFReader(path)
@@ -123,7 +126,10 @@ def gguf_metadata(path: Path, sha256: str) -> dict:
             "context_length": field(f"{arch}.context_length"), "block_count": field(f"{arch}.block_count"),
             "embedding_length": field(f"{arch}.embedding_length"),
             "vocab_size": len(tokens.data) if tokens is not None else None,
-            "tensor_count": len(reader.tensors)}
+            "tensor_count": len(reader.tensors),
+            # what tells an instruction-tuned file from a pretrained base (bench/probes.py)
+            "basename": field("general.basename"), "finetune": field("general.finetune"),
+            "has_chat_template": "tokenizer.chat_template" in reader.fields}
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(json.dumps(meta))
     return meta

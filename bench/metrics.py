@@ -171,6 +171,19 @@ def is_cold_load(load_ms: float | None, threshold_ms: float) -> bool:
     return load_ms is not None and load_ms >= threshold_ms
 
 
+
+@metric("cold_start_penalty_ms", "ms", "request")
+def cold_start_penalty_ms(cold_ms: float | None, warm_ms: float | None) -> float | None:
+    """cold_start_penalty_ms = x(cold call) − x(warm call right after), x = ttft_ms or e2e_ms
+
+    What the first call after the model was freed costs beyond a warm one: the same prompt (each
+    with its own nonce) on the same endpoint, once per model, endpoint and study (bench/probes.py).
+    It holds the model load and any first-use cost of the engine. Null when either call failed.
+    """
+    if cold_ms is None or warm_ms is None:
+        return None
+    return cold_ms - warm_ms
+
 # --------------------------------------------------------------------------------------------
 # Run level, single suite: one agent run = the analysis call, then the report call.
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ WORKLOAD_FILE = DATA_DIR / "workload.yaml"
 DATASET_DIR = DATA_DIR / "dataset"
 SCHEMA_FILE = DATA_DIR / "metrics.schema.json"
 ERROR_KINDS_FILE = DATA_DIR / "error_kinds.yaml"
+SANITY_FILE = DATA_DIR / "sanity.yaml"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
 RUST_CRATE_DIR = REPO_ROOT / "rust-agents"
 

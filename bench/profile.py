@@ -278,6 +278,10 @@ class InstrumentSpec(Strict):
     drift_threshold_pct: float = Field(5.0, gt=0, description="probe drift beyond this is flagged in the report")
     floors: bool = Field(True, description="`bench` measures the client floors and the harness-vs-engine ratio "
                                            "once per host and harness commit")
+    cold_start: bool = Field(True, description="per model and endpoint, once per study: one call after the model "
+                                               "was freed (load and cold TTFT/e2e) and one warm call after it")
+    sanity: bool = Field(True, description="per model, once per study: fixed questions with known short answers "
+                                           "(bench/data/sanity.yaml); junk answers are flagged in the report")
 
 
 class Profile(Strict):

@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import instrument, metrics, power, stats
+from bench import instrument, metrics, power, probes, stats
 from bench import findings, fmt, issue_summary
 from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
@@ -442,6 +442,7 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
         "extra_runs": int((runs["run"] > runs["cell"].map(planned_runs or {})).sum()),
         "failures": failures,
         "recommendations": found["recommendations"],
+        "model_probes": probes.report_context(tables, profile),
         "plots": plots or {},
         "bench_command": _bench_command(profile, manifest),
         "n_runs": len(runs), "n_configs": len(configs), "n_requests": len(tables.requests),

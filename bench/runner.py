@@ -26,7 +26,7 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, analysis, gpu, instrument, ladder, overhead, power, rust
+from bench import agents, analysis, gpu, instrument, ladder, overhead, power, probes, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
@@ -352,6 +352,7 @@ class MatrixRunner:
         bar = tqdm(total=self.plan.run_count, initial=outcome.resumed, unit="run", disable=not self.progress,
                    desc=self.profile.study, dynamic_ncols=True)
         try:
+            self._model_probes()
             if todo:
                 self._probe("start")
             for prev, item in zip([None, *todo], todo):
@@ -447,6 +448,13 @@ class MatrixRunner:
                 self.store.append_jsonl(PROBES, {"label": label, "model": base.name, "error": str(exc)})
                 return
         self.store.append_jsonl(PROBES, instrument.probe_entry(label, base.name, records))
+
+    def _model_probes(self) -> None:
+        """Cold start and answer sanity of each model of the plan, once per study (bench/probes.py)."""
+        models = list({c.model.name: c.model for c in self.plan.cells}.values())
+        probes.measure(self.runtime, self.clients, self.store, self.timeline, self.profile, self.workload, models,
+                       self.threads)
+        self._server_key = None  # the probes freed and switched models
 
     def _floors(self) -> None:
         """The client floors and the harness-vs-engine ratio (bench/overhead.py), measured once per

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import metrics
+from bench import metrics, probes
 from bench.analysis import load_tables
 from bench.errors import BenchError
 from bench.ladder import Skip
@@ -210,6 +210,7 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None) -> Validat
     _check_counts(cells, valid, invalid, failures, profile, v)
     incomplete = set(invalid) | {c.key for c in cells if any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1))}
     _check_summaries(store, cells, valid, incomplete, v)
+    v.warnings += probes.validate_warnings(store, profile)
     results = load_tables(store, profile.outliers.mad_k)
     for cell in cells:
         for run, flagged in sorted(cell_flags(results, cell.key).items()):

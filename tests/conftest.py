@@ -74,6 +74,8 @@ def smoke_variant(tmp_path: Path, mutate=None, name: str = "profile.yaml", base:
     data["workload"].update(num_predict=8, randomize_order=False)
     data["outliers"]["max_extra_runs"] = 0  # run counts stay exact; reruns have tests of their own
     data["instrument"] = {"floors": False}  # 20 s of loopback streaming; tests/test_instrument.py measures them
+    # calls on every model before the matrix; tests/test_probes.py turns them on
+    data["instrument"].update(cold_start=False, sanity=False)
     data.pop("steps", None)  # the agent-count steps and settings sweeps have tests of their own
     data.pop("settings_sweep", None)
     if "one_instance_two_slots" in data["multi"]["scenarios"] and len(data["multi"]["scenarios"]) > 1:

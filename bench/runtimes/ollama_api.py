@@ -112,6 +112,10 @@ class OllamaAPI:
                     bar.n = event.get("completed", 0)
                     bar.refresh()
 
+    def delete(self, model: str) -> None:
+        """Remove a model's manifest from the store (its blobs stay while another model uses them)."""
+        self._request("DELETE", "/api/delete", json={"model": model})
+
     def load(self, model: str, keep_alive: str | int) -> None:
         """Load a model without generating (a generate call with no prompt)."""
         self._request("POST", "/api/generate", json={"model": model, "keep_alive": keep_alive}, timeout=300)
