@@ -210,7 +210,8 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
             for cell in plan.cells]
     print(pd.DataFrame(rows).to_markdown(index=False))
     eta = estimate_seconds(loaded.profile, plan)
-    print(f"\nruns: {plan.run_count} (single {plan.count('single')}, multi {plan.count('multi')}; "
+    print(f"\nruns: {plan.run_count} (single {plan.count('single')}, multi {plan.count('multi')}, "
+          f"steps {plan.count('steps')}; "
           f"python {plan.count(lang='python')}, rust {plan.count(lang='rust')}) in {len(plan.cells)} configs")
     print(f"ETA: ~{eta / 60:.1f} min from the profile's speed hints (the progress bar refines it)")
 

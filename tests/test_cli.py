@@ -47,8 +47,9 @@ def test_unknown_model_filter_lists_profile_models(tmp_path):
 def test_plan_counts_runs(tmp_path):
     proc = invoke("plan", "--profile", "smoke", results=tmp_path / "r", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    # smoke: 2 models × (single 2 langs × 2 ctx × 3 runs + multi 2 langs × 2 scenarios × 3 runs)
-    assert "runs: 48 (single 24, multi 24; python 24, rust 24) in 16 configs" in proc.stdout
+    # smoke: 2 models × (single 2 langs × 2 ctx × 3 runs + multi 2 langs × 3 scenarios × 3 runs),
+    # and steps for one model: 4 agent counts × 2 slot settings × 2 runs, Python
+    assert "runs: 76 (single 24, multi 36, steps 16; python 46, rust 30) in 28 configs" in proc.stdout
     assert "ETA: ~" in proc.stdout
 
 
