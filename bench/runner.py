@@ -438,6 +438,7 @@ class MatrixRunner:
         if wl.ignore_eos:
             options["ignore_eos"] = True
         self._server_key = None  # the probe leaves the baseline loaded with the server defaults
+        self._restore_pinned_settings()  # every probe on the same settings, so drift is the host's
         with self.timeline.event("probe", label=label):
             try:
                 self.runtime.switch(base, {})
@@ -449,8 +450,18 @@ class MatrixRunner:
                 return
         self.store.append_jsonl(PROBES, instrument.probe_entry(label, base.name, records))
 
+    def _restore_pinned_settings(self) -> None:
+        """Every instance back on the runtime's pinned settings (after the topology control or a
+        swept value), so the probes measure what the first probe measured."""
+        pinned = self.profile.runtime.pinned_settings
+        with self.timeline.event("settings", cell="pinned") as event:
+            event["changed"] = self.runtime.apply_settings({e.name: pinned for e in self.endpoints})
+        if event["changed"]:
+            self._server_key = None
+
     def _model_probes(self) -> None:
         """Cold start and answer sanity of each model of the plan, once per study (bench/probes.py)."""
+        self._restore_pinned_settings()
         models = list({c.model.name: c.model for c in self.plan.cells}.values())
         probes.measure(self.runtime, self.clients, self.store, self.timeline, self.profile, self.workload, models,
                        self.threads)
