@@ -87,7 +87,7 @@ def central_answer(var: pd.DataFrame, suite: str, metric: str, runs: pd.DataFram
         return {"verdict": "no factor varied", "detail": "only one model, language and case were measured"}
     top = factors.sort_values("eta_sq", ascending=False).iloc[0]
     significant = not fmt.missing(top["p_value"]) and top["p_value"] < SIGNIFICANCE
-    label = {"case": "config" if suite == "single" else "scenario"}.get(top["factor"], top["factor"])
+    label = {"case": {"single": "config", "steps": "agent count"}.get(suite, "scenario")}.get(top["factor"], top["factor"])
     if significant and top["factor"] == "model":
         verdict = "model choice dominates"
     elif significant and top["factor"] == "language" and runs is not None \
@@ -159,9 +159,10 @@ def recommendations(results, downgrades: list[dict], floors: dict[tuple[str, str
 def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: float) -> list[dict]:
     """The stated rule, per model and server settings: the steps scale up to the largest N whose
     mean efficiency (speedup / N) stays ≥ SCALE_EFFICIENCY_PCT at every step up to it; at the
-    first step that does not, the cause is named from the contention signals of bench/metrics.py:
-    TTFT inflated beyond max_ttft_inflation while the decode rate holds (tps ratio ≥ min_tps_ratio)
-    is waiting for a slot; a decode rate below min_tps_ratio is shared compute."""
+    first step that does not, the cause is named from the contention signals of bench/metrics.py,
+    of each run's worst agent (as the contention flag takes any agent): its TTFT inflated beyond
+    max_ttft_inflation while its decode rate holds (tps ratio ≥ min_tps_ratio) is waiting for a
+    slot; a decode rate below min_tps_ratio is shared compute."""
     out: list[dict] = []
     if steps.empty:
         return out
@@ -182,13 +183,13 @@ def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: floa
                     f"{SCALE_EFFICIENCY_PCT:.0f} % up to {scaled})")
         else:
             n = int(first_bad["n_agents"])
-            ti, tr = first_bad["ttft_inflation_mean"], first_bad["tps_ratio_mean"]
+            ti, tr = first_bad["ttft_inflation_worst"], first_bad["tps_ratio_worst"]
             eff = fmt.pct(first_bad["efficiency_pct_mean"], 0)
             if not fmt.missing(ti) and ti > max_ttft_inflation and (fmt.missing(tr) or tr >= min_tps_ratio):
-                why = (f"at {n} the extra agent waits for a slot (TTFT ×{fmt.num(ti, 2)} while the decode rate holds at "
+                why = (f"at {n} an agent waits for a slot (its TTFT ×{fmt.num(ti, 2)} while its decode rate holds at "
                        f"{fmt.num(tr, 2)} of alone): raise OLLAMA_NUM_PARALLEL or add an instance")
             elif not fmt.missing(tr) and tr < min_tps_ratio:
-                why = (f"at {n} the agents share compute (decode rate {fmt.num(tr, 2)} of alone, TTFT "
+                why = (f"at {n} the agents share compute (the slowest decodes at {fmt.num(tr, 2)} of alone, TTFT "
                        f"×{fmt.num(ti, 2)}): more slots will not help; add compute, or run fewer agents")
             else:
                 why = f"at {n} efficiency falls to {eff} without one clear cause (TTFT ×{fmt.num(ti, 2)}, decode {fmt.num(tr, 2)})"

@@ -430,7 +430,10 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
                        "efficiency": fmt.pct(r["efficiency_pct_mean"], 0),
                        "decode tok/s per agent (alone → together)": f"{fmt.num(r['decode_tps_alone_mean'])} → "
                                                                     f"{fmt.num(r['decode_tps_together_mean'])}",
-                       "tps ratio": fmt.num(r["tps_ratio_mean"], 2), "TTFT ×": fmt.num(r["ttft_inflation_mean"], 2),
+                       "tps ratio (worst agent)": f"{fmt.num(r['tps_ratio_mean'], 2)} "
+                                                  f"({fmt.num(r['tps_ratio_worst'], 2)})",
+                       "TTFT × (worst agent)": f"{fmt.num(r['ttft_inflation_mean'], 2)} "
+                                               f"({fmt.num(r['ttft_inflation_worst'], 2)})",
                        "contention runs": r["contention_runs"]}
                       for _, r in derived["steps"].iterrows()]),
         "capacity": found["capacity"],

@@ -90,8 +90,8 @@ def test_an_external_runtime_refuses_settings_it_cannot_apply(tmp_path):
 
 
 def _steps_frame(rows):
-    cols = ["model", "lang", "server_settings", "n_agents", "efficiency_pct_mean", "ttft_inflation_mean",
-            "tps_ratio_mean"]
+    cols = ["model", "lang", "server_settings", "n_agents", "efficiency_pct_mean", "ttft_inflation_worst",
+            "tps_ratio_worst"]
     return pd.DataFrame([dict(zip(cols, r)) for r in rows])
 
 
@@ -100,7 +100,7 @@ def test_capacity_rule_names_the_limit():
                           ("m", "python", "np1", 3, 60.0, 3.1, 0.95), ("m", "python", "np1", 4, 50.0, 3.8, 0.9)])
     (c,) = findings.capacity(slots, 0.85, 2.0)
     assert c["scales_to"] == 2
-    assert "scales to 2 agents; at 3 the extra agent waits for a slot" in c["finding"]
+    assert "scales to 2 agents; at 3 an agent waits for a slot" in c["finding"]
     assert "raise OLLAMA_NUM_PARALLEL or add an instance" in c["finding"]
     compute = _steps_frame([("m", "python", "np2", 1, 99.0, 1.0, 1.0), ("m", "python", "np2", 2, 70.0, 1.4, 0.6)])
     (c,) = findings.capacity(compute, 0.85, 2.0)
