@@ -49,7 +49,8 @@ def verdict_lines(found: dict) -> list[str]:
     for key, answer in (found.get("central_answers") or {}).items():
         if answer:
             suite, metric = key.split(":")
-            lines.append(f"{suite}-agent {metrics.key_metrics(suite).get(metric, metric)}: "
+            what = "agent-count steps" if suite == "steps" else f"{suite}-agent"
+            lines.append(f"{what} {metrics.key_metrics(suite).get(metric, metric)}: "
                          f"**{answer['verdict']}** ({answer['detail']})")
     by_bench: dict[str, list[str]] = {}
     for w in found.get("winners") or []:
