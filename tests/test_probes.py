@@ -198,7 +198,8 @@ def test_the_runner_measures_each_model_once_per_study_and_counts_the_cost(tmp_p
         # the test servers answer with fixed words, and a pulled model has no GGUF header here: judged, junk
         assert {m: (v["kind"], v["verdict"]) for m, v in doc["models"].items()} == {
             "gemma3:latest": ("unknown", "junk"), "qwen2.5:7b": ("unknown", "junk")}
-        events = [e["event"] for e in store.read_jsonl(TIMELINE)]
+        # (the runner first puts the instances on their pinned settings: a "settings" event)
+        events = [e["event"] for e in store.read_jsonl(TIMELINE) if e["event"] != "settings"]
         assert events[:6] == ["cold_start", "cold_start", "sanity", "cold_start", "cold_start", "sanity"]
         overhead = load_tables(store).events
         assert {e["event"] for e in overhead} >= {"cold_start", "sanity", "run"}

@@ -90,6 +90,10 @@ async fn multi_job_against_two_ollama_servers() {
     assert_eq!(out.stderr, "");
     let m = out.metrics.expect("metrics.json written");
     Schema::load().assert_valid(&m);
+    // the checker is not vacuous: a record the schema refuses is reported
+    let mut bad = m.clone();
+    bad["requests"][0]["agent"] = "nobody".into();
+    assert!(!Schema::load().errors(&bad).is_empty());
 
     assert_eq!(m["schema_version"], 1);
     if std::env::var_os("TR116_SHOW").is_some() {
