@@ -331,7 +331,7 @@ def write_report(loaded: LoadedProfile, store: Store | None = None, results: Res
     export_tables(store, results)
     plots = write_plots(store.root, results.configs, results.derived["frontier"])
     overhead = store.read_json(CLIENT_OVERHEAD_NAME)
-    incomplete = validate_study(loaded, store).incomplete
+    incomplete = validate_study(loaded, store, results).incomplete
     text = render(profile, results, manifest, store.failures(), plots=plots, client_overhead=overhead,
                   planned_runs={c.key: c.runs for c in cells}, incomplete=incomplete)
     path = store.root / REPORT_NAME

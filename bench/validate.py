@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import metrics, probes
-from bench.analysis import load_tables
+from bench.analysis import Results, load_tables
 from bench.errors import BenchError
 from bench.ladder import Skip
 from bench.manifest import load_manifest, planned_cells, profile_from_manifest
@@ -178,7 +178,9 @@ def _check_summaries(store: Store, cells: list[Cell], valid: dict[str, set[int]]
             v.problems.append(f"{cell.rel_dir / 'summary.json'}: no metric has a value")
 
 
-def validate_study(loaded: LoadedProfile, store: Store | None = None) -> Validation:
+def validate_study(loaded: LoadedProfile, store: Store | None = None, results: Results | None = None) -> Validation:
+    """Every check of the module docstring; `results`: the study's analysis when the caller has
+    it already (the report), so the outlier flags are not computed twice."""
     store = store or Store(loaded.profile.study)
     v = Validation(store.root)
     if not store.root.is_dir():
@@ -211,7 +213,7 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None) -> Validat
     incomplete = set(invalid) | {c.key for c in cells if any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1))}
     _check_summaries(store, cells, valid, incomplete, v)
     v.warnings += probes.validate_warnings(store, profile)
-    results = load_tables(store, profile.outliers.mad_k)
+    results = results if results is not None else load_tables(store, profile.outliers.mad_k)
     for cell in cells:
         for run, flagged in sorted(cell_flags(results, cell.key).items()):
             if flagged:
