@@ -8,8 +8,8 @@ use crate::client::{ChatRequest, Client};
 use crate::errors::{Class, RequestError};
 use crate::job::{AgentConfig, AgentName, Job, Phase, Retries, Stage};
 use crate::record::{
-    now_rfc3339, request_record, single_metrics, CallContext, CallTiming, ClientInfo, RunMetrics, RunRecord,
-    TimedRecord, WorkloadInfo, SCHEMA_VERSION,
+    now_rfc3339, request_record, single_metrics, CallContext, CallTiming, ClientInfo, RequestRecord, RunMetrics,
+    RunRecord, WorkloadInfo, SCHEMA_VERSION,
 };
 use crate::workload::{nonce_attempt, prompt_nonce, Workload};
 
@@ -47,7 +47,7 @@ impl RunContext {
 #[derive(Debug, Clone)]
 pub struct AgentRun {
     pub agent: AgentName,
-    pub calls: Vec<TimedRecord>,
+    pub calls: Vec<RequestRecord>,
     pub t_release: Instant,
     pub t_done: Instant,
 }
@@ -63,7 +63,7 @@ pub async fn run_agent(
     let mut calls = Vec::with_capacity(2);
     let (system, user) = ctx.workload.analysis(name).map_err(prompt_error)?;
     let (analysis, _) = call(ctx, name, cfg, phase, Stage::Analysis, &system, &user).await?;
-    let (system, user) = ctx.workload.report(name, &analysis.record.output_text).map_err(prompt_error)?;
+    let (system, user) = ctx.workload.report(name, &analysis.output_text).map_err(prompt_error)?;
     calls.push(analysis);
     let (report, t_done) = call(ctx, name, cfg, phase, Stage::Report, &system, &user).await?;
     calls.push(report);
@@ -87,7 +87,7 @@ async fn call(
     stage: Stage,
     system: &str,
     user: &str,
-) -> Result<(TimedRecord, Instant), RequestError> {
+) -> Result<(RequestRecord, Instant), RequestError> {
     let mut attempt = 1;
     let (nonce, out) = loop {
         let nonce =
@@ -122,7 +122,7 @@ async fn call(
         call_attempt: attempt,
     };
     let record = request_record(&cctx, &timing, &out.stats, out.text, ctx.cold_load_ms);
-    Ok((TimedRecord { record, timing }, out.t_done))
+    Ok((record, out.t_done))
 }
 
 /// Common header of metrics.json.
@@ -130,11 +130,11 @@ pub fn base_record(
     job: &Job,
     workload: &Workload,
     started_at: String,
-    requests: Vec<TimedRecord>,
+    requests: Vec<RequestRecord>,
     metrics: RunMetrics,
     phase_order: Option<Vec<Phase>>,
 ) -> RunRecord {
-    let mut requests: Vec<_> = requests.into_iter().map(|t| t.record).collect();
+    let mut requests: Vec<_> = requests.into_iter().collect();
     requests.sort_by(|a, b| a.start_offset_ms.total_cmp(&b.start_offset_ms));
     let cold_load = requests.iter().any(|r| r.cold_load);
     RunRecord {

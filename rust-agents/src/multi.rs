@@ -11,7 +11,9 @@ use crate::client::Client;
 use crate::errors::{ErrorKind, RequestError};
 use crate::job::{AgentName, Contention, Job, Phase};
 use crate::metrics::{self, finite};
-use crate::record::{single_metrics, AgentMultiMetrics, MultiAgents, MultiMetrics, RunMetrics, RunRecord, TimedRecord};
+use crate::record::{
+    single_metrics, AgentMultiMetrics, MultiAgents, MultiMetrics, RequestRecord, RunMetrics, RunRecord,
+};
 use crate::workload::Workload;
 
 /// The timing of one agent in both phases.
@@ -139,7 +141,7 @@ pub async fn run_multi(job: &Job, client: Client, workload: Arc<Workload>) -> Re
     let insight =
         AgentPhases { alone: take(&mut alone, AgentName::Insight), together: take(&mut together, AgentName::Insight) };
     let metrics = RunMetrics::Multi(Box::new(multi_metrics(&collector, &insight, job.contention)));
-    let requests: Vec<TimedRecord> =
+    let requests: Vec<RequestRecord> =
         [collector, insight].into_iter().flat_map(|p| p.alone.calls.into_iter().chain(p.together.calls)).collect();
     Ok(base_record(job, &workload, started_at, requests, metrics, Some(phase_order)))
 }
@@ -152,7 +154,7 @@ mod tests {
     use crate::stream::ServerStats;
     use std::time::Duration;
 
-    fn call(agent: AgentName, phase: Phase, n: u64, eval_ms: f64, ttft_ms: i64) -> TimedRecord {
+    fn call(agent: AgentName, phase: Phase, n: u64, eval_ms: f64, ttft_ms: i64) -> RequestRecord {
         let ctx = CallContext {
             agent,
             stage: Stage::Analysis,
@@ -169,7 +171,7 @@ mod tests {
             t_done_ns: 2_000_000_000,
         };
         let stats = ServerStats { output_tokens: Some(n), eval_ms: Some(eval_ms), ..Default::default() };
-        TimedRecord { record: request_record(&ctx, &timing, &stats, String::new(), 1e9), timing }
+        request_record(&ctx, &timing, &stats, String::new(), 1e9)
     }
 
     fn run(

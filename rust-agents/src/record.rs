@@ -167,25 +167,17 @@ pub struct SingleMetrics {
     pub output_tokens: u64,
 }
 
-/// An agent run's calls with their timing, for the run-level formulas.
-#[derive(Debug, Clone)]
-pub struct TimedRecord {
-    pub record: RequestRecord,
-    pub timing: CallTiming,
-}
-
-pub fn single_metrics(calls: &[TimedRecord]) -> SingleMetrics {
-    let eval: Vec<(u64, Option<f64>)> = calls.iter().map(|c| (c.record.output_tokens, c.record.eval_ms)).collect();
-    let spans: Vec<(u64, Option<f64>)> =
-        calls.iter().map(|c| (c.record.output_tokens, c.timing.decode_span_s())).collect();
-    let ttfts: Vec<Option<f64>> = calls.iter().map(|c| c.record.ttft_ms).collect();
-    let e2es: Vec<f64> = calls.iter().map(|c| c.record.e2e_ms).collect();
+pub fn single_metrics(calls: &[RequestRecord]) -> SingleMetrics {
+    let eval: Vec<(u64, Option<f64>)> = calls.iter().map(|c| (c.output_tokens, c.eval_ms)).collect();
+    let spans: Vec<(u64, Option<f64>)> = calls.iter().map(|c| (c.output_tokens, c.timing.decode_span_s())).collect();
+    let ttfts: Vec<Option<f64>> = calls.iter().map(|c| c.ttft_ms).collect();
+    let e2es: Vec<f64> = calls.iter().map(|c| c.e2e_ms).collect();
     SingleMetrics {
         decode_tps: finite(metrics::run_decode_tps(&eval)),
         decode_tps_client: finite(metrics::run_decode_tps_client(&spans)),
         ttft_ms: finite(metrics::run_ttft_ms(&ttfts)),
         latency_ms: metrics::run_latency_ms(&e2es),
-        output_tokens: calls.iter().map(|c| c.record.output_tokens).sum(),
+        output_tokens: calls.iter().map(|c| c.output_tokens).sum(),
     }
 }
 
@@ -368,7 +360,7 @@ mod tests {
         let mk = |content: Vec<i64>, n: u64, eval: Option<f64>| {
             let timing = CallTiming { t_send_ns: 0, content_ns: content, t_done_ns: 2_000_000_000 };
             let stats = ServerStats { output_tokens: Some(n), eval_ms: eval, ..Default::default() };
-            TimedRecord { record: request_record(&ctx(), &timing, &stats, String::new(), 1e9), timing }
+            request_record(&ctx(), &timing, &stats, String::new(), 1e9)
         };
         let calls = vec![
             mk(vec![100_000_000, 600_000_000], 11, Some(500.0)),

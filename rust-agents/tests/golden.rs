@@ -10,7 +10,7 @@ use tr116_agents::agent::AgentRun;
 use tr116_agents::errors::{Classifier, ErrorKind, RequestError};
 use tr116_agents::job::{AgentName, Api, Contention, Job, JobSchema, Phase, Stage};
 use tr116_agents::multi::{multi_metrics, AgentPhases};
-use tr116_agents::record::{request_record, single_metrics, CallContext, CallTiming, TimedRecord};
+use tr116_agents::record::{request_record, single_metrics, CallContext, CallTiming, RequestRecord};
 use tr116_agents::stream::{Progress, ServerStats, StreamError, TimedStream};
 use tr116_agents::workload::{nonce_attempt, prompt_nonce};
 
@@ -160,7 +160,7 @@ fn request_records() {
     }
 }
 
-fn call(c: &Value, agent: AgentName, phase: Phase, stage: Stage) -> TimedRecord {
+fn call(c: &Value, agent: AgentName, phase: Phase, stage: Stage) -> RequestRecord {
     let timing = CallTiming {
         t_send_ns: c["t_send_ns"].as_i64().unwrap(),
         content_ns: c["content_ns"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect(),
@@ -171,11 +171,10 @@ fn call(c: &Value, agent: AgentName, phase: Phase, stage: Stage) -> TimedRecord 
         eval_ms: c["eval_ms"].as_f64(),
         ..Default::default()
     };
-    let record = request_record(&ctx(agent, phase, stage), &timing, &stats, String::new(), 1000.0);
-    TimedRecord { record, timing }
+    request_record(&ctx(agent, phase, stage), &timing, &stats, String::new(), 1000.0)
 }
 
-fn calls(v: &Value, agent: AgentName, phase: Phase) -> Vec<TimedRecord> {
+fn calls(v: &Value, agent: AgentName, phase: Phase) -> Vec<RequestRecord> {
     let stages = [Stage::Analysis, Stage::Report];
     v.as_array().unwrap().iter().enumerate().map(|(i, c)| call(c, agent, phase, stages[i.min(1)])).collect()
 }
