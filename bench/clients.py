@@ -283,7 +283,6 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
     t_last = stamps[-1] if stamps else None
     estimated = counts.output_tokens is None
     n_out = len(stamps) if estimated else int(counts.output_tokens)
-    span_s = (t_last - t_first) / metrics.NS_PER_S if stamps else None
     return RequestRecord(
         agent=ctx.agent, stage=ctx.stage, phase=ctx.phase, endpoint=endpoint, api=api, model=model,
         prompt_nonce=ctx.prompt_nonce,
@@ -307,7 +306,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
         output_text="".join(texts),
         timing=CallStamps(t_send_ns=t_send - ctx.run_t0_ns, content_ns=[t - ctx.run_t0_ns for t in stamps],
                           t_done_ns=t_done - ctx.run_t0_ns),
-    ).with_clock(t_send, t_done, span_s)
+    ).on_clock(ctx.run_t0_ns)
 
 
 class StreamingClient:

@@ -16,6 +16,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from bench import metrics
+
 # single, the multi suite's two agents, or agent1…agent8 of an agent-count step
 AGENT_PATTERN = r"^(single|collector|insight|agent[1-8])$"
 Stage = Literal["analysis", "report"]
@@ -86,26 +88,27 @@ class RequestRecord(_Strict):
     output_text: str
     timing: CallStamps | None = None  # absent in records stored before the stamps were kept
 
-    # The client's own clock stamps (perf_counter ns) for phase arithmetic in the run that made
-    # the record; not part of metrics.json.
-    _t_send_ns: int = PrivateAttr(default=0)
-    _t_done_ns: int = PrivateAttr(default=0)
-    _decode_span_s: float | None = PrivateAttr(default=None)
+    # The run's start on the client's clock (perf_counter ns), for phase arithmetic in the run
+    # that made the record; not part of metrics.json (the stamps are stored relative to it).
+    _run_t0_ns: int = PrivateAttr(default=0)
 
     @property
     def t_send_ns(self) -> int:
-        return self._t_send_ns
+        return self._run_t0_ns + self.timing.t_send_ns
 
     @property
     def t_done_ns(self) -> int:
-        return self._t_done_ns
+        return self._run_t0_ns + self.timing.t_done_ns
 
     @property
     def decode_span_s(self) -> float | None:
-        return self._decode_span_s
+        """Seconds from the first to the last content message (None without content)."""
+        content = self.timing.content_ns if self.timing else []
+        return (content[-1] - content[0]) / metrics.NS_PER_S if content else None
 
-    def with_clock(self, t_send_ns: int, t_done_ns: int, decode_span_s: float | None) -> "RequestRecord":
-        self._t_send_ns, self._t_done_ns, self._decode_span_s = t_send_ns, t_done_ns, decode_span_s
+    def on_clock(self, run_t0_ns: int) -> "RequestRecord":
+        """Tie the stored stamps to the client's clock (the run's start), for phase arithmetic."""
+        self._run_t0_ns = run_t0_ns
         return self
 
     def to_json(self) -> dict:
