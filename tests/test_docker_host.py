@@ -66,8 +66,13 @@ def test_killed_while_loading_is_http_500(engine, image, volume):
 
 @pytest.mark.docker
 def test_killed_mid_generation_is_an_error_line_after_http_200(engine, image, volume):
-    results = om.run_case(engine, image, om.MIDSTREAM, volume, then=om.MIDSTREAM_NONSTREAM)
-    stream = results["midstream"]
+    # Under the memory limit the kernel picks the victim: usually the runner (this case), now and
+    # then the server itself, whose stream then just stops. That other shape gets one more try.
+    for _ in range(2):
+        results = om.run_case(engine, image, om.MIDSTREAM, volume, then=om.MIDSTREAM_NONSTREAM)
+        stream = results["midstream"]
+        if stream.get("lines") and "error" in stream["lines"][-1]:
+            break
     assert stream["status"] == 200 and stream["content_type"] == "application/x-ndjson"
     assert _tokens(stream["lines"]) >= 1, "the runner must die after some tokens, not while loading"
     assert stream["lines"][-1] == {"error": om.MIDSTREAM_EOF}
