@@ -32,6 +32,9 @@ class ServerCounts:
     prompt_eval_ms: float | None = None
     eval_ms: float | None = None
     done_reason: str | None = None
+    # prompt tokens the engine took from its cache instead of evaluating (llama.cpp timings.cache_n;
+    # Ollama reports none)
+    prompt_cached_tokens: int | None = None
 
 
 def gap_stats(gaps_ms: list[float]) -> dict | None:
@@ -216,6 +219,8 @@ class OpenAIStream:
                 c.output_tokens = _typed(timings, "predicted_n", "count", payload)
             if c.prompt_tokens is None:
                 c.prompt_tokens = _typed(timings, "prompt_n", "count", payload)
+            n = _typed(timings, "cache_n", "count", payload)
+            c.prompt_cached_tokens = c.prompt_cached_tokens if n is None else n
         choices = _typed(obj, "choices", "list", payload)
         if not choices:
             return ""
@@ -295,6 +300,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
         output_tokens=n_out,
         output_tokens_estimated=estimated,
         prompt_tokens=counts.prompt_tokens,
+        prompt_cached_tokens=counts.prompt_cached_tokens,
         decode_tps_client=metrics.decode_tps_client(n_out, t_first, t_last),
         decode_tps_server=metrics.decode_tps_server(n_out, counts.eval_ms),
         load_ms=counts.load_ms,

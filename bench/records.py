@@ -76,6 +76,9 @@ class RequestRecord(_Strict):
     output_tokens: int
     output_tokens_estimated: bool
     prompt_tokens: int | None
+    # prompt tokens the engine reused from its cache (llama.cpp timings.cache_n); null where the
+    # engine reports none (Ollama), absent in records stored before it was kept
+    prompt_cached_tokens: int | None = Field(default=None, ge=0)
     decode_tps_client: float | None
     decode_tps_server: float | None
     load_ms: float | None

@@ -99,7 +99,7 @@ def test_stream_bodies(case):
     assert stamps == want["stamps_ns"]
     assert t_done == want["t_done_ns"]
     counts = want["counts"]
-    for field in ("output_tokens", "prompt_tokens", "done_reason"):
+    for field in ("output_tokens", "prompt_tokens", "prompt_cached_tokens", "done_reason"):
         assert getattr(parser.counts, field) == counts[field], field
     for field in ("load_ms", "prompt_eval_ms", "eval_ms"):
         num(getattr(parser.counts, field), counts[field], field)

@@ -55,6 +55,8 @@ pub struct RequestRecord {
     pub output_tokens: u64,
     pub output_tokens_estimated: bool,
     pub prompt_tokens: Option<u64>,
+    /// Prompt tokens the engine reused from its cache (llama.cpp timings.cache_n); null for Ollama.
+    pub prompt_cached_tokens: Option<u64>,
     pub decode_tps_client: Option<f64>,
     pub decode_tps_server: Option<f64>,
     pub load_ms: Option<f64>,
@@ -143,6 +145,7 @@ pub fn request_record(
         output_tokens,
         output_tokens_estimated: estimated,
         prompt_tokens: stats.prompt_tokens,
+        prompt_cached_tokens: stats.prompt_cached_tokens,
         decode_tps_client: finite(metrics::decode_tps_client(output_tokens, first, last)),
         decode_tps_server: finite(metrics::decode_tps_server(Some(output_tokens), stats.eval_ms)),
         load_ms: finite(stats.load_ms),
@@ -301,6 +304,7 @@ mod tests {
             eval_ms: Some(25.0),
             prompt_eval_ms: Some(90.0),
             load_ms: Some(1500.0),
+            prompt_cached_tokens: None,
         };
         let r = request_record(&ctx(), &timing, &stats, "abc".into(), 1000.0);
         assert_eq!(r.start_offset_ms, 5.0);
@@ -324,7 +328,8 @@ mod tests {
         assert_eq!(v["stage"], "analysis");
         assert_eq!(v["api"], "ollama");
         assert!(v["error"].is_null() && v["error_kind"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 27); // the schema's request fields
+        assert!(v["prompt_cached_tokens"].is_null(), "Ollama reports no cached prompt tokens: null, not absent");
+        assert_eq!(v.as_object().unwrap().len(), 28); // the schema's request fields
                                                       // the raw clock is stored, in ns from the run start, as the schema's `timing`
         assert_eq!(
             v["timing"],

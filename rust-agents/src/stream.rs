@@ -58,6 +58,9 @@ pub struct ServerStats {
     pub prompt_eval_ms: Option<f64>,
     /// Model load time, ms (Ollama load_duration / 10⁶; llama-server has none).
     pub load_ms: Option<f64>,
+    /// Prompt tokens taken from the engine's cache instead of evaluated (llama.cpp
+    /// timings.cache_n; Ollama reports none).
+    pub prompt_cached_tokens: Option<u64>,
 }
 
 /// Feed state: whether the terminal event (`done: true` / `[DONE]`) has been seen.
@@ -219,6 +222,7 @@ impl StreamParser {
                 eval_ms: ns(chunk.eval_duration),
                 prompt_eval_ms: ns(chunk.prompt_eval_duration),
                 load_ms: ns(chunk.load_duration),
+                prompt_cached_tokens: None,
             };
             self.done = true;
         }
@@ -314,6 +318,9 @@ impl StreamParser {
             }
             if t.prompt_ms.is_some() {
                 self.stats.prompt_eval_ms = t.prompt_ms;
+            }
+            if t.cache_n.is_some() {
+                self.stats.prompt_cached_tokens = t.cache_n;
             }
         }
         Ok(())
@@ -445,6 +452,8 @@ struct Usage {
 
 #[derive(Deserialize)]
 struct Timings {
+    #[serde(default)]
+    cache_n: Option<u64>,
     #[serde(default)]
     prompt_n: Option<u64>,
     #[serde(default)]
@@ -718,6 +727,7 @@ mod tests {
         assert_eq!(r.stats.prompt_tokens, Some(1085));
         assert_eq!(r.stats.eval_ms, Some(9.5));
         assert_eq!(r.stats.prompt_eval_ms, Some(203.378));
+        assert_eq!(r.stats.prompt_cached_tokens, Some(0));
         assert_eq!(r.stats.load_ms, None);
     }
 

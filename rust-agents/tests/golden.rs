@@ -78,6 +78,7 @@ fn assert_counts(case: &str, stats: &ServerStats, want: &Value) {
     let count = |v: &Value| v.as_u64();
     assert_eq!(stats.output_tokens, count(&want["output_tokens"]), "{case}: output_tokens");
     assert_eq!(stats.prompt_tokens, count(&want["prompt_tokens"]), "{case}: prompt_tokens");
+    assert_eq!(stats.prompt_cached_tokens, count(&want["prompt_cached_tokens"]), "{case}: prompt_cached_tokens");
     assert_num(case, "load_ms", stats.load_ms, &want["load_ms"]);
     assert_num(case, "prompt_eval_ms", stats.prompt_eval_ms, &want["prompt_eval_ms"]);
     assert_num(case, "eval_ms", stats.eval_ms, &want["eval_ms"]);
