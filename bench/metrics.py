@@ -184,6 +184,76 @@ def cold_start_penalty_ms(cold_ms: float | None, warm_ms: float | None) -> float
         return None
     return cold_ms - warm_ms
 
+
+@metric("prefill_tps", "tok/s", "request")
+def prefill_tps(prompt_tokens: int | None, prompt_eval_ms: float | None) -> float | None:
+    """prefill_tps = prompt_tokens / (prompt_eval_ms / 10³)
+
+    The engine's prompt-processing rate over the whole prompt: Ollama prompt_eval_count /
+    prompt_eval_duration, llama.cpp usage.prompt_tokens / timings.prompt_ms. A call that reused a
+    cached prefix looks too fast, because its count is the whole prompt while its time covers only
+    the part evaluated (prefill_reused). Null without both counters or with a zero time.
+    """
+    if not prompt_tokens or not prompt_eval_ms or prompt_eval_ms <= 0:
+        return None
+    return prompt_tokens / (prompt_eval_ms / 1000.0)
+
+
+# The reuse verdict's thresholds; the measurements behind them are in prefill_reuse's docstring.
+PREFILL_TEMPLATE_ALLOWANCE_TOKENS = 32
+PREFILL_REUSE_FACTOR = 2.0
+
+PREFILL_RULE_CACHE = "cache_n"
+PREFILL_RULE_RATE = "rate vs cold reference"
+PREFILL_RULE_NO_REFERENCE = "no cold reference"
+PREFILL_RULE_NOT_REPORTED = "not reported"
+
+
+@dataclass(frozen=True)
+class PrefillVerdict:
+    reused_share: float | None  # estimated share of the prompt the engine did not evaluate
+    reused: bool | None  # None: the counters cannot tell
+    rule: str  # which rule decided (PREFILL_RULE_*)
+
+
+@metric("prefill_reused", "flag", "request")
+def prefill_reuse(prompt_tokens: int | None, prompt_cached_tokens: int | None, rate_tps: float | None,
+                  reference_tps: float | None) -> PrefillVerdict:
+    """prefill_reused = cache_n > A where the engine reports cache_n (llama.cpp), else prefill_tps > F × prefill_reference_tps
+
+    Whether the engine reused a cached prompt prefix instead of evaluating the whole prompt, which
+    every counted call's nonce (and llama.cpp's cache_prompt: false) is there to prevent.
+    llama.cpp reports the tokens it took from its cache (timings.cache_n; usage.prompt_tokens stays
+    the whole prompt): reused share = cache_n / prompt_tokens, and the call reused when cache_n
+    exceeds A = 32 tokens, room for a chat template's opening, which precedes the nonce and is the
+    same in every prompt (measured with the cache on and a new nonce per call: SmolLM2's ChatML
+    opening gave cache_n 5–6, Gemma 3 gave 0; Llama 3.1's date header puts about 25 tokens ahead
+    of the system text; a repeated prompt gave cache_n = prompt_tokens − 1 or − 5, and every call
+    with the cache off gave 0). Ollama's prompt_eval_count is the whole prompt even on a hit
+    (0.17.4 counts the inputs before it consults its cache); only prompt_eval_duration shrinks. So
+    its call is judged by its prefill rate against prefill_reference_tps, the median prefill_tps
+    of the counted single- and alone-phase calls of the same engine instance and config (cell);
+    together-phase calls share the engine and are only slower, so they are judged against it but
+    never define it. Reused share ≈ 1 − reference / rate (0 when the rate is not above the
+    reference); reused when the rate exceeds F = 2 × the reference, that is when about half the
+    prompt or more was not evaluated. F sits between the measured spread of cold prefill rates and
+    a real cache hit on the 2-core CPU host, under other jobs' load, with both stages' prompt
+    lengths mixed: the fastest cold call at 1.1–1.5 × its group's median (Ollama 1.11–1.43,
+    llama.cpp up to 1.53, the stored smoke study 1.34), a repeated prompt at 12–177 × (Ollama
+    49–101 ×: the same 242 counted tokens in 1660 then 18 ms). On a GPU a hit keeps the fixed cost
+    of a call, so its contrast is smaller there. Null when the engine reports no prompt count or
+    time, or the group has no cold call to compare with.
+    """
+    if prompt_cached_tokens is not None and prompt_tokens:
+        return PrefillVerdict(prompt_cached_tokens / prompt_tokens,
+                              prompt_cached_tokens > PREFILL_TEMPLATE_ALLOWANCE_TOKENS, PREFILL_RULE_CACHE)
+    if rate_tps is None:
+        return PrefillVerdict(None, None, PREFILL_RULE_NOT_REPORTED)
+    if reference_tps is None or reference_tps <= 0:
+        return PrefillVerdict(None, None, PREFILL_RULE_NO_REFERENCE)
+    share = max(0.0, 1.0 - reference_tps / rate_tps)
+    return PrefillVerdict(share, rate_tps > PREFILL_REUSE_FACTOR * reference_tps, PREFILL_RULE_RATE)
+
 # --------------------------------------------------------------------------------------------
 # Run level, single suite: one agent run = the analysis call, then the report call.
 # --------------------------------------------------------------------------------------------
