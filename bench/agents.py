@@ -4,7 +4,10 @@
 - Multi suite: the collector on endpoint A and the insight agent on endpoint B, measured alone
   (one after the other, the other server idle) and together (released at once by a barrier, one
   thread each), in the order the plan gives, back to back on the same servers.
-The Rust agents (rust-agents/) do the same steps and produce the same documents.
+- Steps suite (Python only): one agent alone, then N agents together.
+The runner hands each run over as one typed Job (bench/job.py) to `run_job`, which returns the
+typed document; run_single, run_multi and run_steps are its building blocks. The Rust agents
+(rust-agents/, bench/rust.py) take the same Job and produce the same documents.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping
 
 from tenacity import Retrying, before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
 
 import bench
 from bench import metrics
 from bench.clients import CallContext, Clock, RequestRecord, StreamingClient
-from bench.errors import TRANSIENT, RequestError
+from bench.errors import TRANSIENT, BenchError, RequestError
+from bench.job import Job
 from bench.profile import AgentConfig, WorkloadSpec
+from bench.records import RunDocument
 from bench.store import utc_now
-from bench.workload import STAGES, Workload, nonce_attempt, prompt_nonce
+from bench.workload import STAGES, Workload, load_workload, nonce_attempt, prompt_nonce
 
 log = logging.getLogger("bench")
 
@@ -55,7 +61,7 @@ class AgentTarget:
 
 
 # The wait before retry n of a call: RETRY_WAIT_S × 2^(n−1), at most RETRY_MAX_WAIT_S. The Rust
-# agents get these numbers in their job (bench/rust.py) and retry the same calls the same way.
+# agents get these numbers in their job (job.retries) and retry the same calls the same way.
 RETRY_WAIT_S, RETRY_MAX_WAIT_S = 0.5, 10.0
 
 
@@ -296,3 +302,43 @@ def run_steps(targets: dict[str, AgentTarget], workload: Workload, run_key: str,
     t_together = {a: metrics.agent_time_s(t_release, t) for a, t in done.items()}
     wall = metrics.wall_s(t_release, max(done.values()))
     return started_at, records, steps_metrics(records, t_alone, t_together, wall, min_tps_ratio, max_ttft_inflation)
+
+
+# ---------------------------------------------------------------------------------------------
+# One job
+# ---------------------------------------------------------------------------------------------
+
+
+def _targets(job: Job, clients: Mapping[str, StreamingClient]) -> dict[str, AgentTarget]:
+    """Each agent of the job on the runner's client for its endpoint (so sessions are reused)."""
+    targets = {}
+    for name, agent in job.agents.items():
+        client = clients.get(agent.endpoint)
+        if client is None or client.api != agent.api:
+            raise BenchError(f"job {job.run_key}: no {agent.api} client for {agent.endpoint} (agent {name}); the "
+                             f"runner has {', '.join(f'{c.base_url} ({c.api})' for c in clients.values()) or 'none'}")
+        targets[name] = AgentTarget(name, client, agent.model, agent.options.model_dump(exclude_unset=True))
+    return targets
+
+
+def run_job(job: Job, clients: Mapping[str, StreamingClient]) -> RunDocument:
+    """Run one job with the Python agents and return its document (without the harness's blocks:
+    client cost, power, placement, settings, the ladder). `clients`: StreamingClients by endpoint
+    URL. The workload is the job's files (load_workload caches them)."""
+    workload = load_workload(Path(job.workload_file), Path(job.dataset_dir))
+    targets = _targets(job, clients)
+    calls = {"attempts": job.retries.attempts, "run_attempt": job.attempt, "cold_load_ms": job.cold_load_ms}
+    thresholds = job.contention.model_dump()
+    extra = None
+    if job.suite == "single":
+        started, records, run_metrics = run_single(targets["single"], workload, job.run_key, **calls)
+    elif job.suite == "steps":
+        started, records, run_metrics = run_steps(targets, workload, job.run_key, **calls, **thresholds)
+    else:
+        started, records, run_metrics = run_multi(targets, workload, job.run_key, phase_order=list(job.phase_order),
+                                                  alone_order=list(job.alone_order), **calls, **thresholds)
+        extra = {"phase_order": list(job.phase_order)}
+    return RunDocument.model_validate(base_document(
+        study=job.study, suite=job.suite, model=job.model.model_dump(exclude_none=True), config=job.config,
+        run_index=job.run_index, started_at=started, workload=workload, records=records, run_metrics=run_metrics,
+        extra_workload=extra))

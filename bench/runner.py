@@ -12,17 +12,20 @@
   server that stays unreachable, stop the study with one clear message; finished runs stay.
 - Every failed attempt is one line of failures.jsonl: the config asked for and the one attempted,
   the error, the VRAM in use and in total at the failure (NVML), and the decision taken.
+- Each run attempt is one typed Job (bench/job.py), built here once and handed to either backend
+  (agents.run_job, rust.run_job); each returns a typed RunDocument, to which the harness adds
+  its blocks (client cost, power, placement, settings, the ladder) before the store writes it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
@@ -30,12 +33,14 @@ from bench import agents, analysis, gpu, instrument, ladder, overhead, power, pr
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
+from bench.job import Job, data_files
 from bench.outliers import plan_outlier_reruns
 from bench.placement import placement_issues
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
 from bench.profile import LoadedProfile
+from bench.records import RunDocument
 from bench.runtimes import Runtime
-from bench.store import PROBES, Store, schema_errors, utc_now
+from bench.store import PROBES, Store, utc_now
 from bench.summary import summarize_all
 from bench.workload import load_workload
 
@@ -47,6 +52,11 @@ LADDER_WAIT_S = 1.0
 
 def _is_load_failure(exc: BaseException) -> bool:
     return isinstance(exc, RequestError) and exc.cls == LOAD
+
+
+def _with_blocks(doc: RunDocument, **blocks) -> RunDocument:
+    """The document with the harness's blocks added, each checked by its RunDocument field."""
+    return RunDocument.model_validate({**doc.to_json(), **blocks})
 
 
 @dataclass
@@ -75,6 +85,7 @@ class MatrixRunner:
         self.endpoints = runtime.endpoints()
         self.clients = {e.name: StreamingClient(e.url, e.api, self.profile.workload.timeout_s)
                         for e in self.endpoints}
+        self._clients_by_url = {c.base_url: c for c in self.clients.values()}  # what a job's agents name
         self._server_key: tuple | None = None
         self._failed_cells: set[str] = set()
         self._failed_models: set[str] = set()
@@ -197,73 +208,50 @@ class MatrixRunner:
         self._order_rng.shuffle(alone)
         return phases, alone
 
-    def _run_python(self, item: RunItem, eff: Cell, attempt: int) -> dict:
+    def _job(self, item: RunItem, eff: Cell, attempt: int) -> Job:
+        """The run attempt as one job: the run named as asked (`item`), run as `eff` runs it."""
         wl = self.profile.workload
-        targets = self._targets(eff)
-        extra = None
-        th = self.profile.multi.contention
-        if eff.suite == "single":
-            started, records, run_metrics = agents.run_single(
-                targets["single"], self.workload, self._run_key(item), attempts=wl.retries, run_attempt=attempt,
-                cold_load_ms=wl.cold_load_ms)
-        elif eff.suite == "steps":
-            started, records, run_metrics = agents.run_steps(
-                targets, self.workload, self._run_key(item), attempts=wl.retries, run_attempt=attempt,
-                cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
-                max_ttft_inflation=th.max_ttft_inflation)
-        else:
-            phases, alone = self._orders()
-            started, records, run_metrics = agents.run_multi(
-                targets, self.workload, self._run_key(item), phase_order=phases, alone_order=alone, attempts=wl.retries,
-                run_attempt=attempt, cold_load_ms=wl.cold_load_ms, min_tps_ratio=th.min_tps_ratio,
-                max_ttft_inflation=th.max_ttft_inflation)
-            extra = {"phase_order": phases}
-        return agents.base_document(study=self.profile.study, suite=eff.suite, model=self._model_doc(item.cell),
-                                    config=self._config_doc(eff), run_index=item.run_index,
-                                    started_at=started, workload=self.workload, records=records,
-                                    run_metrics=run_metrics, extra_workload=extra)
-
-    def _run_rust(self, item: RunItem, eff: Cell, attempt: int) -> dict:
-        wl = self.profile.workload
-        targets = self._targets(eff)
-        phases, alone = self._orders() if eff.suite == "multi" else (None, None)
-        job = rust.job_document(
-            suite=eff.suite, study=self.profile.study, run_key=self._run_key(item), run_index=item.run_index,
-            model=self._model_doc(item.cell), config=self._config_doc(eff),
-            agents={name: {"endpoint": t.client.base_url, "api": t.client.api, "model": t.model,
-                           "options": t.options} for name, t in targets.items()},
-            timeout_s=wl.timeout_s, cold_load_ms=wl.cold_load_ms, retries=wl.retries, attempt=attempt,
-            contention=self.profile.multi.contention.model_dump(), phase_order=phases, alone_order=alone)
-        out = self.store.metrics_path(item.rel_dir)
-        # The agent retries each call itself, as the Python agents do; a failure here is final.
-        rust.run_job(self.rust_agent, job, out, self.store.root.parent, timeout_s=wl.timeout_s * 6 * wl.retries)
+        orders = {}
+        if eff.suite == "multi":
+            orders = dict(zip(("phase_order", "alone_order"), self._orders()))
         try:
-            doc = json.loads(out.read_text())
-            errors = schema_errors(doc)
-        except (OSError, ValueError) as exc:
-            errors = [f"unreadable: {exc}"]
-        if errors:
-            out.unlink(missing_ok=True)
-            raise RequestError("malformed_stream", "Rust metrics.json failed the schema: " + "; ".join(errors[:3]))
-        return doc
+            return Job(suite=eff.suite, study=self.profile.study, run_key=self._run_key(item), attempt=attempt,
+                       run_index=item.run_index,
+                       retries={"attempts": wl.retries, "wait_s": agents.RETRY_WAIT_S,
+                                "max_wait_s": agents.RETRY_MAX_WAIT_S},
+                       model=self._model_doc(item.cell), config=self._config_doc(eff), **data_files(),
+                       timeout_s=wl.timeout_s, cold_load_ms=wl.cold_load_ms,
+                       contention=self.profile.multi.contention.model_dump(),
+                       agents={name: {"endpoint": t.client.base_url, "api": t.client.api, "model": t.model,
+                                      "options": t.options} for name, t in self._targets(eff).items()},
+                       **orders)
+        except ValidationError as exc:  # the profile was checked: a harness bug, said plainly
+            raise BenchError(f"cannot build the job of {item.rel_dir}: {exc}") from None
 
-    def _run_once(self, item: RunItem, eff: Cell) -> dict:
+    def _run_job(self, item: RunItem, job: Job, lang: str) -> RunDocument:
+        if lang == "python":
+            return agents.run_job(job, self._clients_by_url)
+        # The agent retries each call itself, as the Python agents do; a failure here is final.
+        return rust.run_job(self.rust_agent, job, self.store.path(item.rel_dir), self.store.root.parent,
+                            timeout_s=job.timeout_s * 6 * job.retries.attempts)
+
+    def _run_once(self, item: RunItem, eff: Cell) -> RunDocument:
         """One attempt at a run, with the cell as `eff` runs it; the document is not stored yet."""
         attempt = self._run_attempts[item.rel_dir] = self._run_attempts.get(item.rel_dir, 0) + 1
         with self.timeline.event("run", cell=item.cell.key, run=item.run_index, lang=eff.lang) as event:
             before = instrument.snapshot()
             with self.power.measure() as window:  # without NVML: a block of nulls with the reason
-                doc = (self._run_python if eff.lang == "python" else self._run_rust)(item, eff, attempt)
-            doc["client_cost"] = instrument.client_block(before, instrument.snapshot(),
-                                                    "python" if eff.lang == "python" else self._rust_cpu)
-            event["measured_s"] = instrument.measured_s(doc)
-        doc["power"] = self.power.block(window, item, doc)
-        doc["run_key"] = self._run_key(item)
-        doc["server_settings"] = self._server_settings(eff)
-        doc["placement"] = self._placement(eff)
-        return doc
+                job = self._job(item, eff, attempt)
+                doc = self._run_job(item, job, eff.lang)
+            client_cost = instrument.client_block(before, instrument.snapshot(),
+                                                  "python" if eff.lang == "python" else self._rust_cpu)
+            stored = doc.to_json()  # instrument and power read the document as metrics.json holds it
+            event["measured_s"] = instrument.measured_s(stored)
+        return _with_blocks(doc, client_cost=client_cost, power=self.power.block(window, item, stored),
+                            run_key=job.run_key, server_settings=self._server_settings(eff),
+                            placement=self._placement(eff))
 
-    def _walk_ladder(self, item: RunItem) -> dict:
+    def _walk_ladder(self, item: RunItem) -> RunDocument:
         """Run `item` on the first rung of its ladder that loads (bench/ladder.py). Rungs that
         failed before for the model are passed over; each failed attempt is logged, the servers are
         freed, and the next rung is tried. Raises the last failure when no rung is left."""
@@ -303,10 +291,9 @@ class MatrixRunner:
                     self._log_failure(item, eff, exc, self._decision(item, exc, current["eff"]))
                     raise
         self.limits.success(model, eff)
-        doc["requested_config"] = {"model": model, **self._config_doc(cell)}
-        doc["effective_config"] = {"model": eff.model.name, **self._config_doc(eff)}
-        doc["ladder"] = [*steps, ladder.step(eff, "ran")] if steps else []
-        return doc
+        return _with_blocks(doc, requested_config={"model": model, **self._config_doc(cell)},
+                            effective_config={"model": eff.model.name, **self._config_doc(eff)},
+                            ladder=[*steps, ladder.step(eff, "ran")] if steps else [])
 
     # ---- the matrix --------------------------------------------------------------------
 
@@ -424,7 +411,7 @@ class MatrixRunner:
             return
         self.store.write_metrics(item.rel_dir, doc)
         outcome.done += 1
-        outcome.downgraded += doc["requested_config"] != doc["effective_config"]
+        outcome.downgraded += doc.requested_config.model_dump() != doc.effective_config.model_dump()
 
     def _probe(self, label: str) -> None:
         """The drift guard's reference call set on the baseline model with the server defaults

@@ -6,7 +6,10 @@ reason, never silently dropped.
 
 The contract between the two: the job file (data/job.schema.json, checked here before it is written
 and by the agent when it loads it) and, when the agent fails, its last stderr line, one JSON object
-(data/agent_error.schema.json).
+(data/agent_error.schema.json). The agent writes its document to a file of its own in the run
+folder (AGENT_OUT_NAME), never to metrics.json: run_job reads and checks it and hands the typed
+document back, and only the harness writes metrics.json, whole, with its own blocks added. A
+harness that dies in between leaves no metrics.json that resume would count.
 """
 
 from __future__ import annotations
@@ -21,17 +24,22 @@ from pathlib import Path
 
 from jsonschema import Draft202012Validator
 
-from bench.agents import RETRY_MAX_WAIT_S, RETRY_WAIT_S
 from bench.assets import file_sha256
 from bench.errors import BenchError, RequestError, error_kinds
 from bench.host import docker_engine
-from bench.paths import DATA_DIR, DATASET_DIR, ERROR_KINDS_FILE, REPO_ROOT, RUST_CRATE_DIR, WORKLOAD_FILE
+from bench.job import Job
+from bench.paths import DATA_DIR, REPO_ROOT, RUST_CRATE_DIR
+from bench.records import RunDocument
+from bench.store import atomic_write_json, read_run
 
 IMAGE = "tr116-rust-agents:local"
 NATIVE_BINARY = RUST_CRATE_DIR / "target" / "release" / "tr116-agent"
 JOB_SCHEMA_FILE = DATA_DIR / "job.schema.json"
 AGENT_ERROR_SCHEMA_FILE = DATA_DIR / "agent_error.schema.json"
 EXIT_BAD_JOB, EXIT_REQUEST_FAILED = 2, 3
+JOB_NAME = "job.json"
+# where the agent writes its document (atomically, via <name>.tmp), beside job.json; deleted once read
+AGENT_OUT_NAME = "agent-metrics.json"
 # a crash's stderr tail quoted in its error
 STDERR_TAIL_CHARS = 600
 
@@ -105,27 +113,6 @@ def build_native() -> Path:
     return NATIVE_BINARY
 
 
-def job_document(*, suite: str, study: str, run_key: str, run_index: int, model: dict, config: dict,
-                 agents: dict[str, dict], timeout_s: float, cold_load_ms: float, contention: dict,
-                 retries: int, attempt: int = 1, phase_order: list[str] | None = None,
-                 alone_order: list[str] | None = None) -> dict:
-    """The job file tr116-agent reads: everything a run needs, explicit. `attempt` is the run's
-    attempt (a rung of the fallback ladder, the retry pass); each call retries its transient
-    failures itself, `retries` attempts with the Python agents' backoff."""
-    job = {
-        "suite": suite, "study": study, "run_key": run_key, "attempt": attempt, "run_index": run_index,
-        "retries": {"attempts": retries, "wait_s": RETRY_WAIT_S, "max_wait_s": RETRY_MAX_WAIT_S},
-        "model": model, "config": config,
-        "workload_file": str(WORKLOAD_FILE), "dataset_dir": str(DATASET_DIR),
-        "error_kinds_file": str(ERROR_KINDS_FILE), "timeout_s": timeout_s, "cold_load_ms": cold_load_ms,
-        "contention": contention, "agents": agents,
-    }
-    if suite == "multi":
-        job["phase_order"] = phase_order
-        job["alone_order"] = alone_order
-    return job
-
-
 @lru_cache(maxsize=None)
 def _validator(path: Path) -> Draft202012Validator:
     return Draft202012Validator(json.loads(path.read_text()))
@@ -171,18 +158,35 @@ def agent_failure(returncode: int, stderr: str) -> BenchError:
     return RequestError("malformed_stream", f"tr116-agent {how} without a valid error line; stderr ends: {tail}")
 
 
-def run_job(agent: RustAgent, job: dict, out_path: Path, results_dir: Path, timeout_s: float) -> None:
-    """Run one job; raise RequestError with the agent's error kind when a request failed, BenchError
-    when the job was refused or the agent failed on its own."""
-    validate_job(job)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    job_path = out_path.parent / "job.json"
-    job_path.write_text(json.dumps(job, indent=2))
-    cmd = agent.command(results_dir, job["suite"], "--job", str(job_path), "--out", str(out_path),
+def _agent_document(path: Path) -> RunDocument:
+    """The agent's document, checked once: the schema (the source of truth), then the models. A
+    missing or failing one is the agent breaking its protocol (malformed_stream, permanent)."""
+    if not path.is_file():
+        raise RequestError("malformed_stream", f"tr116-agent exited 0 without writing {path.name}")
+    run = read_run(path, path.parent)
+    if run.doc is None:
+        raise RequestError("malformed_stream", "Rust metrics.json failed the schema: " + "; ".join(run.problems[:3]))
+    return run.doc
+
+
+def run_job(agent: RustAgent, job: Job, run_dir: Path, results_dir: Path, timeout_s: float) -> RunDocument:
+    """Run one job in `run_dir` (job.json beside the agent's document) and return the typed
+    document. Raises RequestError with the agent's error kind when a request failed, BenchError
+    when the job was refused (a steps job: Python only) or the agent failed on its own."""
+    spec = job.to_json()
+    validate_job(spec)
+    job_path, out = run_dir / JOB_NAME, run_dir / AGENT_OUT_NAME
+    atomic_write_json(job_path, spec)
+    cmd = agent.command(results_dir, job.suite, "--job", str(job_path), "--out", str(out),
                         "--job-schema", str(JOB_SCHEMA_FILE))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise RequestError("timeout", f"tr116-agent did not finish within {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        raise agent_failure(proc.returncode, proc.stderr)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RequestError("timeout", f"tr116-agent did not finish within {timeout_s:.0f} s") from None
+        if proc.returncode != 0:
+            raise agent_failure(proc.returncode, proc.stderr)
+        return _agent_document(out)
+    finally:
+        for left in (out, out.with_name(out.name + ".tmp")):  # a killed agent may leave its .tmp
+            left.unlink(missing_ok=True)

@@ -178,12 +178,15 @@ class Store:
             if run.doc is not None or not valid_only:
                 yield run
 
-    def write_metrics(self, run_rel_dir: Path, doc: dict) -> Path:
-        errors = schema_errors(doc)
+    def write_metrics(self, run_rel_dir: Path, doc: RunDocument) -> Path:
+        """Store a run's document as its metrics.json, whole (atomically) and only when it passes
+        the JSON Schema, the source of truth the models mirror."""
+        stored = doc.to_json()
+        errors = schema_errors(stored)
         if errors:
             raise ValueError("metrics.json does not match the schema: " + "; ".join(errors[:5]))
         p = self.metrics_path(run_rel_dir)
-        atomic_write_json(p, doc)
+        atomic_write_json(p, stored)
         return p
 
     def append_jsonl(self, name: str, entry: dict) -> None:

@@ -12,11 +12,16 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from bench import rust
+from bench import agents, rust
+from bench.clients import StreamingClient
 from bench.errors import BenchError
 from bench.job import (PYTHON_ONLY_SUITES, RUST_SUITES, CallOptions, Contention, Job, JobAgent, JobModelRef,
-                       Retries)
+                       Retries, data_files)
 from bench.paths import DATA_DIR
+from bench.records import RunDocument
+from bench.store import schema_errors
+from bench.workload import nonce_attempt, prompt_nonce
+from ollama_server import FakeOllama
 
 SCHEMA = json.loads(rust.JOB_SCHEMA_FILE.read_text())
 JOBS = json.loads((DATA_DIR / "golden" / "jobs.json").read_text())
@@ -176,7 +181,7 @@ def _steps_job(n: int = 2) -> dict:
 
 def test_a_steps_job_is_python_only():
     """The planned difference: a steps job is a valid Job, and its only schema violation is the
-    suite, so tr116-agent gets none."""
+    suite, so tr116-agent gets none (rust.run_job refuses it before it writes job.json)."""
     job = _steps_job(3)
     assert _model_errors(job) is None
     with pytest.raises(BenchError) as info:
@@ -190,8 +195,61 @@ def test_a_steps_job_is_python_only():
     assert "phase_order" in _model_errors({**_steps_job(2), "phase_order": ["alone", "together"]})
 
 
+def test_rust_run_job_refuses_a_steps_job_before_anything_runs(tmp_path):
+    never = rust.RustAgent(("/nonexistent/tr116-agent",), "never run")
+    with pytest.raises(BenchError, match="key `suite`"):
+        rust.run_job(never, Job.model_validate(_steps_job()), tmp_path / "run_1", tmp_path, timeout_s=10)
+    assert not (tmp_path / "run_1").exists()
+
+
 def test_a_job_is_built_once_and_not_changed():
     job = Job.model_validate(JOBS["valid"][0]["job"])
     with pytest.raises(ValidationError, match="frozen"):
         job.attempt = 2
 
+
+# ---- the Python backend: one job in, one typed document out, on the protocol-faithful test servers ----
+
+
+def _job_on(suite: str, endpoints: dict[str, str], attempt: int = 1, **orders) -> Job:
+    """A job whose agents call the given endpoint URLs."""
+    options = {"num_predict": 6, "seed": 1, "temperature": 0.8, "num_ctx": 512}
+    return Job(suite=suite, study="t", run_key=f"t/{suite}/python/gemma3/run_1", attempt=attempt, run_index=1,
+               retries={"attempts": 2, "wait_s": agents.RETRY_WAIT_S, "max_wait_s": agents.RETRY_MAX_WAIT_S},
+               model={"name": "gemma3", "slug": "gemma3", "baseline": True},
+               config={"gpu_layers": 0, "ctx": 512, "temperature": 0.8, "seed": 1, "num_predict": 6},
+               **data_files(), timeout_s=30, cold_load_ms=1000,
+               contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0},
+               agents={name: {"endpoint": url, "api": "ollama", "model": "gemma3", "options": options}
+                       for name, url in endpoints.items()}, **orders)
+
+
+def test_python_run_job_returns_the_typed_document():
+    with FakeOllama(token_s=0.001) as a, FakeOllama(token_s=0.001) as b:
+        clients = {s.url: StreamingClient(s.url, "ollama") for s in (a, b)}
+        single_job = _job_on("single", {"single": a.url}, attempt=2)
+        single = agents.run_job(single_job, clients)
+        assert isinstance(single, RunDocument) and schema_errors(single.to_json()) == []
+        assert (single.lang, single.model.baseline, single.config.ctx) == ("python", True, 512)
+        # the run's attempt reaches the nonces (a retried run never reuses a cached prefix)
+        assert single.requests[0].prompt_nonce == prompt_nonce(single_job.run_key, "single", "analysis", "single",
+                                                               nonce_attempt(2, 1, 2))
+        assert a.requests[-1]["options"] == {"num_predict": 6, "seed": 1, "temperature": 0.8, "num_ctx": 512}
+
+        multi = agents.run_job(_job_on("multi", {"collector": a.url, "insight": b.url},
+                                       phase_order=["together", "alone"], alone_order=["insight", "collector"]),
+                               clients)
+        assert schema_errors(multi.to_json()) == [] and multi.workload.phase_order == ["together", "alone"]
+        assert [r.phase for r in multi.requests[:4]] == ["together"] * 4
+        assert [r.agent for r in multi.requests if r.phase == "alone"] == ["insight"] * 2 + ["collector"] * 2
+        assert {r.endpoint for r in multi.requests if r.agent == "insight"} == {b.url}
+
+        steps = agents.run_job(_job_on("steps", {"agent1": a.url, "agent2": b.url, "agent3": a.url}), clients)
+        assert schema_errors(steps.to_json()) == [] and steps.metrics.n_agents == 3
+        assert [r.agent for r in steps.requests if r.phase == "alone"] == ["agent1"] * 2
+
+        # an endpoint the runner has no client for: a clear error before any call
+        sent = len(a.requests) + len(b.requests)
+        with pytest.raises(BenchError, match="no ollama client for http://127.0.0.1:9 "):
+            agents.run_job(_job_on("single", {"single": "http://127.0.0.1:9"}), clients)
+        assert len(a.requests) + len(b.requests) == sent

@@ -22,6 +22,7 @@ from bench.errors import LOAD, kind_class
 from bench.runtimes.ollama_api import OllamaAPI
 from docker_env import unavailable
 from ollama_memory import FIXTURE, LOAD_KILLED, MIDSTREAM_EOF
+from test_parity import single_job
 
 CASES = json.loads(FIXTURE.read_text())["cases"]
 EXPECTED = {"load": LOAD_KILLED, "midstream": MIDSTREAM_EOF, "midstream_nonstream": MIDSTREAM_EOF}
@@ -112,17 +113,12 @@ def test_rust_agent_classifies_each_shape_as_a_load_failure(name, tmp_path):
         unavailable(f"the Rust agent is not built: {rust.NATIVE_BINARY} (scripts/setup.sh)")
     agent = rust.RustAgent((str(rust.NATIVE_BINARY),), "native")
     with Replay(CASES[name]) as server:
-        job = rust.job_document(
-            suite="single", study="replay", run_key=f"replay/{name}", run_index=1,
-            model={"name": "gemma3-270m", "slug": "gemma3-270m", "baseline": True},
-            config={"gpu_layers": 0, "ctx": 2048, "temperature": 0.8, "seed": 42, "num_predict": 400,
-                    "ignore_eos": False, "scenario": None},
-            agents={"single": {"endpoint": server.url, "api": "ollama", "model": "gemma3-270m",
-                               "options": {"num_predict": 400, "seed": 42}}},
-            timeout_s=30, cold_load_ms=1000, retries=1,  # one attempt: the shape itself, not a retry's
-            contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
+        job = single_job(server.url, "ollama", f"replay/{name}", {"num_predict": 400, "seed": 42},
+                         model="gemma3-270m", attempts=1,  # one attempt: the shape itself, not a retry's
+                         config={"gpu_layers": 0, "ctx": 2048, "temperature": 0.8, "seed": 42, "num_predict": 400,
+                                 "ignore_eos": False, "scenario": None})
         with pytest.raises(RequestError) as info:
-            rust.run_job(agent, job, tmp_path / "metrics.json", tmp_path, timeout_s=60)
+            rust.run_job(agent, job, tmp_path, tmp_path, timeout_s=60)
     assert info.value.kind == "crash" and kind_class(info.value.kind) == LOAD
     assert EXPECTED[name] in str(info.value)
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / rust.AGENT_OUT_NAME).exists() and not (tmp_path / "metrics.json").exists()

@@ -28,11 +28,13 @@ import threading
 import time
 
 import pytest
+from pydantic import ValidationError
 
 from bench import agents, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import BenchError, RequestError
+from bench.job import Job, data_files
 from bench.profile import ModelSpec, ServerConfig, WorkloadSpec
 from bench.store import schema_errors
 from bench.workload import load_workload, prompt_nonce
@@ -47,6 +49,19 @@ def rust_agent():
     if not rust.NATIVE_BINARY.is_file():
         pytest.fail(f"the Rust agent is not built: {rust.NATIVE_BINARY} (scripts/setup.sh)")
     return rust.RustAgent((str(rust.NATIVE_BINARY),), f"native {rust.NATIVE_BINARY}")
+
+
+def single_job(url: str, api: str, run_key: str, options: dict, *, model: str = MODEL, run_index: int = 1,
+               attempts: int = 3, timeout_s: float = 30, config: dict | None = None) -> Job:
+    """A single-suite job for one endpoint, as the runner builds one (its document's config must
+    pass the schema: by default the server's CPU placement and the options' controls)."""
+    config = config or {"gpu_layers": 0, "ctx": 1024, "temperature": 0.8, "seed": options["seed"],
+                        "num_predict": options["num_predict"]}
+    return Job(suite="single", study=run_key.split("/")[0], run_key=run_key, attempt=1, run_index=run_index,
+               retries={"attempts": attempts, "wait_s": agents.RETRY_WAIT_S, "max_wait_s": agents.RETRY_MAX_WAIT_S},
+               model={"name": model, "slug": model}, config=config, **data_files(),
+               timeout_s=timeout_s, cold_load_ms=1000, contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0},
+               agents={"single": {"endpoint": url, "api": api, "model": model, "options": options}})
 
 
 @pytest.fixture(params=[pytest.param("llama_runtime", marks=pytest.mark.llama),
@@ -73,16 +88,10 @@ def test_python_and_rust_records_agree(engine, rust_agent, tmp_path):
         run_key = f"parity/{engine.kind}/run_{k}"
         _, records, _ = agents.run_single(target, workload, run_key)
         py_runs.append([r.to_json() for r in records])
-        job = rust.job_document(suite="single", study="parity", run_key=run_key, run_index=k,
-                                model={"name": MODEL, "slug": MODEL, "baseline": False}, config=config,
-                                agents={"single": {"endpoint": rs_ep.url, "api": rs_ep.api, "model": MODEL,
-                                                   "options": options}},
-                                timeout_s=120, cold_load_ms=1000, retries=3,
-                                contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
-        out = tmp_path / f"run_{k}" / "metrics.json"
-        rust.run_job(rust_agent, job, out, tmp_path, timeout_s=300)
-        doc = json.loads(out.read_text())
+        job = single_job(rs_ep.url, rs_ep.api, run_key, options, run_index=k, timeout_s=120, config=config)
+        doc = rust.run_job(rust_agent, job, tmp_path / f"run_{k}", tmp_path, timeout_s=300).to_json()
         assert schema_errors(doc) == [] and doc["lang"] == "rust"
+        assert not (tmp_path / f"run_{k}" / rust.AGENT_OUT_NAME).exists()  # read once, then deleted
         assert doc["workload"]["prompts_sha256"] == workload.prompts_sha256
         assert doc["workload"]["dataset_sha256"] == workload.dataset_sha256  # same data set text, byte for byte
         rs_runs.append(doc["requests"])
@@ -197,13 +206,8 @@ CUT, WHOLE = (200, _stream(["par", "tial"], done=False)), (200, _stream(["fine",
 OPTIONS = {"num_predict": 8, "seed": 42}
 
 
-def _rust_job(url: str, run_key: str, attempts: int) -> dict:
-    return rust.job_document(suite="single", study="contract", run_key=run_key, run_index=1,
-                             model={"name": MODEL, "slug": MODEL}, config={"gpu_layers": 0},
-                             agents={"single": {"endpoint": url, "api": "ollama", "model": MODEL,
-                                                "options": dict(OPTIONS)}},
-                             timeout_s=30, cold_load_ms=1000, retries=attempts,
-                             contention={"min_tps_ratio": 0.85, "max_ttft_inflation": 2.0})
+def _rust_job(url: str, run_key: str, attempts: int) -> Job:
+    return single_job(url, "ollama", run_key, OPTIONS, attempts=attempts)
 
 
 def test_both_clients_retry_a_cut_call_not_the_run(rust_agent, tmp_path):
@@ -219,9 +223,8 @@ def test_both_clients_retry_a_cut_call_not_the_run(rust_agent, tmp_path):
         _, records, _ = agents.run_single(target, workload, run_key, attempts=3)
         py_sent = server.nonces
     with ScriptedOllama([CUT, WHOLE]) as server:
-        out = tmp_path / "metrics.json"
-        rust.run_job(rust_agent, _rust_job(server.url, run_key, 3), out, tmp_path, timeout_s=60)
-        rs_records = json.loads(out.read_text())["requests"]
+        rs_records = rust.run_job(rust_agent, _rust_job(server.url, run_key, 3), tmp_path, tmp_path,
+                                  timeout_s=60).to_json()["requests"]
         rs_sent = server.nonces
     assert py_sent == rs_sent == want_sent
     for recs in ([r.to_json() for r in records], rs_records):
@@ -239,7 +242,7 @@ def test_both_clients_do_not_retry_a_permanent_kind(rust_agent, tmp_path):
         assert len(server.nonces) == 1
     with ScriptedOllama([not_found]) as server:
         with pytest.raises(RequestError) as rs:
-            rust.run_job(rust_agent, _rust_job(server.url, "contract/nf/run_1", 3), tmp_path / "m.json", tmp_path, 60)
+            rust.run_job(rust_agent, _rust_job(server.url, "contract/nf/run_1", 3), tmp_path, tmp_path, 60)
         assert len(server.nonces) == 1
     assert py.value.kind == rs.value.kind == "not_found"
     assert "not found" in str(rs.value) and server.url in str(rs.value)  # the agent's own message
@@ -249,25 +252,27 @@ def test_a_failed_request_comes_back_with_its_kind(rust_agent, tmp_path):
     """The agent's JSON error line: a cut stream after its one allowed try is stream_cut."""
     with ScriptedOllama([CUT]) as server:
         with pytest.raises(RequestError) as info:
-            rust.run_job(rust_agent, _rust_job(server.url, "contract/cut/run_1", 1), tmp_path / "m.json",
-                         tmp_path, timeout_s=60)
+            rust.run_job(rust_agent, _rust_job(server.url, "contract/cut/run_1", 1), tmp_path, tmp_path, timeout_s=60)
     assert info.value.kind == "stream_cut" and info.value.cls == "transient"
-    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / rust.AGENT_OUT_NAME).exists() and not (tmp_path / "metrics.json").exists()
 
 
 def test_a_bad_job_is_refused_before_the_agent_runs(tmp_path):
-    job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1)
+    """A job that breaks the schema cannot be built (bench/job.py); the file check names the same
+    key (tests/test_job.py shows run_job refusing a job the schema refuses, before it writes it)."""
+    job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1).to_json()
     job["agents"]["single"]["options"]["num_predict"] = 0
-    never = rust.RustAgent(("/nonexistent/tr116-agent",), "never run")
+    with pytest.raises(ValidationError, match=r"agents\.single\.options\.num_predict\n  Input should be greater than "
+                                              r"or equal to 1"):
+        Job.model_validate(job)
     with pytest.raises(BenchError, match=r"key `agents/single/options/num_predict`: 0 is less than the minimum of 1"):
-        rust.run_job(never, job, tmp_path / "m.json", tmp_path, timeout_s=10)
-    assert not (tmp_path / "job.json").exists()
+        rust.validate_job(job)
 
 
 def test_the_agent_refuses_a_bad_job_itself(rust_agent, tmp_path):
     """A job that skipped Python's check (here written by hand) is refused by the agent: exit 2 and
     an error line without a kind, which run_job turns into a BenchError naming the key."""
-    job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1)
+    job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1).to_json()
     job["attempt"] = 0
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
@@ -293,7 +298,7 @@ def test_an_agent_that_dies_without_its_error_line(script, how, tmp_path):
     crashing = rust.RustAgent(("sh", "-c", script, "tr116-agent"), "a crashing stand-in")
     job = _rust_job("http://127.0.0.1:9", "contract/crash/run_1", 1)
     with pytest.raises(RequestError) as info:
-        rust.run_job(crashing, job, tmp_path / "m.json", tmp_path, timeout_s=30)
+        rust.run_job(crashing, job, tmp_path, tmp_path, timeout_s=30)
     assert info.value.kind == "malformed_stream" and info.value.cls == "permanent"
     assert how in str(info.value)
     last = script.split("'")[1]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench.instrument import CLIENT_CPU_SOURCE
 from bench.profile import load_profile
 from bench.store import schema_errors
 from conftest import invoke, smoke_variant
@@ -113,6 +114,11 @@ def test_rust_agents_over_ollama(tmp_path, two_servers, results_dir):
         assert {r["api"] for r in doc["requests"]} == {"ollama"}
         if cell.suite == "multi":
             assert doc["metrics"]["speedup"] > 1.3
+        # the harness's blocks on the agent's document: the agent process's CPU, the run's key
+        assert doc["client_cost"]["cpu_source"] == CLIENT_CPU_SOURCE["rust"] and doc["client_cost"]["client_cpu_s"] > 0
+        assert doc["run_key"] == f"test/{cell.rel_dir}/run_1" and "placement" in doc and "server_settings" in doc
+        # the agent wrote its own file, read once and deleted: only the harness writes metrics.json
+        assert sorted(p.name for p in run.path.parent.iterdir()) == ["job.json", "metrics.json"]
 
 
 def test_rust_suite_recorded_as_skipped_without_an_agent(tmp_path, two_servers, results_dir, monkeypatch):

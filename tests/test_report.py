@@ -17,6 +17,7 @@ import pytest
 from bench import manifest as mf
 from bench.plan import build_plan
 from bench.profile import load_profile
+from bench.records import RunDocument
 from bench.report import write_report
 from bench.store import Store, atomic_write_json
 from conftest import smoke_variant
@@ -122,8 +123,8 @@ def make_study(tmp_path: Path, *, value=default_value, mutate=None, overrides: d
     plan = build_plan(loaded.profile, **(overrides or {}))
     store = Store(loaded.profile.study, tmp_path / "results")
     for item in plan.items:
-        store.write_metrics(item.rel_dir, synthetic_doc(item.cell, item.run_index,
-                                                        value(item.cell, item.run_index), store.root.name))
+        store.write_metrics(item.rel_dir, RunDocument.model_validate(synthetic_doc(
+            item.cell, item.run_index, value(item.cell, item.run_index), store.root.name)))
     mf.write_manifest(loaded, plan, runtime or FakeRuntime(), store, started_at=mf.utc_now(), overrides=overrides)
     return loaded, store
 
@@ -195,7 +196,7 @@ def test_client_floors_pricing_and_power_when_present(tmp_path, results_dir):
         energy = 96 / 2.0 if doc["model"]["name"] == MODELS[0] else 96 / 4.0
         doc["power"] = {"source": "nvml_energy_counter", "n_samples": 20, "mean_power_w": 150.0, "energy_j": energy,
                         "tokens_per_j": 96 / energy, "peak_vram_used_bytes": 9 * 2**30}
-        store.write_metrics(path.parent.relative_to(store.root), doc)
+        store.write_metrics(path.parent.relative_to(store.root), RunDocument.model_validate(doc))
     text = write_report(loaded, store).read_text()
     # floors table, and the client CPU share on the study's protocol (ollama, not openai's 50 µs):
     # 40 µs × 100 tok/s = 0.40 % of each second for Python, 6 µs × 103 tok/s = 0.06 % for Rust

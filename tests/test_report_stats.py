@@ -12,6 +12,7 @@ from bench import analysis, stats
 from bench.outliers import plan_outlier_reruns
 from bench.plan import build_plan
 from bench.profile import load_profile
+from bench.records import RunDocument
 from bench.findings import central_answer
 from bench.store import Store
 from bench.analysis import outlier_flags
@@ -111,7 +112,7 @@ def test_mad_flags_in_summaries_and_tables():
 
 def _write(store, cell, values):
     for k, v in values.items():
-        store.write_metrics(cell.rel_dir / f"run_{k}", synthetic_doc(cell, k, v, store.root.name))
+        store.write_metrics(cell.rel_dir / f"run_{k}", RunDocument.model_validate(synthetic_doc(cell, k, v, store.root.name)))
 
 
 def test_outlier_reruns_until_enough_clean_runs_within_budget(tmp_path):

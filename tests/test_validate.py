@@ -8,6 +8,7 @@ import pytest
 
 from bench import manifest as mf
 from bench.errors import BenchError
+from bench.records import RunDocument
 from bench.store import atomic_write_json
 from bench.analysis import load_tables
 from bench.summary import summarize_all
@@ -121,10 +122,10 @@ def test_outlier_reruns_are_accepted_within_the_budget(tmp_path):
     cell_dir = store.root / RUN.rsplit("/", 2)[0]
     doc = json.loads((cell_dir / "run_1" / "metrics.json").read_text())
     for k in (4, 5):
-        store.write_metrics(cell_dir.relative_to(store.root) / f"run_{k}", dict(doc, run_index=k))
+        store.write_metrics(cell_dir.relative_to(store.root) / f"run_{k}", RunDocument.model_validate(dict(doc, run_index=k)))
     summarize(loaded, store)
     assert validate_study(loaded, store).problems == []
-    store.write_metrics(cell_dir.relative_to(store.root) / "run_6", dict(doc, run_index=6))
+    store.write_metrics(cell_dir.relative_to(store.root) / "run_6", RunDocument.model_validate(dict(doc, run_index=6)))
     summarize(loaded, store)
     assert validate_study(loaded, store).problems == [
         "single/python/gemma3_latest/gpu80_ctx512_temp08: 3 runs beyond the plan's 3 ([4, 5, 6]); outlier reruns "
