@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import findings, instrument, ladder, metrics, probes, stats
+from bench.outliers import outlier_flags, placement_issues
 from bench.profile import Profile
 from bench.store import (CLIENT_OVERHEAD_NAME, COLDSTART, PROBES, SANITY, TIMELINE, Store, StoredRun,
                          atomic_write_json, atomic_write_text)
@@ -97,7 +98,7 @@ def run_row(run: StoredRun) -> dict:
            "temperature": cfg.temperature, "run": doc.run_index, "cold_load": doc.cold_load,
            "started_at": doc.started_at,
            # where the run ran differs from its config: kept, listed, out of the headline tables
-           "placement_issues": "; ".join(doc.placement.issues if doc.placement else [])}
+           "placement_issues": placement_issues(doc)}
     if doc.server_settings is not None:  # studies made before the settings were recorded have none
         row["topology"] = doc.server_settings.topology
         row["server_settings"] = settings_label(doc.server_settings)
@@ -173,14 +174,6 @@ def _flat_power(block: dict, prefix: str = "power_") -> dict:
     return out
 
 
-def outlier_flags(df: pd.DataFrame, suite: str, mad_k: float = 2.0) -> dict[str, list[bool]]:
-    """Per outlier metric of the suite, the spec's flag of each row (run) of one config:
-    |x − median| > mad_k × MAD over that config's runs (see stats.mad_outliers)."""
-    return {k: stats.mad_outliers([None if pd.isna(v) else v for v in df[k]] if k in df else [None] * len(df),
-                                  mad_k)
-            for k in metrics.outlier_metrics(suite)}
-
-
 OUTLIER_COLUMNS = list(dict.fromkeys(f"outlier_{m}" for suite in metrics.SUITES for m in metrics.outlier_metrics(suite)))
 
 
@@ -191,10 +184,25 @@ def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
     for _, g in runs.groupby("cell", sort=False):
         suite = g["suite"].iloc[0]
         ordered = g.sort_values("run")
-        for metric, flags in outlier_flags(ordered, suite, mad_k).items():
+        # each run's metrics by name, nulls as None: the rule's input (bench/outliers.py)
+        values = ordered.reindex(columns=list(metrics.outlier_metrics(suite))).astype(object)
+        rows = values.where(values.notna(), None).to_dict(orient="records")
+        for metric, flags in outlier_flags(rows, suite, mad_k).items():
             runs.loc[ordered.index, f"outlier_{metric}"] = flags
     runs["outlier"] = runs[OUTLIER_COLUMNS].any(axis=1)
     return runs
+
+
+def cell_flags(results: Results, cell_key: str) -> dict[int, list[str]]:
+    """run_index → the metrics on which that run is flagged (empty list: not flagged), as the
+    analysis flagged them, for the valid runs of one config folder; a misplaced run is listed,
+    never flagged (bench.outliers.cell_flags reads the same from the stored documents)."""
+    rows = results.cell_runs(cell_key)
+    out: dict[int, list[str]] = {}
+    for _, r in rows.iterrows():
+        out[int(r["run"])] = [m for m in metrics.outlier_metrics(r["suite"])
+                              if f"outlier_{m}" in r and not pd.isna(r[f"outlier_{m}"]) and r[f"outlier_{m}"]]
+    return out
 
 
 def load_tables(store: Store, mad_k: float = 2.0) -> Results:

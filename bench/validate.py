@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import metrics, probes
-from bench.analysis import Results, load_tables
+from bench.analysis import Results, cell_flags, load_tables
 from bench.errors import BenchError
 from bench.ladder import Skip
 from bench.manifest import load_manifest, planned_cells, profile_from_manifest
-from bench.outliers import cell_flags
 from bench.plan import Cell
 from bench.profile import LoadedProfile, Profile
 from bench.store import MANIFEST_NAME, Store

@@ -4,18 +4,19 @@ the variance decomposition, and the outlier-rerun rule. Each expected value is w
 from __future__ import annotations
 
 import math
+import shutil
 
 import pandas as pd
 import pytest
 
 from bench import analysis, stats
-from bench.outliers import plan_outlier_reruns
+from bench.outliers import cell_flags, outlier_flags, plan_outlier_reruns
 from bench.plan import build_plan
 from bench.profile import load_profile
 from bench.records import RunDocument
 from bench.findings import central_answer
 from bench.store import Store
-from bench.analysis import outlier_flags
+from test_records import FIXTURE_ROOT as FIXTURE
 from test_report import make_profile, synthetic_doc
 
 
@@ -104,10 +105,10 @@ def test_variance_decomposition_answers_the_central_question():
 
 def test_mad_flags_in_summaries_and_tables():
     # median 11, |x − 11| = 1, 0, 19 → MAD 1: only 30 is beyond 2 × MAD; a missing value is never flagged
-    df = pd.DataFrame({"decode_tps": [10.0, 11.0, 30.0, None], "ttft_ms": [100.0, 100.0, 100.0, 100.0]})
-    flags = outlier_flags(df, "single", 2.0)
+    runs = [{"decode_tps": v, "ttft_ms": 100.0} for v in (10.0, 11.0, 30.0, None)]
+    flags = outlier_flags(runs, "single", 2.0)
     assert flags == {"decode_tps": [False, False, True, False], "ttft_ms": [False] * 4}
-    assert outlier_flags(pd.DataFrame({"speedup": [1.9, 1.0, 1.95]}), "multi") == {"speedup": [False, True, False]}
+    assert outlier_flags([{"speedup": v} for v in (1.9, 1.0, 1.95)], "multi") == {"speedup": [False, True, False]}
 
 
 def _write(store, cell, values):
@@ -144,3 +145,30 @@ def test_no_reruns_without_budget(tmp_path):
     store = Store(loaded.profile.study, tmp_path / "results")
     _write(store, plan.cells[0], {1: 10.0, 2: 11.0, 3: 30.0})
     assert plan_outlier_reruns(loaded.profile, store, plan) == []
+
+
+def test_the_rerun_planner_reads_the_flags_the_analysis_shows(tmp_path):
+    """One rule, two readers: from the stored documents (the runner's rerun planner, no analysis)
+    and from the analysis's frames, every run of every config gets the same flags: on the stored
+    study (real runs, some flagged), and on a config with a misplaced run (listed, never flagged,
+    and out of the median and MAD of the others)."""
+    shutil.copytree(FIXTURE / "smoke", tmp_path / "smoke")
+    store = Store("smoke", root=tmp_path)
+    results = analysis.load_tables(store, 2.0)
+    cells = sorted({run.cell_key for run in store.iter_runs()})
+    from_docs = {key: cell_flags([run.doc for run in store.iter_runs(key)], 2.0) for key in cells}
+    assert from_docs == {key: analysis.cell_flags(results, key) for key in cells}
+    assert sum(bool(m) for flags in from_docs.values() for m in flags.values()) >= 2
+
+    loaded = load_profile(make_profile(tmp_path, lambda d: d["multi"].update(enabled=False)))
+    cell = build_plan(loaded.profile, langs=["python"], models=["gemma3:latest"]).cells[0]
+    store = Store(loaded.profile.study, tmp_path / "results")
+    _write(store, cell, {1: 10.0, 2: 10.0, 3: 11.0, 4: 13.0})
+    misplaced = dict(synthetic_doc(cell, 5, 13.0, store.root.name),
+                     placement={"after_load": {}, "end_of_run": {}, "issues": ["4 of 27 layers on the CPU"]})
+    store.write_metrics(cell.rel_dir / "run_5", RunDocument.model_validate(misplaced))
+    docs = [run.doc for run in store.iter_runs(cell.rel_dir)]
+    # runs 1–4: median 10.5, MAD 0.5, so 13 is flagged; with run 5 counted the median would be 11
+    # and MAD 1, and 13 would not be
+    expected = {1: [], 2: [], 3: [], 4: ["decode_tps"], 5: []}
+    assert cell_flags(docs, 2.0) == analysis.cell_flags(analysis.load_tables(store, 2.0), cell.key) == expected
