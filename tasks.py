@@ -139,10 +139,15 @@ def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
         print(f"  note: {note}")
     if outcome.failed:
         print(f"  failures are listed in {store.root / 'failures.jsonl'}")
-    # The error gate: the study `validate` checks, after the runner's retry pass.
+    # The study analysed once: the per-config summaries and the error gate (the study `validate`
+    # checks, after the runner's retry pass) read the same results.
+    from bench import analysis
+    from bench.summary import summarize_all
     from bench.validate import validate_study
 
-    check = validate_study(loaded, store)
+    results = analysis.build(store, loaded.profile)
+    summarize_all(store, plan.cells, results, loaded.profile.outliers.mad_k)
+    check = validate_study(loaded, store, results)
     if not check.ok:
         for problem in check.problems:
             print(f"  - {problem}")

@@ -15,6 +15,8 @@
 - Each run attempt is one typed Job (bench/job.py), built here once and handed to either backend
   (agents.run_job, rust.run_job); each returns a typed RunDocument, to which the harness adds
   its blocks (client cost, power, placement, settings, the ladder) before the store writes it.
+- The runner measures; it never analyses. Summaries, tables and the report read the store
+  afterwards (`invoke bench`, `invoke report`); the outlier reruns read the stored documents.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, analysis, gpu, instrument, ladder, overhead, power, probes, rust
+from bench import agents, gpu, instrument, ladder, overhead, power, probes, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
@@ -41,7 +43,6 @@ from bench.profile import LoadedProfile
 from bench.records import RunDocument
 from bench.runtimes import Runtime
 from bench.store import PROBES, Store, utc_now
-from bench.summary import summarize_all
 from bench.workload import load_workload
 
 log = logging.getLogger("bench")
@@ -367,8 +368,6 @@ class MatrixRunner:
                 self._floors()
         finally:
             bar.close()
-        mad_k = self.profile.outliers.mad_k
-        summarize_all(self.store, self.plan.cells, analysis.load_tables(self.store, mad_k), mad_k)
         outcome.learned_limits = self.limits.to_json()
         return outcome
 

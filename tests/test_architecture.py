@@ -38,8 +38,13 @@ def _bench_imports(node: ast.AST, module: str) -> set[str]:
     return out
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Each bench module → the bench modules it imports."""
+    return {MODULES[p]: _bench_imports(ast.parse(p.read_text()), MODULES[p]) - {MODULES[p]} for p in MODULES}
+
+
 def test_no_import_circle():
-    graph = {MODULES[p]: _bench_imports(ast.parse(p.read_text()), MODULES[p]) - {MODULES[p]} for p in MODULES}
+    graph = _import_graph()
     graphlib.TopologicalSorter({m: {d for d in deps if d in graph} for m, deps in graph.items()}).prepare()
 
 
@@ -84,3 +89,19 @@ def test_every_imported_package_is_declared():
     undeclared = {m: dists.get(m) for m in third_party
                   if not {d.lower().replace("_", "-") for d in dists.get(m, [m])} & declared}
     assert not undeclared, undeclared
+
+
+# The runner measures; analysing is a later step (`invoke bench` after run_matrix, `invoke report`).
+ANALYSIS_MODULES = {"bench.analysis", "bench.report", "bench.summary", "bench.findings", "bench.plots"}
+
+
+def test_the_runner_does_not_analyse():
+    """Neither bench.runner nor anything it imports reaches the analysis (the outlier reruns read
+    the stored documents through bench.outliers and the store)."""
+    graph = _import_graph()
+    reached, todo = set(), ["bench.runner"]
+    while todo:
+        for dep in graph.get(todo.pop(), set()) - reached:
+            reached.add(dep)
+            todo.append(dep)
+    assert not reached & ANALYSIS_MODULES, sorted(reached & ANALYSIS_MODULES)
