@@ -371,6 +371,31 @@ class StreamingClient:
                 raise RequestError("connection", f"connection lost mid-stream: {exc}", self.base_url) from None
         return build_record(ctx, self.base_url, self.api, model, t_send, stamps, texts, t_done, parser.counts)
 
+    def plain_chat(self, model: str, messages: list[dict], options: dict) -> ServerCounts:
+        """One non-streamed call: the engine's own counts and durations with no stream in between
+        (the drift probe's reference for the harness, bench/instrument.py). Read by the same
+        parsers as a stream's final message, so a malformed answer is refused alike."""
+        path, body = build_request(self.api, model, messages, options)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        try:
+            resp = self.session.post(self.base_url + path, json=body, timeout=(min(10.0, self.timeout_s), self.timeout_s))
+        except requests.ConnectionError as exc:
+            raise RequestError("connection", f"cannot connect: {exc.__class__.__name__}", self.base_url) from None
+        except requests.Timeout:
+            raise RequestError("timeout", f"no response within {self.timeout_s} s", self.base_url) from None
+        if resp.status_code != 200:
+            raise self._error_from_response(resp)
+        parser = PARSERS[self.api]()
+        if self.api == "ollama":  # the reply is the stream's final message: done:true with the counts
+            parser.feed(resp.content)
+        else:  # one JSON object: dispatched as the event a stream would have sent, compacted to one line
+            parser.feed(b"data: " + json.dumps(_message(resp.content), separators=(",", ":")).encode())
+            parser.feed(b"")
+        if self.api == "ollama" and not parser.finished:
+            raise RequestError("malformed_stream", "a non-streamed reply without done:true", self.base_url)
+        return parser.counts
+
     # ---- discovery, used by the runtimes for clear errors and the manifest ----
 
     def list_models(self) -> list[str]:

@@ -14,6 +14,7 @@ the harness (formulas in bench/metrics.py, level "instrument").
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import statistics
@@ -24,11 +25,12 @@ from pathlib import Path
 
 from bench import metrics
 from bench.agents import nonced_chat
-from bench.clients import RequestRecord, StreamingClient
+from bench.clients import RequestRecord, ServerCounts, StreamingClient
+from bench.drift import ProbePoint, probe_point, unix_time
 from bench.store import TIMELINE
-from bench.workload import Workload
+from bench.workload import Workload, prompt_nonce
 
-PROBE_CALLS = 3
+PROBE_PAIRS = 2  # streamed + plain call pairs per probe
 PROBE_TOKENS = 32
 
 
@@ -85,28 +87,65 @@ def client_block(before: CpuSnapshot, after: CpuSnapshot, source: str) -> dict:
 
 def run_probe(client: StreamingClient, model: str, workload: Workload, key: str, *,
               options: dict) -> list[RequestRecord]:
-    """The reference call set: PROBE_CALLS calls of the single agent's analysis prompt, each with
-    its own nonce (no prefix-cache hit), after one uncounted call that loads the model."""
-    records = []
-    for i in range(PROBE_CALLS + 1):
-        rec = nonced_chat(client, model, workload, options, key=key, agent="single", stage="analysis",
-                          phase="probe", attempt=i + 1)
-        if i:
-            records.append(rec)
-    return records
+    """(until the runner takes the pairs) the streamed calls of run_probe_pairs only."""
+    return run_probe_pairs(client, model, workload, key, options=options)[0]
 
 
-def probe_entry(label: str, model: str, records: list[RequestRecord]) -> dict:
-    """One line of probes.jsonl: the probe's median rates and its requests."""
+def run_probe_pairs(client: StreamingClient, model: str, workload: Workload, key: str, *,
+                    options: dict) -> tuple[list[RequestRecord], list[ServerCounts]]:
+    """The reference call set: one uncounted call that loads the model, then PROBE_PAIRS pairs, each
+    the single agent's analysis prompt streamed through the harness's client and the same prompt
+    (another nonce of the same length, so no prefix is reused) in one plain non-streamed call. The
+    streamed calls are what the harness measures; the plain ones are the engine's own rate at the
+    same prompt, depth, options and threads, a few seconds apart."""
+    nonced_chat(client, model, workload, options, key=key, agent="single", stage="analysis", phase="probe",
+                attempt=1)
+    streamed, plain = [], []
+    for i in range(PROBE_PAIRS):
+        streamed.append(nonced_chat(client, model, workload, options, key=key, agent="single", stage="analysis",
+                                    phase="probe", attempt=2 + 2 * i))
+        nonce = prompt_nonce(key, "single", "analysis", "probe", 3 + 2 * i)
+        plain.append(client.plain_chat(model, workload.messages("single", "analysis", nonce), options))
+    return streamed, plain
+
+
+def probe_entry(label: str, model: str, records: list[RequestRecord], plain: list[ServerCounts] = (),
+                t_s: float | None = None) -> dict:
+    """One line of probes.jsonl: the host's speed index (every call's engine decode rate), the
+    harness's rates, the engine's own rate and their ratio, the probe's middle in Unix time."""
     def med(values):
         vals = [v for v in values if v is not None]
         return statistics.median(vals) if vals else None
 
-    return {"label": label, "model": model,
+    def mean(values):
+        vals = [v for v in values if v is not None]
+        return statistics.fmean(vals) if vals else None
+
+    engine = [metrics.decode_tps_server(c.output_tokens, c.eval_ms) for c in plain]
+    harness = mean(r.decode_tps_client for r in records)
+    return {"label": label, "model": model, "t_s": t_s,
             "decode_tps": med(r.decode_tps_server for r in records),
             "decode_tps_client": med(r.decode_tps_client for r in records),
             "ttft_ms": med(r.ttft_ms for r in records),
-            "requests": [r.to_json() for r in records]}
+            # the drift model's level: every call's engine decode rate (bench/drift.py)
+            "rates": [r.decode_tps_server for r in records] + engine,
+            "engine_decode_tps": mean(engine), "harness_decode_tps": harness,
+            "harness_to_engine": metrics.harness_to_engine(harness, mean(engine)),
+            "requests": [r.to_json() for r in records],
+            "plain": [dataclasses.asdict(c) for c in plain]}
+
+
+def probe_points(probes: list[dict]) -> list[ProbePoint]:
+    """The drift model's series from probes.jsonl: each probe's level from its calls' engine decode
+    rates at its time (older probes: the streamed calls' rates, at the time the line was written)."""
+    out = []
+    for p in probes:
+        rates = p.get("rates") or [r.get("decode_tps_server") for r in p.get("requests", [])]
+        t_s = p.get("t_s") if p.get("t_s") is not None else (unix_time(p["at"]) if p.get("at") else None)
+        point = probe_point(t_s, rates) if t_s is not None else None
+        if point is not None:
+            out.append(point)
+    return out
 
 
 def drift_rows(probes: list[dict], threshold_pct: float) -> list[dict]:
@@ -126,35 +165,64 @@ def drift_rows(probes: list[dict], threshold_pct: float) -> list[dict]:
     return rows
 
 
-def measured_s(doc: dict) -> float:
-    """A run's measured time: single Σ e2e; multi alone times + together wall (study_overhead_ratio)."""
+def run_time_parts(doc: dict) -> dict:
+    """A run's time as its requests used it (metrics.json as stored): `active_s`, the union of its
+    request spans (overlapping requests of the together phase count once: metrics.active_s);
+    `span_s`, its first send to its last end; `summed_s`, what the study counted before the union
+    (single: Σ e2e; multi and steps: the alone time(s) plus the together wall, which for the steps
+    is N × one agent alone, not measured), kept to show both ways."""
+    spans = metrics.active_spans([r for r in doc["requests"]])
     m = doc["metrics"]
-    if doc["suite"] == "single":
-        return sum(r["e2e_ms"] for r in doc["requests"]) / 1000.0
-    return m["seq_s"] + m["wall_s"]
+    summed = (sum(r["e2e_ms"] for r in doc["requests"]) / 1000.0 if doc["suite"] == "single"
+              else m["seq_s"] + m["wall_s"])
+    return {"active_s": metrics.active_s(spans), "span_s": spans[-1][1] - spans[0][0] if spans else 0.0,
+            "summed_s": summed}
+
+
+def measured_s(doc: dict) -> float:
+    """A run's measured time: the union of its request spans (run_time_parts)."""
+    return run_time_parts(doc)["active_s"]
 
 
 def overhead_rows(events: list[dict]) -> tuple[float | None, list[dict]]:
     """The study's overhead ratio and where the time went, from timeline.jsonl (each event has its
-    start `t_s` on the runner's clock and its `duration_s`): Σ duration per event kind; a run's
-    own overhead (process spawn, bookkeeping) is its duration minus its measured time; what no
-    event covers is 'other'. Wall time: first event start to last event end."""
+    start `t_s` on the runner's clock and its `duration_s`; a run event its `active_s`, `span_s`
+    and `summed_s`, run_time_parts). Measured: Σ active_s. Inside runs the rest is split into the
+    gaps between a run's requests (span − active) and what is outside them (process spawn,
+    bookkeeping: duration − span); other event kinds by kind; what no event covers is 'other'.
+    Wall time: first event start to last event end. A run event of an older study has only
+    `measured_s` (the summed way): it stands for all three."""
     if not events:
         return None, []
     wall = max(e["t_s"] + e["duration_s"] for e in events) - min(e["t_s"] for e in events)
     by_kind: dict[str, float] = {}
-    measured = 0.0
+    active = span = run_s = 0.0
     for e in events:
-        by_kind[e["event"]] = by_kind.get(e["event"], 0.0) + e["duration_s"]
         if e["event"] == "run":
-            measured += e.get("measured_s") or 0.0
-    parts = [("measured requests", measured)]
-    if "run" in by_kind:
-        parts.append(("inside runs, not measured (process spawn, bookkeeping)", by_kind.pop("run") - measured))
+            run_s += e["duration_s"]
+            a = e.get("active_s", e.get("measured_s")) or 0.0
+            active += a
+            span += e.get("span_s", a) or 0.0
+        else:
+            by_kind[e["event"]] = by_kind.get(e["event"], 0.0) + e["duration_s"]
+    parts = [("measured requests (union of each run's request spans)", active)]
+    if run_s:
+        parts.append(("inside runs, between requests (gaps between calls and phases)", span - active))
+        parts.append(("inside runs, outside requests (process spawn, bookkeeping)", run_s - span))
     parts += sorted(by_kind.items(), key=lambda kv: -kv[1])
     parts.append(("other (between events)", wall - sum(e["duration_s"] for e in events)))
     rows = [{"part": name, "seconds": secs, "share_pct": secs / wall * 100 if wall else None} for name, secs in parts]
-    return metrics.study_overhead_ratio(wall, measured), rows
+    return metrics.study_overhead_ratio(wall, active), rows
+
+
+def summed_overhead_ratio(events: list[dict]) -> float | None:
+    """The ratio the way studies counted before the union of spans (Σ summed_s): overlapping
+    requests, and the steps' unmeasured sequential time, counted twice."""
+    runs = [e for e in events if e["event"] == "run"]
+    if not runs:
+        return None
+    wall = max(e["t_s"] + e["duration_s"] for e in events) - min(e["t_s"] for e in events)
+    return metrics.study_overhead_ratio(wall, sum(e.get("summed_s", e.get("measured_s")) or 0.0 for e in runs))
 
 
 class Timeline:

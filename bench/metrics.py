@@ -617,14 +617,28 @@ def drift_pct(probe_tps: float | None, first_probe_tps: float | None) -> float |
 
 @metric("study_overhead_ratio", "ratio", "instrument")
 def study_overhead_ratio(bench_wall_s: float, measured_s: float) -> float | None:
-    """study_overhead_ratio = bench wall time / Σ measured run time
+    """study_overhead_ratio = bench wall time / Σ_runs active_s
 
-    Measured run time: a single run's Σ e2e of its calls; a multi run's alone times plus its
-    together wall time. The rest is the harness: model loads, warmups, probes, process spawns.
+    Measured time is each run's union of request spans (active_s: requests that overlap, as in
+    the together phase, count once). The rest is the harness and the design: model loads, warmups,
+    drift probes, the gaps between a run's calls, process spawns.
     """
     if measured_s <= 0:
         return None
     return bench_wall_s / measured_s
+
+
+@metric("harness_to_engine", "ratio", "instrument")
+def harness_to_engine(harness_tps: float | None, engine_tps: float | None) -> float | None:
+    """harness_to_engine = mean decode_tps_client of the probe's streamed calls / mean engine decode rate of its plain calls
+
+    Each drift probe interleaves calls streamed through the harness's client with plain
+    non-streamed calls of the same prompt, options and threads: below 1, the harness (streaming,
+    HTTP, client) sees less than the engine's own rate at the same moment.
+    """
+    if not harness_tps or not engine_tps:
+        return None
+    return harness_tps / engine_tps
 
 
 # --------------------------------------------------------------------------------------------

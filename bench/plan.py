@@ -11,7 +11,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.profile import SHARED_INSTANCE_SCENARIOS, AgentConfig, ModelSpec, Profile, ServerConfig, ServerSettings
+from bench.profile import (SHARED_INSTANCE_SCENARIOS, AgentConfig, ModelSpec, Precision, Profile, ServerConfig,
+                           ServerSettings)
 from bench.workload import load_workload
 
 AGENTS_MULTI = ("collector", "insight")
@@ -40,6 +41,14 @@ class Cell:
     # Swept server settings (profile.settings_sweep); None: the runtime's pinned settings.
     settings: ServerSettings | None = None
     settings_tag: str = ""  # the swept values that differ from the pinned ones, in the folder name
+    # Adaptive sampling (bench/scheduler.py): runs from precision.min_runs (= `runs`) to max_runs.
+    # None: the fixed `runs` of the profile or of `--runs`.
+    precision: Precision | None = None
+
+    @property
+    def max_runs(self) -> int:
+        """The most runs the plan may give this config (outlier reruns of a fixed plan aside)."""
+        return self.precision.max_runs if self.precision else self.runs
 
     @property
     def shared_instance(self) -> bool:
@@ -115,6 +124,11 @@ class Plan:
     def run_count(self) -> int:
         return len(self.items)
 
+    @property
+    def adaptive(self) -> bool:
+        """Some config stops when its interval is narrow enough (items then hold each config's min runs)."""
+        return any(c.precision is not None for c in self.cells)
+
     def count(self, suite: str | None = None, lang: str | None = None) -> int:
         return sum(1 for i in self.items if (suite is None or i.cell.suite == suite)
                    and (lang is None or i.cell.lang == lang))
@@ -142,9 +156,19 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
         return [(None, "") if p == pinned else (p, p.tag(pinned)) for p in points]
 
     cells: list[Cell] = []
+
+    def wanted(model: ModelSpec, suite: str) -> bool:
+        return (suites is None or suite in suites) and (model.suites is None or suite in model.suites)
+
+    def sampled(spec) -> dict:
+        """The cell's run count and precision: `--runs` forces the fixed mode (spec parity)."""
+        if runs:
+            return {"runs": runs, "precision": None}
+        return {"runs": spec.precision.min_runs if spec.precision else spec.runs, "precision": spec.precision}
+
     for model in chosen:
         s = profile.single
-        if s.enabled and (suites is None or "single" in suites):
+        if s.enabled and wanted(model, "single"):
             for lang in s.langs:
                 if langs and lang not in langs:
                     continue
@@ -152,10 +176,10 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
                     for c in s.ctx:
                         cfg = AgentConfig(gpu_layers=g, ctx=c, temperature=s.temperature)
                         for st, tag in settings_for("single"):
-                            cells.append(Cell("single", lang, model, None, (("single", cfg),), runs or s.runs, cfg,
-                                              st, tag))
+                            cells.append(Cell("single", lang, model, None, (("single", cfg),), label_config=cfg,
+                                              settings=st, settings_tag=tag, **sampled(s)))
         m = profile.multi
-        if m.enabled and (suites is None or "multi" in suites):
+        if m.enabled and wanted(model, "multi"):
             for lang in m.langs:
                 if langs and lang not in langs:
                     continue
@@ -163,21 +187,23 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
                     agents = _multi_agents(profile, scenario, lang)
                     label = dict(agents)["insight"]
                     for st, tag in settings_for("multi"):
-                        cells.append(Cell("multi", lang, model, scenario, agents, runs or m.runs, label, st, tag))
+                        cells.append(Cell("multi", lang, model, scenario, agents, label_config=label, settings=st,
+                                          settings_tag=tag, **sampled(m)))
         st_ = profile.steps
-        if st_.enabled and (suites is None or "steps" in suites) and (not st_.models or model.name in st_.models):
+        if st_.enabled and wanted(model, "steps") and (not st_.models or model.name in st_.models):
             cfg = st_.config or m.chimera
             for lang in st_.langs:
                 if langs and lang not in langs:
                     continue
                 for n in st_.agents:
                     for st, tag in settings_for("steps"):
-                        cells.append(Cell("steps", lang, model, f"agents_{n}",
-                                          tuple((a, cfg) for a in step_agents(n)), runs or st_.runs, cfg, st, tag))
+                        cells.append(Cell("steps", lang, model, f"agents_{n}", tuple((a, cfg) for a in step_agents(n)),
+                                          label_config=cfg, settings=st, settings_tag=tag, **sampled(st_)))
     plan = Plan(cells)
     rng = random.Random(profile.workload.order_seed)
     # Models stay in blocks (a model switch is the costly step); within a block, runs of the
     # single suite come before the multi suite, and are shuffled when the profile asks for it.
+    # An adaptive plan lists each config's min runs here; the scheduler orders and extends them.
     for model in chosen:
         for suite in ("single", "multi", "steps"):
             block = [RunItem(c, k) for c in cells if c.model == model and c.suite == suite

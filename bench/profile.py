@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bench import metrics
 from bench.errors import BenchError
 from bench.host import detect_gpu_host
 from bench.paths import PROFILES_DIR
@@ -136,10 +137,18 @@ class Fallback(Strict):
         return v
 
 
+Suite = Literal["single", "multi", "steps"]
+
+
 class ModelSpec(Strict):
     name: str = Field(min_length=1)
     baseline: bool = False
     optional: bool = Field(False, description="failures (e.g. OOM) are logged, and the study goes on")
+    placebo_of: str | None = Field(None, description="an A/A placebo: the same weights as that model of the profile "
+                                                     "under this name, measured in a block of its own; every "
+                                                     "comparison of the two must find no difference")
+    suites: list[Suite] | None = Field(None, description="the suites this model runs in (default: every enabled "
+                                                         "suite)")
     source: Literal["pull", "gguf"] = Field("pull", description="Ollama: pull from the registry, or create "
                                                                 "from a GGUF file (embedded model or `file`)")
     file: str | None = Field(None, description="a GGUF path instead of an embedded model")
@@ -164,6 +173,27 @@ class AgentConfig(Strict):
     temperature: float = Field(ge=0)
 
 
+class Precision(Strict):
+    """Adaptive sampling of a suite (bench/scheduler.py): each config runs until every listed
+    metric's repeated interval (bench/sequential.py) has a relative half-width ≤ rel_half_width and
+    at least min_runs of its runs are unflagged by the outlier rule, or until max_runs, or until the
+    study's time budget (`sampling.budget_s`) is spent. Without it the suite runs its fixed `runs`."""
+
+    metrics: list[str] = Field(min_length=1, description="run metrics of the suite (bench/metrics.py RUN_METRICS)")
+    rel_half_width: float = Field(gt=0, lt=1, description="target half-width of the interval ÷ |mean| (0.05: ±5 %)")
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+    min_runs: int = Field(3, ge=2, description="always run (the spec's 3), and as many unflagged runs to stop on target")
+    max_runs: int = Field(10, ge=2)
+
+    @model_validator(mode="after")
+    def _runs(self):
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"max_runs {self.max_runs} is below min_runs {self.min_runs}")
+        if self.max_runs - self.min_runs >= 60:
+            raise ValueError(f"at most 60 looks (min_runs {self.min_runs}, max_runs {self.max_runs})")
+        return self
+
+
 class SingleSuite(Strict):
     enabled: bool = True
     langs: list[Lang] = ["python", "rust"]
@@ -171,6 +201,7 @@ class SingleSuite(Strict):
     ctx: list[int] = Field(min_length=1)
     temperature: float = Field(ge=0)
     runs: int = Field(ge=1)
+    precision: Precision | None = None
 
 
 class ContentionThresholds(Strict):
@@ -192,6 +223,7 @@ class MultiSuite(Strict):
                                                      description="per-language chimera overrides")
     hetero: HeteroConfigs | None = None
     runs: int = Field(ge=1)
+    precision: Precision | None = None
     contention: ContentionThresholds = ContentionThresholds()
 
     @model_validator(mode="after")
@@ -233,6 +265,7 @@ class StepsSuite(Strict):
     models: list[str] = Field(default_factory=list, description="default: every model")
     config: AgentConfig | None = Field(None, description="default: the multi suite's chimera config")
     runs: int = Field(3, ge=1)
+    precision: Precision | None = None
 
     @field_validator("agents")
     @classmethod
@@ -270,6 +303,16 @@ class EtaHints(Strict):
     restart_s: float = Field(2.0, ge=0)
 
 
+class Sampling(Strict):
+    """How an adaptive study spends its time (bench/scheduler.py)."""
+
+    budget_s: float | None = Field(None, gt=0, description="the matrix's time budget, from its first run: beyond "
+                                                            "each config's min_runs, runs go to the configs furthest "
+                                                            "from their target while they fit")
+    probe_interval_s: float = Field(90.0, gt=0, description="between rounds, a drift probe once this long has "
+                                                            "passed since the last one")
+
+
 class InstrumentSpec(Strict):
     """How the study measures its own instrument (bench/instrument.py)."""
 
@@ -297,6 +340,7 @@ class Profile(Strict):
     outliers: OutlierPolicy = OutlierPolicy()
     pricing: Pricing = Pricing()
     eta: EtaHints = EtaHints()
+    sampling: Sampling = Sampling()
     instrument: InstrumentSpec = InstrumentSpec()
     fallback: Fallback = Fallback()
 
@@ -309,6 +353,13 @@ class Profile(Strict):
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        for m in models:
+            if m.placebo_of is None:
+                continue
+            original = next((o for o in models if o.name == m.placebo_of), None)
+            if original is None or original.placebo_of is not None or m.baseline:
+                raise ValueError(f"model {m.name}: placebo_of must name another model of the profile that is not a "
+                                 f"placebo itself (and a placebo is never the baseline); got {m.placebo_of!r}")
         return models
 
     @model_validator(mode="after")
@@ -319,6 +370,13 @@ class Profile(Strict):
             raise ValueError(f"steps.models names unknown models {unknown}; the profile's models are {names}")
         # every swept combination must be valid (a quantised KV cache needs flash attention)
         self.settings_sweep.points(self.runtime.pinned_settings)
+        for suite in ("single", "multi", "steps"):
+            precision = getattr(self, suite).precision
+            known = metrics.key_metrics(suite)
+            wrong = [m for m in (precision.metrics if precision else []) if m not in known]
+            if wrong:
+                raise ValueError(f"{suite}.precision.metrics names {wrong}, not run metrics of the {suite} suite; "
+                                 f"choose from {list(known)}")
         return self
 
     @field_validator("fallback")

@@ -223,7 +223,8 @@ class FakeOllama:
                         server.loaded.pop(name, None)
                         return self._json(500, {"error": server.oom_error})
                     server.loaded[name] = runner
-                    load_ns = time.perf_counter_ns() - t0
+                # Ollama's load_duration is the time to get a runner: never zero, even when loaded
+                load_ns = time.perf_counter_ns() - t0
                 messages = req.get("messages") if chat else None
                 if chat and not messages:
                     return self._json(200, {"model": name, "created_at": _now_rfc3339(),
@@ -237,6 +238,8 @@ class FakeOllama:
                 n_predict = int(opts.get("num_predict", 32))
                 if n_predict < 0:
                     n_predict = 64
+                if req.get("stream") is False:  # one reply: the final message, with the whole text
+                    return self._whole(req, name, chat, t0, load_ns, n_prompt, n_predict)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -286,11 +289,31 @@ class FakeOllama:
                 eval_ns = time.perf_counter_ns() - te
                 last = WORDS[(n_predict - 1) % len(WORDS)] if server.text_in_final else ""
                 final = chunk(last, True, done_reason="length", total_duration=time.perf_counter_ns() - t0)
-                if load_ns:
-                    final["load_duration"] = load_ns  # omitempty: absent when zero
+                final["load_duration"] = load_ns
                 final.update(prompt_eval_count=n_prompt, prompt_eval_duration=prompt_ns, eval_count=n_predict,
                              eval_duration=eval_ns)
                 self._chunk(final)
                 self._end_chunks()
+
+            def _whole(self, req: dict, name: str, chat: bool, t0: int, load_ns: int, n_prompt: int,
+                       n_predict: int) -> None:
+                tp = time.perf_counter_ns()
+                with server.lock:
+                    time.sleep(n_prompt * server.prompt_token_s)
+                prompt_ns = time.perf_counter_ns() - tp
+                te = time.perf_counter_ns()
+                with server.lock:
+                    time.sleep(n_predict * server.token_s)
+                text = "".join(WORDS[i % len(WORDS)] for i in range(n_predict))
+                body = {"model": req["model"], "created_at": _now_rfc3339()}
+                if chat:
+                    body["message"] = {"role": "assistant", "content": text}
+                else:
+                    body["response"] = text
+                body.update(done=True, done_reason="length", total_duration=time.perf_counter_ns() - t0)
+                body["load_duration"] = load_ns
+                body.update(prompt_eval_count=n_prompt, prompt_eval_duration=prompt_ns, eval_count=n_predict,
+                            eval_duration=time.perf_counter_ns() - te)
+                return self._json(200, body)
 
         return Handler

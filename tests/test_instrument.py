@@ -51,18 +51,37 @@ def test_overhead_ratio_and_where_the_time_went():
     events = [
         {"event": "switch", "t_s": 0.0, "duration_s": 2.0},
         {"event": "warmup", "t_s": 2.0, "duration_s": 3.0},
-        {"event": "run", "t_s": 5.0, "duration_s": 10.0, "measured_s": 9.0},
-        {"event": "run", "t_s": 15.0, "duration_s": 10.0, "measured_s": 8.0},
+        # a multi run: its together phase's requests overlap, so their union (active) is less than
+        # what was counted before (summed: alone + together wall)
+        {"event": "run", "t_s": 5.0, "duration_s": 10.0, "active_s": 7.0, "span_s": 9.0, "summed_s": 11.0},
+        {"event": "run", "t_s": 15.0, "duration_s": 10.0, "active_s": 8.0, "span_s": 8.5, "summed_s": 8.0},
         {"event": "probe", "t_s": 26.0, "duration_s": 4.0},  # 1 s between the last run and the probe
     ]
     ratio, rows = instrument.overhead_rows(events)
-    assert ratio == pytest.approx(30.0 / 17.0)
+    assert ratio == pytest.approx(30.0 / 15.0)
     parts = {r["part"]: r["seconds"] for r in rows}
-    assert parts["measured requests"] == 17.0
-    assert parts["inside runs, not measured (process spawn, bookkeeping)"] == 3.0
+    assert parts["measured requests (union of each run's request spans)"] == 15.0
+    assert parts["inside runs, between requests (gaps between calls and phases)"] == pytest.approx(2.5)
+    assert parts["inside runs, outside requests (process spawn, bookkeeping)"] == pytest.approx(2.5)
     assert parts["warmup"] == 3.0 and parts["switch"] == 2.0 and parts["probe"] == 4.0
     assert parts["other (between events)"] == pytest.approx(1.0)
     assert sum(parts.values()) == pytest.approx(30.0)
+    # the old way counted the overlap twice: a smaller ratio that understates the overhead
+    assert instrument.summed_overhead_ratio(events) == pytest.approx(30.0 / 19.0)
+    # an older study's run events carry only measured_s (the summed way)
+    old = [{"event": "run", "t_s": 0.0, "duration_s": 10.0, "measured_s": 9.0}]
+    assert instrument.overhead_rows(old)[0] == pytest.approx(10.0 / 9.0)
+
+
+def test_a_runs_time_parts_count_overlapping_requests_once():
+    req = lambda start, e2e: {"start_offset_ms": start, "e2e_ms": e2e}  # noqa: E731
+    # alone: 0–1 s and 1.5–2.5 s; together: 3–4 s and 3.2–4.4 s (overlapping)
+    doc = {"suite": "multi", "metrics": {"seq_s": 2.0, "wall_s": 1.4},
+           "requests": [req(0, 1000), req(1500, 1000), req(3000, 1000), req(3200, 1200)]}
+    parts = instrument.run_time_parts(doc)
+    assert parts["active_s"] == pytest.approx(1.0 + 1.0 + 1.4)
+    assert parts["span_s"] == pytest.approx(4.4)
+    assert parts["summed_s"] == pytest.approx(3.4)
 
 
 def _study(tmp_path, name: str, slow_factor: float) -> list[dict]:

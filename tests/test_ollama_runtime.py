@@ -175,11 +175,14 @@ def _shape(url: str, model: str) -> dict:
              if x]
     ps = requests.get(url + "/api/ps", timeout=10).json()["models"]
     missing = requests.post(url + "/api/chat", json={"model": "nope", "messages": body["messages"]}, timeout=10)
+    whole = requests.post(url + "/api/chat", json={**body, "stream": False}, timeout=60).json()
     unload = requests.post(url + "/api/generate", json={"model": model, "keep_alive": 0}, timeout=60).json()
     return {"chunk_keys": sorted(lines[0]), "message_keys": sorted(lines[0]["message"]),
             "final_keys": sorted(lines[-1]), "final_text": lines[-1]["message"]["content"],
             "model_echo": lines[0]["model"] == model, "n_text_chunks": sum(1 for x in lines if x["message"]["content"]),
             "ps_keys": sorted(ps[0]), "missing": (missing.status_code, missing.json()),
+            # the drift probe's plain call (StreamingClient.plain_chat): one final message, the whole text
+            "whole_keys": sorted(whole), "whole_has_text": bool(whole["message"]["content"]),
             "unload": sorted(unload), "unload_reason": unload["done_reason"]}
 
 

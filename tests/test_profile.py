@@ -119,3 +119,45 @@ def test_chimera_hetero_gives_each_agent_its_own_config(tmp_path):
     assert servers["a"].gpu_layers == 60 and servers["b"].ctx == 1024
     msg = error_of(write(tmp_path, lambda d: d["multi"].update(scenarios=["chimera_hetero"])))
     assert "chimera_hetero needs a 'hetero' block" in msg
+
+
+def test_precision_targets_are_checked_against_the_suites_metrics(tmp_path):
+    def bad_metric(d):
+        d["single"]["precision"] = {"metrics": ["speedup"], "rel_half_width": 0.05}
+    assert "single.precision.metrics names ['speedup']" in error_of(write(tmp_path, bad_metric))
+
+    def bad_runs(d):
+        d["multi"]["precision"] = {"metrics": ["speedup"], "rel_half_width": 0.05, "min_runs": 5, "max_runs": 4}
+    assert "max_runs 4 is below min_runs 5" in error_of(write(tmp_path, bad_runs))
+
+    def one_run(d):
+        d["multi"]["precision"] = {"metrics": ["speedup"], "rel_half_width": 0.05, "min_runs": 1}
+    assert "multi.precision.min_runs" in error_of(write(tmp_path, one_run))
+
+
+def test_an_adaptive_suite_plans_its_min_runs_and_runs_forces_the_fixed_mode(tmp_path):
+    def adaptive(d):
+        d["single"]["precision"] = {"metrics": ["decode_tps", "ttft_ms"], "rel_half_width": 0.1, "min_runs": 3,
+                                    "max_runs": 7}
+        d["multi"].pop("precision", None)
+    profile = load_profile(write(tmp_path, adaptive)).profile
+    plan = build_plan(profile)
+    single = [c for c in plan.cells if c.suite == "single"]
+    assert plan.adaptive and all(c.runs == 3 and c.max_runs == 7 for c in single)
+    assert all(c.precision is None and c.max_runs == c.runs == profile.multi.runs
+               for c in plan.cells if c.suite == "multi")
+    fixed = build_plan(profile, runs=5)
+    assert not fixed.adaptive and all(c.runs == c.max_runs == 5 for c in fixed.cells)
+
+
+def test_a_placebo_names_another_model_and_a_model_can_skip_suites(tmp_path):
+    def placebo(d):
+        d["models"].append({"name": "gemma3-270m-aa", "source": "gguf", "template": "gemma3",
+                            "placebo_of": "gemma3-270m", "suites": ["single"]})
+    profile = load_profile(write(tmp_path, placebo)).profile
+    cells = build_plan(profile).cells
+    assert {c.suite for c in cells if c.model.name == "gemma3-270m-aa"} == {"single"}
+
+    def unknown(d):
+        d["models"].append({"name": "x", "source": "gguf", "placebo_of": "nope"})
+    assert "placebo_of must name another model" in error_of(write(tmp_path, unknown))
