@@ -159,7 +159,8 @@ def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: in
             "temperature": profile.single.temperature}
     out = []
     for model in profile.models:
-        path = assets.model_file(model.name, model.file)
+        weights = profile.weights_of(model)
+        path = assets.model_file(weights.name, weights.file)
         runtime.switch(model, {runtime.specs[0].name: ServerConfig(gpu_layers=0, ctx=1024)})
         recs = _harness_calls(profile, runtime.endpoints()[0], model.name, opts, requests_n)
         depth = int(statistics.median(r.prompt_tokens for r in recs))
@@ -209,16 +210,21 @@ def harness_vs_ollama(profile, runtime, *, n_gen: int = 128, requests_n: int = 3
 
 
 def measure(loaded, runtime, results_dir: Path, *, requests_n: int = 5, num_predict: int = 20000,
-            pace_tps: float = 20000.0) -> dict:
-    """Everything `client_overhead.json` holds: both clients' floors, and the harness against the
-    engine's own rate where the bundle runs the engine (it starts the servers it needs and stops
-    those it started)."""
+            pace_tps: float = 20000.0, engine: bool = True) -> dict:
+    """Everything `client_overhead.json` holds: both clients' floors, and (with `engine`) the harness
+    against the engine's own rate where the bundle runs the engine (it starts the servers it needs
+    and stops those it started). A study measures the latter interleaved with its runs instead:
+    every drift probe pairs streamed and plain calls (bench/instrument.py)."""
     agent, reason = rust.find_rust_agent(containerized=False)  # the client's own cost, not docker run's
     rust_cmd = agent.command(results_dir) if agent else None
     result = {"client_floors": client_floors(rust_cmd, requests_n=requests_n, num_predict=num_predict,
                                              pace_tps=pace_tps),
               "measured_at": utc_now(), "rust_agent": agent.source if agent else reason,
               "harness_vs_engine": [], "host": manifest.host_info(), "harness": manifest.git_state()}
+    if not engine:
+        result["harness_vs_engine_missing"] = ("measured interleaved with the study: each drift probe pairs "
+                                               "streamed harness calls with plain calls (probes.jsonl)")
+        return result
     if runtime.kind not in ("local", "ollama"):
         result["harness_vs_engine_missing"] = f"the bundle does not run the engine of the {runtime.kind} runtime"
         return result
@@ -235,16 +241,18 @@ def measure(loaded, runtime, results_dir: Path, *, requests_n: int = 5, num_pred
     return result
 
 
-def cached_measure(loaded, runtime, store) -> tuple[dict, bool]:
-    """`measure()` once per host, harness commit, Rust agent and profile (cached in the bundle's
-    cache), written to the study's client_overhead.json; True when it came from the cache."""
+def cached_measure(loaded, runtime, store, *, engine: bool = True) -> tuple[dict, bool]:
+    """`measure()` once per host, harness commit, Rust agent (and profile, with `engine`) (cached
+    in the bundle's cache), written to the study's client_overhead.json; True when it came from
+    the cache."""
     agent, _ = rust.find_rust_agent(containerized=False)
     key = hashlib.sha256(json.dumps({"host": manifest.host_info(), "harness": manifest.git_state(),
                                      "agent": agent.binary_sha256 if agent else None,
-                                     "profile": loaded.sha256}, sort_keys=True).encode()).hexdigest()[:24]
+                                     "profile": loaded.sha256 if engine else None, "engine": engine},
+                                    sort_keys=True).encode()).hexdigest()[:24]
     memo = cache_dir() / "client_overhead" / f"{key}.json"
     cached = memo.is_file()
-    result = json.loads(memo.read_text()) if cached else measure(loaded, runtime, store.root.parent)
+    result = json.loads(memo.read_text()) if cached else measure(loaded, runtime, store.root.parent, engine=engine)
     if not cached:
         atomic_write_json(memo, result)
     atomic_write_json(store.root / CLIENT_OVERHEAD_NAME, result)

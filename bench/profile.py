@@ -301,6 +301,9 @@ class EtaHints(Strict):
     decode_tps: float = Field(100.0, gt=0)
     prefill_tps: float = Field(500.0, gt=0)
     restart_s: float = Field(2.0, ge=0)
+    cv_pct: dict[str, float] = Field({"decode_tps": 3.0, "ttft_ms": 6.0, "speedup": 4.0, "latency_ms": 4.0},
+                                     description="run-to-run CV % per metric, for `invoke plan`'s expected runs of "
+                                                 "an adaptive study before it has measured any")
 
 
 class Sampling(Strict):
@@ -389,6 +392,13 @@ class Profile(Strict):
     @property
     def baseline(self) -> ModelSpec:
         return next(m for m in self.models if m.baseline)
+
+    def weights_of(self, model: ModelSpec) -> ModelSpec:
+        """The model whose weights `model` is served with (source, file, template, stop): itself,
+        or, for a placebo, the model it copies."""
+        if model.placebo_of is None:
+            return model
+        return next(m for m in self.models if m.name == model.placebo_of)
 
     def fallback_for(self, model: ModelSpec) -> Fallback:
         """The model's ladder: the profile's, with the keys the model sets replaced."""

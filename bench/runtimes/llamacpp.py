@@ -71,7 +71,8 @@ class LocalRuntime:
         return [Endpoint(e.name, self.servers[e.name].url, "openai") for e in self.specs]
 
     def _file_for(self, model: ModelSpec) -> Path:
-        return assets.model_file(model.name, model.file)
+        weights = self.profile.weights_of(model)  # a placebo: the file of the model it copies
+        return assets.model_file(weights.name, weights.file)
 
     def up(self) -> None:
         """Start both servers on the baseline model with the server defaults."""
@@ -146,7 +147,8 @@ class LocalRuntime:
         return info
 
     def model_identity(self, model: ModelSpec) -> dict:
-        return assets.gguf_identity(model)
+        return {**assets.gguf_identity(self.profile.weights_of(model)), "name": model.name,
+                "placebo_of": model.placebo_of}
 
     def failure_evidence(self) -> dict:
         return {"server_log_tail": {name: s.log_tail(20) for name, s in self.servers.items()}}

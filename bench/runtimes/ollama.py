@@ -96,8 +96,13 @@ class OllamaEndpoints:
     def ensure_models(self) -> None:
         """Create or pull every model through the first instance (one writer to the shared model
         store), then check that the other instance lists each of them."""
-        for model in self.profile.models:
-            self.model_actions[model.name] = ensure_model(self.first_api, model)
+        for model in sorted(self.profile.models, key=lambda m: m.placebo_of is not None):  # originals first
+            if model.placebo_of is None:
+                self.model_actions[model.name] = ensure_model(self.first_api, model)
+                continue
+            # a placebo is the original under another name: the same manifest, the same digest
+            self.first_api.copy(model.placebo_of, model.name)
+            self.model_actions[model.name] = f"copied from {model.placebo_of}"
         for name, api in self.apis.items():
             missing = [m.name for m in self.profile.models if api.tag(m.name) is None]
             if missing:
@@ -193,8 +198,9 @@ class OllamaEndpoints:
         ident = self.first_api.identity(model.name)
         ident["source"] = model.source
         ident["created"] = self.model_actions.get(model.name)
-        if model.source == "gguf":
-            f = assets.gguf_identity(model)
+        ident["placebo_of"] = model.placebo_of
+        if model.source == "gguf" or self.profile.weights_of(model).source == "gguf":
+            f = assets.gguf_identity(self.profile.weights_of(model))
             ident.update(file=f["file"], file_sha256=f["file_sha256"], file_size_bytes=f["size_bytes"],
                          package=f["package"], stands_in_for=f["stands_in_for"])
         ident["chat_template"] = (f"profile: {model.template}" if model.template

@@ -112,6 +112,10 @@ class OllamaAPI:
                     bar.n = event.get("completed", 0)
                     bar.refresh()
 
+    def copy(self, source: str, destination: str) -> None:
+        """Another name for a model: the same manifest, so the same digest and blobs (/api/copy)."""
+        self._request("POST", "/api/copy", json={"source": source, "destination": destination})
+
     def delete(self, model: str) -> None:
         """Remove a model's manifest from the store (its blobs stay while another model uses them)."""
         self._request("DELETE", "/api/delete", json={"model": model})
