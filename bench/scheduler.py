@@ -31,15 +31,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
-from bench import stats
+from bench.outliers import outlier_flags
 from bench.sequential import Interval, LookPlan, interval
 
 TARGET_MET = "target met"
 MAX_RUNS = "max runs"
 BUDGET = "budget"
 FAILED = "failed"
+SKIPPED = "skipped"  # the study skipped it on purpose (no Rust agent)
 FIXED = "fixed runs"  # a config sampled with the profile's fixed `runs` (spec parity)
-STOP_REASONS = (TARGET_MET, MAX_RUNS, BUDGET, FAILED, FIXED)
+STOP_REASONS = (TARGET_MET, MAX_RUNS, BUDGET, FAILED, SKIPPED, FIXED)
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,11 @@ class Target:
     min_runs: int
     max_runs: int
     confidence: float = 0.95
+    fixed: bool = False  # a suite with the profile's fixed `runs`: it stops there, whatever its interval
 
     @property
     def looks(self) -> LookPlan:
-        return LookPlan(self.min_runs, self.max_runs, self.confidence)
+        return LookPlan(max(2, self.min_runs), max(2, self.max_runs), self.confidence)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class CellSpec:
     block: str  # the model: a block's configs run together
     server_key: Hashable  # configs with the same key run without reloading the servers in between
     target: Target
-    outlier_metrics: tuple[str, ...] = ()
+    suite: str = "single"  # whose outlier metrics the spec's rule flags (bench/outliers.py)
     est_run_s: float = 10.0  # a run's expected time before any was measured
 
 
@@ -187,14 +189,15 @@ class Scheduler:
 
     def _flags(self, cell: _Cell) -> list[bool]:
         """Per run: flagged by the outlier rule on any of the suite's outlier metrics."""
-        flags = [False] * len(cell.runs)
-        for m in cell.spec.outlier_metrics:
-            for i, f in enumerate(stats.mad_outliers([o.values.get(m) for o in cell.runs], self.mad_k)):
-                flags[i] = flags[i] or f
-        return flags
+        by_metric = outlier_flags([o.values for o in cell.runs], cell.spec.suite, self.mad_k)
+        return [any(flags[i] for flags in by_metric.values()) for i in range(len(cell.runs))]
 
     def _decide(self, cell: _Cell) -> None:
         if cell.stopped is not None:
+            return
+        if cell.spec.target.fixed:
+            if len(cell.runs) >= cell.spec.target.max_runs:
+                cell.stopped = FIXED
             return
         if self._met(cell):
             cell.stopped = TARGET_MET

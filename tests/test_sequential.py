@@ -61,27 +61,31 @@ def test_compare_and_widen():
 
 
 def test_the_drift_model_by_hand():
-    series = drift.HostDrift([drift.ProbePoint(100.0, 50.0, 0.01), drift.ProbePoint(200.0, 40.0, 0.02)])
-    assert series.factor(50.0) == 1.0  # before the first probe: as at the first
-    assert series.factor(150.0) == pytest.approx(0.9)  # halfway from 50 to 40
-    assert series.factor(500.0) == pytest.approx(0.8)  # after the last: as at the last
-    assert series.adjust(18.0, 150.0, +1) == pytest.approx(20.0)  # a rate measured 10 % slow
-    assert series.adjust(110.0, 150.0, -1) == pytest.approx(99.0)  # a time measured long
-    assert series.adjust(1.9, 150.0, 0) == 1.9  # a ratio of two phases of one run
-    assert series.max_drift_pct() == pytest.approx(20.0)
+    # probes at 55 and 45 tok/s: the reference is their mean, 50
+    series = drift.HostDrift([drift.ProbePoint(100.0, 55.0, 0.5), drift.ProbePoint(200.0, 45.0, 1.0)])
+    assert series.reference == 50.0
+    assert series.factor(50.0) == pytest.approx(1.1)  # before the first probe: as at the first
+    assert series.factor(150.0) == pytest.approx(1.0)  # halfway from 55 to 45
+    assert series.factor(500.0) == pytest.approx(0.9)  # after the last: as at the last
+    assert series.adjust(18.0, 500.0, +1) == pytest.approx(20.0)  # a rate measured 10 % slow
+    assert series.adjust(110.0, 500.0, -1) == pytest.approx(99.0)  # a time measured long
+    assert series.adjust(1.9, 500.0, 0) == 1.9  # a ratio of two phases of one run
+    assert series.max_drift_pct() == pytest.approx(10.0)
+    # the reference's 95 % half-width: 1.96 · √(0.5² + 1²) / 2 / 50
+    assert series.reference_rel_half_width == pytest.approx(1.959964 * math.sqrt(1.25) / 2 / 50, rel=1e-5)
     assert [drift.host_exponent(u) for u in ("tok/s", "ms", "s", "×", "%", "ratio")] == [1, -1, -1, 0, 0, 0]
     p = drift.probe_point(0.0, [10.0, 11.0, 12.0, None])
-    assert p.level == 11.0 and p.rel_half_width == pytest.approx(4.302653 * 1 / math.sqrt(3) / 11, rel=1e-5)
+    assert p.level == 11.0 and p.se == pytest.approx(1 / math.sqrt(3))
     assert drift.probe_point(0.0, [None]) is None
     with pytest.raises(ValueError, match="no probe"):
         drift.HostDrift([])
 
 
-TARGET = Target(metrics=("x",), rel_half_width=0.05, min_runs=3, max_runs=5)
+TARGET = Target(metrics=("decode_tps",), rel_half_width=0.05, min_runs=3, max_runs=5)
 
 
 def _sched(cells, **kw) -> Scheduler:
-    return Scheduler([CellSpec(k, b, s, TARGET, outlier_metrics=("x",)) for k, b, s in cells], seed=1, **kw)
+    return Scheduler([CellSpec(k, b, s, TARGET, suite="single") for k, b, s in cells], seed=1, **kw)
 
 
 def test_rounds_group_server_states_and_alternate_their_order():
@@ -97,19 +101,19 @@ def test_rounds_group_server_states_and_alternate_their_order():
 def test_a_config_stops_on_target_only_with_enough_clean_runs():
     s = _sched([("a", "m", "A")])
     for i, v in enumerate([100.0, 100.1, 99.9], start=1):
-        s.record("a", Observation(i, {"x": v}, 1.0))
+        s.record("a", Observation(i, {"decode_tps": v}, 1.0))
     assert s.stop_reason("a") == TARGET_MET and s.status("a").met
     s = _sched([("a", "m", "A")])
     # narrow enough at 3 runs, but the rule flags 100.5 (MAD 0): only 2 clean runs, so one more
     for i, v in enumerate([100.0, 100.0, 100.5], start=1):
-        s.record("a", Observation(i, {"x": v}, 1.0))
+        s.record("a", Observation(i, {"decode_tps": v}, 1.0))
     st = s.status("a")
     assert st.distance <= 1 and st.clean == 2 and s.stop_reason("a") is None
-    s.record("a", Observation(4, {"x": 100.0}, 1.0))
+    s.record("a", Observation(4, {"decode_tps": 100.0}, 1.0))
     assert s.stop_reason("a") == TARGET_MET and s.status("a").clean == 3
     s = _sched([("a", "m", "A")])
     for i, v in enumerate([100.0, 110.0, 90.0, 105.0, 95.0], start=1):  # too noisy for 5 %
-        s.record("a", Observation(i, {"x": v}, 1.0))
+        s.record("a", Observation(i, {"decode_tps": v}, 1.0))
     assert s.stop_reason("a") == MAX_RUNS
 
 
@@ -126,6 +130,14 @@ def test_min_runs_always_run_and_the_budget_stops_the_rest():
     for r in range(3):  # mandatory rounds, whatever the budget says
         assert sorted(s.next_round("m", elapsed_s=100.0 * r)) == ["a", "b"]
         for k in ("a", "b"):
-            s.record(k, Observation(r + 1, {"x": 100.0 + 10 * r * (k == "a")}, 5.0))
+            s.record(k, Observation(r + 1, {"decode_tps": 100.0 + 10 * r * (k == "a")}, 5.0))
     assert s.next_round("m", elapsed_s=300.0) == []
     assert s.stop_reason("a") == BUDGET
+
+
+def test_a_fixed_suite_beside_adaptive_ones_stops_at_its_runs():
+    fixed = Target(metrics=("decode_tps",), rel_half_width=1.0, min_runs=1, max_runs=1, fixed=True)
+    s = Scheduler([CellSpec("f", "m", "A", fixed, suite="single")], seed=1)
+    assert s.next_round("m") == ["f"]
+    s.record("f", Observation(1, {"decode_tps": 100.0}, 1.0))
+    assert s.stop_reason("f") == "fixed runs" and s.next_round("m") == []
