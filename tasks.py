@@ -147,6 +147,11 @@ def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
 
     results = analysis.build(store, loaded.profile)
     summarize_all(store, plan.cells, results, loaded.profile.outliers.mad_k)
+    precision = results.findings.get("precision") or {}
+    if plan.adaptive and precision:
+        per = ", ".join(f"{n} runs: {k}" for n, k in precision["runs_per_config"].items())
+        why = ", ".join(f"{k} {v}" for k, v in precision["stop_reasons"].items())
+        print(f"  sampling: {precision['runs']} runs in {precision['configs']} configs ({per} configs); stopped: {why}")
     check = validate_study(loaded, store, results)
     if not check.ok:
         for problem in check.problems:
@@ -200,25 +205,62 @@ def clean(c, profile=LINE_PROFILE, images=False):
 @task(name="plan", help=FILTER_HELP)
 @_friendly
 def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None):
-    """Dry run: print the matrix, the run count and an ETA; starts nothing."""
+    """Dry run: print the matrix, the run count and an ETA (adaptive: the expected runs); starts nothing."""
     import pandas as pd
 
-    from bench.plan import estimate_seconds
+    from bench.plan import estimate_seconds, expected_runs
     from bench.store import Store
 
     loaded = _load(profile)
     plan = _plan(loaded, models, langs, suites, runs)
     store = Store(loaded.profile.study)
-    rows = [{"suite": cell.suite, "lang": cell.lang, "model": cell.model.name, "config": cell.config_tag,
-             "runs": cell.runs,
-             "done": sum(1 for i in plan.items if i.cell == cell and store.load_valid(i.rel_dir) is not None)}
-            for cell in plan.cells]
+    cv = _noise_hints(loaded.profile, store)
+    rows = []
+    for cell in plan.cells:
+        done = sum(1 for r in store.iter_runs(cell.rel_dir)) if store.path(cell.rel_dir).is_dir() else 0
+        rows.append({"suite": cell.suite, "lang": cell.lang, "model": cell.model.name, "config": cell.config_tag,
+                     "runs": f"{cell.runs}–{cell.max_runs}" if cell.precision else cell.runs,
+                     "expected": expected_runs(cell, cv.get(cell.key, cv.get(cell.suite, {}))), "done": done})
     print(pd.DataFrame(rows).to_markdown(index=False))
-    eta = estimate_seconds(loaded.profile, plan)
     print(f"\nruns: {plan.run_count} (single {plan.count('single')}, multi {plan.count('multi')}, "
           f"steps {plan.count('steps')}; "
           f"python {plan.count(lang='python')}, rust {plan.count(lang='rust')}) in {len(plan.cells)} configs")
-    print(f"ETA: ~{eta / 60:.1f} min from the profile's speed hints (the progress bar refines it)")
+    eta = estimate_seconds(loaded.profile, plan)
+    if not plan.adaptive:
+        print(f"ETA: ~{eta / 60:.1f} min from the profile's speed hints (the progress bar refines it)")
+        return
+    from bench.plan import Plan, RunItem
+
+    expected = [RunItem(r_cell, k) for r_cell, r in zip(plan.cells, rows) for k in range(1, r["expected"] + 1)]
+    most = [RunItem(cell, k) for cell in plan.cells for k in range(1, cell.max_runs + 1)]
+    exp_s = estimate_seconds(loaded.profile, Plan(plan.cells, expected))
+    most_s = estimate_seconds(loaded.profile, Plan(plan.cells, most))
+    budget = loaded.profile.sampling.budget_s
+    print(f"adaptive: {plan.run_count} runs at the minimum (~{eta / 60:.1f} min), {len(expected)} expected "
+          f"(~{exp_s / 60:.1f} min), {len(most)} at most (~{most_s / 60:.1f} min)"
+          + (f"; the time budget stops extra runs at {budget / 60:.1f} min" if budget else ""))
+    print(f"  expected runs from the noise per config: {cv.get('source')}; times from the profile's speed hints")
+
+
+def _noise_hints(profile, store) -> dict:
+    """Per config (and per suite) the CV % of each precision metric: measured where the study
+    already has runs, else the profile's `eta.cv_pct` hints."""
+    from bench import stats
+
+    out: dict = {"source": "the profile's eta.cv_pct hints"}
+    for suite in ("single", "multi", "steps"):
+        out[suite] = dict(profile.eta.cv_pct)
+    measured = 0
+    for run_dir in {r.cell_key: r for r in store.iter_runs()}.keys() if store.root.is_dir() else ():
+        docs = [r.doc.metrics.model_dump() for r in store.iter_runs(run_dir)]
+        cvs = {k: stats.describe([d.get(k) for d in docs if isinstance(d.get(k), (int, float))]).get("cv_pct")
+               for k in docs[0] if isinstance(docs[0].get(k), (int, float))} if len(docs) > 1 else {}
+        if cvs:
+            out[run_dir] = {k: v for k, v in cvs.items() if v is not None}
+            measured += 1
+    if measured:
+        out["source"] = f"measured in {measured} config(s) of the stored study, hints elsewhere"
+    return out
 
 
 @task(name="build-rust")

@@ -4,10 +4,13 @@ the harness (formulas in bench/metrics.py, level "instrument").
 - Client cost per run: `CpuMeter` reads the process's own CPU, its children's CPU (the Rust agent
   runs as a child), /proc/stat and the wall clock before and after a run; `client_block()` is the
   run's `client_cost` block in metrics.json.
-- Drift guard: `run_probe()` makes a fixed reference call set (the single agent's analysis prompt
-  on the baseline model with the server defaults, each call with its own prompt nonce); the runner
-  makes it at the start, between models and at the end, into probes.jsonl. `drift_rows()` shows
-  the trend and flags a drift beyond the profile's threshold.
+- Drift guard: `run_probe_pairs()` makes a fixed reference call set (the single agent's analysis
+  prompt on the baseline model with the server defaults, each call with its own prompt nonce),
+  streamed through the harness and plain, in pairs; the runner makes it at the start, between
+  rounds and models and at the end, into probes.jsonl. `drift_rows()` shows the trend and flags a
+  drift beyond the profile's threshold; `probe_points()` is the drift model's series
+  (bench/drift.py); each probe's harness_to_engine compares the harness with the engine's own
+  rate at the same moment.
 - Study overhead: the runner's timeline.jsonl (one line per switch, warmup, probe, idle baseline
   and run, with its duration) against the runs' measured time: `overhead_rows()`.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 from bench import metrics
 from bench.agents import nonced_chat
 from bench.clients import RequestRecord, ServerCounts, StreamingClient
-from bench.drift import ProbePoint, probe_point, unix_time
+from bench.drift import HostDrift, ProbePoint, probe_point, unix_time
 from bench.store import TIMELINE
 from bench.workload import Workload, prompt_nonce
 
@@ -85,12 +88,6 @@ def client_block(before: CpuSnapshot, after: CpuSnapshot, source: str) -> dict:
             "host_cores": os.cpu_count()}
 
 
-def run_probe(client: StreamingClient, model: str, workload: Workload, key: str, *,
-              options: dict) -> list[RequestRecord]:
-    """(until the runner takes the pairs) the streamed calls of run_probe_pairs only."""
-    return run_probe_pairs(client, model, workload, key, options=options)[0]
-
-
 def run_probe_pairs(client: StreamingClient, model: str, workload: Workload, key: str, *,
                     options: dict) -> tuple[list[RequestRecord], list[ServerCounts]]:
     """The reference call set: one uncounted call that loads the model, then PROBE_PAIRS pairs, each
@@ -98,8 +95,9 @@ def run_probe_pairs(client: StreamingClient, model: str, workload: Workload, key
     (another nonce of the same length, so no prefix is reused) in one plain non-streamed call. The
     streamed calls are what the harness measures; the plain ones are the engine's own rate at the
     same prompt, depth, options and threads, a few seconds apart."""
-    nonced_chat(client, model, workload, options, key=key, agent="single", stage="analysis", phase="probe",
-                attempt=1)
+    # loads the model (a prefill is all it takes: one token)
+    nonced_chat(client, model, workload, {**options, "num_predict": 1}, key=key, agent="single", stage="analysis",
+                phase="probe", attempt=1)
     streamed, plain = [], []
     for i in range(PROBE_PAIRS):
         streamed.append(nonced_chat(client, model, workload, options, key=key, agent="single", stage="analysis",
@@ -135,13 +133,20 @@ def probe_entry(label: str, model: str, records: list[RequestRecord], plain: lis
             "plain": [dataclasses.asdict(c) for c in plain]}
 
 
+def probe_time(p: dict) -> float | None:
+    """A probe's time in Unix seconds: its middle, or (older studies) when its line was written."""
+    if p.get("t_s") is not None:
+        return p["t_s"]
+    return unix_time(p["at"]) if p.get("at") else None
+
+
 def probe_points(probes: list[dict]) -> list[ProbePoint]:
     """The drift model's series from probes.jsonl: each probe's level from its calls' engine decode
     rates at its time (older probes: the streamed calls' rates, at the time the line was written)."""
     out = []
     for p in probes:
         rates = p.get("rates") or [r.get("decode_tps_server") for r in p.get("requests", [])]
-        t_s = p.get("t_s") if p.get("t_s") is not None else (unix_time(p["at"]) if p.get("at") else None)
+        t_s = probe_time(p)
         point = probe_point(t_s, rates) if t_s is not None else None
         if point is not None:
             out.append(point)
@@ -155,14 +160,23 @@ def drift_rows(probes: list[dict], threshold_pct: float) -> list[dict]:
     if not probes:
         return []
     first = probes[0]
+    points = probe_points(probes)
+    series = HostDrift(points) if points else None
     rows = []
     for p in probes:
         d = metrics.drift_pct(p["decode_tps"], first["decode_tps"])
-        rows.append({"probe": p["label"], "at": p.get("at"), "decode_tps": p["decode_tps"],
+        t_s = probe_time(p)
+        rows.append({"probe": p["label"], "at": p.get("at"), "t_s": t_s,
+                     # the drift model's h(t) at this probe (bench/drift.py: all its calls' engine rates)
+                     "h": series.factor(t_s) if series is not None and t_s is not None else None,
+                     "decode_tps": p["decode_tps"],
                      "decode_tps_client": p["decode_tps_client"], "ttft_ms": p["ttft_ms"], "drift_pct": d,
                      "ttft_drift_pct": metrics.drift_pct(p["ttft_ms"], first["ttft_ms"]),
                      "flag": d is not None and abs(d) > threshold_pct})
     return rows
+
+
+MEASURED = "measured requests (union of each run's request spans)"
 
 
 def run_time_parts(doc: dict) -> dict:
@@ -177,11 +191,6 @@ def run_time_parts(doc: dict) -> dict:
               else m["seq_s"] + m["wall_s"])
     return {"active_s": metrics.active_s(spans), "span_s": spans[-1][1] - spans[0][0] if spans else 0.0,
             "summed_s": summed}
-
-
-def measured_s(doc: dict) -> float:
-    """A run's measured time: the union of its request spans (run_time_parts)."""
-    return run_time_parts(doc)["active_s"]
 
 
 def overhead_rows(events: list[dict]) -> tuple[float | None, list[dict]]:
@@ -205,7 +214,7 @@ def overhead_rows(events: list[dict]) -> tuple[float | None, list[dict]]:
             span += e.get("span_s", a) or 0.0
         else:
             by_kind[e["event"]] = by_kind.get(e["event"], 0.0) + e["duration_s"]
-    parts = [("measured requests (union of each run's request spans)", active)]
+    parts = [(MEASURED, active)]
     if run_s:
         parts.append(("inside runs, between requests (gaps between calls and phases)", span - active))
         parts.append(("inside runs, outside requests (process spawn, bookkeeping)", run_s - span))
@@ -213,16 +222,6 @@ def overhead_rows(events: list[dict]) -> tuple[float | None, list[dict]]:
     parts.append(("other (between events)", wall - sum(e["duration_s"] for e in events)))
     rows = [{"part": name, "seconds": secs, "share_pct": secs / wall * 100 if wall else None} for name, secs in parts]
     return metrics.study_overhead_ratio(wall, active), rows
-
-
-def summed_overhead_ratio(events: list[dict]) -> float | None:
-    """The ratio the way studies counted before the union of spans (Σ summed_s): overlapping
-    requests, and the steps' unmeasured sequential time, counted twice."""
-    runs = [e for e in events if e["event"] == "run"]
-    if not runs:
-        return None
-    wall = max(e["t_s"] + e["duration_s"] for e in events) - min(e["t_s"] for e in events)
-    return metrics.study_overhead_ratio(wall, sum(e.get("summed_s", e.get("measured_s")) or 0.0 for e in runs))
 
 
 class Timeline:
@@ -258,7 +257,21 @@ def study_overhead(events: list[dict]) -> tuple[float | None, list[dict]]:
         ratio, rows = overhead_rows(group)
         for r in rows:
             totals[r["part"]] = totals.get(r["part"], 0.0) + r["seconds"]
-        measured += next(r["seconds"] for r in rows if r["part"] == "measured requests")
+        measured += next(r["seconds"] for r in rows if r["part"] == MEASURED)
         wall += sum(r["seconds"] for r in rows)
     rows = [{"part": k, "seconds": v, "share_pct": v / wall * 100 if wall else None} for k, v in totals.items()]
     return metrics.study_overhead_ratio(wall, measured), rows
+
+
+def study_summed_overhead_ratio(events: list[dict]) -> float | None:
+    """The ratio counted the way studies did before the union of request spans: Σ summed_s
+    (run_time_parts), so overlapping requests, and the steps' unmeasured sequential time, count
+    twice. Each `bench` call's wall time counts on its own, as in study_overhead."""
+    wall = summed = 0.0
+    calls: dict[str, list[dict]] = {}
+    for e in events:
+        calls.setdefault(e.get("invocation", ""), []).append(e)
+    for group in calls.values():
+        wall += max(e["t_s"] + e["duration_s"] for e in group) - min(e["t_s"] for e in group)
+        summed += sum(e.get("summed_s", e.get("measured_s")) or 0.0 for e in group if e["event"] == "run")
+    return metrics.study_overhead_ratio(wall, summed) if summed else None

@@ -697,6 +697,11 @@ def outlier_metrics(suite: str) -> tuple[str, ...]:
     return tuple(m.column for m in RUN_METRICS if m.suite == suite and m.outlier_rule)
 
 
+def unit_of(suite: str, column: str) -> str | None:
+    """The unit of a suite's run metric (None when the suite has no such metric)."""
+    return next((m.unit for m in RUN_METRICS if m.suite == suite and m.column == column), None)
+
+
 def headline(suite: str) -> str:
     (m,) = [m.column for m in RUN_METRICS if m.suite == suite and m.headline]
     return m

@@ -7,12 +7,14 @@ interrupted study resumes on the same order.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.profile import (SHARED_INSTANCE_SCENARIOS, AgentConfig, ModelSpec, Precision, Profile, ServerConfig,
                            ServerSettings)
+from bench.sequential import LookPlan, critical_value
 from bench.workload import load_workload
 
 AGENTS_MULTI = ("collector", "insight")
@@ -49,6 +51,14 @@ class Cell:
     def max_runs(self) -> int:
         """The most runs the plan may give this config (outlier reruns of a fixed plan aside)."""
         return self.precision.max_runs if self.precision else self.runs
+
+    def looks(self, extra_runs: int = 0) -> LookPlan:
+        """The run counts at which the study may have stopped this config, which its interval must
+        hold at (bench/sequential.py): min to max runs (adaptive), or the fixed runs to the runs
+        plus the outlier reruns the profile allows (the reruns depend on the data too)."""
+        if self.precision:
+            return LookPlan(self.precision.min_runs, self.precision.max_runs, self.precision.confidence)
+        return LookPlan(max(2, self.runs), max(2, self.runs + extra_runs))
 
     @property
     def shared_instance(self) -> bool:
@@ -214,7 +224,23 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
     return plan
 
 
-def estimate_seconds(profile: Profile, plan: Plan) -> float:
+def expected_runs(cell: Cell, cv_pct: dict[str, float]) -> int:
+    """The runs an adaptive config is expected to need: the first n ≥ min_runs at which every
+    precision metric's repeated interval, with the metric's coefficient of variation `cv_pct`
+    (measured, or the profile's hint), reaches the target: t-multiplier(n) · CV / √n ≤ target;
+    max_runs when none does. A fixed config: its runs."""
+    p = cell.precision
+    if p is None:
+        return cell.runs
+    plan = LookPlan(p.min_runs, p.max_runs, p.confidence)
+    for n in range(p.min_runs, p.max_runs + 1):
+        if all(critical_value(plan, n) * cv_pct.get(m, 0.0) / 100 / math.sqrt(n) <= p.rel_half_width
+               for m in p.metrics):
+            return n
+    return p.max_runs
+
+
+def estimate_seconds(profile: Profile, plan: Plan, *, switches: bool = True) -> float:
     """A rough ETA from the profile's speed hints: prefill + decode per call, plus restarts."""
     hints, wl = profile.eta, profile.workload
     prompt_tokens = len(load_workload().dataset_text) / 3.5 + 60  # ~3.5 characters per token
@@ -225,6 +251,7 @@ def estimate_seconds(profile: Profile, plan: Plan) -> float:
     # steps: one agent alone (2 calls), then N agents at once (2 calls each, overlapping by the slots)
     total = sum(per_run[i.cell.suite] if i.cell.suite in per_run
                 else 2 * call_s * (1 + len(i.cell.agents) * 0.75) for i in plan.items)
-    switches = len({(c.model.name, c.suite, c.config_tag) for c in plan.cells})
-    total += switches * (hints.restart_s + wl.warmup_requests * call_s * 2)
+    if switches:
+        n_switches = len({(c.model.name, c.suite, c.config_tag) for c in plan.cells})
+        total += n_switches * (hints.restart_s + wl.warmup_requests * call_s * 2)
     return total

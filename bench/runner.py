@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +32,19 @@ from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, gpu, instrument, ladder, overhead, power, probes, rust
+from bench import agents, gpu, instrument, ladder, metrics, outliers, overhead, power, probes, rust, scheduler
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
 from bench.job import Job, data_files
 from bench.outliers import plan_outlier_reruns
 from bench.placement import placement_issues
-from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem
+from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem, estimate_seconds
 from bench.profile import LoadedProfile
 from bench.records import RunDocument
 from bench.runtimes import Runtime
-from bench.store import PROBES, Store, utc_now
+from bench.drift import unix_time
+from bench.store import PROBES, SAMPLING, Store, utc_now
 from bench.workload import load_workload
 
 log = logging.getLogger("bench")
@@ -102,18 +104,27 @@ class MatrixRunner:
         self._retry: list[RunItem] = []
         self._retry_pass = False
         self.timeline = instrument.Timeline(store, utc_now())
+        self._last_probe = float("-inf")  # perf_counter seconds of the last drift probe
         # whose CPU the client block can see: a containerized agent is not our child process
         self._rust_cpu = "rust-container" if rust_agent and rust_agent.prefix[0] == "docker" else "rust"
 
     # ---- runtime switching -------------------------------------------------------------
+
+    def _server_state(self, cell: Cell) -> tuple:
+        """What the servers must hold for a cell: the model, each used endpoint's load options and
+        every instance's settings. Cells with the same state run without a reload in between."""
+        names = [e.name for e in self.endpoints]
+        servers = cell.server_configs(names)
+        settings = cell.instance_settings(names, self.profile.runtime.pinned_settings)
+        return (cell.model.name, tuple(sorted((k, v.model_dump_json() if v else None) for k, v in servers.items())),
+                tuple(sorted((k, v.model_dump_json()) for k, v in settings.items())))
 
     def _ensure_servers(self, cell: Cell, eff: Cell) -> None:
         """Serve `eff` (the cell as a rung runs it), loaded and warm; `cell` names the folder."""
         names = [e.name for e in self.endpoints]
         servers = eff.server_configs(names)
         settings = eff.instance_settings(names, self.profile.runtime.pinned_settings)
-        key = (eff.model.name, tuple(sorted((k, v.model_dump_json() if v else None) for k, v in servers.items())),
-               tuple(sorted((k, v.model_dump_json()) for k, v in settings.items())))
+        key = self._server_state(eff)
         if key == self._server_key:
             return
         self._server_key = None
@@ -247,7 +258,7 @@ class MatrixRunner:
             client_cost = instrument.client_block(before, instrument.snapshot(),
                                                   "python" if eff.lang == "python" else self._rust_cpu)
             stored = doc.to_json()  # instrument and power read the document as metrics.json holds it
-            event["measured_s"] = instrument.measured_s(stored)
+            event.update(instrument.run_time_parts(stored))  # its requests' union, span and summed time
         return _with_blocks(doc, client_cost=client_cost, power=self.power.block(window, item, stored),
                             run_key=job.run_key, server_settings=self._server_settings(eff),
                             placement=self._placement(eff))
@@ -329,6 +340,23 @@ class MatrixRunner:
 
     def run(self) -> Outcome:
         outcome = Outcome()
+        bar = tqdm(total=self.plan.run_count, unit="run", disable=not self.progress, desc=self.profile.study,
+                   dynamic_ncols=True)
+        try:
+            self._model_probes()
+            if self.plan.adaptive:
+                self._run_adaptive(outcome, bar)
+            else:
+                self._run_fixed(outcome, bar)
+            if self.profile.instrument.floors:
+                self._floors()
+        finally:
+            bar.close()
+        outcome.learned_limits = self.limits.to_json()
+        return outcome
+
+    def _run_fixed(self, outcome: Outcome, bar: tqdm) -> None:
+        """The plan's runs in its order (spec parity), the retry pass, then the outlier reruns."""
         todo = []
         for item in self.plan.items:
             if self.store.load_valid(item.rel_dir) is not None:
@@ -337,45 +365,138 @@ class MatrixRunner:
                 todo.append(item)
         if outcome.resumed:
             log.info("resuming: %d of %d runs already done", outcome.resumed, self.plan.run_count)
-        bar = tqdm(total=self.plan.run_count, initial=outcome.resumed, unit="run", disable=not self.progress,
-                   desc=self.profile.study, dynamic_ncols=True)
-        try:
-            self._model_probes()
-            if todo:
-                self._probe("start")
-            for prev, item in zip([None, *todo], todo):
-                if prev is not None and prev.cell.model != item.cell.model:
-                    self._probe(f"after {prev.cell.model.name}")
+            bar.update(outcome.resumed)
+        if todo:
+            self._probe("start")
+        for prev, item in zip([None, *todo], todo):
+            if prev is not None and prev.cell.model != item.cell.model:
+                self._probe(f"after {prev.cell.model.name}")
+            elif prev is not None and self._probe_due():
+                self._probe(f"{item.cell.model.name} at run {bar.n + 1}")
+            self._run_item(item, outcome)
+            bar.set_postfix_str(f"{item.cell.suite}/{item.cell.lang}/{item.cell.model.slug}", refresh=False)
+            bar.update(1)
+        self._run_retry_pass(outcome)
+        # The spec's outlier rule: configs with flagged runs get extra runs, within the
+        # profile's budget; every run is kept (bench/outliers.py).
+        for _ in range(self.profile.outliers.max_extra_runs):
+            extra = plan_outlier_reruns(self.profile, self.store, self.plan)
+            if not extra:
+                break
+            self.plan.items.extend(extra)  # the manifest's run order lists the reruns too
+            outcome.reruns += len(extra)
+            bar.total += len(extra)
+            for item in extra:
                 self._run_item(item, outcome)
-                bar.set_postfix_str(f"{item.cell.suite}/{item.cell.lang}/{item.cell.model.slug}", refresh=False)
                 bar.update(1)
-            self._run_retry_pass(outcome)
-            # The spec's outlier rule: configs with flagged runs get extra runs, within the
-            # profile's budget; every run is kept (bench/outliers.py).
-            for _ in range(self.profile.outliers.max_extra_runs):
-                extra = plan_outlier_reruns(self.profile, self.store, self.plan)
-                if not extra:
-                    break
-                self.plan.items.extend(extra)  # the manifest's run order lists the reruns too
-                outcome.reruns += len(extra)
-                bar.total += len(extra)
-                for item in extra:
-                    self._run_item(item, outcome)
-                    bar.update(1)
-            if todo:
-                self._probe("end")
-            if self.profile.instrument.floors:
-                self._floors()
-        finally:
-            bar.close()
-        outcome.learned_limits = self.limits.to_json()
-        return outcome
+        if todo:
+            self._probe("end")
 
-    def _run_item(self, item: RunItem, outcome: Outcome) -> None:
+    # ---- the adaptive study (bench/scheduler.py) --------------------------------------------
+
+    def _cell_spec(self, cell: Cell) -> scheduler.CellSpec:
+        p = cell.precision
+        target = (scheduler.Target(tuple(p.metrics), p.rel_half_width, p.min_runs, p.max_runs, p.confidence) if p
+                  # a fixed suite beside adaptive ones: exactly its runs (its headline for the record)
+                  else scheduler.Target((metrics.headline(cell.suite),), 1.0, cell.runs, cell.runs, fixed=True))
+        return scheduler.CellSpec(cell.key, cell.model.name, self._server_state(cell), target, cell.suite,
+                                  est_run_s=self._estimated_run_s(cell))
+
+    def _estimated_run_s(self, cell: Cell) -> float:
+        from_plan = estimate_seconds(self.profile, Plan([cell], [RunItem(cell, 1)]), switches=False)
+        return max(from_plan, 1.0)
+
+    @staticmethod
+    def _observation(doc: RunDocument) -> scheduler.Observation:
+        values = {k: v for k, v in doc.metrics.model_dump().items() if isinstance(v, (int, float))}
+        duration = max(0.0, unix_time(doc.finished_at) - unix_time(doc.started_at))
+        return scheduler.Observation(doc.run_index, values, duration)
+
+    def _resume(self, sched: scheduler.Scheduler, outcome: Outcome) -> None:
+        """What the study already holds counts: its valid runs (placed where their config says) and
+        the run indices earlier attempts used up."""
+        failed: dict[str, set[int]] = {}
+        for f in self.store.failures():
+            if f.get("run_index") is not None and f.get("cell"):
+                failed.setdefault(f["cell"], set()).add(int(f["run_index"]))
+        for cell in self.plan.cells:
+            for idx in sorted(failed.get(cell.key, ())):
+                sched.record_failure(cell.key, idx)
+            for run in self.store.iter_runs(cell.rel_dir):
+                if not outliers.misplaced(run.doc):
+                    sched.record(cell.key, self._observation(run.doc))
+                    self.plan.items.append(RunItem(cell, run.doc.run_index))
+                    outcome.resumed += 1
+        if outcome.resumed:
+            log.info("resuming: %d runs already done", outcome.resumed)
+
+    def _run_adaptive(self, outcome: Outcome, bar: tqdm) -> None:
+        """Rounds within model blocks until every config stops (bench/scheduler.py); a drift probe
+        at the start, between rounds once probe_interval_s has passed, between models and at the end."""
+        cells = {c.key: c for c in self.plan.cells}
+        sched = scheduler.Scheduler([self._cell_spec(c) for c in cells.values()], seed=self.profile.workload.order_seed,
+                                    mad_k=self.profile.outliers.mad_k, budget_s=self.profile.sampling.budget_s)
+        self.plan.items = []  # from here on the run order as it happens: stored runs first, then each new one
+        self._resume(sched, outcome)
+        bar.update(outcome.resumed)
+        t0 = time.perf_counter()
+        self._probe("start")
+        for block in sched.blocks:
+            rounds = 0
+            while True:
+                if rounds and self._probe_due():
+                    self._probe(f"{block} round {rounds + 1}")
+                keys = sched.next_round(block, elapsed_s=time.perf_counter() - t0)
+                if not keys:
+                    break
+                rounds += 1
+                for key in keys:
+                    self._adaptive_run(sched, cells[key], outcome, bar)
+            self._log_stops(sched, [k for k, c in cells.items() if c.model.name == block])
+            if block != sched.blocks[-1]:
+                self._probe(f"after {block}")
+        self._probe("end")
+
+    def _adaptive_run(self, sched: scheduler.Scheduler, cell: Cell, outcome: Outcome, bar: tqdm) -> None:
+        item = RunItem(cell, sched.next_index(cell.key))
+        self.plan.items.append(item)  # the manifest's run order
+        if bar.n >= bar.total:
+            bar.total += 1
+        started = time.perf_counter()
+        doc = self._run_item(item, outcome)
+        bar.set_postfix_str(f"{cell.suite}/{cell.lang}/{cell.model.slug}", refresh=False)
+        bar.update(1)
+        if doc is not None:
+            obs = self._observation(doc)
+            obs.duration_s = time.perf_counter() - started  # what the next run of it will cost, switch included
+            sched.record(cell.key, obs)
+        elif cell.model.name in self._failed_models or cell.key in self._failed_cells:
+            sched.stop(cell.key, scheduler.FAILED)
+        elif cell.key in self._skipped_cells:
+            sched.stop(cell.key, scheduler.SKIPPED)
+        else:
+            sched.record_failure(cell.key, item.run_index)
+
+    def _log_stops(self, sched: scheduler.Scheduler, keys: list[str]) -> None:
+        """One sampling.jsonl line per config of a finished block: its runs, why it stopped, and
+        its precision metrics' intervals at that point."""
+        for key in keys:
+            st = sched.status(key)
+            self.store.append_jsonl(SAMPLING, {
+                "cell": key, "reason": sched.stop_reason(key), "n": st.n, "clean": st.clean,
+                "intervals": {m: (None if iv is None else {"mean": iv.mean, "low": iv.low, "high": iv.high,
+                                                           "rel_half_width": iv.rel_half_width})
+                              for m, iv in st.intervals.items()}})
+
+    def _probe_due(self) -> bool:
+        return time.perf_counter() - self._last_probe >= self.profile.sampling.probe_interval_s
+
+    def _run_item(self, item: RunItem, outcome: Outcome) -> RunDocument | None:
+        """Run one item through its ladder and store it; the stored document, or None."""
         cell = item.cell
         if cell.model.name in self._failed_models or cell.key in self._failed_cells:
             outcome.skipped += 1
-            return
+            return None
         if cell.lang == "rust" and self.rust_agent is None:
             outcome.skipped += 1
             if cell.key not in self._skipped_cells:
@@ -386,7 +507,7 @@ class MatrixRunner:
                                         "model": cell.model.name, "error_kind": "skipped",
                                         "error": self.rust_reason, "fallback": ladder.Skip.RUST_SUITE})
                 tqdm.write(note)
-            return
+            return None
         try:
             doc = self._walk_ladder(item)
         except RequestError as exc:
@@ -404,13 +525,14 @@ class MatrixRunner:
                 tqdm.write(f"no rung of the fallback ladder loads {cell.key} ({exc.kind}): "
                            f"{ladder.Skip.OPTIONAL_MODEL if cell.model.optional else ladder.Skip.CONFIG}")
             else:
-                if not self._retry_pass:
+                if not self._retry_pass and not self.plan.adaptive:  # adaptive: the next round tries again
                     self._retry.append(item)
                 tqdm.write(f"run failed: {item.rel_dir} ({exc.kind}): {exc}")
-            return
+            return None
         self.store.write_metrics(item.rel_dir, doc)
         outcome.done += 1
         outcome.downgraded += doc.requested_config.model_dump() != doc.effective_config.model_dump()
+        return doc
 
     def _probe(self, label: str) -> None:
         """The drift guard's reference call set on the baseline model with the server defaults
@@ -425,16 +547,19 @@ class MatrixRunner:
             options["ignore_eos"] = True
         self._server_key = None  # the probe leaves the baseline loaded with the server defaults
         self._restore_pinned_settings()  # every probe on the same settings, so drift is the host's
+        self._last_probe = time.perf_counter()
         with self.timeline.event("probe", label=label):
             try:
                 self.runtime.switch(base, {})
-                records = instrument.run_probe(self.clients[ep.name], base.name, self.workload,
-                                               f"{self.profile.study}/probe/{label}", options=options)
+                t_start = time.time()
+                records, plain = instrument.run_probe_pairs(self.clients[ep.name], base.name, self.workload,
+                                                            f"{self.profile.study}/probe/{label}", options=options)
+                t_mid = (t_start + time.time()) / 2  # the probe's time on the runs' clock (Unix)
             except RequestError as exc:
                 tqdm.write(f"drift probe '{label}' failed ({exc.kind}): {exc}")
                 self.store.append_jsonl(PROBES, {"label": label, "model": base.name, "error": str(exc)})
                 return
-        self.store.append_jsonl(PROBES, instrument.probe_entry(label, base.name, records))
+        self.store.append_jsonl(PROBES, instrument.probe_entry(label, base.name, records, plain, t_mid))
 
     def _restore_pinned_settings(self) -> None:
         """Every instance back on the runtime's pinned settings (after the topology control or a
@@ -446,19 +571,20 @@ class MatrixRunner:
             self._server_key = None
 
     def _model_probes(self) -> None:
-        """Cold start and answer sanity of each model of the plan, once per study (bench/probes.py)."""
+        """Cold start and answer sanity of each model of the plan, once per study (bench/probes.py);
+        a placebo copies its original's weights, so the original's answer stands for it."""
         self._restore_pinned_settings()
-        models = list({c.model.name: c.model for c in self.plan.cells}.values())
+        models = list({c.model.name: c.model for c in self.plan.cells if c.model.placebo_of is None}.values())
         probes.measure(self.runtime, self.clients, self.store, self.timeline, self.profile, self.workload, models,
                        self.threads)
         self._server_key = None  # the probes freed and switched models
 
     def _floors(self) -> None:
-        """The client floors and the harness-vs-engine ratio (bench/overhead.py), measured once per
-        host and harness commit and cached, so every report has them."""
+        """The client floors (bench/overhead.py), measured once per host and harness commit and
+        cached, so every report has them; the harness-vs-engine ratio is the probes' (interleaved)."""
         with self.timeline.event("floors") as event:
             try:
-                _, event["cached"] = overhead.cached_measure(self.loaded, self.runtime, self.store)
+                _, event["cached"] = overhead.cached_measure(self.loaded, self.runtime, self.store, engine=False)
             except (RequestError, BenchError) as exc:
                 tqdm.write(f"client floors not measured: {exc}")
         self._server_key = None  # the ratio's calls switched models (llama.cpp: stopped the servers)

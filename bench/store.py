@@ -32,6 +32,7 @@ MANIFEST_NAME = "manifest.json"  # bench/manifest.py
 CLIENT_OVERHEAD_NAME = "client_overhead.json"  # `invoke bench-clients` (bench/overhead.py)
 TIMELINE = "timeline.jsonl"  # the runner's events (bench/instrument.py)
 PROBES = "probes.jsonl"  # the drift probes (bench/instrument.py)
+SAMPLING = "sampling.jsonl"  # an adaptive study's stop decisions, one line per config (bench/scheduler.py)
 COLDSTART = "coldstart.jsonl"  # cold start per model and endpoint (bench/probes.py)
 SANITY = "sanity.json"  # the answer sanity probe per model (bench/probes.py)
 FAILURES = "failures.jsonl"

@@ -118,6 +118,9 @@ def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[s
     for cell in cells:
         v.runs_planned += cell.runs
         have = valid.get(cell.key, set())
+        if cell.precision is not None:
+            _check_adaptive(cell, have, failures, v)
+            continue
         missing = [k for k in range(1, cell.runs + 1) if k not in have and k not in invalid.get(cell.key, ())]
         v.runs_missing += sum(1 for k in invalid.get(cell.key, ()) if k is not None and k <= cell.runs)
         if missing:
@@ -146,6 +149,23 @@ def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[s
     planned = {c.key for c in cells}
     for key in sorted(set(valid) - planned):
         v.warnings.append(f"{key}: {len(valid[key])} run(s) of a config that is not in the plan")
+
+
+def _check_adaptive(cell: Cell, have: set[int], failures: list[dict], v: Validation) -> None:
+    """An adaptive config (bench/scheduler.py): at least min_runs valid runs, at most max_runs; its
+    run indices may skip the ones failed attempts used up."""
+    short = max(0, cell.runs - len(have))
+    if short:
+        reason = _skip_reason(cell, failures)
+        if reason:
+            v.runs_skipped += short
+            v.warnings.append(f"{cell.key}: {short} of its {cell.runs} minimum runs absent, accounted for: {reason}")
+        else:
+            v.runs_missing += short
+            v.problems.append(f"{cell.key}: {len(have)} valid run(s), the config needs at least {cell.runs} "
+                              f"(precision.min_runs): rerun `invoke bench` to complete it")
+    if len(have) > cell.max_runs:
+        v.problems.append(f"{cell.key}: {len(have)} runs, more than precision.max_runs {cell.max_runs}")
 
 
 def _check_summaries(store: Store, cells: list[Cell], valid: dict[str, set[int]], incomplete: set[str],
@@ -209,7 +229,9 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None, results: R
     v.configs = len(cells)
     valid, invalid = _check_metrics_files(store, v)
     _check_counts(cells, valid, invalid, failures, profile, v)
-    incomplete = set(invalid) | {c.key for c in cells if any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1))}
+    incomplete = set(invalid) | {c.key for c in cells if (len(valid.get(c.key, ())) < c.runs if c.precision
+                                                          else any(k not in valid.get(c.key, ())
+                                                                   for k in range(1, c.runs + 1)))}
     _check_summaries(store, cells, valid, incomplete, v)
     v.warnings += probes.validate_warnings(store, profile)
     results = results if results is not None else load_tables(store, profile.outliers.mad_k)

@@ -47,10 +47,12 @@ def test_unknown_model_filter_lists_profile_models(tmp_path):
 def test_plan_counts_runs(tmp_path):
     proc = invoke("plan", "--profile", "smoke", results=tmp_path / "r", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    # smoke: 2 models × (single 2 langs × 2 ctx × 3 runs + multi 2 langs × 3 scenarios × 3 runs),
-    # and steps for one model: 4 agent counts × 2 slot settings × 2 runs, Python
-    assert "runs: 76 (single 24, multi 36, steps 16; python 46, rust 30) in 28 configs" in proc.stdout
-    assert "ETA: ~" in proc.stdout
+    # smoke, adaptive, at its min runs: 3 models (the placebo in single only) × single 2 langs × 3
+    # runs, 2 models × multi 2 langs × 3 runs, and steps for one model: 2 agent counts × 3 runs
+    assert "runs: 36 (single 18, multi 12, steps 6; python 21, rust 15) in 12 configs" in proc.stdout
+    assert "adaptive: 36 runs at the minimum" in proc.stdout and "the time budget stops extra runs" in proc.stdout
+    proc = invoke("plan", "--profile", "smoke", "--runs", "2", results=tmp_path / "r", timeout=60)
+    assert "runs: 24 " in proc.stdout and "ETA: ~" in proc.stdout  # --runs: the fixed mode
 
 
 def test_list_has_one_line_help_per_task(tmp_path):

@@ -31,18 +31,23 @@ def test_builtin_profiles_validate_and_plan():
     tr116 = load_profile(builtin_profiles()["tr116"]).profile
     assert smoke.runtime.kind == "ollama" and smoke.baseline.name == "gemma3-270m"
     assert [e.port for e in smoke.runtime.endpoints] == [11434, 11435]  # the spec's ports
-    assert {m.source for m in smoke.models} == {"gguf"}
+    assert {m.source for m in smoke.models if not m.placebo_of} == {"gguf"}
+    assert [m.name for m in smoke.models if m.placebo_of] == ["gemma3-270m-aa"]  # the A/A placebo
     llamacpp = load_profile(builtin_profiles()["smoke-llamacpp"]).profile
-    assert llamacpp.runtime.kind == "local" and [m.name for m in llamacpp.models] == [m.name for m in smoke.models]
+    assert llamacpp.runtime.kind == "local" and [m.name for m in llamacpp.models] == [m.name for m in smoke.models
+                                                                                  if not m.placebo_of]
     assert tr116.baseline.name == "gemma3:latest"
     assert [e.port for e in tr116.runtime.endpoints] == [11434, 11435]
     assert tr116.single.gpu_layers == [60, 80] and tr116.single.ctx == [512, 1024]
     assert tr116.single.temperature == 0.8 and tr116.single.runs == 5
     assert tr116.multi.chimera.ctx == 2048 and tr116.multi.chimera_for("rust").ctx == 512
     assert any(m.name == "qwen2.5:14b" and m.optional for m in tr116.models)
+    # `--runs 5`: the spec's fixed matrix, 4 models × (single: 2 langs × 4 configs × 5 runs + multi:
+    # 2 langs × 2 scenarios × 5 runs); without it each config runs 3 to 5 runs (the spec's range)
+    assert build_plan(tr116, runs=5).run_count == 4 * (40 + 20)
     plan = build_plan(tr116)
-    # 4 models × (single: 2 langs × 4 configs × 5 runs + multi: 2 langs × 2 scenarios × 5 runs)
-    assert plan.run_count == 4 * (40 + 20)
+    assert plan.adaptive and plan.run_count == 4 * (24 + 12)
+    assert {(c.runs, c.max_runs) for c in plan.cells} == {(3, 5)}
     paths = {str(i.cell.rel_dir) for i in plan.items}
     assert "single/python/qwen2.5_7b/gpu60_ctx512_temp08" in paths
     assert "multi/rust/gemma3_latest/baseline_vs_chimera_gpu80_ctx512_temp10" in paths
@@ -151,10 +156,7 @@ def test_an_adaptive_suite_plans_its_min_runs_and_runs_forces_the_fixed_mode(tmp
 
 
 def test_a_placebo_names_another_model_and_a_model_can_skip_suites(tmp_path):
-    def placebo(d):
-        d["models"].append({"name": "gemma3-270m-aa", "source": "gguf", "template": "gemma3",
-                            "placebo_of": "gemma3-270m", "suites": ["single"]})
-    profile = load_profile(write(tmp_path, placebo)).profile
+    profile = load_profile(builtin_profiles()["smoke"]).profile
     cells = build_plan(profile).cells
     assert {c.suite for c in cells if c.model.name == "gemma3-270m-aa"} == {"single"}
 
