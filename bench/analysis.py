@@ -21,10 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import findings, instrument, ladder, metrics, probes, stats
+from bench import findings, instrument, ladder, metrics, probes, stats, tails
+from bench.drift import HostDrift, host_exponent, unix_time
+from bench.errors import BenchError
+from bench.manifest import planned_cells, profile_from_manifest
 from bench.outliers import outlier_flags, placement_issues
+from bench.plan import Cell
+from bench.prefill import verify_prefill
 from bench.profile import Profile
-from bench.store import (CLIENT_OVERHEAD_NAME, COLDSTART, PROBES, SANITY, TIMELINE, Store, StoredRun,
+from bench.sequential import Interval, LookPlan, compare, interval, widen
+from bench.store import (CLIENT_OVERHEAD_NAME, COLDSTART, MANIFEST_NAME, PROBES, SAMPLING, SANITY, TIMELINE, Store,
+                         StoredRun,
                          atomic_write_json, atomic_write_text)
 
 # A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
@@ -73,10 +80,18 @@ class Results:
     # the per-study model probes (bench/probes.py): coldstart.jsonl and sanity.json
     coldstart: list[dict] = field(default_factory=list)
     sanity: dict | None = None
+    # runs with a counted call whose prompt the engine reused (bench/prefill.py): kept, listed, out
+    # of every headline table like the misplaced ones
+    voided: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # the host drift series (bench/drift.py); None without a probe
+    drift: HostDrift | None = None
+    # the plan's configs (for their looks, targets and stop reasons) and an adaptive study's stops
+    cells: list[Cell] = field(default_factory=list)
+    stops: dict[str, dict] = field(default_factory=dict)
 
     def cell_runs(self, cell_key: str) -> pd.DataFrame:
-        """Every stored run of one config folder, placed or misplaced, in run order."""
-        frames = [f[f["cell"] == cell_key] for f in (self.runs, self.misplaced) if not f.empty]
+        """Every stored run of one config folder, placed, misplaced or voided, in run order."""
+        frames = [f[f["cell"] == cell_key] for f in (self.runs, self.misplaced, self.voided) if not f.empty]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames).sort_values("run")
@@ -96,7 +111,9 @@ def run_row(run: StoredRun) -> dict:
            "ran_as": ladder.downgrade(_plain(doc.requested_config), _plain(doc.effective_config)),
            "downgrade_why": _downgrade_why(doc.ladder or []),
            "temperature": cfg.temperature, "run": doc.run_index, "cold_load": doc.cold_load,
-           "started_at": doc.started_at,
+           "started_at": doc.started_at, "finished_at": doc.finished_at,
+           # the run's middle on the probes' clock (Unix s): where the drift model reads the host
+           "t_mid": (unix_time(doc.started_at) + unix_time(doc.finished_at)) / 2,
            # where the run ran differs from its config: kept, listed, out of the headline tables
            "placement_issues": placement_issues(doc)}
     if doc.server_settings is not None:  # studies made before the settings were recorded have none
@@ -205,8 +222,14 @@ def cell_flags(results: Results, cell_key: str) -> dict[int, list[str]]:
     return out
 
 
-def load_tables(store: Store, mad_k: float = 2.0) -> Results:
-    """The tidy frames of every valid stored run (the store's order), outliers flagged."""
+def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] | None = None,
+                drift: HostDrift | None = None) -> Results:
+    """The tidy frames of every valid stored run (the store's order), outliers flagged. Runs whose
+    placement differed from their config, and runs with a counted call whose prompt the engine
+    reused (bench/prefill.py), are kept apart. Each key metric gets its drift-adjusted twin
+    `<metric>_adj` (bench/drift.py; the raw value without probes), and each config the repeated
+    interval of its looks (`looks`: cell key → LookPlan; the ordinary t-interval for a config the
+    plan does not name)."""
     req_rows, run_rows, asked = [], [], {}
     for run in store.iter_runs():
         asked.setdefault(run.cell_key, _plain(run.doc.requested_config or run.doc.config))
@@ -214,38 +237,103 @@ def load_tables(store: Store, mad_k: float = 2.0) -> Results:
         run_rows.append(row)
         req_rows += request_rows(run, {k: row[k] for k in BASE_COLUMNS})
     runs = pd.DataFrame(run_rows)
-    requests = pd.DataFrame(req_rows)
+    requests = verify_prefill(pd.DataFrame(req_rows)) if req_rows else pd.DataFrame(req_rows)
     probes, events = store.read_jsonl(PROBES), store.read_jsonl(TIMELINE)
     model_probes = {"coldstart": store.read_jsonl(COLDSTART), "sanity": store.read_json(SANITY)}
     if runs.empty:
-        return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked, **model_probes)
+        return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked, drift=drift,
+                       **model_probes)
+    runs = _adjust_for_drift(_count_voided(runs, requests), drift)
     misplaced = runs[runs["placement_issues"] != ""]
-    runs = _flag_outliers(runs[runs["placement_issues"] == ""].reset_index(drop=True), mad_k)
-    config_rows = []
-    for _, g in runs.groupby(["cell", "ran_as"], sort=True):
-        first = g.iloc[0]
-        suite = first["suite"]
-        row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case",
-                                     "ran_as", "gpu_layers", "ctx", "temperature")}
-        row["n"] = len(g)
-        for metric in [*metrics.key_metrics(suite), *EXTRA_CONFIG_METRICS[suite]]:
-            if metric not in g:
-                continue
-            d = stats.describe([None if pd.isna(v) else v for v in g[metric]])
-            if d["n"] == 0 and metric in EXTRA_CONFIG_METRICS[suite]:
-                continue
-            for stat in STATS:
-                row[f"{metric}_{stat}"] = d.get(stat)
-        if suite == "multi":
-            row["contention_runs"] = int(g["contention"].sum())
-            row["legacy_contention_runs"] = int(g["legacy_contention"].sum())
-        row["cold_runs"] = int(g["cold_load"].sum())
-        if "power_throttled" in g:
-            row["throttled_runs"] = int((g["power_throttled"] == True).sum())  # noqa: E712 (nulls count as no)
-        row["outlier_runs"] = int(g["outlier"].sum())
-        config_rows.append(row)
+    voided = runs[(runs["placement_issues"] == "") & (runs["voided_requests"] > 0)]
+    runs = _flag_outliers(runs[(runs["placement_issues"] == "") & (runs["voided_requests"] == 0)]
+                          .reset_index(drop=True), mad_k)
+    config_rows = [config_row(g, (looks or {}).get(g["cell"].iloc[0]), drift)
+                   for _, g in runs.groupby(["cell", "ran_as"], sort=True)]
     return Results(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
-                   probes=probes, events=events, asked=asked, **model_probes)
+                   voided=voided.reset_index(drop=True), probes=probes, events=events, asked=asked, drift=drift,
+                   **model_probes)
+
+
+def config_row(g: pd.DataFrame, look: LookPlan | None, drift: HostDrift | None) -> dict:
+    """One configs.csv row: the config's identity, n, and per key metric its statistics
+    (stats.describe), its repeated interval (bench/sequential.py: `_ci95_low/_high` and
+    `_rel_half_width`, valid at every look the study may have stopped at) and its drift-adjusted
+    mean with the same interval widened by the drift reference's own error (`_adj_mean`,
+    `_adj_ci95_low/_high`)."""
+    first = g.iloc[0]
+    suite = first["suite"]
+    row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case",
+                                 "ran_as", "gpu_layers", "ctx", "temperature")}
+    row["n"] = len(g)
+    for metric in [*metrics.key_metrics(suite), *EXTRA_CONFIG_METRICS[suite]]:
+        if metric not in g:
+            continue
+        d = stats.describe([None if pd.isna(v) else v for v in g[metric]])
+        if d["n"] == 0 and metric in EXTRA_CONFIG_METRICS[suite]:
+            continue
+        for stat in STATS:
+            row[f"{metric}_{stat}"] = d.get(stat)
+        iv = metric_interval(g, metric, look)
+        row[f"{metric}_ci95_low"], row[f"{metric}_ci95_high"] = (iv.low, iv.high) if iv else (None, None)
+        if metric not in metrics.key_metrics(suite):
+            continue
+        row[f"{metric}_rel_half_width"] = iv.rel_half_width if iv else None
+        adj = metric_interval(g, f"{metric}_adj", look)
+        if adj is not None and drift is not None and drift.reference_rel_half_width is not None \
+                and host_exponent(metrics.unit_of(suite, metric)) != 0:
+            adj = widen(adj, drift.reference_rel_half_width)
+        row[f"{metric}_adj_mean"] = adj.mean if adj else None
+        row[f"{metric}_adj_ci95_low"], row[f"{metric}_adj_ci95_high"] = (adj.low, adj.high) if adj else (None, None)
+    if suite == "multi":
+        row["contention_runs"] = int(g["contention"].sum())
+        row["legacy_contention_runs"] = int(g["legacy_contention"].sum())
+    row["cold_runs"] = int(g["cold_load"].sum())
+    if "power_throttled" in g:
+        row["throttled_runs"] = int((g["power_throttled"] == True).sum())  # noqa: E712 (nulls count as no)
+    row["outlier_runs"] = int(g["outlier"].sum())
+    return row
+
+
+def metric_interval(g: pd.DataFrame, column: str, look: LookPlan | None) -> Interval | None:
+    """The repeated interval of one column over a config's runs (its looks; the ordinary
+    t-interval at the runs there are when the plan names none)."""
+    values = _values(g, column)
+    if len(values) < 2:
+        return None
+    return interval(values, look or LookPlan(len(values), len(values)))
+
+
+def _count_voided(runs: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
+    """voided_requests per run: its counted calls whose prompt the engine reused (prefill_reused)."""
+    runs = runs.copy()
+    if requests.empty or "prefill_reused" not in requests:
+        runs["voided_requests"] = 0
+        return runs
+    reused = requests[requests["prefill_reused"] == True]  # noqa: E712 (None: not reported)
+    counts = reused.groupby(["cell", "run"]).size()
+    runs["voided_requests"] = [int(counts.get((c, r), 0)) for c, r in zip(runs["cell"], runs["run"])]
+    return runs
+
+
+def _adjust_for_drift(runs: pd.DataFrame, drift: HostDrift | None) -> pd.DataFrame:
+    """`drift_factor` h(t) at each run's middle and `<metric>_adj` = x · h(t)^(−e) for every key
+    metric of its suite (bench/drift.py; e from the metric's unit). Without probes the adjusted
+    value is the raw one and the factor is null."""
+    runs = runs.copy()
+    runs["drift_factor"] = [drift.factor(t) if drift else None for t in runs["t_mid"]]
+    for metric in dict.fromkeys(m.column for m in metrics.RUN_METRICS):
+        if metric not in runs:
+            continue
+        out = []
+        for suite, value, t in zip(runs["suite"], runs[metric], runs["t_mid"]):
+            unit = metrics.unit_of(suite, metric)
+            if drift is None or unit is None or pd.isna(value):
+                out.append(value)
+            else:
+                out.append(drift.adjust(float(value), t, host_exponent(unit)))
+        runs[f"{metric}_adj"] = out
+    return runs
 
 
 # the run identity columns each requests.csv row repeats
@@ -287,28 +375,52 @@ def normalized(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def winners(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
-    """The winner rule per bench (suite × language) and case: rank the models by mean of the
-    headline metric (decode_tps single, speedup multi; higher is better); the leader is named
-    the winner only when the bootstrap 95 % CI of mean(leader) − mean(runner-up) excludes 0, and
-    only when every run of the case ran alike (no model on another rung of the fallback ladder)."""
+def compare_configs(a: pd.DataFrame, b: pd.DataFrame, metric: str, looks: dict[str, LookPlan] | None = None,
+                    ) -> dict:
+    """The comparison rule (sequential.compare) between two configs' runs on a metric, drift-adjusted
+    (`<metric>_adj`) and raw: mean(a) − mean(b) with √(half_a² + half_b²), each half-width the
+    config's repeated interval over its looks. The adjusted verdict decides (`winner`: "a", "b"
+    or None); the raw one is kept beside it (`*_raw`) to show what the adjustment changed."""
+    higher = not metrics.lower_is_better(metric)
+
+    def look(g: pd.DataFrame) -> LookPlan | None:
+        return (looks or {}).get(g["cell"].iloc[0]) if "cell" in g and not g.empty else None
+
+    out = {}
+    for suffix, column in (("", f"{metric}_adj" if f"{metric}_adj" in a else metric), ("_raw", metric)):
+        cmp = compare(*(metric_interval(g, column, look(g)) for g in (a, b)), higher_is_better=higher)
+        out.update({f"{k}{suffix}": v for k, v in cmp.items()})
+        out[f"mean_a{suffix}"] = float(pd.Series(_values(a, column)).mean()) if _values(a, column) else None
+        out[f"mean_b{suffix}"] = float(pd.Series(_values(b, column)).mean()) if _values(b, column) else None
+    return out
+
+
+def winners(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) -> pd.DataFrame:
+    """The winner rule per bench (suite × language) and case: rank the models by their
+    drift-adjusted mean of the headline metric (decode_tps single, speedup multi and steps; higher
+    is better); the leader is named the winner only when the comparison rule's interval of
+    mean(leader) − mean(runner-up) excludes 0 (compare_configs), and only when every run of the
+    case ran alike (no model on another rung of the fallback ladder). `verdict_raw` is the same rule
+    on the unadjusted values."""
     rows = []
     for suite, lang in (bench.split("-") for bench in metrics.BENCHES):
         sub = runs[(runs["suite"] == suite) & (runs["lang"] == lang)] if not runs.empty else runs
         if sub.empty:
             continue
         metric = metrics.headline(suite)
+        column = f"{metric}_adj" if f"{metric}_adj" in sub else metric
         for case, g in sub.groupby("case", sort=True):
-            means = g.groupby("model")[metric].mean().dropna().sort_values(ascending=False)
+            means = g.groupby("model")[column].mean().dropna().sort_values(ascending=False)
             row = {"bench": f"{suite}-{lang}", "suite": suite, "lang": lang, "case": case, "metric": metric,
                    "models": len(means), "leader": means.index[0] if len(means) else None,
                    "leader_mean": means.iloc[0] if len(means) else None,
                    "runner_up": None, "runner_up_mean": None, "n_leader": None, "n_runner_up": None,
                    "diff": None, "ci_low": None, "ci_high": None, "winner": None,
                    # what every run of the case ran, when the ladder downgraded them all alike
-                   "ran_as": g["ran_as"].iloc[0] if g["ran_as"].nunique() == 1 else ""}
+                   "ran_as": g["ran_as"].iloc[0] if g["ran_as"].nunique() == 1 else "",
+                   "diff_raw": None, "ci_low_raw": None, "ci_high_raw": None, "verdict_raw": None}
             if len(means) < 2:
-                row["verdict"] = "one model measured"
+                row["verdict"] = row["verdict_raw"] = "one model measured"
                 rows.append(row)
                 continue
             lead, second = means.index[0], means.index[1]
@@ -316,25 +428,31 @@ def winners(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataF
                 ran = sorted({f"{m} ran {r}" for m, r in zip(g["model"], g["ran_as"]) if r})
                 row.update(runner_up=second, runner_up_mean=means.iloc[1],
                            verdict=f"not compared: {'; '.join(ran)} (fallback ladder)")
+                row["verdict_raw"] = row["verdict"]
                 rows.append(row)
                 continue
-            cmp = stats.compare_groups(_values(g[g["model"] == lead], metric),
-                                       _values(g[g["model"] == second], metric), seed=seed)
+            cmp = compare_configs(g[g["model"] == lead], g[g["model"] == second], metric, looks)
             row.update(runner_up=second, runner_up_mean=means.iloc[1], n_leader=cmp["n_a"],
-                       n_runner_up=cmp["n_b"], diff=cmp["diff"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"])
-            if cmp["diff"] is None:
-                row["verdict"] = "too few runs (< 2 per model)"
-            elif cmp["winner"] == "a":
-                row.update(winner=lead, verdict=lead)
-            else:
-                row["verdict"] = "no significant difference"
+                       n_runner_up=cmp["n_b"], diff=cmp["diff"], ci_low=cmp["ci_low"], ci_high=cmp["ci_high"],
+                       diff_raw=cmp["diff_raw"], ci_low_raw=cmp["ci_low_raw"], ci_high_raw=cmp["ci_high_raw"])
+            for suffix in ("", "_raw"):
+                if cmp[f"diff{suffix}"] is None:
+                    row[f"verdict{suffix}"] = "too few runs (< 2 per model)"
+                elif cmp[f"winner{suffix}"] is not None:
+                    better = lead if cmp[f"winner{suffix}"] == "a" else second
+                    row[f"verdict{suffix}"] = better
+                    if not suffix:
+                        row["winner"] = better
+                else:
+                    row[f"verdict{suffix}"] = "no significant difference"
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def lang_deltas(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
-    """Rust − Python per suite, model and case, with the bootstrap 95 % CI of the difference of
-    means; `significant` when that CI excludes 0."""
+def lang_deltas(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) -> pd.DataFrame:
+    """Rust − Python per suite, model and case, drift-adjusted, with the comparison rule's
+    interval of the difference of means (compare_configs); `significant` when it excludes 0;
+    the raw delta and verdict beside it."""
     specs = {"single": ("decode_tps", "decode_tps_client", "ttft_ms"), "multi": ("speedup", "evenness_pct")}
     rows = []
     if runs.empty or runs["lang"].nunique() < 2:
@@ -344,20 +462,49 @@ def lang_deltas(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.D
                     key=lambda kv: kv[0][0] != "single")
     for (suite, model, case, ran_as), g in groups:
         py, rs = g[g["lang"] == "python"], g[g["lang"] == "rust"]
-        if py.empty or rs.empty:
+        if py.empty or rs.empty or suite not in specs:
             continue
         for metric in specs[suite]:
-            a, b = _values(rs, metric), _values(py, metric)
-            if not a or not b:
+            if not _values(rs, metric) or not _values(py, metric):
                 continue
-            cmp = stats.compare_groups(a, b, higher_is_better=not metrics.lower_is_better(metric), seed=seed)
-            py_mean = sum(b) / len(b)
+            cmp = compare_configs(rs, py, metric, looks)
+            py_mean, rs_mean = cmp["mean_b"], cmp["mean_a"]
             rows.append({"suite": suite, "model": model, "case": case, "ran_as": ran_as, "metric": metric,
-                         "python_mean": py_mean, "rust_mean": sum(a) / len(a), "n_python": len(b), "n_rust": len(a),
-                         "delta": cmp["diff"] if cmp["diff"] is not None else sum(a) / len(a) - py_mean,
-                         "delta_pct": ((sum(a) / len(a) - py_mean) / py_mean * 100) if py_mean else None,
+                         "python_mean": py_mean, "rust_mean": rs_mean, "n_python": cmp["n_b"], "n_rust": cmp["n_a"],
+                         "delta": cmp["diff"] if cmp["diff"] is not None else rs_mean - py_mean,
+                         "delta_pct": ((rs_mean - py_mean) / py_mean * 100) if py_mean else None,
                          "ci_low": cmp["ci_low"], "ci_high": cmp["ci_high"],
-                         "significant": cmp["winner"] is not None})
+                         "significant": cmp["winner"] is not None,
+                         "python_mean_raw": cmp["mean_b_raw"], "rust_mean_raw": cmp["mean_a_raw"],
+                         "delta_raw": cmp["diff_raw"], "ci_low_raw": cmp["ci_low_raw"],
+                         "ci_high_raw": cmp["ci_high_raw"], "significant_raw": cmp["winner_raw"] is not None})
+    return pd.DataFrame(rows)
+
+
+def placebo(runs: pd.DataFrame, profile: Profile, looks: dict[str, LookPlan] | None = None) -> pd.DataFrame:
+    """The A/A check: each placebo model (profile `placebo_of`: the same weights under another name,
+    measured in a block of its own) against its original, per suite, language and case, on every
+    key metric, with the comparison rule, drift-adjusted and raw. Every row should read 'no
+    difference'; a difference means the design or the adjustment invents effects."""
+    rows = []
+    for m in (m for m in profile.models if m.placebo_of) if not runs.empty else ():
+        for (suite, lang, case), g in runs[runs["model"].isin([m.name, m.placebo_of])].groupby(
+                ["suite", "lang", "case"], sort=True):
+            a, b = g[g["model"] == m.name], g[g["model"] == m.placebo_of]
+            if a.empty or b.empty:
+                continue
+            for metric in metrics.key_metrics(suite):
+                if not _values(a, metric) or not _values(b, metric):
+                    continue
+                cmp = compare_configs(a, b, metric, looks)
+                rows.append({"placebo": m.name, "original": m.placebo_of, "suite": suite, "lang": lang, "case": case,
+                             "metric": metric, "placebo_mean": cmp["mean_a"], "original_mean": cmp["mean_b"],
+                             "n_placebo": cmp["n_a"], "n_original": cmp["n_b"], "diff": cmp["diff"],
+                             "ci_low": cmp["ci_low"], "ci_high": cmp["ci_high"],
+                             "verdict": "no difference" if cmp["winner"] is None else "DIFFERENT",
+                             "diff_raw": cmp["diff_raw"], "ci_low_raw": cmp["ci_low_raw"],
+                             "ci_high_raw": cmp["ci_high_raw"],
+                             "verdict_raw": "no difference" if cmp["winner_raw"] is None else "DIFFERENT"})
     return pd.DataFrame(rows)
 
 
@@ -483,11 +630,66 @@ def reconciliation(requests: pd.DataFrame) -> pd.DataFrame:
 
 
 def overhead(events: list[dict]) -> pd.DataFrame:
-    """Where the bench's time went (instrument.study_overhead), with the ratio in `.attrs`."""
+    """Where the bench's time went (instrument.study_overhead), with the ratio in `.attrs`, and
+    the ratio counted the way studies did before the union of request spans."""
     ratio, rows = instrument.study_overhead(events)
     df = pd.DataFrame(rows)
     df.attrs["study_overhead_ratio"] = ratio
+    df.attrs["summed_overhead_ratio"] = instrument.study_summed_overhead_ratio(events)
     return df
+
+
+def sampling(configs: pd.DataFrame, cells: list[Cell], stops: dict[str, dict]) -> pd.DataFrame:
+    """How many runs each config got and why it stopped: per config and precision metric (the
+    suite's headline for a fixed config), n, the repeated interval's relative half-width against
+    the target, and the stop reason (an adaptive study's sampling.jsonl; 'fixed runs' otherwise)."""
+    rows = []
+    if configs.empty:
+        return pd.DataFrame(rows)
+    by_key = {c.key: c for c in cells}
+    for _, r in configs[configs["ran_as"] == ""].iterrows():
+        cell = by_key.get(r["cell"])
+        precision = cell.precision if cell else None
+        for metric in (precision.metrics if precision else [metrics.headline(r["suite"])]):
+            rel = r.get(f"{metric}_rel_half_width")
+            target = precision.rel_half_width if precision else None
+            stop = stops.get(r["cell"], {})
+            rows.append({"cell": r["cell"], "suite": r["suite"], "lang": r["lang"], "model": r["model"],
+                         "case": r["case"], "metric": metric, "n": r["n"],
+                         "min_runs": precision.min_runs if precision else (cell.runs if cell else None),
+                         "max_runs": precision.max_runs if precision else (cell.runs if cell else None),
+                         "mean": r.get(f"{metric}_mean"), "ci95_low": r.get(f"{metric}_ci95_low"),
+                         "ci95_high": r.get(f"{metric}_ci95_high"), "rel_half_width": rel, "target": target,
+                         "within_target": None if target is None or rel is None or pd.isna(rel) else bool(rel <= target),
+                         "stop_reason": stop.get("reason") or ("fixed runs" if not precision else "not recorded")})
+    return pd.DataFrame(rows)
+
+
+def prefill_summary(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per engine API and model: counted calls, how many the prefill check could judge and by
+    which rule, how many were voided (the engine reused a cached prompt), and the cold prefill
+    rate (median of the reference)."""
+    if requests.empty or "prefill_reused" not in requests:
+        return pd.DataFrame()
+    rows = []
+    for (api, model), g in requests.groupby(["api", "model"], sort=True):
+        rows.append({"api": api, "model": model, "requests": len(g),
+                     "judged": int(g["prefill_reused"].notna().sum()),
+                     "voided": int((g["prefill_reused"] == True).sum()),  # noqa: E712
+                     "rules": "; ".join(f"{k}: {v}" for k, v in g["prefill_rule"].value_counts().items()),
+                     "cold_prefill_tps_median": g["prefill_reference_tps"].median(),
+                     "max_reused_share": g["prefill_reused_share"].max()})
+    return pd.DataFrame(rows)
+
+
+def harness_engine(probes: list[dict]) -> pd.DataFrame:
+    """The harness against the engine's own rate at each drift probe: the streamed calls' client
+    decode rate and the plain calls' engine rate, a few seconds apart at the same prompt,
+    options and threads (metrics.harness_to_engine)."""
+    rows = [{"probe": p["label"], "at": p.get("at"), "harness_decode_tps": p.get("harness_decode_tps"),
+             "engine_decode_tps": p.get("engine_decode_tps"), "harness_to_engine": p.get("harness_to_engine")}
+            for p in probes if p.get("harness_to_engine") is not None]
+    return pd.DataFrame(rows)
 
 
 def client_cost(runs: pd.DataFrame) -> pd.DataFrame:
@@ -508,10 +710,17 @@ def client_cost(runs: pd.DataFrame) -> pd.DataFrame:
 
 def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
     runs, configs = tables.runs, tables.configs
+    looks = {c.key: c.looks(profile.outliers.max_extra_runs) for c in tables.cells}
     tables.derived = {
         "normalized": normalized(runs, profile.baseline.name),
-        "winners": winners(runs),
-        "lang_deltas": lang_deltas(runs),
+        "winners": winners(runs, looks),
+        "lang_deltas": lang_deltas(runs, looks),
+        "placebo": placebo(runs, profile, looks),
+        "sampling": sampling(configs, tables.cells, tables.stops),
+        "tails": tails.tail_table(tables.requests[tables.requests["prefill_reused"] != True])  # noqa: E712
+        if not tables.requests.empty else pd.DataFrame(),
+        "prefill": prefill_summary(tables.requests),
+        "harness_engine": harness_engine(tables.probes),
         "variance": variance_shares(runs),
         "outliers": outlier_list(runs),
         "frontier": frontier(configs),
@@ -521,18 +730,19 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "drift": pd.DataFrame(instrument.drift_rows(tables.probes, profile.instrument.drift_threshold_pct)),
         "overhead": overhead(tables.events),
         "client_cost": client_cost(runs),
-        "topology": topology(runs),
-        "steps": steps(runs),
+        "topology": topology(runs, looks),
+        "steps": steps(runs, looks),
         **probes.derived_tables(tables.coldstart, tables.sanity),
     }
     return tables.derived
 
 
-def topology(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
+def topology(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) -> pd.DataFrame:
     """Two instances against one instance with two slots (the topology control), per model,
-    language and server settings: each scenario's mean of the together-phase wall time, the
-    speedup and the served rate, and the bootstrap 95 % CI of mean(two instances) − mean(one
-    instance); `better` names the topology the CI favours, or 'no difference'."""
+    language and server settings: each scenario's drift-adjusted mean of the together-phase wall
+    time, the speedup and the served rate, and the comparison rule's interval of mean(two
+    instances) − mean(one instance) (compare_configs); `better` names the topology it favours, or
+    'no difference'."""
     rows: list[dict] = []
     if runs.empty or "scenario" not in runs:
         return pd.DataFrame(rows)
@@ -547,11 +757,10 @@ def topology(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.Data
         if a.empty or b.empty:
             continue
         for metric in TOPOLOGY_METRICS:
-            cmp = stats.compare_groups(_values(a, metric), _values(b, metric),
-                                       higher_is_better=not metrics.lower_is_better(metric), seed=seed)
+            cmp = compare_configs(a, b, metric, looks)
             better = {"a": "two instances", "b": "one instance, two slots"}.get(cmp["winner"], "no difference")
             rows.append({"model": model, "lang": lang, "metric": metric,
-                         "two_instances_mean": a[metric].mean(), "one_instance_mean": b[metric].mean(),
+                         "two_instances_mean": cmp["mean_a"], "one_instance_mean": cmp["mean_b"],
                          "n_two": cmp["n_a"], "n_one": cmp["n_b"], "diff": cmp["diff"],
                          "ci_low": cmp["ci_low"], "ci_high": cmp["ci_high"], "better": better,
                          "settings_two": "; ".join(sorted(set(a.get("server_settings", pd.Series(dtype=str))
@@ -561,9 +770,9 @@ def topology(runs: pd.DataFrame, *, seed: int = stats.BOOTSTRAP_SEED) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def steps(runs: pd.DataFrame) -> pd.DataFrame:
+def steps(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) -> pd.DataFrame:
     """The agent-count steps per model and server settings: for each N, the mean speedup (with
-    its t-based 95 % CI), efficiency, per-agent decode rate, tps ratio and TTFT inflation against
+    its repeated 95 % interval, bench/sequential.py), efficiency, per-agent decode rate, tps ratio and TTFT inflation against
     one agent alone in the same runs (over all agents, and of each run's worst agent)."""
     rows: list[dict] = []
     if runs.empty:
@@ -576,10 +785,10 @@ def steps(runs: pd.DataFrame) -> pd.DataFrame:
     sub = sub.assign(ttft_inflation_worst=sub.filter(regex=r"^agent\d+_ttft_inflation$").max(axis=1),
                      tps_ratio_worst=sub.filter(regex=r"^agent\d+_tps_ratio$").min(axis=1))
     for key, g in sub.groupby(keys + ["n_agents"], sort=True, dropna=False):
-        d = stats.describe(_values(g, "speedup"))
-        rows.append({**dict(zip(keys + ["n_agents"], key)), "n": d["n"],
-                     "speedup_mean": d.get("mean"), "speedup_ci95_low": d.get("ci95_low"),
-                     "speedup_ci95_high": d.get("ci95_high"),
+        iv = metric_interval(g, "speedup", (looks or {}).get(g["cell"].iloc[0]))
+        rows.append({**dict(zip(keys + ["n_agents"], key)), "n": len(_values(g, "speedup")),
+                     "speedup_mean": g["speedup"].mean(), "speedup_ci95_low": iv.low if iv else None,
+                     "speedup_ci95_high": iv.high if iv else None,
                      "efficiency_pct_mean": g["efficiency_pct"].mean(),
                      "decode_tps_together_mean": g["decode_tps_together"].mean(),
                      "decode_tps_alone_mean": g["decode_tps_alone"].mean(),
@@ -590,9 +799,28 @@ def steps(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(store: Store, profile: Profile) -> Results:
-    """The one analysis of a study: frames, derived tables and findings, each computed once."""
-    results = load_tables(store, profile.outliers.mad_k)
+def study_cells(store: Store, profile: Profile) -> tuple[list[Cell], Profile]:
+    """The configs the study planned and the profile it ran with: from its manifest's plans (with
+    each bench call's overrides), else the profile's full plan."""
+    manifest = store.read_json(MANIFEST_NAME)
+    try:
+        ran_with = profile_from_manifest(manifest) if manifest else profile
+        return planned_cells(manifest, ran_with), ran_with
+    except BenchError:
+        return planned_cells(None, profile), profile
+
+
+def build(store: Store, profile: Profile, cells: list[Cell] | None = None) -> Results:
+    """The one analysis of a study: frames, derived tables and findings, each computed once.
+    `cells`: the plan's configs (default: the study's, study_cells)."""
+    ran_with = profile
+    if cells is None:
+        cells, ran_with = study_cells(store, profile)
+    looks = {c.key: c.looks(ran_with.outliers.max_extra_runs) for c in cells}
+    points = instrument.probe_points(store.read_jsonl(PROBES))
+    results = load_tables(store, profile.outliers.mad_k, looks=looks, drift=HostDrift(points) if points else None)
+    results.cells = cells
+    results.stops = {e["cell"]: e for e in store.read_jsonl(SAMPLING)}  # the last decision per config wins
     if results.runs.empty:
         return results
     derive(results, profile)
@@ -606,7 +834,7 @@ def export_tables(store: Store, results: Results) -> dict[str, Path]:
     """tables/<name>.csv for every frame, and tables/findings.json."""
     out = {}
     frames = {"requests": results.requests, "runs": results.runs, "configs": results.configs,
-              "misplaced_runs": results.misplaced, **results.derived}
+              "misplaced_runs": results.misplaced, "voided_runs": results.voided, **results.derived}
     for name, df in frames.items():
         path = store.root / "tables" / f"{name}.csv"
         atomic_write_text(path, df.to_csv(index=False))

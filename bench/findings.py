@@ -132,10 +132,17 @@ def recommendations(results, downgrades: list[dict], floors: dict[tuple[str, str
                          "finding": f"{r['cell']}: contention in {int(r['contention_runs'])}/{r['n']} runs "
                                     f"(tps ratio C/I {fmt.num(r.get('collector_tps_ratio_mean'))}/"
                                     f"{fmt.num(r.get('insight_tps_ratio_mean'))}, speedup {fmt.num(r['speedup_mean'])}×)"})
+    samp = results.derived.get("sampling", pd.DataFrame())
+    adaptive = set(samp[samp["target"].notna()]["cell"]) if not samp.empty else set()
+    for _, r in samp[samp["within_target"] == False].iterrows() if not samp.empty else ():  # noqa: E712
+        recs.append({"rule": "R3: a config that stopped before its precision target is quoted with its interval, "
+                             "never its mean alone",
+                     "finding": f"{r['cell']}: {r['metric']} ±{fmt.pct(r['rel_half_width'] * 100)} (target "
+                                f"±{fmt.pct(r['target'] * 100)}) after {r['n']} runs ({r['stop_reason']})"})
     for _, r in configs.iterrows():
         metric = metrics.headline(r["suite"])
         cv = r.get(f"{metric}_cv_pct")
-        if not fmt.missing(cv) and cv > CV_LIMIT_PCT:
+        if r["cell"] not in adaptive and not fmt.missing(cv) and cv > CV_LIMIT_PCT:
             recs.append({"rule": f"R3: a config whose {metric} CV exceeds {CV_LIMIT_PCT:.0f} % needs more runs "
                                  "before its mean is quoted",
                          "finding": f"{r['cell']}: CV {cv:.1f} % over {r['n']} runs"})
@@ -242,4 +249,54 @@ def build(results, failures: list[dict], client_overhead: dict | None,
         "recommendations": recommendations(results, downgrades, floors),
         "topology": topology_verdicts(results.derived.get("topology", pd.DataFrame())),
         "capacity": capacity(results.derived.get("steps", pd.DataFrame()), *contention),
+        "drift_changed": drift_changed(results.derived),
+        "placebo": placebo_verdicts(results.derived.get("placebo", pd.DataFrame())),
+        "precision": precision_summary(results.derived.get("sampling", pd.DataFrame())),
     }
+
+
+def drift_changed(derived: dict) -> list[dict]:
+    """The verdicts the drift adjustment changed: winners and Python/Rust differences whose raw
+    comparison and adjusted comparison disagree (the adjusted one is the study's verdict)."""
+    out = []
+    win = derived.get("winners", pd.DataFrame())
+    for _, r in win[win["verdict"] != win["verdict_raw"]].iterrows() if not win.empty else ():
+        out.append({"what": f"winner {r['bench']} / {r['case']} ({r['metric']})", "raw": r["verdict_raw"],
+                    "adjusted": r["verdict"]})
+    deltas = derived.get("lang_deltas", pd.DataFrame())
+    for _, r in deltas[deltas["significant"] != deltas["significant_raw"]].iterrows() if not deltas.empty else ():
+        verdict = lambda sig, d: (f"significant (Δ {fmt.signed(d)})" if sig else "no significant difference")  # noqa: E731
+        out.append({"what": f"Rust − Python {r['suite']}/{r['model']}/{r['case']} ({r['metric']})",
+                    "raw": verdict(r["significant_raw"], r["delta_raw"]),
+                    "adjusted": verdict(r["significant"], r["delta"])})
+    return out
+
+
+def placebo_verdicts(aa: pd.DataFrame) -> list[dict]:
+    """The A/A check in one line per placebo: how many comparisons came out 'no difference',
+    drift-adjusted and raw (every one should, adjusted)."""
+    out = []
+    for name, g in aa.groupby("placebo", sort=True) if not aa.empty else ():
+        same = int((g["verdict"] == "no difference").sum())
+        same_raw = int((g["verdict_raw"] == "no difference").sum())
+        out.append({"placebo": name, "original": g["original"].iloc[0], "comparisons": len(g),
+                    "no_difference": same, "no_difference_raw": same_raw,
+                    "verdict": ("passed: no comparison finds a difference" if same == len(g)
+                                else f"FAILED: {len(g) - same} of {len(g)} comparisons find a difference")})
+    return out
+
+
+def precision_summary(samp: pd.DataFrame) -> dict:
+    """Runs per config, the stop reasons, and the widest headline interval (relative half-width)."""
+    if samp.empty:
+        return {}
+    widest = samp.loc[samp["rel_half_width"].astype(float).idxmax()] if samp["rel_half_width"].notna().any() else None
+    per_cell = samp.drop_duplicates("cell")
+    return {"configs": int(len(per_cell)), "runs": int(per_cell["n"].sum()),
+            "runs_per_config": {str(k): int(v) for k, v in per_cell["n"].value_counts().sort_index().items()},
+            "stop_reasons": {str(k): int(v) for k, v in per_cell["stop_reason"].value_counts().items()},
+            "not_within_target": int((samp["within_target"] == False).sum()),  # noqa: E712
+            "widest": None if widest is None else {
+                "cell": widest["cell"], "metric": widest["metric"], "n": int(widest["n"]),
+                "rel_half_width": float(widest["rel_half_width"]), "target": None if fmt.missing(widest["target"])
+                else float(widest["target"]), "stop_reason": widest["stop_reason"]}}

@@ -13,7 +13,9 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import instrument, metrics, power, probes, stats
+import inspect
+
+from bench import drift, instrument, metrics, power, probes, sequential, stats, tails
 from bench import findings, fmt, issue_summary
 from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
@@ -32,6 +34,7 @@ REPORT_NAME = "Technical_Report_116.md"
 
 
 def _mean_ci(row: pd.Series, metric: str) -> str:
+    """mean [low, high] of a configs.csv metric (`decode_tps`, or its adjusted twin `decode_tps_adj`)."""
     mean, lo, hi = row.get(f"{metric}_mean"), row.get(f"{metric}_ci95_low"), row.get(f"{metric}_ci95_high")
     if fmt.missing(mean):
         return "–"
@@ -63,9 +66,11 @@ def single_table(configs: pd.DataFrame, lang: str) -> str | None:
     df = _suite(configs, "single", lang)
     return _md([{"model": r["model"], "config": _as_ran(r, "config"), "n": r["n"],
                  "decode tok/s (server) [95% CI]": _mean_ci(r, "decode_tps"),
+                 "drift-adjusted": _mean_ci(r, "decode_tps_adj"),
                  "decode tok/s (client)": fmt.num(r["decode_tps_client_mean"]),
                  "CV %": fmt.num(r["decode_tps_cv_pct"], 2),
                  "TTFT ms [95% CI]": _mean_ci(r, "ttft_ms"),
+                 "TTFT drift-adjusted": _mean_ci(r, "ttft_ms_adj"),
                  "TTFT p95 ms": fmt.num(r["ttft_ms_p95"]),
                  "latency ms p50 / p95": f"{fmt.num(r['latency_ms_p50'])} / {fmt.num(r['latency_ms_p95'])}",
                  "cold runs": r["cold_runs"], "outlier runs": r["outlier_runs"]}
@@ -293,8 +298,51 @@ def _drift_flag(drift: pd.DataFrame, threshold_pct: float) -> str | None:
         return None
     worst = drift.loc[drift["drift_pct"].abs().idxmax()]
     return (f"**Host drift:** the reference probe's decode rate moved {fmt.pct(worst['drift_pct'])} "
-            f"(probe '{worst['probe']}' against the first; threshold ±{threshold_pct:g} %): differences between "
-            f"configs measured at different times may be the host, not the config (section 8).")
+            f"(probe '{worst['probe']}' against the first; threshold ±{threshold_pct:g} %). Every headline is shown "
+            f"raw and adjusted to the host at its mean speed over the study, and the verdicts use the adjusted values "
+            f"(section 8).")
+
+
+def _doc(fn) -> str:
+    """A function's docstring, unwrapped: the methodology quotes the code's own statement."""
+    return " ".join(inspect.getdoc(fn).split())
+
+
+def _first_line(fn) -> str:
+    return inspect.getdoc(fn).split("\n\n")[0].replace("\n", " ")
+
+
+def methodology_texts() -> dict[str, str]:
+    """The statistics the report states, taken from the code that computes them."""
+    return {"interval": _first_line(sequential.interval), "level": _first_line(sequential.nominal_level),
+            "compare": _first_line(sequential.compare), "widen": _first_line(sequential.widen),
+            "drift": " ".join(drift.__doc__.split("\n\n")[1].split()),
+            "tails": _first_line(tails.quantile_interval), "calibration_draws": sequential.CALIBRATION_DRAWS,
+            "calibration_seed": sequential.CALIBRATION_SEED}
+
+
+def sampling_table(samp: pd.DataFrame) -> str | None:
+    return _md([{"config": r["cell"], "metric": r["metric"], "runs": r["n"],
+                 "mean [95% CI]": f"{fmt.num(r['mean'])} [{fmt.num(r['ci95_low'])}, {fmt.num(r['ci95_high'])}]",
+                 "± (rel.)": fmt.pct(r["rel_half_width"] * 100 if not fmt.missing(r["rel_half_width"]) else None),
+                 "target": fmt.pct(r["target"] * 100) if not fmt.missing(r["target"]) else "–",
+                 "within": {True: "yes", False: "**no**"}.get(r["within_target"], "–"),
+                 "stopped": r["stop_reason"]} for _, r in samp.iterrows()]) if not samp.empty else None
+
+
+def tails_table(tab: pd.DataFrame) -> str | None:
+    """Per config and metric, p50/p95/p99 as estimate [low, high], or what n allows instead."""
+    def cell(r, q):
+        status, est, lo, hi = (r[f"{q}_{k}"] for k in ("status", "estimate", "low", "high"))
+        if status == tails.TOO_SMALL:
+            return "n too small"
+        if status == tails.UPPER_ONLY:
+            return f"≤ {fmt.num(hi)}"
+        return f"{fmt.num(est)} [{fmt.num(lo)}, {fmt.num(hi)}]"
+
+    return _md([{"config": r["cell"] + (f" (ran {r['ran_as']})" if isinstance(r["ran_as"], str) and r["ran_as"] else ""),
+                 "metric": r["metric"], "requests": r["n"], **{q: cell(r, q) for q in ("p50", "p95", "p99")}}
+                for _, r in tab.iterrows()]) if not tab.empty else None
 
 
 def variance_table(var: pd.DataFrame) -> str | None:
@@ -324,7 +372,7 @@ def write_report(loaded: LoadedProfile, store: Store | None = None, results: Res
         cells = planned_cells(manifest, profile_from_manifest(manifest)) if manifest else planned_cells(None, profile)
     except BenchError:
         cells = planned_cells(None, profile)
-    results = results if results is not None else build(store, profile)
+    results = results if results is not None else build(store, profile, cells)
     if results.runs.empty and results.misplaced.empty:
         raise BenchError(f"no metrics.json under {store.root}: run `invoke bench` first")
     summarize_all(store, cells, results, profile.outliers.mad_k)
@@ -376,10 +424,39 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
         "overhead_measured_at": (client_overhead or {}).get("measured_at"),
         "model_notes": model_notes(manifest, failures, runs),
         "drift": _md([{"probe": r["probe"], "at": r["at"], "decode tok/s (server)": fmt.num(r["decode_tps"]),
+                       "h(t)": fmt.num(r["h"], 3),
                        "decode tok/s (client)": fmt.num(r["decode_tps_client"]), "TTFT ms": fmt.num(r["ttft_ms"]),
                        "drift vs first": fmt.pct(r["drift_pct"]), "TTFT drift": fmt.pct(r["ttft_drift_pct"]),
                        "flag": "DRIFT" if r["flag"] else ""} for _, r in derived["drift"].iterrows()]),
-        "probe_calls": instrument.PROBE_CALLS, "probe_tokens": instrument.PROBE_TOKENS,
+        "probe_pairs": instrument.PROBE_PAIRS, "probe_tokens": instrument.PROBE_TOKENS,
+        "method": methodology_texts(),
+        "sampling": sampling_table(derived.get("sampling", pd.DataFrame())),
+        "precision": found.get("precision") or {},
+        "adaptive": any(c.precision for c in tables.cells),
+        "placebo": _md([{"placebo": r["placebo"], "original": r["original"], "bench": f"{r['suite']}-{r['lang']}",
+                         "case": r["case"], "metric": r["metric"], "n": f"{r['n_placebo']} / {r['n_original']}",
+                         "Δ adjusted [95% CI]": f"{fmt.signed(r['diff'])} [{fmt.signed(r['ci_low'])}, "
+                                                f"{fmt.signed(r['ci_high'])}]", "verdict": r["verdict"],
+                         "Δ raw [95% CI]": f"{fmt.signed(r['diff_raw'])} [{fmt.signed(r['ci_low_raw'])}, "
+                                           f"{fmt.signed(r['ci_high_raw'])}]", "raw verdict": r["verdict_raw"]}
+                        for _, r in derived.get("placebo", pd.DataFrame()).iterrows()]),
+        "placebo_verdicts": found.get("placebo", []),
+        "drift_changed": found.get("drift_changed", []),
+        "drift_series": tables.drift,
+        "tails": tails_table(derived.get("tails", pd.DataFrame())),
+        "prefill": _md([{"engine API": r["api"], "model": r["model"], "requests": r["requests"],
+                         "judged": r["judged"], "voided": r["voided"], "rule": r["rules"],
+                         "cold prefill tok/s (median)": fmt.num(r["cold_prefill_tps_median"]),
+                         "largest reused share": fmt.pct(r["max_reused_share"] * 100
+                                                         if not fmt.missing(r["max_reused_share"]) else None)}
+                        for _, r in derived.get("prefill", pd.DataFrame()).iterrows()]),
+        "voided": _md([{"config": r["cell"], "run": r["run"], "voided calls": r["voided_requests"]}
+                       for _, r in tables.voided.iterrows()]),
+        "harness_engine": _md([{"probe": r["probe"], "at": r["at"], "harness tok/s (client)": fmt.num(r["harness_decode_tps"]),
+                                "engine tok/s (plain call)": fmt.num(r["engine_decode_tps"]),
+                                "harness ÷ engine": fmt.num(r["harness_to_engine"], 3)}
+                               for _, r in derived.get("harness_engine", pd.DataFrame()).iterrows()]),
+        "overhead_summed": derived["overhead"].attrs.get("summed_overhead_ratio"),
         "drift_flag": _drift_flag(derived["drift"], profile.instrument.drift_threshold_pct),
         "client_cost": _md([{"suite": r["suite"], "model": r["model"], "config / scenario": r["case"],
                              "client CPU, cores Py / Rust": f"{fmt.num(r.get('python_client_cpu_share'), 2)} / "

@@ -1,6 +1,8 @@
 """Per-config summaries: summary.json and summary.md beside the runs of each cell.
 
-For each key metric: n, mean, median, std, CV, p50, p95 and the 95 % CI of the mean over runs,
+For each key metric: n, mean, median, std, CV, p50, p95 and the repeated 95 % interval of the mean
+over runs (bench/sequential.py: valid at whatever run count the study stopped), how the config was
+sampled and why it stopped,
 plus the spec's outlier flag per run (|x − median| > k × MAD, k from the profile), and the runs the
 fallback ladder downgraded, with what they ran.
 """
@@ -40,6 +42,11 @@ def summarize_cell(store: Store, cell: Cell, results: Results, mad_k: float = 2.
         "scenario": cell.scenario, "config": results.asked[cell.key],
         "config_tag": cell.config_tag,
         "runs_expected": cell.runs, "runs_found": len(df),
+        "sampling": {"mode": "adaptive" if cell.precision else "fixed", "min_runs": cell.runs,
+                     "max_runs": cell.max_runs,
+                     "target": cell.precision.model_dump() if cell.precision else None,
+                     "stop_reason": (results.stops.get(cell.key) or {}).get("reason")
+                     or ("fixed runs" if not cell.precision else None)},
         "metrics": _config_stats(results, cell.key, keys),
         "outlier_rule": f"|x - median| > {mad_k} x MAD",
         "outliers": {c.removeprefix("outlier_"): [int(r) for r, f in zip(df["run"], df[c]) if f] for c in outlier_cols},
@@ -76,13 +83,18 @@ def render_markdown(summary: dict, df: pd.DataFrame) -> str:
     lines = [
         f"# {summary['suite']}-agent · {summary['lang']} · {summary['model']['name']} · {summary['config_tag']}",
         "",
-        f"Study `{summary['study']}`; runs found {summary['runs_found']} of {summary['runs_expected']}; "
+        f"Study `{summary['study']}`; runs found {summary['runs_found']} of "
+        + (f"{summary['sampling']['min_runs']}–{summary['sampling']['max_runs']} (adaptive, stopped: "
+           f"{summary['sampling']['stop_reason']})" if summary["sampling"]["mode"] == "adaptive"
+           else str(summary["runs_expected"])) + "; "
         f"seed {cfg['seed']}, num_predict {cfg['num_predict']}, ctx {cfg['ctx']}, gpu layers {cfg['gpu_layers']}, "
         f"temperature {cfg['temperature']}"
         + (f", scenario `{summary['scenario']}`" if summary["scenario"] else "") + ".",
         "",
         table.to_markdown(index=False, floatfmt=".3g"),
         "",
+        "The interval columns hold the repeated 95 % interval (valid at every run count the study could "
+        "have stopped at; bench/sequential.py).",
         f"Outlier rule: {summary['outlier_rule']}. Flagged runs: "
         + ("; ".join(f"{k}: {v}" for k, v in summary["outliers"].items() if v) or "none") + ".",
         f"Runs with a counted cold load: {summary['cold_runs'] or 'none'}.",

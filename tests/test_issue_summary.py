@@ -13,6 +13,7 @@ from scipy import stats as sps
 from bench import fmt
 from bench.profile import resolve_profile
 from bench.report import write_report
+from bench.sequential import LookPlan, nominal_level
 from bench.store import ISSUE_SUMMARY, Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored-study" / "smoke"
@@ -35,10 +36,13 @@ def test_report_writes_a_short_block_with_figures_and_verdicts(tmp_path):
     assert "gemma3-270m (baseline): GGUF sha256 `a5fd3b62230a`, Ollama digest `cbe2f8ce47f0`" in models
     assert "smollm2-135m: GGUF sha256 `b179c9523d0e`, Ollama digest `eafe44428a73`" in models
 
-    # one headline figure worked out by hand from the stored runs: mean ± t(0.975, n−1)·s/√n
+    # one headline figure worked out by hand from the stored runs: the repeated interval of a config
+    # that ran 3 runs plus at most 1 outlier rerun (looks at 3 and 4): mean ± t(1 − p*/2, n−1)·s/√n
     cfg = store.root / "single" / "python" / "gemma3-270m" / "gpu0_ctx512_temp08"
     xs = [json.loads(p.read_text())["metrics"]["decode_tps"] for p in sorted(cfg.glob("run_*/metrics.json"))]
-    mean, half = statistics.fmean(xs), sps.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    p_star = nominal_level(LookPlan(3, 4))
+    mean = statistics.fmean(xs)
+    half = sps.t.isf(p_star / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     want = f"{fmt.num(mean)} [{fmt.num(mean - half)}, {fmt.num(mean + half)}] (n={len(xs)})"
     row = next(line for line in lines if line.startswith("| single-python | gpu0_ctx512_temp08 "))
     assert "throughput (tok/s, server)" in row and want in row.split("|")[4], (want, row)

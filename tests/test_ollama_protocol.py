@@ -44,7 +44,8 @@ def test_stream_counts_and_durations(ollama):
     assert rec.ttft_ms + rec.itl_ms.mean * rec.itl_ms.n <= rec.e2e_ms + 1e-6
     assert rec.load_ms + rec.prompt_eval_ms + rec.eval_ms <= rec.e2e_ms
     warm = client.chat("gemma3:latest", MSG, opts, ctx())
-    assert warm.load_ms == 0.0 and not warm.cold_load  # omitempty load_duration → 0
+    # a loaded model: Ollama's load_duration is only the time to get the runner (never zero)
+    assert warm.load_ms < 5 and not warm.cold_load
 
 
 def test_runner_option_change_reloads(ollama):
@@ -52,7 +53,7 @@ def test_runner_option_change_reloads(ollama):
     client.chat("gemma3:latest", MSG, {"num_predict": 3, "seed": 1, "num_ctx": 512}, ctx())
     same = client.chat("gemma3:latest", MSG, {"num_predict": 3, "seed": 1, "num_ctx": 512}, ctx())
     other = client.chat("gemma3:latest", MSG, {"num_predict": 3, "seed": 1, "num_ctx": 2048}, ctx())
-    assert same.load_ms == 0.0 and other.load_ms > 0
+    assert same.load_ms < 5 and other.load_ms >= ollama.load_s * 1000  # a new num_ctx loads the model again
 
 
 @pytest.mark.parametrize("model, kind, text", [

@@ -188,7 +188,7 @@ def test_the_runner_measures_each_model_once_per_study_and_counts_the_cost(tmp_p
             ("qwen2.5:7b", "collector"), ("qwen2.5:7b", "insight")]
         for e in entries:
             assert e["error"] is None and e["cold"]["phase"] == "coldstart-cold"
-            assert e["cold"]["load_ms"] > 0 == e["warm"]["load_ms"]  # the cold call loaded the freed model
+            assert e["cold"]["load_ms"] > e["warm"]["load_ms"] + 20  # the cold call loaded the freed model
             assert e["cold"]["prompt_nonce"] != e["warm"]["prompt_nonce"]
             assert e["options"] == {"num_predict": 8, "seed": 42}  # the study's workload options
         chats = [r for r in a.requests if r["path"] == "/api/chat"]

@@ -139,7 +139,9 @@ SECTIONS = ["## 1. Objective", "## 2. Setup", "## 3. Methodology", "### Metric d
             "## 6. Cross-model comparison", "## 7. Winner by scenario", "## 8. Python vs Rust",
             "## 9. VRAM and quantization notes", "## 10. Power and energy efficiency",
             "## 11. Cost: tokens per dollar", "## 12. Does model choice shift multi-agent efficiency",
-            "## 13. Failures and fallbacks", "## 14. Outliers", "## 15. Recommendations", "## 16. Reproducibility"]
+            "## 13. Failures and fallbacks", "## 14. Outliers", "## 15. Recommendations",
+            "## 16. Precision: runs per config, the A/A placebo, tails and the prefill check", "### A/A placebo",
+            "### Tails", "### Prefill verification", "## 17. Reproducibility"]
 
 
 def test_report_has_every_section_and_the_winner_rule(study):

@@ -110,7 +110,7 @@ def test_capacity_rule_names_the_limit():
     assert c["scales_to"] == 2 and "every step measured" in c["finding"]
 
 
-def test_topology_table_compares_the_pair_with_a_bootstrap_ci():
+def test_topology_table_compares_the_pair_with_the_comparison_rule():
     def run(scenario, wall, speedup, served):
         return {"suite": "multi", "scenario": scenario, "model": "m", "lang": "python", "ran_as": "",
                 "wall_s": wall, "speedup": speedup, "served_tps": served, "server_settings": "np1"}
@@ -135,7 +135,7 @@ def test_control_scenario_and_steps_on_real_ollama(tmp_path):
         d["models"] = [m for m in d["models"] if m["name"] == "smollm2-135m"] or d["models"]
         d["models"][0]["baseline"] = True
         d["workload"]["num_predict"] = 8
-        d["multi"]["runs"] = 2  # the topology table's bootstrap needs two runs a side
+        d["multi"]["runs"] = 2  # the comparison rule needs two runs a side
 
     path = smoke_variant(tmp_path, mutate, base="smoke")
     results = tmp_path / "results"
