@@ -18,6 +18,9 @@ from bench import metrics
 # configs in other cells (GPU layers, threads, server settings), and those move the prefill rate by
 # more than the reuse factor.
 REFERENCE_GROUP = ("api", "model", "endpoint", "cell")
+# A config with no cold call on an endpoint (an agent-count step's agents on the second instance
+# only run together) is judged against that instance's cold calls in its other configs.
+FALLBACK_GROUP = ("api", "model", "endpoint")
 # The phases whose calls have the engine to themselves; together-phase calls are only slower.
 REFERENCE_PHASES = ("single", "alone")
 REQUIRED = (*REFERENCE_GROUP, "phase", "prompt_tokens", "prompt_eval_ms")
@@ -32,7 +35,8 @@ def _value(x):
 def verify_prefill(requests: pd.DataFrame) -> pd.DataFrame:
     """The requests table (bench/analysis.py request_rows) with the verdict columns added:
     prefill_tps, prefill_reference_tps (the median prefill_tps of the call's group's counted
-    single/alone calls that cache_n does not mark reused), prefill_reused_share, prefill_reused
+    single/alone calls that cache_n does not mark reused; a config with none on that endpoint:
+    the endpoint's in its other configs), prefill_reused_share, prefill_reused
     (True/False, None when the counters cannot tell) and prefill_rule. Records stored before
     prompt_cached_tokens was kept are read as not reporting it."""
     missing = [c for c in REQUIRED if c not in requests.columns]
@@ -49,9 +53,10 @@ def verify_prefill(requests: pd.DataFrame) -> pd.DataFrame:
     # A call that cache_n marks reused would make the reference too fast: it never defines one.
     cache_reused = cached.map(lambda n: n is not None and n > metrics.PREFILL_TEMPLATE_ALLOWANCE_TOKENS)
     cold = out["phase"].isin(REFERENCE_PHASES) & out["prefill_tps"].notna() & ~cache_reused.astype(bool)
-    group = list(REFERENCE_GROUP)
-    reference = out[cold].groupby(group)["prefill_tps"].median().rename("prefill_reference_tps")
-    out["prefill_reference_tps"] = out[group].join(reference, on=group)["prefill_reference_tps"]
+    out["prefill_reference_tps"] = float("nan")
+    for group in (list(REFERENCE_GROUP), list(FALLBACK_GROUP)):
+        reference = out[cold].groupby(group)["prefill_tps"].median().rename("ref")
+        out["prefill_reference_tps"] = out["prefill_reference_tps"].fillna(out[group].join(reference, on=group)["ref"])
     verdicts = [metrics.prefill_reuse(n, c, _value(rate), _value(ref))
                 for n, c, rate, ref in zip(tokens, cached, out["prefill_tps"], out["prefill_reference_tps"])]
     out["prefill_reused_share"] = pd.Series([v.reused_share for v in verdicts], index=out.index, dtype=float)

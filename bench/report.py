@@ -62,8 +62,29 @@ def _suite(configs: pd.DataFrame, suite: str, lang: str | None = None) -> pd.Dat
 # ---- results tables ------------------------------------------------------------------------------
 
 
-def single_table(configs: pd.DataFrame, lang: str) -> str | None:
+def _tail(tab: pd.DataFrame, cell: str, ran_as: str, metric: str, q: str) -> str:
+    """A config's request-level quantile from the tails table: estimate [low, high], '≤ x', or
+    'n too small (n)' (bench/tails.py), never the slowest of a handful of runs."""
+    if tab.empty:
+        return "–"
+    rows = tab[(tab["cell"] == cell) & (tab["metric"] == metric)
+               & (tab["ran_as"].fillna("").astype(str) == (ran_as or ""))]
+    if rows.empty:
+        return "–"
+    r = rows.iloc[0]
+    status = r[f"{q}_status"]
+    if status == tails.TOO_SMALL:
+        return f"n too small ({int(r['n'])})"
+    if status == tails.UPPER_ONLY:
+        return f"≤ {fmt.num(r[f'{q}_high'])}"
+    return f"{fmt.num(r[f'{q}_estimate'])} [{fmt.num(r[f'{q}_low'])}, {fmt.num(r[f'{q}_high'])}]"
+
+
+def single_table(configs: pd.DataFrame, lang: str, tab: pd.DataFrame | None = None) -> str | None:
+    """Per config: the headlines raw and drift-adjusted with their repeated intervals, and the
+    request-level TTFT and e2e tails (pooled over the config's calls, bench/tails.py)."""
     df = _suite(configs, "single", lang)
+    tab = tab if tab is not None else pd.DataFrame()
     return _md([{"model": r["model"], "config": _as_ran(r, "config"), "n": r["n"],
                  "decode tok/s (server) [95% CI]": _mean_ci(r, "decode_tps"),
                  "drift-adjusted": _mean_ci(r, "decode_tps_adj"),
@@ -71,8 +92,9 @@ def single_table(configs: pd.DataFrame, lang: str) -> str | None:
                  "CV %": fmt.num(r["decode_tps_cv_pct"], 2),
                  "TTFT ms [95% CI]": _mean_ci(r, "ttft_ms"),
                  "TTFT drift-adjusted": _mean_ci(r, "ttft_ms_adj"),
-                 "TTFT p95 ms": fmt.num(r["ttft_ms_p95"]),
-                 "latency ms p50 / p95": f"{fmt.num(r['latency_ms_p50'])} / {fmt.num(r['latency_ms_p95'])}",
+                 "TTFT p95 ms (requests)": _tail(tab, r["cell"], r["ran_as"], "ttft_ms", "p95"),
+                 "latency ms [95% CI]": _mean_ci(r, "latency_ms"),
+                 "e2e p50 ms (requests)": _tail(tab, r["cell"], r["ran_as"], "e2e_ms", "p50"),
                  "cold runs": r["cold_runs"], "outlier runs": r["outlier_runs"]}
                 for _, r in df.sort_values(["model", "cell"]).iterrows()])
 
@@ -414,7 +436,7 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
                           ("power", "Power (GPU hosts, NVML)")],
         "definitions": metrics.definitions, "derived_definitions": DERIVED_DEFINITIONS,
         "outlier_metrics": {suite: metrics.outlier_metrics(suite) for suite in metrics.SUITES},
-        "single_tables": {lang: single_table(configs, lang) for lang in ("python", "rust")},
+        "single_tables": {lang: single_table(configs, lang, derived.get("tails")) for lang in ("python", "rust")},
         "multi_tables": {lang: multi_table(configs, lang) for lang in ("python", "rust")},
         "normalized": normalized_table(derived["normalized"], profile.baseline.name),
         "winner_matrix": matrix, "winner_detail": matrix_detail,

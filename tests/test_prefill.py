@@ -92,6 +92,16 @@ def test_each_engine_instance_and_config_has_its_own_reference():
     assert not got["prefill_reused"].any()
 
 
+def test_a_config_without_cold_calls_on_an_endpoint_takes_that_endpoints_other_configs():
+    # an agent-count step: its agents on the second instance only ever run together
+    rows = ([call(150.0, endpoint="http://b", cell="multi", phase="alone") for _ in range(3)]
+            + [call(140.0, endpoint="http://b", cell="steps", phase="together"),
+               call(150.0 * F * 1.5, endpoint="http://b", cell="steps", phase="together")])
+    got = verdicts(rows)
+    assert list(got["prefill_reference_tps"]) == pytest.approx([150.0] * 5)
+    assert list(got["prefill_reused"]) == [False, False, False, False, True]
+
+
 def test_a_call_cache_n_marks_reused_never_defines_the_reference():
     rows = [call(100.0, api="openai", cached=0), call(5000.0, api="openai", cached=199),
             call(5000.0, api="openai", cached=199)]
