@@ -8,7 +8,7 @@
   the key metrics. Downgraded runs are never pooled with runs of the config as asked, and the
   comparisons across models or languages only pair runs that ran alike;
 - derived tables, each computed here from runs/configs by a stated method: normalized.csv
-  (% of the baseline model), winners.csv (bootstrap winner rule), lang_deltas.csv (Rust −
+  (% of the baseline model), winners.csv (the winner rule: sequential.compare on drift-adjusted values), lang_deltas.csv (Rust −
   Python), variance.csv (η² shares), outliers.csv, frontier.csv (power), thermal.csv (GPU
   state across the study), cost.csv (pricing).
 Every number in the report comes from these tables.

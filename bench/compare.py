@@ -9,9 +9,11 @@
    slots and context it was placed on) and the runtime's own settings must agree too. A differing
    digest or setting is refused with the list of differences, unless `allow_mismatch`, which
    compares anyway and lists them in the report. Configs only one study holds are listed.
-3. Per matched config and key metric: each study's mean and t-based 95 % CI (its configs table),
-   and the difference to the reference study (the first listed that holds the config) with a
-   percentile-bootstrap 95 % CI (stats.compare_groups). Over the matched runs of all studies
+3. Per matched config and key metric: each study's mean and 95 % interval (its configs table: the
+   repeated interval of its own looks, bench/sequential.py), and the difference to the reference
+   study (the first listed that holds the config) by the reports' comparison rule
+   (sequential.compare: √ of the two half-widths squared), on raw values (each study's drift
+   adjustment refers to its own host). Over the matched runs of all studies
    together: η² of host, study, model, config and language (stats.eta_squared).
 4. Write results/compare-<UTC time>/: comparison.md, comparison.csv, variance.csv, studies.csv.
 """
@@ -26,11 +28,12 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import fingerprint, fmt, metrics, stats
+from bench import fingerprint, fmt, metrics, sequential, stats
 from bench.analysis import Results, build
 from bench.errors import BenchError
 from bench.manifest import load_manifest, profile_from_manifest
 from bench.paths import TEMPLATES_DIR, results_root
+from bench.sequential import Interval
 from bench.store import (COMPARE_PREFIX, COMPARISON_REPORT, COMPARISON_STUDIES, COMPARISON_TABLE,
                          COMPARISON_VARIANCE, MANIFEST_NAME, Store, atomic_write_text)
 
@@ -41,9 +44,6 @@ FINGERPRINT_FIELDS = ("cpu", "cores_physical", "cores_logical", "ram_bytes", "gp
                       "engine", "engine_version", "harness_commit")
 FACTORS = {"host": "host", "study": "study", "model": "model_key", "config": "case", "language": "lang"}
 ALL_FACTORS = "config × study (all factors)"
-# Below this many runs a side, the percentile bootstrap has few distinct resamples and its CI is
-# too narrow (n = 2: three distinct means per side); the report says so beside the table.
-FEW_RUNS = 5
 WITHIN = "run-to-run (within config × study)"
 
 
@@ -288,15 +288,15 @@ def _num(v) -> float | None:
     return None if fmt.missing(v) else float(v)
 
 
-def _values(study: Study, row: pd.Series, metric: str) -> list[float]:
-    runs = study.results.runs
-    sel = runs[(runs["cell"] == row["cell"]) & (runs["ran_as"] == row["ran_as"])]
-    return [float(v) for v in sel[metric] if pd.notna(v)] if metric in sel else []
+def _interval(row: pd.Series, metric: str) -> Interval | None:
+    """A study's interval of a config's metric, as its configs table holds it."""
+    mean, low, high = (_num(row.get(f"{metric}_{k}")) for k in ("mean", "ci95_low", "ci95_high"))
+    return None if None in (mean, low, high) else Interval(int(row["n"]), mean, low, high, 0.95)
 
 
-def comparison_table(studies: list[Study], matching: Matching, seed: int = stats.BOOTSTRAP_SEED) -> pd.DataFrame:
+def comparison_table(studies: list[Study], matching: Matching) -> pd.DataFrame:
     """Long form: one row per matched config, key metric and study, with the difference to the
-    reference study (the first listed holding the config): study − reference, bootstrap 95 % CI."""
+    reference study (the first listed holding the config): study − reference by the comparison rule."""
     order = [s.label for s in studies]
     by_label = {s.label: s for s in studies}
     rows = []
@@ -306,7 +306,7 @@ def comparison_table(studies: list[Study], matching: Matching, seed: int = stats
         ref = labels[0]
         suite = key[0]
         for metric in metrics.key_metrics(suite):
-            ref_values = _values(by_label[ref], held[ref], metric)
+            ref_iv = _interval(held[ref], metric)
             for label in labels:
                 r = held[label]
                 if fmt.missing(r.get(f"{metric}_mean")):
@@ -318,12 +318,12 @@ def comparison_table(studies: list[Study], matching: Matching, seed: int = stats
                        "diff": None, "diff_ci_low": None, "diff_ci_high": None, "diff_pct": None,
                        "verdict": "reference"}
                 if label != ref:
-                    cmp = stats.compare_groups(_values(by_label[label], r, metric), ref_values,
-                                               higher_is_better=not metrics.lower_is_better(metric), seed=seed)
+                    cmp = sequential.compare(_interval(r, metric), ref_iv,
+                                             higher_is_better=not metrics.lower_is_better(metric))
                     ref_mean = _num(held[ref].get(f"{metric}_mean"))
                     row.update(diff=cmp["diff"], diff_ci_low=cmp["ci_low"], diff_ci_high=cmp["ci_high"],
                                diff_pct=(row["mean"] - ref_mean) / ref_mean * 100 if ref_mean else None,
-                               verdict=("too few runs (< 2 per study)" if cmp["diff"] is None else
+                               verdict=("no interval (< 2 runs in a study)" if cmp["diff"] is None else
                                         "better" if cmp["winner"] == "a" else
                                         "worse" if cmp["winner"] == "b" else "no significant difference"))
                 rows.append(row)
@@ -418,7 +418,7 @@ def _markdown_tables(table: pd.DataFrame, var: pd.DataFrame, order: list[str]) -
                 row[f"{label} mean [95% CI] (n)"] = "–" if r is None else fmt.mean_ci(r["mean"], r["ci95_low"],
                                                                                     r["ci95_high"], r["n"])
             for _, r in g[g["verdict"] != "reference"].iterrows():
-                row[f"{r['study']} − {r['reference']} [bootstrap 95% CI]"] = (
+                row[f"{r['study']} − {r['reference']} [95% CI]"] = (
                     fmt.signed(r["diff"]) if fmt.missing(r["diff_ci_low"]) else
                     f"{fmt.signed(r['diff'])} [{fmt.signed(r['diff_ci_low'])}, {fmt.signed(r['diff_ci_high'])}]")
                 row[f"{r['study']} Δ %"] = fmt.pct(r["diff_pct"])
@@ -456,8 +456,7 @@ def render(studies: list[Study], matching: Matching, table: pd.DataFrame, var: p
         mismatches=matching.mismatches, allow_mismatch=allow_mismatch, matched=len(matching.groups),
         table=wide, variance=shares, only_in=matching.only_in, generated_at=generated_at,
         differing=int(judged["verdict"].isin(["better", "worse"]).sum()) if not judged.empty else 0,
-        judged=len(judged), seed=stats.BOOTSTRAP_SEED, few_runs=FEW_RUNS,
-        min_n=int(table["n"].min()) if not table.empty else None)
+        judged=len(judged))
 
 
 def compare(specs: list[str], *, allow_mismatch: bool = False, out: str | None = None,

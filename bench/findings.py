@@ -210,7 +210,7 @@ def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: floa
 
 def topology_verdicts(topo: pd.DataFrame) -> list[dict]:
     """One line per model and language from the topology table's wall time: which topology
-    finishes the same pair of agent runs sooner, by how much, with the bootstrap CI."""
+    finishes the same pair of agent runs sooner, by how much, with the comparison rule's 95 % interval."""
     out: list[dict] = []
     if topo.empty:
         return out

@@ -26,7 +26,7 @@ import requests
 from gguf import GGUFReader, LlamaFileType
 from pydantic import ValidationError
 
-from bench import fingerprint, gpu, rust, stats
+from bench import fingerprint, gpu, rust, sequential
 from bench.errors import BenchError
 from bench.paths import REPO_ROOT, cache_dir
 from bench.plan import Cell, Plan, build_plan
@@ -234,7 +234,8 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
         "gpu": gpu.describe_gpus(),
         "rust": rust_info(runtime.kind),
         "seeds": {"request_seed": profile.workload.seed, "order_seed": profile.workload.order_seed,
-                  "bootstrap_seed": stats.BOOTSTRAP_SEED},
+                  # the seeded simulation that fixes the repeated intervals' level (bench/sequential.py)
+                  "calibration_seed": sequential.CALIBRATION_SEED},
         "learned_limits": _learned_limits(invocations),
         "run_count": plan.run_count,
         "run_order": [str(i.rel_dir) for i in plan.items],

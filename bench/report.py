@@ -152,7 +152,7 @@ def winner_matrix(win: pd.DataFrame) -> tuple[str | None, str | None]:
                "leader (mean)": f"{r['leader']} ({fmt.num(r['leader_mean'])})",
                "runner-up (mean)": f"{r['runner_up']} ({fmt.num(r['runner_up_mean'])})" if r["runner_up"] else "–",
                "n": f"{fmt.num(r['n_leader'])} / {fmt.num(r['n_runner_up'])}",
-               "Δ mean [bootstrap 95% CI]": (f"{fmt.signed(r['diff'])} [{fmt.signed(r['ci_low'])}, {fmt.signed(r['ci_high'])}]"
+               "Δ adjusted mean [95% CI]": (f"{fmt.signed(r['diff'])} [{fmt.signed(r['ci_low'])}, {fmt.signed(r['ci_high'])}]"
                                              if not fmt.missing(r["diff"]) else "–"),
                "verdict": r["verdict"]}
               for _, r in win[win["bench"].isin(benches)].iterrows()]
@@ -552,7 +552,7 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
         "fmt": fmt.num, "bytes": fmt.bytes_,
         "params": {"cv_limit": findings.CV_LIMIT_PCT, "contention_share": findings.CONTENTION_SHARE,
                    "alpha": findings.SIGNIFICANCE, "scale_efficiency": f"{findings.SCALE_EFFICIENCY_PCT:.0f}",
-                   "bootstrap_seed": stats.BOOTSTRAP_SEED},
+                   },
     }
     return env.get_template("report.md.j2").render(**ctx)
 

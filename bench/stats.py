@@ -1,5 +1,6 @@
-"""Statistics over runs: descriptive stats, t-based CIs, the spec's MAD outlier rule and the
-bootstrap CI of a difference. Each function states its formula; tests check them on known inputs.
+"""Statistics over runs: descriptive stats, the spec's MAD outlier rule and the η² decomposition
+(the intervals valid under optional stopping and the comparison rule are bench/sequential.py).
+Each function states its formula; tests check them on known inputs.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-# Seed of every bootstrap: the same data always give the same CI (recorded in the manifest).
-BOOTSTRAP_SEED = 116
-
 
 def describe(values: Sequence[float | None]) -> dict:
-    """n, mean, median, std (sample, n−1), CV % = std/mean·100, p50, p95 (linear interpolation)
-    and the 95 % CI of the mean, mean ± t(0.975, n−1)·std/√n. Nulls are dropped."""
+    """n, mean, median, std (sample, n−1), CV % = std/mean·100, p50, p95 (linear interpolation),
+    min and max. Nulls are dropped. (A config's interval is bench/sequential.py's, which holds at
+    every run count its study could have stopped at.)"""
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(xs)
     if n == 0:
@@ -27,10 +26,7 @@ def describe(values: Sequence[float | None]) -> dict:
     out = {"n": n, "mean": mean, "median": statistics.median(xs), "std": std,
            "cv_pct": std / mean * 100 if mean else None,
            "p50": float(np.percentile(xs, 50)), "p95": float(np.percentile(xs, 95)),
-           "min": min(xs), "max": max(xs), "ci95_low": None, "ci95_high": None}
-    if n > 1:
-        half = float(sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        out["ci95_low"], out["ci95_high"] = mean - half, mean + half
+           "min": min(xs), "max": max(xs)}
     return out
 
 
@@ -48,45 +44,6 @@ def mad_outliers(values: Sequence[float | None], k: float = 2.0) -> list[bool]:
         return [False] * len(values)
     med, m = statistics.median(xs), mad(xs)
     return [v is not None and abs(v - med) > k * m for v in values]
-
-
-def _diff_of_means(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    # Along `axis`, so scipy evaluates all resamples in one vectorized call.
-    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
-
-
-def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000,
-                      confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
-    """Percentile bootstrap CI of mean(a) − mean(b): resample each group with replacement,
-    independently, n_resamples times. Returns (difference of means, low, high). Each group needs
-    two or more values (scipy's bootstrap refuses fewer; compare_groups' min_n keeps that)."""
-    # scipy draws group a's index matrix, then b's, from this generator: the same resamples the
-    # earlier hand-written loop drew with the same seed.
-    xa, xb = np.asarray(a, float), np.asarray(b, float)
-    res = sps.bootstrap((xa, xb), _diff_of_means, n_resamples=n_resamples, vectorized=True,
-                        paired=False, confidence_level=confidence, method="percentile",
-                        rng=np.random.default_rng(seed))
-    low, high = res.confidence_interval
-    return float(xa.mean() - xb.mean()), float(low), float(high)
-
-
-def compare_groups(a: Sequence[float], b: Sequence[float], *, higher_is_better: bool = True,
-                   min_n: int = 2, confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> dict:
-    """The winner rule: a is compared with b through the percentile-bootstrap CI of
-    mean(a) − mean(b). A side wins only when that CI excludes 0; with fewer than `min_n`
-    values on either side nothing is decided. Returns n_a, n_b, diff, ci_low, ci_high and
-    `winner` ("a", "b" or None)."""
-    xa = [float(v) for v in a if v is not None and math.isfinite(v)]
-    xb = [float(v) for v in b if v is not None and math.isfinite(v)]
-    out = {"n_a": len(xa), "n_b": len(xb), "diff": None, "ci_low": None, "ci_high": None, "winner": None}
-    if len(xa) < min_n or len(xb) < min_n:
-        return out
-    diff, low, high = bootstrap_diff_ci(xa, xb, confidence=confidence, seed=seed)
-    out.update(diff=diff, ci_low=low, ci_high=high)
-    if low > 0 or high < 0:  # the CI excludes 0
-        a_better = (diff > 0) == higher_is_better
-        out["winner"] = "a" if a_better else "b"
-    return out
 
 
 def eta_squared(values: Sequence[float], groups: Sequence) -> dict:

@@ -15,32 +15,25 @@ from bench.plan import build_plan
 from bench.profile import load_profile
 from bench.records import RunDocument
 from bench.findings import central_answer
+from bench.sequential import LookPlan, compare, interval
 from bench.store import Store
 from test_records import FIXTURE_ROOT as FIXTURE
 from test_report import make_profile, synthetic_doc
 
 
-def test_bootstrap_ci_bounds_are_the_extremes_of_resampled_means():
-    # Every resampled mean of a = {10, 11, 12} lies in [10, 12], of b = {1, 2, 3} in [1, 3]: the
-    # difference can never leave [7, 11], and its CI (2.5 %–97.5 % quantiles) sits inside that.
-    diff, lo, hi = stats.bootstrap_diff_ci([10, 11, 12], [1, 2, 3])
-    assert diff == 9
-    assert 7 <= lo < 9 < hi <= 11
-    # constant groups: every resample gives the same difference, so the CI is a point
-    assert stats.bootstrap_diff_ci([5, 5, 5], [2, 2, 2]) == (3.0, 3.0, 3.0)
-
-
 def test_winner_rule():
-    clear = stats.compare_groups([10, 11, 12], [1, 2, 3])
+    """The comparison rule (sequential.compare) on the configs' own intervals."""
+    plan = LookPlan(3, 3)
+    clear = compare(interval([10, 11, 12], plan), interval([1, 2, 3], plan))
     assert clear["winner"] == "a" and clear["ci_low"] > 0
-    # same values in another order: the CI straddles 0, nobody wins
-    tie = stats.compare_groups([1, 2, 3], [3, 1, 2])
+    # same values in another order: the interval straddles 0, nobody wins
+    tie = compare(interval([1, 2, 3], plan), interval([3, 1, 2], plan))
     assert tie["diff"] == 0 and tie["ci_low"] < 0 < tie["ci_high"] and tie["winner"] is None
     # lower is better (TTFT): the group with the larger mean loses
-    assert stats.compare_groups([300, 310, 305], [100, 110, 105], higher_is_better=False)["winner"] == "b"
-    # one run is not enough to call anything
-    assert stats.compare_groups([100], [1, 2, 3]) == {"n_a": 1, "n_b": 3, "diff": None, "ci_low": None,
-                                                      "ci_high": None, "winner": None}
+    assert compare(interval([300, 310, 305], plan), interval([100, 110, 105], plan),
+                   higher_is_better=False)["winner"] == "b"
+    # one run has no interval: nothing is called
+    assert compare(interval([100], plan), interval([1, 2, 3], plan))["winner"] is None
 
 
 def test_winners_table_names_the_leader_only_when_significant():
