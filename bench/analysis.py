@@ -320,8 +320,7 @@ def _adjust_for_drift(runs: pd.DataFrame, drift: HostDrift | None) -> pd.DataFra
     """`drift_factor` h(t) at each run's middle and `<metric>_adj` = x · h(t)^(−e) for every key
     metric of its suite (bench/drift.py; e from the metric's unit). Without probes the adjusted
     value is the raw one and the factor is null."""
-    runs = runs.copy()
-    runs["drift_factor"] = [drift.factor(t) if drift else None for t in runs["t_mid"]]
+    added = {"drift_factor": [drift.factor(t) if drift else None for t in runs["t_mid"]]}
     for metric in dict.fromkeys(m.column for m in metrics.RUN_METRICS):
         if metric not in runs:
             continue
@@ -332,8 +331,9 @@ def _adjust_for_drift(runs: pd.DataFrame, drift: HostDrift | None) -> pd.DataFra
                 out.append(value)
             else:
                 out.append(drift.adjust(float(value), t, host_exponent(unit)))
-        runs[f"{metric}_adj"] = out
-    return runs
+        added[f"{metric}_adj"] = out
+    # one concat, not a column at a time (pandas warns of a fragmented frame)
+    return pd.concat([runs, pd.DataFrame(added, index=runs.index)], axis=1)
 
 
 # the run identity columns each requests.csv row repeats
