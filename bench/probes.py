@@ -187,7 +187,9 @@ def _done(entries: list[dict], model: str, endpoint: str | None = None) -> bool:
 def measure(runtime, clients: dict[str, StreamingClient], store: Store, timeline, profile: Profile,
             workload: Workload, models: list[ModelSpec], threads: int | None) -> None:
     """Cold start on every endpoint, then the sanity questions, per model; what the study has
-    already measured is kept (once per study: a resumed `bench` measures only what is missing)."""
+    already measured is kept (once per study: a resumed `bench` measures only what is missing).
+    A placebo copies its original's weights, so the original's measurements stand for it."""
+    models = [m for m in models if m.placebo_of is None]
     spec, wl = profile.instrument, profile.workload
     endpoints = runtime.endpoints()
     if spec.sanity:

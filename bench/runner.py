@@ -571,10 +571,9 @@ class MatrixRunner:
             self._server_key = None
 
     def _model_probes(self) -> None:
-        """Cold start and answer sanity of each model of the plan, once per study (bench/probes.py);
-        a placebo copies its original's weights, so the original's answer stands for it."""
+        """Cold start and answer sanity of each model of the plan, once per study (bench/probes.py)."""
         self._restore_pinned_settings()
-        models = list({c.model.name: c.model for c in self.plan.cells if c.model.placebo_of is None}.values())
+        models = list({c.model.name: c.model for c in self.plan.cells}.values())
         probes.measure(self.runtime, self.clients, self.store, self.timeline, self.profile, self.workload, models,
                        self.threads)
         self._server_key = None  # the probes freed and switched models
