@@ -17,7 +17,7 @@ SERVICES = {"ollama-a": "11434", "ollama-b": "11435"}
 
 def config(*files: str, **env: str) -> dict:
     compose_cli()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TR116_PORT_", "OLLAMA_TAG", "GPU_DEVICE"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TR116_PORT_", "TR116_BIND_HOST", "OLLAMA_IMAGE", "GPU_DEVICE"))}
     args = [a for f in files for a in ("-f", f)]
     proc = subprocess.run(["docker", "compose", *args, "config", "--format", "json"], cwd=REPO,
                           env={**clean, **env}, capture_output=True, text=True, timeout=60)
@@ -40,17 +40,20 @@ def test_product_file_reserves_the_gpu_with_a_pinned_image(product):
     for svc in product.values():
         (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-        assert re.fullmatch(r"ollama/ollama:\d+\.\d+\.\d+", svc["image"]), svc["image"]
+        # the tag says which version, the digest which bytes: a re-pushed tag is never pulled
+        assert re.fullmatch(r"ollama/ollama:\d+\.\d+\.\d+@sha256:[0-9a-f]{64}", svc["image"]), svc["image"]
         assert "pull_policy" not in svc
 
 
 @pytest.mark.parametrize("files", [("compose.yaml",), ("compose.yaml", "compose.cpu.yaml")], ids=["product", "cpu"])
-def test_both_files_bind_loopback_share_the_volume_and_check_health(files):
+def test_both_files_listen_on_loopback_only_share_the_volume_and_check_health(files):
     services = config(*files)
     for name, port in SERVICES.items():
         svc = services[name]
-        (published,) = svc["ports"]
-        assert (published["host_ip"], published["published"], published["target"]) == ("127.0.0.1", port, 11434)
+        # The host's network, the server on its loopback: no container address, no published port
+        # (on a bridge the unauthenticated API answers on the container's address too).
+        assert svc["network_mode"] == "host" and "ports" not in svc and "networks" not in svc
+        assert svc["environment"]["OLLAMA_HOST"] == f"127.0.0.1:{port}"
         assert svc["healthcheck"]["test"] == ["CMD", "ollama", "list"]
         assert svc["environment"]["OLLAMA_NOPRUNE"] == "1"
         assert svc["environment"]["OLLAMA_NUM_PARALLEL"] == "1"
@@ -69,5 +72,7 @@ def test_cpu_override_uses_the_local_image_without_gpu(cpu):
 def test_ports_and_local_version_come_from_the_environment():
     services = config("compose.yaml", "compose.cpu.yaml", TR116_PORT_A="23456", TR116_PORT_B="23457",
                       TR116_OLLAMA_VERSION="9.9.9")
-    assert [services[s]["ports"][0]["published"] for s in SERVICES] == ["23456", "23457"]
+    assert [services[s]["environment"]["OLLAMA_HOST"] for s in SERVICES] == ["127.0.0.1:23456", "127.0.0.1:23457"]
     assert {svc["image"] for svc in services.values()} == {"tr116-ollama:cpu-9.9.9"}
+    product = config("compose.yaml", OLLAMA_IMAGE="ollama/ollama:9.9.9@sha256:" + "0" * 64)
+    assert {svc["image"] for svc in product.values()} == {"ollama/ollama:9.9.9@sha256:" + "0" * 64}

@@ -67,6 +67,7 @@ def test_up_starts_compose_builds_image_and_pulls_models(tr116_on_test_servers):
     env = docker.envs[up]
     assert (env["TR116_PORT_A"], env["TR116_PORT_B"]) == (a.url.rsplit(":", 1)[1], b.url.rsplit(":", 1)[1])
     assert env["TR116_CONTEXT_LENGTH"] == "4096" and env["TR116_NUM_PARALLEL"] == "1"
+    assert env["TR116_BIND_HOST"] == profile.runtime.host == "127.0.0.1"  # the servers listen there only
     pulls = [r["model"] for r in a.requests if r["path"] == "/api/pull"]
     # pulled once, through the first instance; the model already in the volume is not pulled again
     assert pulls == [m.name for m in profile.models if m.name != "gemma3:latest"]

@@ -107,6 +107,8 @@ class DockerRuntime(OllamaEndpoints):
         # What compose.yaml reads from the environment, from the profile, so both agree. Threads
         # are no container setting: the runner sends num_thread (self.threads) with every request.
         self.compose_env = {
+            # host networking: each server listens on the profile's host only (loopback by default)
+            "TR116_BIND_HOST": spec.host,
             "TR116_PORT_A": str(spec.endpoints[0].port), "TR116_PORT_B": str(spec.endpoints[1].port),
             "TR116_CONTEXT_LENGTH": str(spec.server_defaults.ctx), "TR116_KEEP_ALIVE": spec.keep_alive,
             "TR116_NUM_PARALLEL": str(spec.num_parallel),
@@ -313,6 +315,7 @@ class DockerRuntime(OllamaEndpoints):
                 "image_digests": image.attrs.get("RepoDigests"), "image_tags": image.tags,
                 "image_inputs": (image.labels or {}).get("org.tr116.inputs"),
                 "env": sorted(e for e in c.attrs["Config"].get("Env", []) if e.startswith(RESULT_ENV_PREFIXES)),
+                "network_mode": host.get("NetworkMode"),
                 "published_ports": {k: [f"{b['HostIp']}:{b['HostPort']}" for b in v or []] for k, v in bound.items()},
                 "memory_limit": host.get("Memory"), "memory_swap_limit": host.get("MemorySwap"),
                 "nano_cpus": host.get("NanoCpus"), "cpuset_cpus": host.get("CpusetCpus"),
@@ -320,3 +323,24 @@ class DockerRuntime(OllamaEndpoints):
             }
         except Exception as exc:
             return {"inspect_error": f"{type(exc).__name__}: {exc}"}
+
+
+def stop_agent_containers(study_root: Path) -> list[str]:
+    """Remove the Rust agent containers still running a job of this study, and name them.
+
+    Killing `docker run` (what a subprocess timeout or Ctrl-C does to the agent's client) leaves
+    its container running: the client does not forward SIGKILL. A container belongs to the study
+    when its command names a job under the study's folder, so another study's agents are left be."""
+    engine, _ = docker_engine()
+    if engine is None:
+        return []
+    roots = tuple({str(study_root) + os.sep, str(study_root.resolve()) + os.sep})
+    stopped = []
+    try:
+        for c in engine.containers.list(filters={"ancestor": rust.IMAGE}):
+            if any(str(arg).startswith(roots) for arg in c.attrs.get("Args") or []):
+                c.remove(force=True)
+                stopped.append(c.name)
+    except Exception as exc:  # best effort on the way out: the interruption is what is reported
+        log.warning("could not stop the Rust agent containers: %s: %s", type(exc).__name__, exc)
+    return stopped
