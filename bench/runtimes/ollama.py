@@ -74,6 +74,8 @@ class OllamaEndpoints:
 
     kind = "ollama-endpoints"
     engine = "ollama"
+    # How long an unloaded model may stay in /api/ps; longer is a slow server (a transient timeout)
+    unload_wait_s = 30.0
 
     def __init__(self, profile: Profile, endpoints: list[Endpoint]):
         self.profile = profile
@@ -123,7 +125,7 @@ class OllamaEndpoints:
             unloaded = []
             for m in api.ps():
                 if keep is None or not tag_matches(m.get("name", ""), keep):
-                    api.unload(m["name"])  # waits until /api/ps no longer lists it
+                    api.unload(m["name"], wait_s=self.unload_wait_s)  # until /api/ps no longer lists it
                     unloaded.append(m["name"])
             if unloaded:
                 listed = [m.get("name") for m in api.ps()]
@@ -209,6 +211,14 @@ class OllamaEndpoints:
         return ident
 
 
+def inherited_ollama_settings_blanked() -> dict[str, str]:
+    """The caller's OLLAMA_* variables, each set to "" (Ollama's default): a server of ours must not
+    inherit them (the server process gets the caller's environment). OLLAMA_ORIGINS would let web
+    pages' scripts call the unauthenticated API, OLLAMA_HOST would move it off loopback, and others
+    (OLLAMA_SCHED_SPREAD, OLLAMA_LLM_LIBRARY, ...) change results without being recorded."""
+    return {k: "" for k in os.environ if k.startswith("OLLAMA_")}
+
+
 class OllamaServer(ManagedProcess):
     """One `ollama serve` process."""
 
@@ -216,7 +226,7 @@ class OllamaServer(ManagedProcess):
                  log_dir: Path, startup_timeout_s: float):
         super().__init__("ollama", host, port, state_dir, startup_timeout_s, log_dir=log_dir)
         self.binary = binary
-        self.env = {**env, "OLLAMA_HOST": f"{host}:{port}"}
+        self.env = {**inherited_ollama_settings_blanked(), **env, "OLLAMA_HOST": f"{host}:{port}"}
         self.api = OllamaAPI(self.url, timeout_s=5)
 
     def healthy(self) -> bool:
