@@ -22,6 +22,7 @@ from typing import Callable
 
 from bench.errors import BenchError
 from bench.paths import DATA_DIR, REPO_ROOT, cache_dir
+from bench.store import atomic_write_json
 
 CHAT_TEMPLATES_DIR = DATA_DIR / "chat_templates"
 
@@ -90,13 +91,16 @@ def file_sha256(path: Path) -> str:
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
     memo = cache_dir() / "sha256" / f"{key}.json"
     if memo.is_file():
-        return json.loads(memo.read_text())["sha256"]
+        try:
+            return json.loads(memo.read_text())["sha256"]
+        except (ValueError, KeyError):
+            pass  # a memo torn by an older, non-atomic write: hash again
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps({"path": str(path), "sha256": digest.hexdigest()}))
+    # atomic: a study running at the same time never reads half a memo
+    atomic_write_json(memo, {"path": str(path), "sha256": digest.hexdigest()})
     return digest.hexdigest()
 
 

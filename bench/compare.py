@@ -15,7 +15,9 @@
    (sequential.compare: √ of the two half-widths squared), on raw values (each study's drift
    adjustment refers to its own host). Over the matched runs of all studies
    together: η² of host, study, model, config and language (stats.eta_squared).
-4. Write results/compare-<UTC time>/: comparison.md, comparison.csv, variance.csv, studies.csv.
+4. Write results/compare-<UTC time>/ (or results/<out>/, never outside results/): comparison.md,
+   comparison.csv, variance.csv, studies.csv; the other studies' text in the CSVs never runs as a
+   spreadsheet formula (bench/csvsafe.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pandas as pd
 
 from bench import fingerprint, fmt, metrics, sequential, stats
 from bench.analysis import Results, build
+from bench.csvsafe import csv_text
 from bench.errors import BenchError
 from bench.manifest import load_manifest, profile_from_manifest
 from bench.paths import TEMPLATES_DIR, results_root
@@ -459,10 +462,23 @@ def render(studies: list[Study], matching: Matching, table: pd.DataFrame, var: p
         judged=len(judged))
 
 
+def output_folder(out: str) -> Path:
+    """The comparison's folder: `out` is a folder name under the results root, never a path out of it."""
+    root = results_root().resolve()
+    parts = Path(out).parts
+    folder = (root / out).resolve()
+    if not out or Path(out).is_absolute() or ".." in parts or folder == root or not folder.is_relative_to(root):
+        raise BenchError(f"--out {out!r}: give a folder name under the results root {root} (no absolute path, "
+                         f"no '..')")
+    return folder
+
+
 def compare(specs: list[str], *, allow_mismatch: bool = False, out: str | None = None,
             now: dt.datetime | None = None) -> Comparison:
     if len(specs) < 2:
         raise BenchError("compare needs two or more studies: invoke compare STUDY_A STUDY_B [--also STUDY_C]")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    folder = output_folder(out or f"{COMPARE_PREFIX}{now.strftime('%Y%m%d-%H%M%S')}")  # refused before any work
     roots = [resolve(s) for s in specs]
     twice = sorted({str(r) for r in roots if roots.count(r) > 1})
     if twice:
@@ -475,12 +491,10 @@ def compare(specs: list[str], *, allow_mismatch: bool = False, out: str | None =
                          + "\npass --allow-mismatch to compare anyway (the report lists these differences)")
     table = comparison_table(studies, matching)
     var = variance(merged_runs(studies, matching))
-    now = now or dt.datetime.now(dt.timezone.utc)
-    folder = results_root() / (out or f"{COMPARE_PREFIX}{now.strftime('%Y%m%d-%H%M%S')}")
     md = folder / COMPARISON_REPORT
     atomic_write_text(md, render(studies, matching, table, var, allow_mismatch,
                                  now.isoformat(timespec="seconds").replace("+00:00", "Z")))
-    atomic_write_text(folder / COMPARISON_TABLE, table.to_csv(index=False))
-    atomic_write_text(folder / COMPARISON_VARIANCE, var.to_csv(index=False))
-    atomic_write_text(folder / COMPARISON_STUDIES, studies_table(studies).to_csv(index=False))
+    atomic_write_text(folder / COMPARISON_TABLE, csv_text(table))
+    atomic_write_text(folder / COMPARISON_VARIANCE, csv_text(var))
+    atomic_write_text(folder / COMPARISON_STUDIES, csv_text(studies_table(studies)))
     return Comparison(folder, md, table, var, len(matching.groups), matching.only_in, matching.mismatches)

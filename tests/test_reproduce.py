@@ -74,7 +74,8 @@ def test_a_changed_ollama_digest_is_refused_unless_allowed(ollama_study, results
 
 def test_a_changed_model_file_is_refused(tmp_path, results_dir, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # file hashes are memoised there
-    gguf = tmp_path / "model.gguf"
+    gguf = tmp_path / "cache" / "models" / "model.gguf"  # reproduce reads model files from the cache only
+    gguf.parent.mkdir(parents=True)
     gguf.write_bytes(b"GGUF" + bytes(100))
     path = smoke_variant(tmp_path, lambda d: d.update(models=[{"name": "mine", "baseline": True, "file": str(gguf)}]))
     loaded = load_profile(path)
