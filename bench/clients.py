@@ -3,23 +3,78 @@
 Each call yields one `RequestRecord`. The timing loop does as little as possible between reading
 a line and stamping it: one clock read per line, the JSON parse after the stamp. The clock is
 injectable so tests can script it (`clock` returns integer nanoseconds).
+
+Every call is bounded, as the Rust agent's are: one deadline for the whole call (connect, headers,
+every read of the body), each read at most the read timeout, and no line or SSE event longer than
+MAX_LINE_BYTES (read in bounded pieces, so a server cannot grow the client's memory). Proxies from
+the environment are ignored for loopback endpoints (the Rust client ignores them everywhere).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import statistics
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
+from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 from bench import metrics
-from bench.errors import RequestError, classify
+from bench.errors import RequestError, classify, classify_http
 from bench.records import CallStamps, RequestRecord
 
 Clock = Callable[[], int]
+
+# The longest line (its bytes before the "\n") and the longest SSE event (its data) a stream may
+# have; a longer one is malformed_stream. rust-agents/src/stream.rs MAX_LINE_BYTES is the same.
+MAX_LINE_BYTES = 1 << 20
+# The most bytes one read of a body takes (within one HTTP chunk, urllib3 reads no more).
+READ_BYTES = 64 * 1024
+
+
+def is_loopback(url: str) -> bool:
+    """True for an http(s) URL on this host (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# The API keys of the servers this process runs (llama-server's per-study key), by base URL: the
+# runtime that starts a server records its key, and every client for that URL sends it, so no
+# caller has to carry the secret (and nothing that dumps an Endpoint or a job can write it).
+_API_KEYS: dict[str, str] = {}
+
+
+def register_api_key(base_url: str, key: str | None) -> None:
+    """Record (or with None, forget) the key of the server at `base_url`."""
+    url = base_url.rstrip("/")
+    if key:
+        _API_KEYS[url] = key
+    else:
+        _API_KEYS.pop(url, None)
+
+
+def api_key_for(base_url: str) -> str | None:
+    """The recorded key of the server at `base_url`, or None."""
+    return _API_KEYS.get(base_url.rstrip("/"))
+
+
+def loopback_session(url: str) -> requests.Session:
+    """A session for `url` that ignores HTTP(S)_PROXY and friends when it is on this host: a
+    proxy from the environment must not stand between the bundle and its own servers."""
+    session = requests.Session()
+    session.trust_env = not is_loopback(url)
+    return session
 
 
 @dataclass
@@ -79,6 +134,38 @@ def _malformed(what: str, raw: bytes) -> RequestError:
     return RequestError("malformed_stream", f"{what}: {raw[:120]!r}")
 
 
+def _too_long(what: str) -> RequestError:
+    return RequestError("malformed_stream", f"{what} longer than {MAX_LINE_BYTES} bytes")
+
+
+def bounded_lines(reads: Iterable[bytes], expired: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
+    """The lines of a body read by read (split at "\n", which is not part of the line; a last line
+    without one is a line too). A line longer than MAX_LINE_BYTES is refused as soon as its first
+    byte over the limit arrives, and `expired()` is checked after each read (the call's deadline),
+    so neither memory nor time grows without bound. The Rust parser splits and bounds alike."""
+    pending = bytearray()
+    for read in reads:
+        if expired():
+            raise RequestError("timeout", "the call's deadline passed mid-stream")
+        start = 0
+        while (end := read.find(b"\n", start)) >= 0:
+            if len(pending) + end - start > MAX_LINE_BYTES:
+                raise _too_long("a line")
+            if pending:
+                pending += read[start:end]
+                line = bytes(pending)
+                pending.clear()
+            else:
+                line = read[start:end]
+            yield line
+            start = end + 1
+        if len(pending) + len(read) - start > MAX_LINE_BYTES:
+            raise _too_long("a line")
+        pending += read[start:]
+    if pending:
+        yield bytes(pending)
+
+
 def _message(raw: bytes) -> dict:
     """One protocol message: a JSON object, else the stream is malformed."""
     try:
@@ -114,6 +201,22 @@ def _error_text(err) -> str:
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         return err["message"]
     return json.dumps(err, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def error_body_message(raw: bytes) -> str:
+    """The message of a non-200 reply's body, on one line: `{"error": "text"}` or
+    `{"error": {"message": "text"}}`, else the body's text, shortened (rust-agents stream.rs
+    error_body_message reads bodies alike)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and obj.get("error") is not None:
+        text = _error_text(obj["error"])
+    else:
+        text = raw.decode(errors="replace")
+        text = text if len(text) <= 160 else text[:160] + "…"
+    return " ".join(text.split()) or "(empty body)"
 
 
 def _raise_if_error(obj: dict) -> None:
@@ -170,6 +273,7 @@ class OpenAIStream:
         self.counts = ServerCounts()
         self.finished = False
         self._data: list[bytes] | None = None  # the pending event's data lines
+        self._data_bytes = 0  # their length joined by newlines
 
     def feed(self, line: bytes) -> str:
         line = line.removesuffix(b"\r")
@@ -181,7 +285,11 @@ class OpenAIStream:
         if colon and value.startswith(b" "):
             value = value[1:]
         if name == b"data":
-            self._data = (self._data or []) + [value]
+            self._data = self._data or []
+            self._data_bytes = (self._data_bytes + 1 if self._data else 0) + len(value)
+            if self._data_bytes > MAX_LINE_BYTES:
+                raise _too_long("an SSE event")
+            self._data.append(value)
         elif name not in (b"event", b"id", b"retry"):
             raise _malformed("not an SSE line", line)
         return ""
@@ -315,83 +423,156 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
     ).on_clock(ctx.run_t0_ns)
 
 
+class Deadline:
+    """A call's deadline. `watch(resp)` arms a timer that shuts the response's socket down when the
+    deadline passes: that ends a read in progress, which a server trickling bytes inside one HTTP
+    chunk would otherwise keep from ever returning. `expired()` is also checked between reads."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.at
+
+    def watch(self, resp: requests.Response) -> "Deadline":
+        conn = getattr(resp.raw, "connection", None)  # urllib3's HTTPConnection while the body is read
+        sock = getattr(conn, "sock", None)
+
+        def fire() -> None:
+            self.fired = True
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # closed already
+                    pass
+
+        self._timer = threading.Timer(self.left(), fire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __enter__(self) -> "Deadline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class StreamingClient:
-    """A requests.Session bound to one endpoint and protocol."""
+    """A requests.Session bound to one endpoint and protocol.
+
+    `timeout_s` is each call's deadline, the whole call (the Rust agent's job.timeout_s, the same
+    profile value); `read_timeout_s` (default: the deadline) bounds each wait for bytes, and
+    connecting waits at most 10 s. `api_key` (default: the key recorded for `base_url`) is sent as
+    `Authorization: Bearer` (llama-server's --api-key-file); it is kept in the session's headers
+    only, never in a message."""
 
     def __init__(self, base_url: str, api: str, timeout_s: float = 300.0,
-                 clock: Clock = time.perf_counter_ns, session: requests.Session | None = None):
+                 clock: Clock = time.perf_counter_ns, session: requests.Session | None = None, *,
+                 read_timeout_s: float | None = None, api_key: str | None = None):
         if api not in PARSERS:
             raise ValueError(f"unknown api {api!r}")
+        if not timeout_s > 0 or (read_timeout_s is not None and not read_timeout_s > 0):
+            raise ValueError(f"timeouts must be positive: timeout_s={timeout_s}, read_timeout_s={read_timeout_s}")
         self.base_url = base_url.rstrip("/")
         self.api = api
         self.timeout_s = timeout_s
+        self.read_timeout_s = min(timeout_s, read_timeout_s or timeout_s)
         self.clock = clock
-        self.session = session or requests.Session()
+        self.session = session or loopback_session(self.base_url)
+        api_key = api_key or api_key_for(self.base_url)
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def close(self) -> None:
         self.session.close()
 
-    def _error_from_response(self, resp: requests.Response) -> RequestError:
+    def _error_from_response(self, resp: requests.Response, deadline: Deadline | None = None) -> RequestError:
+        """A non-200 reply: its body's message (read within the limits), its kind by text, else by status."""
         try:
-            body = resp.json()
-            err = body.get("error", body)
-            msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-        except ValueError:
-            msg = resp.text[:300] or resp.reason
-        kind = classify(msg, default="http")
-        if resp.status_code == 404 and kind == "http":
-            kind = "not_found"
-        if resp.status_code == 503 and kind == "http":
-            kind = "busy"
-        return RequestError(kind, f"HTTP {resp.status_code}: {msg}", self.base_url)
+            raw = _bounded_body(resp, deadline or Deadline(self.read_timeout_s))
+        except (RequestError, requests.RequestException):
+            raw = b""
+        msg = error_body_message(raw) if raw.strip() else (resp.reason or "(empty body)")
+        return RequestError(classify_http(resp.status_code, msg), f"HTTP {resp.status_code}: {msg}", self.base_url)
+
+    def _post(self, path: str, body: dict, deadline: Deadline) -> requests.Response:
+        try:
+            return self.session.post(self.base_url + path, json=body, stream=True,
+                                     timeout=(min(10.0, deadline.left()), min(self.read_timeout_s, deadline.left())))
+        except requests.ConnectionError as exc:
+            raise RequestError("connection", f"cannot connect: {exc.__class__.__name__}", self.base_url) from None
+        except requests.Timeout:
+            raise RequestError("timeout", f"no response within {min(self.read_timeout_s, self.timeout_s)} s",
+                               self.base_url) from None
+
+    def _deadline_error(self, received: str) -> RequestError:
+        return RequestError("timeout", f"no complete response within the call's deadline of {self.timeout_s} s "
+                                       f"({received})", self.base_url)
 
     def chat(self, model: str, messages: list[dict], options: dict, ctx: CallContext) -> RequestRecord:
         path, body = build_request(self.api, model, messages, options)
         parser = PARSERS[self.api]()
         t_send = self.clock()
-        try:
-            resp = self.session.post(self.base_url + path, json=body, stream=True,
-                                     timeout=(min(10.0, self.timeout_s), self.timeout_s))
-        except requests.ConnectionError as exc:
-            raise RequestError("connection", f"cannot connect: {exc.__class__.__name__}", self.base_url) from None
-        except requests.Timeout:
-            raise RequestError("timeout", f"no response within {self.timeout_s} s", self.base_url) from None
-        with resp:
+        deadline = Deadline(self.timeout_s)
+        resp = self._post(path, body, deadline)
+        with resp, deadline.watch(resp):
             if resp.status_code != 200:
-                raise self._error_from_response(resp)
+                raise self._error_from_response(resp, deadline)
+            lines = _CountingLines(bounded_lines(resp.iter_content(READ_BYTES), deadline.expired))
             try:
-                stamps, texts, t_done = time_stream(resp.iter_lines(chunk_size=None), parser, self.clock)
-            except RequestError as exc:  # an error line in the stream: say which server sent it
-                raise RequestError(exc.kind, exc.detail, self.base_url) from None
-            except requests.exceptions.ChunkedEncodingError as exc:  # the connection closed mid-body
-                raise RequestError("stream_cut", f"stream broke: {exc}", self.base_url) from None
-            except requests.Timeout:
-                raise RequestError("timeout", f"stream stalled for {self.timeout_s} s", self.base_url) from None
-            except requests.ConnectionError as exc:
-                raise RequestError("connection", f"connection lost mid-stream: {exc}", self.base_url) from None
+                stamps, texts, t_done = time_stream(lines, parser, self.clock)
+            except (RequestError, requests.RequestException) as exc:
+                if deadline.fired or deadline.expired():
+                    # the deadline ended the read: whatever the cut socket then raised, it is a timeout
+                    raise self._deadline_error(f"{lines.count} lines received") from None
+                raise self._stream_error(exc) from None
         return build_record(ctx, self.base_url, self.api, model, t_send, stamps, texts, t_done, parser.counts)
+
+    def _stream_error(self, exc: Exception) -> RequestError:
+        if isinstance(exc, RequestError):  # an error line or a malformed one: say which server sent it
+            return RequestError(exc.kind, exc.detail, self.base_url)
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):  # the connection closed mid-body
+            return RequestError("stream_cut", f"stream broke: {exc}", self.base_url)
+        if isinstance(exc, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in exc.args):
+            return RequestError("timeout", f"stream stalled for {self.read_timeout_s} s", self.base_url)
+        return RequestError("connection", f"connection lost mid-stream: {exc}", self.base_url)
 
     def plain_chat(self, model: str, messages: list[dict], options: dict) -> ServerCounts:
         """One non-streamed call: the engine's own counts and durations with no stream in between
         (the drift probe's reference for the harness, bench/instrument.py). Read by the same
-        parsers as a stream's final message, so a malformed answer is refused alike."""
+        parsers as a stream's final message, so a malformed answer is refused alike; bounded by the
+        same deadline and size limit."""
         path, body = build_request(self.api, model, messages, options)
         body["stream"] = False
         body.pop("stream_options", None)
-        try:
-            resp = self.session.post(self.base_url + path, json=body, timeout=(min(10.0, self.timeout_s), self.timeout_s))
-        except requests.ConnectionError as exc:
-            raise RequestError("connection", f"cannot connect: {exc.__class__.__name__}", self.base_url) from None
-        except requests.Timeout:
-            raise RequestError("timeout", f"no response within {self.timeout_s} s", self.base_url) from None
-        if resp.status_code != 200:
-            raise self._error_from_response(resp)
+        deadline = Deadline(self.timeout_s)
+        resp = self._post(path, body, deadline)
+        with resp, deadline.watch(resp):
+            if resp.status_code != 200:
+                raise self._error_from_response(resp, deadline)
+            try:
+                content = _bounded_body(resp, deadline)
+            except (RequestError, requests.RequestException) as exc:
+                if deadline.fired or deadline.expired():
+                    raise self._deadline_error("a non-streamed reply") from None
+                raise self._stream_error(exc) from None
         parser = PARSERS[self.api]()
-        if self.api == "ollama":  # the reply is the stream's final message: done:true with the counts
-            parser.feed(resp.content)
-        else:  # one JSON object: dispatched as the event a stream would have sent, compacted to one line
-            parser.feed(b"data: " + json.dumps(_message(resp.content), separators=(",", ":")).encode())
-            parser.feed(b"")
+        try:
+            if self.api == "ollama":  # the reply is the stream's final message: done:true with the counts
+                parser.feed(content)
+            else:  # one JSON object: dispatched as the event a stream would have sent, compacted to one line
+                parser.feed(b"data: " + json.dumps(_message(content), separators=(",", ":")).encode())
+                parser.feed(b"")
+        except RequestError as exc:
+            raise RequestError(exc.kind, exc.detail, self.base_url) from None
         if self.api == "ollama" and not parser.finished:
             raise RequestError("malformed_stream", "a non-streamed reply without done:true", self.base_url)
         return parser.counts
@@ -401,13 +582,41 @@ class StreamingClient:
     def list_models(self) -> list[str]:
         path = "/api/tags" if self.api == "ollama" else "/v1/models"
         try:
-            resp = self.session.get(self.base_url + path, timeout=10)
-            resp.raise_for_status()
+            resp = self.session.get(self.base_url + path, timeout=min(10.0, self.timeout_s))
         except requests.RequestException as exc:
             raise RequestError("connection", f"cannot list models: {exc.__class__.__name__}: {exc}",
                                self.base_url) from None
-        data = resp.json()
-        if self.api == "ollama":
-            return [m["name"] for m in data.get("models", [])]
-        return [m["id"] for m in data.get("data", [])]
+        if resp.status_code != 200:
+            raise self._error_from_response(resp)
+        try:
+            data = resp.json()
+            if self.api == "ollama":
+                return [m["name"] for m in data.get("models", [])]
+            return [m["id"] for m in data.get("data", [])]
+        except (ValueError, AttributeError, TypeError, KeyError):
+            raise RequestError("malformed_stream", f"GET {path}: not the model list: {resp.text[:120]!r}",
+                               self.base_url) from None
 
+
+class _CountingLines:
+    """The lines of a body, counted (for the deadline's message)."""
+
+    def __init__(self, lines: Iterator[bytes]):
+        self.lines, self.count = lines, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.lines:
+            self.count += 1
+            yield line
+
+
+def _bounded_body(resp: requests.Response, deadline: Deadline) -> bytes:
+    """A whole (non-streamed) body, refused beyond MAX_LINE_BYTES: it is one message."""
+    out = bytearray()
+    for read in resp.iter_content(READ_BYTES):
+        if deadline.expired():
+            raise RequestError("timeout", "the call's deadline passed while reading the body")
+        out += read
+        if len(out) > MAX_LINE_BYTES:
+            raise _too_long("a reply")
+    return bytes(out)

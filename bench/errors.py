@@ -2,14 +2,17 @@
 
 A `BenchError` is an expected failure with a message for the user: the tasks print it and exit
 non-zero without a traceback. `RequestError` is a failed LLM call, classified by the shared
-table in data/error_kinds.yaml (the Rust agents read the same table): its kind by substring, and
-the kind's class (transient, load or permanent) says what the harness does about it.
+table in data/error_kinds.yaml (the Rust agents read the same table): its kind by substring, else
+by HTTP status, and the kind's class (transient, load or permanent) says what the harness does
+about it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+
+import re
 
 import yaml
 
@@ -31,10 +34,30 @@ class ErrorKind:
 
 
 @lru_cache(maxsize=1)
+def _table() -> dict:
+    return yaml.safe_load(ERROR_KINDS_FILE.read_text())
+
+
+@lru_cache(maxsize=1)
 def error_kinds() -> tuple[ErrorKind, ...]:
-    raw = yaml.safe_load(ERROR_KINDS_FILE.read_text())
     return tuple(ErrorKind(k["kind"], k["class"], tuple(s.lower() for s in k.get("substrings", ())))
-                 for k in raw["kinds"])
+                 for k in _table()["kinds"])
+
+
+@lru_cache(maxsize=1)
+def _status_kinds() -> tuple[tuple[re.Pattern, str], ...]:
+    # "5xx": x is any digit
+    return tuple((re.compile(e["status"].replace("x", "[0-9]")), e["kind"]) for e in _table().get("statuses", ()))
+
+
+def status_kind(status: int) -> str:
+    """The kind of a non-200 reply by its status alone: the table's first matching pattern, else http."""
+    return next((kind for pattern, kind in _status_kinds() if pattern.fullmatch(str(status))), "http")
+
+
+def classify_http(status: int, message: str) -> str:
+    """The kind of a non-200 reply: by its text (a server's own words win), else by its status."""
+    return classify(message, default=status_kind(status))
 
 
 def classify(message: str, default: str = "http") -> str:

@@ -21,6 +21,11 @@ import threading
 import time
 
 TOKEN = " tok"
+# A request is read within these bounds, else its connection is closed: a client that sends an
+# endless head or body, or nothing at all, cannot hold a thread or grow memory without end.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1 << 20
+READ_TIMEOUT_S = 30.0
 
 
 def _chunk(data: bytes) -> bytes:
@@ -57,15 +62,27 @@ def _final_chunks(api: str, n: int, eval_ns: int) -> bytes:
 
 
 def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, dict] | None:
+    """The next request's path and JSON body; None when the client is gone or broke the bounds
+    (the socket's timeout bounds each wait: socket.timeout is raised)."""
     while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEAD_BYTES:
+            return None
         data = conn.recv(65536)
         if not data:
             return None
         buf += data
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    if len(head) > MAX_HEAD_BYTES:
+        return None
     lines = head.decode("latin-1").split("\r\n")
-    path = lines[0].split(" ")[1]
-    length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), 0)
+    try:
+        path = lines[0].split(" ")[1]
+        length = next((int(line.split(":", 1)[1]) for line in lines[1:]
+                       if line.lower().startswith("content-length:")), 0)
+    except (IndexError, ValueError):
+        return None
+    if not 0 <= length <= MAX_BODY_BYTES:
+        return None
     body = bytearray(rest)
     while len(body) < length:
         data = conn.recv(65536)
@@ -73,11 +90,25 @@ def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, dict] | Non
             return None
         body += data
     buf[:] = body[length:]
-    return path, json.loads(body[:length] or b"{}")
+    try:
+        request = json.loads(body[:length] or b"{}")
+    except ValueError:
+        return None
+    return (path, request) if isinstance(request, dict) else None
 
 
 def _serve(conn: socket.socket, pace_tps: float | None) -> None:
+    try:
+        _serve_requests(conn, pace_tps)
+    except OSError:  # a read timed out, or the client reset the connection: drop it quietly
+        pass
+    finally:
+        conn.close()
+
+
+def _serve_requests(conn: socket.socket, pace_tps: float | None) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.settimeout(READ_TIMEOUT_S)
     buf = bytearray()
     chunks = {"ollama": _token_chunk("ollama"), "openai": _token_chunk("openai")}
     with conn:

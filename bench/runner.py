@@ -86,7 +86,7 @@ class MatrixRunner:
         self.rust_agent, self.rust_reason = rust_agent, rust_reason
         self.workload = load_workload()
         self.endpoints = runtime.endpoints()
-        self.clients = {e.name: StreamingClient(e.url, e.api, self.profile.workload.timeout_s)
+        self.clients = {e.name: StreamingClient(e.url, e.api, self.profile.workload.timeout_s, api_key=e.api_key)
                         for e in self.endpoints}
         self._clients_by_url = {c.base_url: c for c in self.clients.values()}  # what a job's agents name
         self._server_key: tuple | None = None

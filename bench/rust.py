@@ -10,6 +10,9 @@ and by the agent when it loads it) and, when the agent fails, its last stderr li
 folder (AGENT_OUT_NAME), never to metrics.json: run_job reads and checks it and hands the typed
 document back, and only the harness writes metrics.json, whole, with its own blocks added. A
 harness that dies in between leaves no metrics.json that resume would count.
+
+A server's API key (llama-server's per-study key) reaches the agent in its environment
+(API_KEY_ENV), never in job.json or on its command line.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +29,7 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 
 from bench.assets import file_sha256
+from bench.clients import api_key_for
 from bench.errors import BenchError, RequestError, error_kinds
 from bench.host import docker_engine
 from bench.job import Job
@@ -42,6 +47,8 @@ JOB_NAME = "job.json"
 AGENT_OUT_NAME = "agent-metrics.json"
 # a crash's stderr tail quoted in its error
 STDERR_TAIL_CHARS = 600
+# the environment variable the agent reads the servers' API key from (rust-agents client.rs API_KEY_ENV)
+API_KEY_ENV = "TR116_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,8 @@ def _image_agent() -> RustAgent | None:
     uid = f"{os.getuid()}:{os.getgid()}"
     # Host network so 127.0.0.1 URLs reach the servers; the repo's data and the results are
     # mounted at the same paths, so job files need no path translation.
-    prefix = ("docker", "run", "--rm", "--network", "host", "--user", uid,
+    # `-e NAME` without a value passes the caller's value on, so the key is not in docker's argv
+    prefix = ("docker", "run", "--rm", "--network", "host", "--user", uid, "-e", API_KEY_ENV,
               "-v", f"{REPO_ROOT}:{REPO_ROOT}:ro", "-v", "{results}:{results}", IMAGE)
     return RustAgent(prefix, f"docker image {image}", image)
 
@@ -109,7 +117,10 @@ def find_rust_agent(containerized: bool = True) -> tuple[RustAgent | None, str]:
 def build_native() -> Path:
     if shutil.which("cargo") is None:
         raise BenchError("cargo is not installed: install Rust (rustup) to build rust-agents")
-    subprocess.run(["cargo", "build", "--release", "--locked"], cwd=RUST_CRATE_DIR, check=True)
+    done = subprocess.run(["cargo", "build", "--release", "--locked"], cwd=RUST_CRATE_DIR)
+    if done.returncode != 0:
+        raise BenchError(f"cargo build --release failed (exit {done.returncode}) in {RUST_CRATE_DIR}: "
+                         "its errors are printed above")
     return NATIVE_BINARY
 
 
@@ -137,9 +148,10 @@ def validate_job(job: dict) -> None:
 def agent_failure(returncode: int, stderr: str) -> BenchError:
     """The error a failed tr116-agent run stands for, from its last stderr line (one JSON object,
     data/agent_error.schema.json): a failed request is a RequestError of its kind; a refused job or
-    the agent's own failure is a BenchError. An agent that died without that line (a panic, a
-    signal) is a RequestError of kind malformed_stream, permanent: the agent broke its protocol,
-    and neither a retry nor the fallback ladder would help; its stderr tail says what happened."""
+    the agent's own failure is a BenchError. An agent killed by a signal (the kernel's OOM killer,
+    a kill) is a `crash`, as a killed server runner is. One that exited without that line (a
+    panic) is malformed_stream, permanent: the agent broke its protocol, and neither a retry nor
+    the fallback ladder would help. Either way its stderr tail, on one line, says what happened."""
     lines = stderr.strip().splitlines()
     try:
         line = json.loads(lines[-1]) if lines else None
@@ -153,9 +165,30 @@ def agent_failure(returncode: int, stderr: str) -> BenchError:
         if returncode != EXIT_REQUEST_FAILED and kind is None:
             what = "refused the job" if returncode == EXIT_BAD_JOB else "failed"
             return BenchError(f"tr116-agent {what} (exit {returncode}): {message}")
-    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
-    tail = stderr.strip()[-STDERR_TAIL_CHARS:] or "(no stderr)"
-    return RequestError("malformed_stream", f"tr116-agent {how} without a valid error line; stderr ends: {tail}")
+    tail = " ".join(stderr.strip()[-STDERR_TAIL_CHARS:].split()) or "(no stderr)"
+    if returncode < 0:
+        return RequestError("crash", f"tr116-agent was killed by signal {-returncode} "
+                                     f"({_signal_name(-returncode)}); stderr ends: {tail}")
+    return RequestError("malformed_stream", f"tr116-agent exited {returncode} without a valid error line; "
+                                            f"stderr ends: {tail}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
+
+
+def agent_env(job: Job) -> dict[str, str]:
+    """The agent's environment: ours, with the API key of the job's servers (or none)."""
+    keys = {api_key_for(a.endpoint) for a in job.agents.values()} - {None}
+    if len(keys) > 1:
+        raise BenchError("the job's endpoints have different API keys; tr116-agent takes one (TR116_API_KEY)")
+    env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    if keys:
+        env[API_KEY_ENV] = keys.pop()
+    return env
 
 
 def _agent_document(path: Path) -> RunDocument:
@@ -181,7 +214,7 @@ def run_job(agent: RustAgent, job: Job, run_dir: Path, results_dir: Path, timeou
                         "--job-schema", str(JOB_SCHEMA_FILE))
     try:
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=agent_env(job))
         except subprocess.TimeoutExpired:
             raise RequestError("timeout", f"tr116-agent did not finish within {timeout_s:.0f} s") from None
         if proc.returncode != 0:

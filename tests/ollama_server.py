@@ -23,6 +23,17 @@ Faults of a server, for any model:
   options (num_ctx, num_gpu) streams N tokens, then the connection closes mid-body; every other
   request is served in full.
 
+Faults of the transport, for any model's streamed /api/chat (each ends after `fault_cap_s`, so a
+client without a deadline fails a test instead of hanging it):
+- `fault="trickle"`: HTTP 200, then one HTTP chunk that declares 4 KiB and gets one byte every
+  20 ms: every read returns, no line ever completes.
+- `fault="endless"`: HTTP 200, then a blank line (NDJSON keep-alive) every 20 ms, forever; a pull
+  gets a "pulling manifest" progress line every 20 ms, forever.
+- `fault="huge_line"`: HTTP 200, then one 50 MiB line in 64 KiB chunks; `fault_bytes_sent` says
+  how much of it the client took before it hung up.
+- `http_errors=[502, ...]`: the first chat requests are answered with these statuses, in order,
+  with the HTML body a proxy (nginx) sends; the requests after them are served.
+
 Special model names trigger failure modes:
 - "oom:latest"          → 500 "llama runner process has terminated: error loading model: unable to allocate CUDA0 buffer"
 - "busy:latest"         → 503 "server busy, please try again.  maximum pending requests exceeded"
@@ -54,7 +65,12 @@ class FakeOllama:
                  models: list[str] | None = None, shared_lock: threading.Lock | None = None,
                  version: str = "0.12.6", text_in_final: bool = False, max_gpu_layers: int | None = None,
                  oom_error: str = CUDA_OOM, oom_midstream: bool = False, cut_after: int | None = None,
-                 cut_nth: int = 1, slow_from_model: str | None = None, slow_factor: float = 1.0):
+                 cut_nth: int = 1, slow_from_model: str | None = None, slow_factor: float = 1.0,
+                 fault: str | None = None, fault_cap_s: float = 10.0, http_errors: list[int] | None = None):
+        if fault not in (None, "trickle", "endless", "huge_line"):
+            raise ValueError(f"unknown fault {fault!r}")
+        self.fault, self.fault_cap_s, self.fault_bytes_sent = fault, fault_cap_s, 0
+        self.http_errors = list(http_errors or [])
         self.token_s, self.prompt_token_s, self.load_s = token_s, prompt_token_s, load_s
         self.max_gpu_layers, self.oom_error, self.oom_midstream = max_gpu_layers, oom_error, oom_midstream
         self.cut_after, self.cut_nth = cut_after, cut_nth
@@ -185,6 +201,16 @@ class FakeOllama:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 self._chunk({"status": "pulling manifest"})
+                if server.fault == "endless":  # a registry (or proxy) that never finishes
+                    end = time.monotonic() + server.fault_cap_s
+                    try:
+                        while time.monotonic() < end:
+                            self._chunk({"status": "pulling manifest"})
+                            time.sleep(0.02)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
                 if name.split(":")[0] == "nope":
                     self._chunk({"error": "pull model manifest: file does not exist"})
                     return self._end_chunks()
@@ -198,10 +224,59 @@ class FakeOllama:
                     server.models.append(name if ":" in name else f"{name}:latest")
                 self._end_chunks()
 
+            def _proxy_error(self, status: int) -> None:
+                reason = self.responses.get(status, ("Error",))[0]
+                body = (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+                        f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                        "</body>\r\n</html>\r\n").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _fault(self, kind: str) -> None:
+                """A 200 stream that never completes: see the module docstring."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.close_connection = True
+                end = time.monotonic() + server.fault_cap_s
+                try:
+                    if kind == "trickle":
+                        self.wfile.write(b"1000\r\n")  # a 4 KiB chunk, one byte at a time
+                        line = b'{"message":{"role":"assistant","content":"' + b"x" * 4096
+                        for byte in line[:4096]:
+                            if time.monotonic() > end:
+                                return
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(0.02)
+                    elif kind == "endless":
+                        while time.monotonic() < end:
+                            self._chunk(b"\n")
+                            time.sleep(0.02)
+                    else:  # huge_line: 50 MiB of one line
+                        self._chunk(b'{"message":{"role":"assistant","content":"')
+                        piece = b"x" * 65536
+                        for _ in range(50 * 16):
+                            if time.monotonic() > end:
+                                return
+                            self._chunk(piece)
+                            server.fault_bytes_sent += len(piece)
+                        self._chunk(b'"},"done":false}\n')
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client hung up
+
             def _generate(self, req: dict, chat: bool) -> None:
                 name = server._resolve(req.get("model", ""))
                 if not name:
                     return self._json(404, {"error": f"model '{req.get('model')}' not found"})
+                if chat and server.http_errors:
+                    return self._proxy_error(server.http_errors.pop(0))
+                if chat and server.fault and req.get("stream") is not False and req.get("messages"):
+                    return self._fault(server.fault)
                 base = name.split(":")[0]
                 if base == "oom":
                     return self._json(500, {"error": CUDA_OOM})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from bench.clients import api_key_for
 from bench.profile import ModelSpec, ServerConfig, ServerSettings
 
 
@@ -17,6 +18,13 @@ class Endpoint:
     name: str
     url: str
     api: str
+
+    @property
+    def api_key(self) -> str | None:
+        """The server's API key (llama-server's, per study), where its runtime set one. A property
+        read from the process's key registry (bench.clients.register_api_key), not a field: an
+        Endpoint's repr and __dict__, which the manifest records, never hold it."""
+        return api_key_for(self.url)
 
 
 class Runtime(Protocol):

@@ -17,7 +17,12 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from bench.errors import RequestError, classify
+from bench.clients import READ_BYTES, Deadline, bounded_lines, error_body_message, loopback_session
+from bench.errors import RequestError, classify, classify_http
+
+# The longest a pull may take, all of it (a large model over a slow link takes hours; a registry
+# or proxy that trickles progress lines forever must still end).
+PULL_DEADLINE_S = 6 * 3600.0
 
 
 def tag_matches(listed: str, name: str) -> bool:
@@ -29,21 +34,19 @@ class OllamaAPI:
     def __init__(self, url: str, timeout_s: float = 30.0):
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.http = loopback_session(self.url)  # no proxy from the environment to a local server
 
-    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+    def _request(self, method: str, path: str, **kwargs) -> "_Reply":
         try:
-            resp = requests.request(method, self.url + path, timeout=kwargs.pop("timeout", self.timeout_s), **kwargs)
+            resp = self.http.request(method, self.url + path, timeout=kwargs.pop("timeout", self.timeout_s), **kwargs)
         except requests.RequestException as exc:
             raise RequestError("connection", f"cannot reach the server ({method} {path}: "
                                              f"{exc.__class__.__name__}); is it running?", self.url) from None
         if resp.status_code >= 400:
-            try:
-                msg = str(resp.json().get("error", resp.text))
-            except ValueError:
-                msg = resp.text[:300] or resp.reason
-            kind = classify(msg, default="not_found" if resp.status_code == 404 else "http")
-            raise RequestError(kind, f"{method} {path}: HTTP {resp.status_code}: {msg}", self.url)
-        return resp
+            msg = error_body_message(resp.content) if resp.content.strip() else (resp.reason or "(empty body)")
+            raise RequestError(classify_http(resp.status_code, msg), f"{method} {path}: HTTP {resp.status_code}: {msg}",
+                               self.url)
+        return _Reply(resp, f"{method} {path}", self.url)
 
     # ---- facts ---------------------------------------------------------------------------
 
@@ -70,7 +73,7 @@ class OllamaAPI:
 
     def has_blob(self, sha256: str) -> bool:
         try:
-            return requests.head(f"{self.url}/api/blobs/sha256:{sha256}", timeout=self.timeout_s).status_code == 200
+            return self.http.head(f"{self.url}/api/blobs/sha256:{sha256}", timeout=self.timeout_s).status_code == 200
         except requests.RequestException as exc:
             raise RequestError("connection", f"HEAD /api/blobs: {exc}", self.url) from None
 
@@ -90,27 +93,48 @@ class OllamaAPI:
         if status != "success":
             raise RequestError("http", f"create {model}: unexpected status {status!r}", self.url)
 
-    def pull(self, model: str) -> None:
-        """Pull from the registry, streaming progress."""
+    def pull(self, model: str, deadline_s: float = PULL_DEADLINE_S) -> None:
+        """Pull from the registry, streaming progress; all of it within `deadline_s`, each wait for
+        bytes within an hour, no progress line over the clients' line limit."""
+        deadline = Deadline(deadline_s)
         try:
-            resp = requests.post(self.url + "/api/pull", json={"model": model, "stream": True}, stream=True,
-                                 timeout=(10, 3600))
+            resp = self.http.post(self.url + "/api/pull", json={"model": model, "stream": True}, stream=True,
+                                  timeout=(10, min(3600, deadline_s)))
         except requests.RequestException as exc:
-            raise RequestError("connection", f"cannot pull {model}: {exc}", self.url) from None
-        with resp, tqdm(desc=f"pull {model}", unit="B", unit_scale=True, leave=False) as bar:
+            raise RequestError("connection", f"cannot pull {model}: {exc.__class__.__name__}", self.url) from None
+        with resp, deadline.watch(resp), tqdm(desc=f"pull {model}", unit="B", unit_scale=True, leave=False) as bar:
             if resp.status_code != 200:
-                raise RequestError(classify(resp.text), f"pull {model}: HTTP {resp.status_code}: {resp.text}", self.url)
-            for line in resp.iter_lines():
-                if not line:
-                    continue
+                msg = error_body_message(resp.content)
+                raise RequestError(classify_http(resp.status_code, msg), f"pull {model}: HTTP {resp.status_code}: {msg}",
+                                   self.url)
+            try:
+                self._pull_progress(model, bounded_lines(resp.iter_content(READ_BYTES), deadline.expired), bar)
+            except (RequestError, requests.RequestException) as exc:
+                if deadline.fired or deadline.expired():
+                    raise RequestError("timeout", f"pull {model}: not done within {deadline_s:g} s", self.url) from None
+                if isinstance(exc, RequestError):
+                    raise
+                raise RequestError("stream_cut", f"pull {model}: the progress stream broke: {exc.__class__.__name__}",
+                                   self.url) from None
+
+    def _pull_progress(self, model: str, lines, bar) -> None:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
                 event = json.loads(line)
-                if "error" in event:
-                    raise RequestError(classify(event["error"], "not_found"), f"pull {model}: {event['error']}",
-                                       self.url)
-                if event.get("total"):
-                    bar.total = event["total"]
-                    bar.n = event.get("completed", 0)
-                    bar.refresh()
+            except ValueError:
+                raise RequestError("malformed_stream", f"pull {model}: not a JSON progress line: {line[:120]!r}",
+                                   self.url) from None
+            if not isinstance(event, dict):
+                raise RequestError("malformed_stream", f"pull {model}: not a progress object: {line[:120]!r}", self.url)
+            if "error" in event:
+                raise RequestError(classify(str(event["error"]), "not_found"), f"pull {model}: {event['error']}",
+                                   self.url)
+            if event.get("total"):
+                bar.total = event["total"]
+                bar.n = event.get("completed", 0)
+                bar.refresh()
 
     def copy(self, source: str, destination: str) -> None:
         """Another name for a model: the same manifest, so the same digest and blobs (/api/copy)."""
@@ -151,3 +175,18 @@ class OllamaAPI:
                 "context_length": arch_key(".context_length"), "block_count": arch_key(".block_count"),
                 "capabilities": show.get("capabilities"), "parameters": show.get("parameters"),
                 "template": show.get("template"), "modelfile": show.get("modelfile")}
+
+
+class _Reply:
+    """A 2xx reply whose JSON is read with a one-line error: a proxy's or another program's page
+    (HTML, text) on the port is an answer that is not the API, not a traceback."""
+
+    def __init__(self, resp: requests.Response, what: str, url: str):
+        self.resp, self.what, self.url = resp, what, url
+
+    def json(self):
+        try:
+            return self.resp.json()
+        except ValueError:
+            raise RequestError("malformed_stream", f"{self.what}: HTTP {self.resp.status_code} but not JSON: "
+                                                   f"{self.resp.content[:120]!r}", self.url) from None

@@ -8,11 +8,22 @@ use crate::errors::{Classifier, ErrorKind, RequestError};
 use crate::job::{Api, Options};
 use crate::stream::{error_body_message, Progress, ServerStats, StreamError, TimedStream};
 
+/// The environment variable that carries the servers' API key (llama-server `--api-key-file`),
+/// sent as `Authorization: Bearer <key>`; an environment variable so that the key is never
+/// written to job.json or seen in the agent's command line (bench/rust.py sets it).
+pub const API_KEY_ENV: &str = "TR116_API_KEY";
+
+/// The API key of API_KEY_ENV, if it is set and not empty.
+pub fn api_key_from_env() -> Option<String> {
+    std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty())
+}
+
 /// The HTTP client shared by all calls of a process (one connection pool).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     classifier: Classifier,
+    api_key: Option<String>,
 }
 
 /// What to send.
@@ -158,14 +169,10 @@ fn transport_error(err: reqwest::Error, endpoint: &str, otherwise: ErrorKind) ->
     RequestError::new(kind, format!("{endpoint}: {}", transport_message(&err)))
 }
 
-/// The kind of a non-200 reply: the classifier's, else not_found for 404, busy for 503, else
-/// http (the same rule as the Python client).
+/// The kind of a non-200 reply: by its text (a server's own words win), else by its status
+/// (error_kinds.yaml `statuses`; bench/errors.py classify_http is the same rule).
 pub fn http_error_kind(classifier: &Classifier, status: u16, message: &str) -> ErrorKind {
-    classifier.classify(message).unwrap_or(match status {
-        404 => ErrorKind::NotFound,
-        503 => ErrorKind::Busy,
-        _ => ErrorKind::Http,
-    })
+    classifier.classify(message).unwrap_or_else(|| classifier.status_kind(status))
 }
 
 impl Client {
@@ -180,14 +187,22 @@ impl Client {
             .connect_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(0)
             .build()?;
-        Ok(Client { http, classifier })
+        Ok(Client { http, classifier, api_key: None })
+    }
+
+    /// Send this bearer key with every call (None: no Authorization header).
+    pub fn with_api_key(mut self, api_key: Option<String>) -> Client {
+        self.api_key = api_key;
+        self
     }
 
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
     }
 
-    /// Stream one chat call; fails when it does not complete within `timeout`.
+    /// Stream one chat call; fails when it does not complete within `timeout`: one deadline for the
+    /// whole call (connect, headers and every read of the body), so a server that trickles bytes
+    /// or sends keep-alive lines forever ends at it as `timeout`.
     pub async fn chat(&self, req: &ChatRequest<'_>, timeout: Duration) -> Result<ChatOutcome, RequestError> {
         let url = req.api.chat_url(req.endpoint);
         let endpoint = req.endpoint.trim_end_matches('/');
@@ -222,11 +237,11 @@ impl Client {
         body: Vec<u8>,
         stream: &mut TimedStream<Instant>,
     ) -> Result<Instant, RequestError> {
-        let mut resp = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
+        let mut request = self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let mut resp = request
             .send()
             .await
             .map_err(|e| transport_error(e, endpoint, ErrorKind::Connection))?;
@@ -333,12 +348,17 @@ mod tests {
 
     #[test]
     fn http_status_fallbacks() {
-        let c = Classifier::from_yaml("kinds:\n  - {kind: oom, class: load, substrings: [out of memory]}\n").unwrap();
+        let c = Classifier::from_yaml(
+            "kinds:\n  - {kind: oom, class: load, substrings: [out of memory]}\nstatuses:\n  - {status: \"404\", kind: not_found}\n  - {status: \"5xx\", kind: busy}\n",
+        )
+        .unwrap();
         assert_eq!(http_error_kind(&c, 500, "CUDA error: out of memory"), ErrorKind::Oom);
         assert_eq!(http_error_kind(&c, 404, "page missing"), ErrorKind::NotFound);
         assert_eq!(http_error_kind(&c, 503, "try later"), ErrorKind::Busy);
+        assert_eq!(http_error_kind(&c, 502, "Bad Gateway"), ErrorKind::Busy);
         assert_eq!(http_error_kind(&c, 503, "out of memory"), ErrorKind::Oom);
         assert_eq!(http_error_kind(&c, 400, "bad"), ErrorKind::Http);
+        assert_eq!(http_error_kind(&Classifier::default(), 503, "try later"), ErrorKind::Http, "no table, no rule");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Failure classification, shared with the Python client through `bench/data/error_kinds.yaml`.
 //!
-//! The first kind whose substring occurs in the error text (case-insensitive) wins. Failures the
-//! classifier does not recognise keep the kind the client gave them: `connection`, `timeout`,
-//! `stream_cut`, `malformed_stream` or `http`. Each kind's class in the table decides whether a
+//! The first kind whose substring occurs in the error text (case-insensitive) wins; a non-200 reply
+//! whose text matches none takes the kind of its status (the table's `statuses`, else `http`).
+//! Other failures the classifier does not recognise keep the kind the client gave them:
+//! `connection`, `timeout`, `stream_cut`, `malformed_stream` or `http`. Each kind's class in the table decides whether a
 //! call is retried here (transient) or the failure goes back to the orchestrator.
 
 use std::fmt;
@@ -89,6 +90,16 @@ impl RequestError {
 #[serde(deny_unknown_fields)]
 struct KindsFile {
     kinds: Vec<KindEntry>,
+    #[serde(default)]
+    statuses: Vec<StatusEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusEntry {
+    /// Three characters, each a digit or `x` (any digit): "404", "5xx".
+    status: String,
+    kind: String,
 }
 
 /// What the harness does about a kind (`class` in the table).
@@ -116,6 +127,7 @@ struct KindEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Classifier {
     kinds: Vec<(ErrorKind, Class, Vec<String>)>,
+    statuses: Vec<(String, ErrorKind)>,
 }
 
 impl Classifier {
@@ -134,7 +146,24 @@ impl Classifier {
             let subs = entry.substrings.iter().map(|s| s.to_lowercase()).collect();
             kinds.push((kind, entry.class, subs));
         }
-        Ok(Classifier { kinds })
+        let mut statuses = Vec::with_capacity(file.statuses.len());
+        for entry in file.statuses {
+            let kind = ErrorKind::parse(&entry.kind)
+                .with_context(|| format!("statuses[].kind: unknown error kind {:?}", entry.kind))?;
+            let pattern = entry.status.to_ascii_lowercase();
+            if pattern.len() != 3 || !pattern.bytes().all(|b| b.is_ascii_digit() || b == b'x') {
+                anyhow::bail!("statuses[].status: {:?} is not a status pattern like 404 or 5xx", entry.status);
+            }
+            statuses.push((pattern, kind));
+        }
+        Ok(Classifier { kinds, statuses })
+    }
+
+    /// The kind of a non-200 reply by its status alone: the first matching pattern, else http.
+    pub fn status_kind(&self, status: u16) -> ErrorKind {
+        let code = status.to_string();
+        let matches = |p: &str| p.len() == code.len() && p.bytes().zip(code.bytes()).all(|(p, c)| p == b'x' || p == c);
+        self.statuses.iter().find(|(p, _)| matches(p)).map_or(ErrorKind::Http, |(_, kind)| *kind)
     }
 
     /// The first kind with a substring contained in `text`, compared case-insensitively.
@@ -246,6 +275,28 @@ mod tests {
             assert_eq!(c.class(kind), Class::Permanent, "{kind}");
         }
         assert_eq!(Classifier::default().class(ErrorKind::Busy), Class::Permanent, "an unlisted kind");
+    }
+
+    #[test]
+    fn statuses_decide_the_kind_of_an_unrecognised_reply() {
+        let c = shipped();
+        let cases = [
+            (404, ErrorKind::NotFound),
+            (429, ErrorKind::Busy),
+            (500, ErrorKind::Busy),
+            (502, ErrorKind::Connection),
+            (503, ErrorKind::Busy),
+            (504, ErrorKind::Timeout),
+            (599, ErrorKind::Busy),
+            (400, ErrorKind::Http),
+            (401, ErrorKind::Http),
+            (418, ErrorKind::Http),
+        ];
+        for (status, kind) in cases {
+            assert_eq!(c.status_kind(status), kind, "{status}");
+        }
+        let bad = Classifier::from_yaml("kinds: []\nstatuses:\n  - {status: \"5x\", kind: busy}\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("status pattern"));
     }
 
     #[test]

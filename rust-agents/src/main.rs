@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use tr116_agents::agent::run_single;
-use tr116_agents::client::Client;
+use tr116_agents::client::{api_key_from_env, Client};
 use tr116_agents::errors::{Classifier, ErrorLine, RequestError};
 use tr116_agents::job::{Api, Job, JobSchema, Suite, DEFAULT_SCHEMA_FILE};
 use tr116_agents::multi::run_multi;
@@ -130,7 +130,7 @@ fn run_job(suite: Suite, args: &RunArgs) -> ExitCode {
         Err(msg) => return fail(EXIT_BAD_JOB, msg),
     };
     let client = match Client::new(classifier.clone()) {
-        Ok(c) => c,
+        Ok(c) => c.with_api_key(api_key_from_env()),
         Err(e) => return fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -167,7 +167,7 @@ fn stream_bench(args: &BenchArgs) -> ExitCode {
         None => Classifier::default(),
     };
     let client = match Client::new(classifier.clone()) {
-        Ok(c) => c,
+        Ok(c) => c.with_api_key(api_key_from_env()),
         Err(e) => return fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -83,6 +83,16 @@ pub struct StreamParser {
 
 const EXCERPT: usize = 160;
 
+/// The longest line (its bytes before the `\n`) and the longest SSE event (its data) a stream may
+/// have: a longer one is malformed, refused as soon as its first byte over the limit arrives, so a
+/// server cannot grow the client's memory without bound. bench/clients.py MAX_LINE_BYTES is the
+/// same number (tests/test_deadlines.py holds both clients to it).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+fn too_long(what: &str) -> StreamError {
+    StreamError::Malformed(format!("{what} longer than {MAX_LINE_BYTES} bytes"))
+}
+
 fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out: String = text.chars().take(EXCERPT).collect();
@@ -124,10 +134,13 @@ impl StreamParser {
         if !self.line.is_empty() {
             match memchr::memchr(b'\n', bytes) {
                 None => {
-                    self.line.extend_from_slice(bytes);
+                    self.hold(bytes)?;
                     return Ok(Progress::More);
                 }
                 Some(i) => {
+                    if self.line.len() + i > MAX_LINE_BYTES {
+                        return Err(too_long("a line"));
+                    }
                     self.line.extend_from_slice(&bytes[..i]);
                     bytes = &bytes[i + 1..];
                     let line = std::mem::take(&mut self.line);
@@ -140,17 +153,27 @@ impl StreamParser {
         }
         while !self.done {
             match memchr::memchr(b'\n', bytes) {
+                Some(i) if i > MAX_LINE_BYTES => return Err(too_long("a line")),
                 Some(i) => {
                     self.line_in(&bytes[..i], clock, on_content)?;
                     bytes = &bytes[i + 1..];
                 }
                 None => {
-                    self.line.extend_from_slice(bytes);
+                    self.hold(bytes)?;
                     break;
                 }
             }
         }
         Ok(if self.done { Progress::Done } else { Progress::More })
+    }
+
+    /// Keep the start of an unfinished line, within the limit.
+    fn hold(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        if self.line.len() + bytes.len() > MAX_LINE_BYTES {
+            return Err(too_long("a line"));
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// The body has ended. A last line without its newline is still parsed, and an SSE event the
@@ -252,6 +275,9 @@ impl StreamParser {
         };
         match field {
             b"data" => {
+                if self.event.len() + usize::from(self.has_event) + value.len() > MAX_LINE_BYTES {
+                    return Err(too_long("an SSE event"));
+                }
                 if self.has_event {
                     self.event.push(b'\n');
                 }
@@ -849,6 +875,49 @@ mod tests {
         assert!(matches!(c.choices.0.unwrap().delta.unwrap().content.unwrap().0, Cow::Borrowed("xy")));
         let c: OpenAiChunk = serde_json::from_slice(br#"{"choices":null}"#).unwrap();
         assert!(c.choices.0.is_none());
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_malformed_whole_or_in_reads() {
+        let message = |len: usize| {
+            let mut line = br#"{"message":{"content":"x"},"done":true}"#.to_vec();
+            line.resize(len, b' '); // JSON may end in spaces
+            line.push(b'\n');
+            line
+        };
+        let at_limit = message(MAX_LINE_BYTES);
+        assert_eq!(run(Api::Ollama, &at_limit, &[]).error, None, "a line of exactly the limit is read");
+        assert_eq!(run(Api::Ollama, &at_limit, &[1000, 700_000]).error, None);
+        let over = message(MAX_LINE_BYTES + 1);
+        for cuts in [&[][..], &[10][..], &[1000, MAX_LINE_BYTES][..]] {
+            let r = run(Api::Ollama, &over, cuts);
+            assert!(matches!(r.error, Some(StreamError::Malformed(ref m)) if m.contains("longer than")), "{cuts:?}");
+        }
+        // refused as soon as the limit is passed: a line without end in reads of 64 KiB
+        let mut p = StreamParser::new(Api::Ollama);
+        let read = vec![b'x'; 65_536];
+        let mut reads = 0;
+        let err = loop {
+            reads += 1;
+            match p.feed(&read, &mut || (), &mut |_, _| {}) {
+                Ok(_) => assert!(reads <= 16),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(reads, 17, "the read that passes 1 MiB is refused: {err}");
+        assert!(p.line.capacity() <= 2 * MAX_LINE_BYTES, "the buffer stays bounded");
+    }
+
+    #[test]
+    fn an_sse_event_over_the_limit_is_malformed() {
+        let mut body = Vec::new();
+        for _ in 0..20 {
+            body.extend_from_slice(b"data: ");
+            body.extend_from_slice(&vec![b'a'; 60_000]);
+            body.push(b'\n');
+        }
+        let r = run(Api::Openai, &body, &[]);
+        assert!(matches!(r.error, Some(StreamError::Malformed(ref m)) if m.contains("SSE event")), "{:?}", r.error);
     }
 
     #[test]

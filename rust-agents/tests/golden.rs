@@ -301,3 +301,19 @@ fn retried_kinds_and_backoff() {
         assert_eq!(got, want, "{}", case["why"]);
     }
 }
+
+#[test]
+fn http_status_kinds() {
+    use tr116_agents::client::http_error_kind;
+    use tr116_agents::errors::Class;
+    use tr116_agents::stream::error_body_message;
+    let doc = golden("retries.json");
+    let c = classifier();
+    for case in doc["http_statuses"]["cases"].as_array().unwrap() {
+        let status = case["status"].as_u64().unwrap() as u16;
+        let message = error_body_message(case["body"].as_str().unwrap().as_bytes());
+        let kind = http_error_kind(&c, status, &message);
+        assert_eq!(kind.as_str(), case["kind"].as_str().unwrap(), "{case}");
+        assert_eq!(c.class(kind) == Class::Transient, case["retried"].as_bool().unwrap(), "{case}");
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! Runs only when `TR116_LLAMA_URL` (e.g. http://127.0.0.1:18434) and `TR116_LLAMA_MODEL` (the
 //! model id the server reports) are set; otherwise it prints why it was skipped and passes.
-//! `TR116_LLAMA_NUM_PREDICT` sets the tokens per call (default 16).
+//! `TR116_LLAMA_NUM_PREDICT` sets the tokens per call (default 16). A server the bundle started
+//! wants its API key: set `TR116_API_KEY` (the agent reads it, client.rs API_KEY_ENV).
 
 mod common;
 
