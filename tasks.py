@@ -20,20 +20,27 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def _friendly(fn):
-    """Turn the bundle's expected errors into a message and an exit code."""
+    """Turn the bundle's expected errors into a message and an exit code. SIGTERM is handled like
+    Ctrl-C (bench/interrupt.py): the task's cleanup runs, and a second signal exits at once."""
 
     @functools.wraps(fn)
     def wrapper(c, *args, **kwargs):
+        from bench import interrupt
         from bench.errors import BenchError
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-        try:
-            return fn(c, *args, **kwargs)
-        except BenchError as exc:
-            raise Exit(f"error: {exc}", code=2) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted: finished runs are saved; run the same command again to resume",
-                       code=130) from None
+        with interrupt.graceful():
+            try:
+                return fn(c, *args, **kwargs)
+            except BenchError as exc:
+                raise Exit(f"error: {exc}", code=2) from None
+            except KeyboardInterrupt:
+                # The task's own cleanup has run (servers it started, agents, locks). Exit now:
+                # a worker thread still inside a request must not hold the process up.
+                print("interrupted: finished runs are saved; run the same command again to resume",
+                      file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(interrupt.exit_code(interrupt.Interrupted.signum))
 
     return wrapper
 
@@ -90,12 +97,14 @@ FILTER_HELP = {"profile": PROFILE_HELP, "runs": "runs per config (overrides the 
 @_friendly
 def up(c, profile=LINE_PROFILE):
     """Bring up the two inference servers (and the Rust agent image where Docker is usable)."""
+    from bench import locks
     from bench.runtimes import create_runtime
 
     loaded = _load(profile)
     runtime = create_runtime(loaded.profile)
     t0 = time.perf_counter()
-    runtime.up()
+    with locks.for_profile("up", loaded.profile):  # held while starting: a bench after it takes them
+        runtime.up()
     for ep in runtime.endpoints():
         print(f"  endpoint {ep.name}: {ep.url} ({ep.api})")
     print(f"up: {runtime.kind} runtime ready in {time.perf_counter() - t0:.1f} s")
@@ -105,12 +114,21 @@ def up(c, profile=LINE_PROFILE):
 @_friendly
 def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None, no_progress=False):
     """Run the benchmark matrix (resumes an interrupted study; finished runs are kept)."""
+    from bench import locks
+
+    loaded = _load(profile)
+    plan = _plan(loaded, models, langs, suites, runs)
+    # the whole task, analysis included: a second bench (or a down) on this study or these ports
+    # refuses at once instead of sharing the servers and stopping them under this one
+    with locks.for_profile("bench", loaded.profile):
+        _bench(loaded, plan, runs, models, langs, suites, no_progress)
+
+
+def _bench(loaded, plan, runs, models, langs, suites, no_progress):
     from bench import manifest
     from bench.runtimes import create_runtime
     from bench.store import Store
 
-    loaded = _load(profile)
-    plan = _plan(loaded, models, langs, suites, runs)
     runtime = create_runtime(loaded.profile)
     store = Store(loaded.profile.study)
     print(f"bench: {plan.run_count} runs in {len(plan.cells)} configs → {store.root}")
@@ -132,6 +150,8 @@ def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
     print(f"bench: {outcome.done} runs done, {outcome.resumed} already there, "
           f"{outcome.failed} failed run(s) ({outcome.recovered} recovered by the retry pass), "
           f"{outcome.skipped} skipped" + (f" ({outcome.reruns} outlier reruns)" if outcome.reruns else ""))
+    if outcome.ignored:
+        print(f"  {outcome.ignored_text()}")
     if outcome.downgraded:
         print(f"  {outcome.downgraded} run(s) ran on a lower rung of the fallback ladder (metrics.json "
               f"effective_config; the report's downgrade table)")
@@ -177,11 +197,13 @@ def report(c, profile=LINE_PROFILE):
 @_friendly
 def down(c, profile=LINE_PROFILE):
     """Stop the inference servers and clean up (no process is left behind)."""
+    from bench import locks
     from bench.runtimes import create_runtime
 
     loaded = _load(profile)
     runtime = create_runtime(loaded.profile)
-    runtime.down()
+    with locks.for_profile("down", loaded.profile):  # never the servers of a bench that runs
+        runtime.down()
     print(f"down: {runtime.kind} runtime stopped")
 
 
@@ -190,6 +212,7 @@ def down(c, profile=LINE_PROFILE):
 def clean(c, profile=LINE_PROFILE, images=False):
     """Docker runtime: remove the model volume (and with --images the local images). Refuses while
     the containers run, so it never pulls them from under a study: `invoke down` first."""
+    from bench import locks
     from bench.errors import BenchError
     from bench.runtimes import DockerRuntime, create_runtime
 
@@ -198,7 +221,9 @@ def clean(c, profile=LINE_PROFILE, images=False):
     if not isinstance(runtime, DockerRuntime):
         raise BenchError(f"clean removes the docker runtime's volume and images; the {runtime.kind} runtime "
                          f"has neither")
-    for what in runtime.clean(images=images):
+    with locks.for_profile("clean", loaded.profile):
+        removed = runtime.clean(images=images)
+    for what in removed:
         print(f"clean: removed {what}")
 
 
@@ -351,9 +376,14 @@ def compare(c, study_a, study_b, also=None, allow_mismatch=False, out=None):
 @_friendly
 def reproduce(c, manifest, allow_mismatch=False, no_progress=False):
     """Rerun a study from its manifest into a new study folder and compare old vs new."""
-    from bench.reproduce import reproduce as run_reproduction
+    from bench import locks
+    from bench.reproduce import new_study_name, reproduce as run_reproduction
 
-    result = run_reproduction(Path(manifest), allow_mismatch=allow_mismatch, progress=not no_progress)
+    old_study, ports = locks.manifest_targets(Path(manifest))
+    study = new_study_name(old_study) if old_study else None
+    with locks.holding("reproduce", study, ports):
+        result = run_reproduction(Path(manifest), allow_mismatch=allow_mismatch, progress=not no_progress,
+                                  study=study)
     print(f"reproduce: {result.study_root}")
     print(f"  {result.within} of {result.compared} config/metric means lie within the original 95 % CI")
     print(f"  comparison: {result.markdown} (and {result.json.name})")

@@ -91,3 +91,53 @@ def pid_alive(pid: int) -> bool:
     except ChildProcessError:
         stat = Path(f"/proc/{pid}/stat")
         return stat.exists() and ") Z " not in stat.read_text()
+
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """This boot's id: a PID recorded before a reboot names nobody we started."""
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+    boot id it tells the process we started from a later one that reused its PID."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count fields after the last ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])  # field 22 overall; fields[0] is field 3 (the state)
+
+
+def process_exe(pid: int) -> str | None:
+    """The process's executable, None when it is gone or not ours to read."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")  # a binary rebuilt under it
+    except OSError:
+        return None
+
+
+def process_identity(pid: int) -> dict:
+    """What a state file records beside a PID, so that a later kill can check it is still ours."""
+    return {"boot_id": boot_id(), "start_ticks": process_start_ticks(pid), "exe": process_exe(pid)}
+
+
+def is_same_process(pid: int, identity: dict) -> bool:
+    """Whether `pid` is still the process `identity` was recorded from: same boot, same start time
+    and, where both are readable, the same executable. Unknown fields count as a mismatch, so a
+    stale record never leads to a signal."""
+    if not pid_alive(pid):
+        return False
+    now = process_identity(pid)
+    if identity.get("boot_id") is None or identity.get("boot_id") != now["boot_id"]:
+        return False
+    if identity.get("start_ticks") is None or identity.get("start_ticks") != now["start_ticks"]:
+        return False
+    return identity.get("exe") is None or now["exe"] is None or identity["exe"] == now["exe"]

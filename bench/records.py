@@ -258,6 +258,20 @@ class Placement(_Open):
     issues: list[str]
 
 
+class PlanFingerprintParts(_Strict):
+    workload: str
+    model: str
+    runtime: str
+    harness_commit: str | None
+
+
+class PlanFingerprint(_Strict):
+    """What a run shares with its plan (bench/plan_identity.py); only the harness writes it."""
+
+    sha256: str
+    parts: PlanFingerprintParts
+
+
 class RunDocument(_Strict):
     """One metrics.json: one agent run (single suite) or one alone+together pair (multi)."""
 
@@ -285,6 +299,7 @@ class RunDocument(_Strict):
     placement: Placement | None = None
     server_settings: ServerSettingsBlock | None = None  # absent in studies made before settings were recorded
     power: dict | None = None  # schema-checked; its keys are flattened as they come (power_<key>)
+    plan_fingerprint: PlanFingerprint | None = None  # absent in runs stored before it was recorded
 
     def to_json(self) -> dict:
         """The document as stored: the fields it was read or built with, nothing added."""

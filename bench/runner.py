@@ -1,8 +1,11 @@
 """Runs a plan: switches the runtime to each config, warms it up, runs the agents, stores records.
 
 - Warmup calls follow every server (re)start or reload and are never counted.
-- A run whose metrics.json already exists and validates is skipped, so an interrupted study
-  resumes where it stopped.
+- A run whose metrics.json already exists, validates and carries this plan's fingerprint
+  (bench/plan_identity.py) is skipped, so an interrupted study resumes where it stopped. A stored
+  run of another plan (or without a fingerprint: an older harness, an agent's bare document) is
+  never pooled: it is moved aside (Store.set_aside) before anything runs, and `bench` says how
+  many and why.
 - A failure is handled by its class (data/error_kinds.yaml). Transient ones are retried per call
   by the agents (Python and Rust alike); a run that still fails is tried once more in a retry pass
   at the end. Load failures (OOM, a killed runner) walk the fallback ladder (bench/ladder.py),
@@ -32,7 +35,8 @@ from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
-from bench import agents, gpu, instrument, ladder, metrics, outliers, overhead, power, probes, rust, scheduler
+from bench import agents, gpu, instrument, ladder, metrics, outliers, overhead, plan_identity, power, probes, rust, \
+    scheduler
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
 from bench.errors import LOAD, PERMANENT, BenchError, RequestError
@@ -43,8 +47,9 @@ from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem, estimate_seconds
 from bench.profile import LoadedProfile
 from bench.records import RunDocument
 from bench.runtimes import Runtime
+from bench.runtimes.docker import stop_agent_containers
 from bench.drift import unix_time
-from bench.store import PROBES, SAMPLING, Store, utc_now
+from bench.store import PROBES, SAMPLING, SUPERSEDED_DIR, Store, utc_now
 from bench.workload import load_workload
 
 log = logging.getLogger("bench")
@@ -73,6 +78,13 @@ class Outcome:
     reruns: int = 0
     notes: list[str] = field(default_factory=list)
     learned_limits: dict = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)  # stored runs of another plan, per reason
+    ignored_to: Path | None = None  # the folder they were moved to
+
+    def ignored_text(self) -> str:
+        """How many stored runs were ignored, why, and where they went."""
+        return (f"ignored {sum(self.ignored.values())} stored run(s) this plan did not make ("
+                + "; ".join(f"{n}: {why}" for why, n in self.ignored.items()) + f"); moved aside to {self.ignored_to}")
 
 
 class MatrixRunner:
@@ -104,6 +116,7 @@ class MatrixRunner:
         self._retry: list[RunItem] = []
         self._retry_pass = False
         self.timeline = instrument.Timeline(store, utc_now())
+        self._fingerprints: dict[str, dict] = {}  # per model name: its runs' plan fingerprint
         self._last_probe = float("-inf")  # perf_counter seconds of the last drift probe
         # whose CPU the client block can see: a containerized agent is not our child process
         self._rust_cpu = "rust-container" if rust_agent and rust_agent.prefix[0] == "docker" else "rust"
@@ -344,16 +357,69 @@ class MatrixRunner:
                    dynamic_ncols=True)
         try:
             self._model_probes()
+            self._fingerprints = self._plan_fingerprints()
+            self._set_aside_other_plans(outcome)
             if self.plan.adaptive:
                 self._run_adaptive(outcome, bar)
             else:
                 self._run_fixed(outcome, bar)
             if self.profile.instrument.floors:
                 self._floors()
+        except BaseException:  # Ctrl-C, SIGTERM (bench/interrupt.py), an error: no agent left running
+            self._stop_agent_containers()
+            raise
         finally:
             bar.close()
         outcome.learned_limits = self.limits.to_json()
         return outcome
+
+    # ---- resume: only runs of this plan count ----------------------------------------------
+
+    def _plan_fingerprints(self) -> dict[str, dict]:
+        """Each plan model's fingerprint. An Ollama digest comes from a server: where the servers
+        are not up yet (a lone `bench`), they are started here rather than at the first run."""
+        models = list({c.model.name: c.model for c in self.plan.cells}.values())
+        try:
+            try:
+                identities = {m.name: self.runtime.model_identity(m) for m in models}
+            except RequestError:
+                if self.runtime.is_running():
+                    raise
+                self.runtime.up()  # a GGUF file needs no server; an Ollama digest does
+                self._server_key = None
+                identities = {m.name: self.runtime.model_identity(m) for m in models}
+        except RequestError as exc:
+            raise BenchError(f"cannot identify the plan's models ({exc.kind}): {exc}") from None
+        workload = plan_identity.workload_part(self.profile.workload)
+        runtime = plan_identity.runtime_part(self.runtime)
+        commit = plan_identity.harness_commit()
+        return {m.name: plan_identity.fingerprint(workload, plan_identity.model_part(identities[m.name], m),
+                                                  runtime, commit) for m in models}
+
+    def _set_aside_other_plans(self, outcome: Outcome) -> None:
+        """Move every stored run of the plan's configs that another plan made out of the study, so
+        neither resume nor any reader pools it; count them per reason for `bench` to say."""
+        stamp = utc_now().replace(":", "")
+        for cell in self.plan.cells:
+            expected = self._fingerprints[cell.model.name]
+            for run in self.store.iter_runs(cell.rel_dir):
+                stored = run.doc.plan_fingerprint
+                why = plan_identity.mismatch(stored.model_dump() if stored else None, expected)
+                if why is None:
+                    continue
+                self.store.set_aside(run.rel_dir, {"reason": why, "expected": expected,
+                                                   "stored": stored.model_dump() if stored else None}, stamp)
+                outcome.ignored[why] = outcome.ignored.get(why, 0) + 1
+        if outcome.ignored:
+            outcome.ignored_to = self.store.path(Path(SUPERSEDED_DIR) / stamp)
+            tqdm.write(outcome.ignored_text())
+
+    def _stop_agent_containers(self) -> None:
+        """A containerized Rust agent outlives its killed `docker run` client: stop this study's."""
+        if self._rust_cpu != "rust-container":
+            return
+        for name in stop_agent_containers(self.store.root):
+            log.warning("stopped the Rust agent container %s", name)
 
     def _run_fixed(self, outcome: Outcome, bar: tqdm) -> None:
         """The plan's runs in its order (spec parity), the retry pass, then the outlier reruns."""
@@ -529,6 +595,8 @@ class MatrixRunner:
                     self._retry.append(item)
                 tqdm.write(f"run failed: {item.rel_dir} ({exc.kind}): {exc}")
             return None
+        # the harness alone stamps the plan: an agent's document without it is never resumed
+        doc = _with_blocks(doc, plan_fingerprint=self._fingerprints[cell.model.name])
         self.store.write_metrics(item.rel_dir, doc)
         outcome.done += 1
         outcome.downgraded += doc.requested_config.model_dump() != doc.effective_config.model_dump()

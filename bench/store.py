@@ -4,6 +4,11 @@ Layout: results/<study>/<suite>/<lang>/<model_slug>/<config>/run_<k>/metrics.jso
 per-config summary.json and summary.md beside the run folders, failures.jsonl and manifest.json
 at the study root. Every file is written to a temporary name and renamed into place, so an
 interrupted study never leaves a half-written file, and a run with a valid metrics.json is done.
+
+Runs of another plan (bench/plan_identity.py) are moved aside, whole run folders renamed in one
+step, to <study>/.superseded/<UTC time>/<suite>/.../run_<k>/ with a superseded.json that says
+why: no reader of the study (iter_runs, and so analysis, report, validate, compare) looks under a
+folder whose name starts with a dot, so a study's readers only ever pool runs of one plan.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ COMPARISON_REPORT = "comparison.md"
 COMPARISON_TABLE = "comparison.csv"  # per matched config, metric and study
 COMPARISON_VARIANCE = "variance.csv"  # η² of host, study, model, config and language
 COMPARISON_STUDIES = "studies.csv"  # one row per study: its fingerprint
+SUPERSEDED_DIR = ".superseded"  # runs of another plan, moved aside on resume (Store.set_aside)
+SUPERSEDED_NAME = "superseded.json"  # in each moved run folder: why
 
 
 def _umask() -> int:
@@ -169,7 +176,9 @@ class Store:
         are left out (the runner redoes them; `invoke validate` reports them)."""
         base = self.root / cell_rel_dir if cell_rel_dir is not None else self.root
         pattern = "run_*/metrics.json" if cell_rel_dir is not None else RUN_GLOB
-        paths = [p for p in base.glob(pattern) if p.is_file()]
+        # a dot folder (runs moved aside, locks) is never part of the study
+        paths = [p for p in base.glob(pattern)
+                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)]
 
         def order(p: Path):
             idx = p.parent.name.split("_", 1)[1]
@@ -190,6 +199,15 @@ class Store:
         p = self.metrics_path(run_rel_dir)
         atomic_write_json(p, stored)
         return p
+
+    def set_aside(self, run_rel_dir: Path, why: dict, stamp: str) -> Path:
+        """Move a run folder out of the study, in one rename, to .superseded/<stamp>/<run_rel_dir>,
+        with `why` beside it; readers never see it again, and the run index is free to be rerun."""
+        dest = self.root / SUPERSEDED_DIR / stamp / run_rel_dir
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.root / run_rel_dir, dest)
+        atomic_write_json(dest / SUPERSEDED_NAME, {"at": utc_now(), "run": str(run_rel_dir), **why})
+        return dest
 
     def append_jsonl(self, name: str, entry: dict) -> None:
         """Append one JSON line to a study log, in one write call. A line an earlier write left torn

@@ -1,6 +1,11 @@
 """A server process the bundle owns: started in its own process group, tracked by a small JSON
 state file (so `invoke up`, `bench` and `down` can be separate processes), health-gated, and
 stopped as one group so no child (Ollama's runners, llama-server's threads) is ever orphaned.
+
+The state file records, beside the PID, the boot id, the process's start time and its executable
+(bench/host.py process_identity), written atomically. Before any signal the process is checked
+against them: a state file left by a crash or a reboot, whose PID now belongs to someone else,
+is removed and nothing is signalled.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from bench.errors import BenchError, RequestError, classify
-from bench.host import pid_alive, port_is_free, port_owner
+from bench.host import is_same_process, port_is_free, port_owner, process_identity
+from bench.store import atomic_write_json
 
 
 @dataclass
@@ -28,9 +34,12 @@ class ProcessState:
     env: dict[str, str] = field(default_factory=dict)  # the settings we passed (not the whole env)
     model: str = ""
     model_file: str = ""
+    # boot_id, start_ticks, exe of the process we started; absent in files written before they were
+    identity: dict = field(default_factory=dict)
 
     def alive(self) -> bool:
-        return pid_alive(self.pid)
+        """Whether the process we started still runs: the PID alone could be someone else's now."""
+        return is_same_process(self.pid, self.identity)
 
 
 class ManagedProcess:
@@ -51,7 +60,11 @@ class ManagedProcess:
         """The running process, or None (a stale state file of a dead process is removed)."""
         if not self.state_file.is_file():
             return None
-        st = ProcessState(**json.loads(self.state_file.read_text()))
+        try:
+            st = ProcessState(**json.loads(self.state_file.read_text()))
+        except (ValueError, TypeError):  # torn or foreign: it proves nothing about any process
+            self.state_file.unlink(missing_ok=True)
+            return None
         if not st.alive():
             self.state_file.unlink(missing_ok=True)
             return None
@@ -71,8 +84,9 @@ class ManagedProcess:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **env},
                                     start_new_session=True)  # its own group: killed as one, never orphaned
-        st = ProcessState(proc.pid, self.port, args, str(self.log_file), time.time(), env, **meta)
-        self.state_file.write_text(json.dumps(asdict(st)))
+        st = ProcessState(proc.pid, self.port, args, str(self.log_file), time.time(), env, **meta,
+                          identity=process_identity(proc.pid))
+        atomic_write_json(self.state_file, asdict(st))
         self._wait_healthy(proc, healthy)
         return st
 
@@ -103,7 +117,8 @@ class ManagedProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL after 10 s; removes the state file."""
+        """SIGTERM the process group, SIGKILL after 10 s; removes the state file. Only a process that
+        state() confirmed as the one we started is signalled (see the module docstring)."""
         st = self.state()
         if st is None:
             return
@@ -115,7 +130,10 @@ class ManagedProcess:
         while st.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         if st.alive():
-            os.killpg(st.pid, signal.SIGKILL)
+            try:
+                os.killpg(st.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             while st.alive():
                 time.sleep(0.05)
         self.state_file.unlink(missing_ok=True)
