@@ -113,7 +113,9 @@ def test_docker_smoke_cycle(engine, project, tmp_path, results_dir):
     for (service, c), port in zip(sorted(containers.items()), ports):
         assert c["image"].startswith("tr116-ollama:cpu-") and c["image_id"].startswith("sha256:")
         assert len(c["image_inputs"]) == 64  # build-images.sh's content label
-        assert c["published_ports"] == {"11434/tcp": [f"127.0.0.1:{port}"]}, c
+        # the host's network, the server on its loopback at the profile's port: nothing published
+        assert c["network_mode"] == "host" and not c["published_ports"], c
+        assert f"OLLAMA_HOST=127.0.0.1:{port}" in c["env"], c
         assert "OLLAMA_CONTEXT_LENGTH=1024" in c["env"] and "OLLAMA_NOPRUNE=1" in c["env"]
     # Between the two models each container unloaded the previous one, and /api/ps then listed
     # nothing else (the runtime raises otherwise).
