@@ -89,6 +89,38 @@ echo "rc=$rc" >&2
     assert not pids.strip(), f"dockerd or containerd still runs: {pids}"
 
 
+def test_sigterm_during_up_leaves_the_host_as_it_was(env, tmp_path, engine_root):
+    # A CI cancel: TERM to up's process group while it waits on the Compose download (an index that
+    # accepts the connection and never answers). dockerd runs in a session of its own: only the
+    # script's trap can stop it.
+    state = tmp_path / "state"
+    env = {**env, "PIP_INDEX_URL": "http://127.0.0.1:8999/simple", "PIP_FIND_LINKS": "", "PIP_RETRIES": "0"}
+    proc = in_namespace(f"""
+python3 -c 'import socket, time; s = socket.socket(); s.bind(("127.0.0.1", 8999)); s.listen(); time.sleep(300)' &
+silent=$!
+echo 0 >/proc/sys/net/ipv4/ip_forward
+echo =====; {HOST_STATE}
+setsid bash {SCRIPT} up >&2 &
+up=$!
+for i in $(seq 1 200); do grep -q '^containerd=' {state}/state 2>/dev/null && break; sleep 0.1; done
+sleep 1  # in pip now
+kill -TERM -- -$up
+rc=0; wait $up || rc=$?
+kill $silent
+echo =====; {HOST_STATE}
+echo "rc=$rc" >&2
+""", env)
+    assert proc.returncode == 0, proc.stderr
+    assert "API listen on" in (state / "dockerd.log").read_text()
+    before, after = host_states(proc.stdout)
+    assert "ip_forward=0" in before
+    assert after == before, proc.stderr
+    assert "rc=143" in proc.stderr and "up failed" in proc.stderr, proc.stderr
+    assert not (state / "state").exists()
+    pids = subprocess.run(["pgrep", "-f", engine_root], capture_output=True, text=True).stdout
+    assert not pids.strip(), f"dockerd or containerd still runs: {pids}"
+
+
 def snapshot_as_up_takes_it(state: Path) -> str:
     """The namespace's state in the files `up` writes before it starts dockerd."""
     return f"""
