@@ -10,13 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bench import locks, plan_identity, rust
+from bench import interrupt, locks, plan_identity, rust
 from bench.errors import BenchError
 from bench.host import port_is_free, process_identity
 from bench.plan import build_plan
@@ -27,6 +28,7 @@ from bench.runtimes.llamacpp import LocalRuntime
 from bench.runtimes.process import ManagedProcess
 from bench.store import SUPERSEDED_DIR, SUPERSEDED_NAME, Store
 from conftest import REPO, free_port, invoke, smoke_variant
+from docker_env import build_images, docker_client
 from ollama_server import FakeOllama
 
 
@@ -275,6 +277,43 @@ def test_timeout_sigterm_on_bench_leaves_no_listening_port_and_no_child(tmp_path
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def _agent_containers(client, root: Path) -> list:
+    return [c for c in client.containers.list(filters={"ancestor": rust.IMAGE})
+            if any(str(a).startswith(str(root)) for a in c.attrs.get("Args") or [])]
+
+
+@pytest.mark.docker
+def test_sigterm_during_a_containerized_rust_run_leaves_no_agent_container(tmp_path, results_dir, monkeypatch):
+    """Killing `docker run` (what an interrupted subprocess gets) leaves its container running: the
+    runner removes the study's agent containers on the way out."""
+    client = docker_client()
+    build_images("rust")  # cached by content
+    monkeypatch.delenv("TR116_AGENT_BIN", raising=False)
+    agent, why = rust.find_rust_agent(containerized=True)
+    assert agent is not None and agent.prefix[0] == "docker", why
+    monkeypatch.setattr(rust, "find_rust_agent", lambda containerized=True: (agent, ""))
+    root = Store("test").root
+
+    def signal_once_the_agent_runs():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _agent_containers(client, root):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with FakeOllama(token_s=0.05) as a, FakeOllama(token_s=0.05) as b:  # a Rust run of several seconds
+        loaded = load_profile(external_profile(tmp_path, a, b, num_predict=60, runs=1, langs=("rust",)))
+        watcher = threading.Thread(target=signal_once_the_agent_runs, daemon=True)
+        try:
+            with interrupt.graceful(), pytest.raises(KeyboardInterrupt):
+                watcher.start()
+                run_matrix(loaded, build_plan(loaded.profile), create_runtime(loaded.profile), Store("test"),
+                           progress=False)
+            assert _agent_containers(client, root) == []
+        finally:
+            for c in _agent_containers(client, root):
+                c.remove(force=True)
 
 
 @pytest.fixture()
