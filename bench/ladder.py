@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import math
 
+from bench.errors import RequestError
 from bench.plan import Cell
 from bench.profile import AgentConfig, Fallback
 
@@ -34,6 +35,16 @@ class Skip(enum.StrEnum):
     OPTIONAL_MODEL = "optional model: skipped"  # no rung loaded an optional model: its runs are absent
     RUST_SUITE = "Rust suite skipped"  # no Rust agent on this host
     CONFIG = "config skipped"  # no rung loaded a required model's config: a problem
+
+
+class Exhausted(RequestError):
+    """No rung of a config's ladder is left: its last load failure. Only this skips a config; a
+    load failure with a rung still to run (or a failure between two rungs) leaves the run to the
+    retry pass, which starts at that rung."""
+
+    @classmethod
+    def of(cls, exc: RequestError) -> "Exhausted":
+        return cls(exc.kind, exc.detail, exc.endpoint)
 
 
 @dataclasses.dataclass(frozen=True)

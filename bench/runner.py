@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
-from tenacity import Retrying, retry_if_exception, wait_fixed
 from tqdm import tqdm
 
 from bench import agents, gpu, instrument, ladder, metrics, outliers, overhead, plan_identity, power, probes, rust, \
@@ -56,10 +55,6 @@ log = logging.getLogger("bench")
 
 # Between two rungs, after freeing the servers: the driver hands memory back asynchronously.
 LADDER_WAIT_S = 1.0
-
-
-def _is_load_failure(exc: BaseException) -> bool:
-    return isinstance(exc, RequestError) and exc.cls == LOAD
 
 
 def _with_blocks(doc: RunDocument, **blocks) -> RunDocument:
@@ -155,10 +150,18 @@ class MatrixRunner:
         with self.timeline.event("idle_baseline", cell=eff.key):
             self.power.take_idle_baseline(cell)  # servers loaded and warm, no request (GPU hosts)
 
-    def _free_servers(self, state) -> None:
-        log.warning("%s; freeing the servers before the next rung", state.outcome.exception())
-        self.runtime.free()
+    def _free_before(self, item: RunItem, eff: Cell) -> None:
+        """Free the servers before the rung `eff`, then give the driver time to hand the memory
+        back. A failure here (an unload slower than its wait) is the server's, not the rung's: it is
+        logged and raised as it is, never learned, and the retry pass runs the run at `eff`."""
         self._server_key = None
+        try:
+            self.runtime.free()
+        except RequestError as exc:
+            self._log_failure(item, eff, exc, f"servers not freed before the next rung "
+                                              f"({ladder.describe(eff)}): {self._retry_decision(exc)}")
+            raise
+        time.sleep(LADDER_WAIT_S)
 
     def _warmup(self, cell: Cell) -> None:
         """Warm every endpoint the cell uses with its own options, all at once (each endpoint is
@@ -279,7 +282,10 @@ class MatrixRunner:
     def _walk_ladder(self, item: RunItem) -> RunDocument:
         """Run `item` on the first rung of its ladder that loads (bench/ladder.py). Rungs that
         failed before for the model are passed over; each failed attempt is logged, the servers are
-        freed, and the next rung is tried. Raises the last failure when no rung is left."""
+        freed, and the next rung is tried, whichever phase the load failure hit (switch, warmup,
+        first or later call). Raises ladder.Exhausted when no rung is left; any other failure
+        (one between two rungs too) leaves the run to the retry pass, where the rungs learned here
+        are passed over, so the rung decided is the one that runs."""
         cell, model = item.cell, item.cell.model.name
         steps: list[dict] = []
         pending = iter(ladder.rungs(cell, self.profile.fallback_for(cell.model)))
@@ -294,27 +300,30 @@ class MatrixRunner:
                                          f"failed before in {known['learned_at']}"))
             return None
 
-        current = {"eff": next_rung()}
-        if current["eff"] is None:
+        eff = next_rung()
+        if eff is None:
             known = steps[0]
-            exc = RequestError(known["error_kind"], f"no rung of the fallback ladder is left: {known['error']}")
+            exc = ladder.Exhausted(known["error_kind"], f"no rung of the fallback ladder is left: {known['error']}")
             self._log_failure(item, None, exc, self._decision(item, exc, None))
             raise exc
-        for attempt in Retrying(retry=retry_if_exception(_is_load_failure), stop=lambda _: current["eff"] is None,
-                                wait=wait_fixed(LADDER_WAIT_S), before_sleep=self._free_servers, reraise=True):
-            with attempt:
-                eff = current["eff"]
-                try:
-                    self._ensure_servers(cell, eff)
-                    doc = self._run_once(item, eff)
-                except RequestError as exc:
-                    current["eff"] = None
-                    if exc.cls == LOAD:
-                        self.limits.failure(model, eff, exc.kind, cell.key)
-                        steps.append(ladder.step(eff, "failed", exc.kind, exc.detail))
-                        current["eff"] = next_rung()
-                    self._log_failure(item, eff, exc, self._decision(item, exc, current["eff"]))
+        while True:
+            try:
+                self._ensure_servers(cell, eff)
+                doc = self._run_once(item, eff)
+                break
+            except RequestError as exc:
+                failed = eff
+                if exc.cls == LOAD:
+                    self.limits.failure(model, failed, exc.kind, cell.key)
+                    steps.append(ladder.step(failed, "failed", exc.kind, exc.detail))
+                    eff = next_rung()
+                self._log_failure(item, failed, exc, self._decision(item, exc, eff if exc.cls == LOAD else None))
+                if exc.cls != LOAD:
                     raise
+                if eff is None:
+                    raise ladder.Exhausted.of(exc) from None
+                log.warning("%s; freeing the servers before the next rung (%s)", exc, ladder.describe(eff))
+            self._free_before(item, eff)
         self.limits.success(model, eff)
         return _with_blocks(doc, requested_config={"model": model, **self._config_doc(cell)},
                             effective_config={"model": eff.model.name, **self._config_doc(eff)},
@@ -327,6 +336,10 @@ class MatrixRunner:
             if next_rung is not None:
                 return f"next rung: {ladder.describe(next_rung)}"
             return ladder.Skip.OPTIONAL_MODEL if item.cell.model.optional else ladder.Skip.CONFIG
+        return self._retry_decision(exc)
+
+    def _retry_decision(self, exc: RequestError) -> str:
+        """What becomes of a run that failed short of its ladder's end."""
         if self._stops(exc):
             return "study stopped"
         if self._retry_pass:
@@ -583,7 +596,7 @@ class MatrixRunner:
                 why = "retrying cannot fix it" if exc.cls == PERMANENT else "the server stayed unreachable"
                 raise BenchError(f"the study stopped at {item.rel_dir}: {exc.kind}: {exc} ({why}); "
                                  f"finished runs are kept") from None
-            if exc.cls == LOAD:
+            if isinstance(exc, ladder.Exhausted):
                 if cell.model.optional:
                     self._failed_models.add(cell.model.name)
                 else:

@@ -22,6 +22,10 @@ Faults of a server, for any model:
 - `cut_after=N`: the `cut_nth` request (default the first, a warmup) of each model and runner
   options (num_ctx, num_gpu) streams N tokens, then the connection closes mid-body; every other
   request is served in full.
+- `oom_at=N` (with `max_gpu_layers`): a runner with too many layers loads and dies at its Nth
+  chat request instead (1, the default: the load itself, a warmup), HTTP 500 with `oom_error`.
+- `unload_s=S`: a model whose runner died or was unloaded (keep_alive 0) stays listed in /api/ps
+  for S seconds, as a scheduler slow to let go of a runner.
 
 Faults of the transport, for any model's streamed /api/chat (each ends after `fault_cap_s`, so a
 client without a deadline fails a test instead of hanging it):
@@ -66,6 +70,7 @@ class FakeOllama:
                  version: str = "0.12.6", text_in_final: bool = False, max_gpu_layers: int | None = None,
                  oom_error: str = CUDA_OOM, oom_midstream: bool = False, cut_after: int | None = None,
                  cut_nth: int = 1, slow_from_model: str | None = None, slow_factor: float = 1.0,
+                 oom_at: int = 1, unload_s: float = 0.0,
                  fault: str | None = None, fault_cap_s: float = 10.0, http_errors: list[int] | None = None):
         if fault not in (None, "trickle", "endless", "huge_line"):
             raise ValueError(f"unknown fault {fault!r}")
@@ -85,6 +90,8 @@ class FakeOllama:
         self.text_in_final = text_in_final
         self.loaded: dict[str, dict] = {}  # model -> options that need a reload when they change
         self.requests: list[dict] = []
+        self.oom_at, self.unload_s = oom_at, unload_s
+        self.leaving: dict[str, float] = {}  # model -> monotonic time /api/ps stops listing it
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -106,6 +113,11 @@ class FakeOllama:
             if n in self.models:
                 return n
         return None
+
+    def _leave(self, name: str) -> None:
+        """The model stays listed in /api/ps for unload_s seconds (a pending deadline stands)."""
+        if self.unload_s > 0 and self.leaving.get(name, 0.0) <= time.monotonic():
+            self.leaving[name] = time.monotonic() + self.unload_s
 
     def _handler(self):
         server = self
@@ -151,10 +163,12 @@ class FakeOllama:
                 elif self.path == "/api/tags":
                     self._json(200, {"models": [self._tag(m) for m in server.models]})
                 elif self.path == "/api/ps":
+                    # a model still leaving (unload_s) is listed as a loaded one is
+                    listed = {**{m: {} for m, t in server.leaving.items() if t > time.monotonic()}, **server.loaded}
                     self._json(200, {"models": [{**{k: v for k, v in self._tag(m).items() if k != "modified_at"},
                                                  "expires_at": _now_rfc3339(), "size_vram": 3_338_801_804,
                                                  "context_length": o.get("num_ctx", 4096)}
-                                                for m, o in server.loaded.items()]})
+                                                for m, o in listed.items()]})
                 else:
                     self._json(404, {"error": "404 page not found"})
 
@@ -288,16 +302,19 @@ class FakeOllama:
                 runner = {k: opts[k] for k in ("num_ctx", "num_gpu") if k in opts}
                 load_ns = 0
                 if req.get("keep_alive") == 0:
-                    server.loaded.pop(name, None)
+                    if server.loaded.pop(name, None) is not None:
+                        server._leave(name)
                     return self._json(200, {"model": name, "created_at": _now_rfc3339(), "response": "",
                                             "done": True, "done_reason": "unload"})
                 too_big = server.max_gpu_layers is not None and runner.get("num_gpu", -1) > server.max_gpu_layers
                 if server.loaded.get(name) != runner:
                     time.sleep(server.load_s)
-                    if too_big and not server.oom_midstream:
+                    if too_big and not server.oom_midstream and server.oom_at == 1:
                         server.loaded.pop(name, None)
+                        server._leave(name)
                         return self._json(500, {"error": server.oom_error})
                     server.loaded[name] = runner
+                    server.leaving.pop(name, None)
                 # Ollama's load_duration is the time to get a runner: never zero, even when loaded
                 load_ns = time.perf_counter_ns() - t0
                 messages = req.get("messages") if chat else None
@@ -307,6 +324,11 @@ class FakeOllama:
                                             "done_reason": "load", "done": True})
                 key = (name, tuple(sorted(runner.items())))
                 server.per_runner[key] = server.per_runner.get(key, 0) + 1
+                if too_big and server.oom_at > 1 and server.per_runner[key] >= server.oom_at:  # the runner dies
+                    server.per_runner[key] = 0
+                    server.loaded.pop(name, None)
+                    server._leave(name)
+                    return self._json(500, {"error": server.oom_error})
                 cut = server.cut_after is not None and server.per_runner[key] == server.cut_nth
                 prompt = " ".join(m.get("content", "") for m in messages) if chat else req.get("prompt", "")
                 n_prompt = max(1, len(prompt) // 4)

@@ -150,12 +150,15 @@ class OllamaAPI:
 
     def unload(self, model: str, wait_s: float = 30.0) -> None:
         """Free the model's memory (a no-op when it is not loaded). The answer comes before the
-        scheduler has let go of the runner, so wait until /api/ps no longer lists the model."""
+        scheduler has let go of the runner, so wait until /api/ps no longer lists the model. A
+        model still listed after `wait_s` is a slow server, not a config that does not fit: a
+        timeout (transient), never a load failure the fallback ladder would learn."""
         self._request("POST", "/api/generate", json={"model": model, "keep_alive": 0}, timeout=120)
         deadline = time.monotonic() + wait_s
         while self.loaded(model) is not None:
             if time.monotonic() > deadline:
-                raise RequestError("oom", f"{model} still loaded {wait_s:.0f} s after unload", self.url)
+                raise RequestError("timeout", f"{model} still listed by /api/ps {wait_s:g} s after its unload "
+                                              f"(keep_alive 0)", self.url)
             time.sleep(0.05)
 
     def identity(self, model: str) -> dict:
