@@ -591,6 +591,8 @@ class MatrixRunner:
             doc = self._walk_ladder(item)
         except RequestError as exc:
             self._server_key = None  # a failed run may have left a server in a bad state: reload
+            if cell.lang == "rust":
+                self._stop_agent_containers()  # a timed-out agent's container outlives its killed client
             outcome.failed += 1
             if self._stops(exc):
                 why = "retrying cannot fix it" if exc.cls == PERMANENT else "the server stayed unreachable"

@@ -316,6 +316,37 @@ def test_sigterm_during_a_containerized_rust_run_leaves_no_agent_container(tmp_p
                 c.remove(force=True)
 
 
+@pytest.mark.docker
+def test_a_timed_out_containerized_rust_run_leaves_no_agent_container(tmp_path, results_dir, monkeypatch):
+    client = docker_client()
+    build_images("rust")
+    monkeypatch.delenv("TR116_AGENT_BIN", raising=False)
+    agent, why = rust.find_rust_agent(containerized=True)
+    assert agent is not None and agent.prefix[0] == "docker", why
+    monkeypatch.setattr(rust, "find_rust_agent", lambda containerized=True: (agent, ""))
+    root = Store("test").root
+    with FakeOllama(token_s=0.002) as a, FakeOllama(token_s=0.002) as b:
+        real_run_job = rust.run_job
+
+        def slow_run_past_its_deadline(*args, timeout_s):
+            a.token_s = b.token_s = 0.1  # the warmups were quick; the agent's calls are not
+            try:
+                return real_run_job(*args, timeout_s=2.0)
+            finally:
+                a.token_s = b.token_s = 0.002
+
+        monkeypatch.setattr(rust, "run_job", slow_run_past_its_deadline)
+        loaded = load_profile(external_profile(tmp_path, a, b, num_predict=60, runs=1, langs=("rust",)))
+        try:
+            outcome = run_matrix(loaded, build_plan(loaded.profile), create_runtime(loaded.profile),
+                                 Store("test"), progress=False)
+            assert outcome.failed >= 1 and outcome.done == 0
+            assert _agent_containers(client, root) == []
+        finally:
+            for c in _agent_containers(client, root):
+                c.remove(force=True)
+
+
 @pytest.fixture()
 def unrelated_sleeper():
     """Someone else's process in its own group, whose PID a stale state file may name."""
