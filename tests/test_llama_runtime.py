@@ -63,7 +63,7 @@ def test_switch_restarts_only_on_change(llama_runtime):
     assert llama_runtime.switch(model, {"a": ServerConfig(gpu_layers=0, ctx=1024)}) is True
     assert llama_runtime.servers["a"].state().pid != pids["a"]  # a restarted with the new flags
     assert llama_runtime.servers["b"].state().pid == pids["b"]  # b kept running
-    props = requests.get(llama_runtime.endpoints()[0].url + "/props", timeout=5).json()
+    props = llama_runtime.servers["a"].get_json("/props", llama_runtime.api_key())
     assert props["default_generation_settings"]["n_ctx"] == 1024
     assert props["total_slots"] == 1  # -np 1: the whole context in one slot
     placement = llama_runtime.placement(model)

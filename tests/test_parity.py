@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from bench import agents, rust
 from bench.agents import AgentTarget
 from bench.clients import StreamingClient
-from bench.errors import BenchError, RequestError
+from bench.errors import BenchError, RequestError, kind_class
 from bench.job import Job, data_files
 from bench.profile import ModelSpec, ServerConfig, WorkloadSpec
 from bench.store import schema_errors
@@ -146,7 +146,8 @@ def test_rust_integration_test_against_real_llama_server(llama_runtime):
     from bench.paths import RUST_CRATE_DIR
 
     llama_runtime.switch(ModelSpec(name=MODEL), {"a": ServerConfig(gpu_layers=0, ctx=1024)})
-    env = {**os.environ, "TR116_LLAMA_URL": llama_runtime.endpoints()[0].url, "TR116_LLAMA_MODEL": MODEL}
+    env = {**os.environ, "TR116_LLAMA_URL": llama_runtime.endpoints()[0].url, "TR116_LLAMA_MODEL": MODEL,
+           "TR116_API_KEY": llama_runtime.api_key()}
     proc = subprocess.run(["cargo", "test", "--release", "--locked", "-q", "--test", "llama_server"],
                           cwd=RUST_CRATE_DIR, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -287,19 +288,22 @@ def test_the_agent_refuses_a_bad_job_itself(rust_agent, tmp_path):
     assert "refused the job" in str(err) and "key `attempt`" in str(err)
 
 
-@pytest.mark.parametrize("script, how", [
-    ("echo 'thread main panicked at src/agent.rs:9:5: index out of bounds' >&2; exit 101", "exited 101"),
-    ("echo 'partial output' >&2; kill -9 $$", "killed by signal 9"),
-    ("echo '{\"error_kind\": \"gremlins\", \"class\": \"load\", \"message\": \"m\"}' >&2; exit 3", "exited 3"),
+@pytest.mark.parametrize("script, how, kind", [
+    ("echo 'thread main panicked at src/agent.rs:9:5: index out of bounds' >&2; exit 101", "exited 101",
+     "malformed_stream"),
+    ("echo 'partial output' >&2; kill -9 $$", "killed by signal 9", "crash"),
+    ("echo '{\"error_kind\": \"gremlins\", \"class\": \"load\", \"message\": \"m\"}' >&2; exit 3", "exited 3",
+     "malformed_stream"),
 ])
-def test_an_agent_that_dies_without_its_error_line(script, how, tmp_path):
-    """No valid error line (a panic, a kill, a kind the table does not know): a RequestError of kind
-    malformed_stream (permanent) that quotes the stderr tail."""
+def test_an_agent_that_dies_without_its_error_line(script, how, kind, tmp_path):
+    """No valid error line: a panic or a kind the table does not know is a malformed_stream
+    (permanent), an agent killed by a signal is a crash (its class from the table); both quote the
+    stderr tail."""
     crashing = rust.RustAgent(("sh", "-c", script, "tr116-agent"), "a crashing stand-in")
     job = _rust_job("http://127.0.0.1:9", "contract/crash/run_1", 1)
     with pytest.raises(RequestError) as info:
         rust.run_job(crashing, job, tmp_path, tmp_path, timeout_s=30)
-    assert info.value.kind == "malformed_stream" and info.value.cls == "permanent"
+    assert info.value.kind == kind and info.value.cls == kind_class(kind)
     assert how in str(info.value)
     last = script.split("'")[1]
     assert last[:20] in str(info.value), "the stderr tail is quoted"
