@@ -31,13 +31,18 @@ class ScriptedClock:
 
 
 class RecordedResponse:
+    """The part of requests.Response the client reads: the body, one read per line (no live
+    socket behind it, so the deadline's timer has nothing to shut)."""
+
     status_code = 200
+    raw = None
 
     def __init__(self, lines):
         self._lines = lines
 
-    def iter_lines(self, chunk_size=None):
-        yield from self._lines
+    def iter_content(self, chunk_size=None):
+        for line in self._lines:
+            yield line + b"\n"
 
     def __enter__(self):
         return self

@@ -69,12 +69,13 @@ def test_profile_errors_name_the_key(tmp_path):
 
 
 def test_llama_server_takes_the_settings_as_flags(tmp_path):
-    server = LlamaServer("127.0.0.1", 8080, 1, tmp_path, 10)
+    server = LlamaServer("127.0.0.1", 8080, 1, tmp_path, 10, key_file=tmp_path / "llama-server.key")
     cmd = server.command("m", Path("/m.gguf"), ServerConfig(gpu_layers=0, ctx=1024),
                          ServerSettings(num_parallel=2, flash_attention=True, kv_cache_type="q8_0"))
     flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-")}
     # two slots, each with the config's context (as Ollama gives each slot num_ctx)
     assert (flag["-np"], flag["-c"], flag["-fa"], flag["-ctk"], flag["-ctv"]) == ("2", "2048", "on", "q8_0", "q8_0")
+    assert flag["--api-key-file"] == str(tmp_path / "llama-server.key")  # the study's key, never on the line
 
 
 def test_an_external_runtime_refuses_settings_it_cannot_apply(tmp_path):
