@@ -12,7 +12,6 @@ the environment are ignored for loopback endpoints (the Rust client ignores them
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import statistics
@@ -27,6 +26,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from bench import metrics
 from bench.errors import RequestError, classify, classify_http
+from bench.host import is_loopback as is_loopback_host
 from bench.records import CallStamps, RequestRecord
 
 Clock = Callable[[], int]
@@ -40,13 +40,7 @@ READ_BYTES = 64 * 1024
 
 def is_loopback(url: str) -> bool:
     """True for an http(s) URL on this host (localhost, 127.0.0.0/8, ::1)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 # The API keys of the servers this process runs (llama-server's per-study key), by base URL: the

@@ -5,12 +5,26 @@ runtimes, so profiles, runtimes and the Rust agent launcher can all use it witho
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import socket
 from pathlib import Path
 
 from bench import gpu
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host name or address that only this machine can reach (localhost, 127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def docker_engine():

@@ -27,10 +27,10 @@ from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from bench.errors import BenchError
+from bench.host import is_loopback
 from bench.paths import results_root
 
 LOCKS_DIR_NAME = ".locks"
-LOOPBACK_NAMES = {"localhost", "::1"}
 
 
 def study_lock_path(study: str) -> Path:
@@ -98,7 +98,7 @@ def profile_ports(profile) -> list[int]:
             ports.append(e.port)
         elif e.url:
             url = urlsplit(e.url)
-            if url.hostname in LOOPBACK_NAMES or (url.hostname or "").startswith("127."):
+            if is_loopback(url.hostname or ""):
                 ports.append(url.port or {"http": 80, "https": 443}.get(url.scheme, 80))
     return ports
 

@@ -74,8 +74,13 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+def git_commit() -> str | None:
+    """The bundle's commit (None outside a git checkout)."""
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
 def git_state() -> dict:
-    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    commit = git_commit()
     status = _git("status", "--porcelain", "--untracked-files=no") or ""
     diff = _git("diff", "HEAD") or ""
     return {"commit": commit, "dirty": bool(status.strip()),

@@ -23,8 +23,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from bench.fingerprint import MODEL_IDENTITY_KEYS
-from bench.manifest import git_state
+from bench.fingerprint import model_identity
+from bench.manifest import git_commit
 from bench.paths import DATASET_DIR, WORKLOAD_FILE
 from bench.profile import ModelSpec, WorkloadSpec
 
@@ -53,8 +53,7 @@ def workload_part(spec: WorkloadSpec) -> dict:
 
 def model_part(identity: dict, model: ModelSpec) -> dict:
     """The identity keys a runtime reported for the model, or its name where it reported none."""
-    found = {k: identity[k] for k in MODEL_IDENTITY_KEYS if identity.get(k)}
-    return found or {"name": model.name}
+    return model_identity(identity) or {"name": model.name}
 
 
 def runtime_part(runtime) -> dict:
@@ -62,7 +61,7 @@ def runtime_part(runtime) -> dict:
 
 
 def harness_commit() -> str | None:
-    return git_state()["commit"]
+    return git_commit()
 
 
 def fingerprint(workload: dict, model: dict, runtime: dict, commit: str | None) -> dict:

@@ -8,7 +8,6 @@ and what was expected, instead of a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import typing
 from pathlib import Path
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench import metrics
 from bench.errors import BenchError
-from bench.host import detect_gpu_host
+from bench.host import detect_gpu_host, is_loopback
 from bench.paths import CHAT_TEMPLATES_DIR, PROFILES_DIR
 
 Lang = Literal["python", "rust"]
@@ -44,19 +43,6 @@ Runs = Annotated[int, Field(ge=1, le=MAX_RUNS)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)]
 # A model's folder name under results/<study>/<suite>/<lang>/: never '.', '..' or hidden.
 SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for a host name or address that only this machine can reach."""
-    host = host.strip("[]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 class Strict(BaseModel):
     # allow_inf_nan=False: `.inf` or `.nan` in a profile is an error, not a study that never stops
