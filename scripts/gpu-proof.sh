@@ -27,8 +27,9 @@ LIMIT=$((64 * 1024 * 1024))
 SDIST_VERSION=11434.0.0
 MODELS=(gemma3-270m smollm2-135m)
 # What the harness imports that the GPU image lacks (it has numpy, pandas, scipy, matplotlib,
-# jinja2, pyyaml, requests, tqdm, tabulate, attrs, typing-extensions and nvidia-ml-py).
-WHEELS=(pydantic pydantic-core annotated-types typing-inspection tenacity invoke jsonschema
+# jinja2, pyyaml, requests, tqdm, tabulate, attrs, typing-extensions and nvidia-ml-py; gguf, which
+# rebuilds the replicas, is not among them).
+WHEELS=(pydantic pydantic-core annotated-types typing-inspection tenacity invoke jsonschema gguf
         jsonschema-specifications referencing rpds-py)
 T0=$(date +%s)
 
@@ -121,11 +122,18 @@ run() {
             "$GP"/wheels/*.whl
         export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    "$py" -c "import bench.report, bench.runner, invoke, pynvml, scipy, matplotlib" \
+    "$py" -c "import bench.report, bench.runner, bench.replica, invoke, pynvml, scipy, matplotlib" \
         || die "the harness cannot be imported with $py (see above)"
 
     step "llama.cpp sources"
-    rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar -xJf "$GP/llama.cpp.tar.xz" -C "$WORK/src"
+    # unpacked again only when the carried tarball changed: a rerun on a machine still warm keeps
+    # the sources' timestamps, so ninja rebuilds nothing it already built
+    local src_sum
+    src_sum=$(sha256sum "$GP/llama.cpp.tar.xz" | cut -d' ' -f1)
+    if [[ $(cat "$WORK/src/.tarball-sha256" 2>/dev/null) != "$src_sum" ]]; then
+        rm -rf "$WORK/src" "$WORK/build" && mkdir -p "$WORK/src" && tar -xJf "$GP/llama.cpp.tar.xz" -C "$WORK/src"
+        echo "$src_sum" > "$WORK/src/.tarball-sha256"
+    fi
     local cuda=ON bin=$WORK/build/bin
     ((dry)) && cuda=OFF
     local flags=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF
