@@ -161,8 +161,9 @@ def harness_vs_llama_bench(profile, runtime, *, n_gen: int = 128, requests_n: in
     for model in profile.models:
         weights = profile.weights_of(model)
         path = assets.model_file(weights.name, weights.file)
-        runtime.switch(model, {runtime.specs[0].name: ServerConfig(gpu_layers=0, ctx=1024)})
-        recs = _harness_calls(profile, runtime.endpoints()[0], model.name, opts, requests_n)
+        ep = runtime.endpoints()[0]  # the measured server; the runtime's others keep their defaults
+        runtime.switch(model, {ep.name: ServerConfig(gpu_layers=0, ctx=1024)})
+        recs = _harness_calls(profile, ep, model.name, opts, requests_n)
         depth = int(statistics.median(r.prompt_tokens for r in recs))
         runtime.down()  # llama-bench gets the cores to itself
         bench_tg = llama_bench_tg(path, runtime.threads, n_gen, depth)
