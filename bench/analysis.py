@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import findings, instrument, ladder, metrics, probes, stats, tails
+from bench import findings, instrument_tables, ladder, metrics, probe_tables, stats, tails
 from bench.drift import HostDrift, host_exponent, unix_time
 from bench.errors import BenchError
 from bench.manifest import planned_cells, profile_from_manifest
@@ -630,12 +630,12 @@ def reconciliation(requests: pd.DataFrame) -> pd.DataFrame:
 
 
 def overhead(events: list[dict]) -> pd.DataFrame:
-    """Where the bench's time went (instrument.study_overhead), with the ratio in `.attrs`, and
+    """Where the bench's time went (instrument_tables.study_overhead), with the ratio in `.attrs`, and
     the ratio counted the way studies did before the union of request spans."""
-    ratio, rows = instrument.study_overhead(events)
+    ratio, rows = instrument_tables.study_overhead(events)
     df = pd.DataFrame(rows)
     df.attrs["study_overhead_ratio"] = ratio
-    df.attrs["summed_overhead_ratio"] = instrument.study_summed_overhead_ratio(events)
+    df.attrs["summed_overhead_ratio"] = instrument_tables.study_summed_overhead_ratio(events)
     return df
 
 
@@ -727,12 +727,12 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "thermal": thermal_trend(runs),
         "cost": cost(configs, profile),
         "reconciliation": reconciliation(tables.requests),
-        "drift": pd.DataFrame(instrument.drift_rows(tables.probes, profile.instrument.drift_threshold_pct)),
+        "drift": pd.DataFrame(instrument_tables.drift_rows(tables.probes, profile.instrument.drift_threshold_pct)),
         "overhead": overhead(tables.events),
         "client_cost": client_cost(runs),
         "topology": topology(runs, looks),
         "steps": steps(runs, looks),
-        **probes.derived_tables(tables.coldstart, tables.sanity),
+        **probe_tables.derived_tables(tables.coldstart, tables.sanity),
     }
     return tables.derived
 
@@ -817,7 +817,7 @@ def build(store: Store, profile: Profile, cells: list[Cell] | None = None) -> Re
     if cells is None:
         cells, ran_with = study_cells(store, profile)
     looks = {c.key: c.looks(ran_with.outliers.max_extra_runs) for c in cells}
-    points = instrument.probe_points(store.read_jsonl(PROBES))
+    points = instrument_tables.probe_points(store.read_jsonl(PROBES))
     results = load_tables(store, profile.outliers.mad_k, looks=looks, drift=HostDrift(points) if points else None)
     results.cells = cells
     results.stops = {e["cell"]: e for e in store.read_jsonl(SAMPLING)}  # the last decision per config wins

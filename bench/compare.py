@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,17 +33,15 @@ from bench import fingerprint, fmt, metrics, sequential, stats
 from bench.analysis import Results, build
 from bench.csvsafe import csv_text
 from bench.errors import BenchError
-from bench.manifest import load_manifest, profile_from_manifest
+from bench.manifest import profile_from_manifest
+from bench.manifest_model import MODEL_IDENTITY_KEYS, Manifest, load_manifest, runtime_identity, setting_text
 from bench.paths import TEMPLATES_DIR, results_root
 from bench.sequential import Interval
 from bench.store import (COMPARE_PREFIX, COMPARISON_REPORT, COMPARISON_STUDIES, COMPARISON_TABLE,
                          COMPARISON_VARIANCE, MANIFEST_NAME, Store, atomic_write_text)
 
 TEMPLATE = "comparison.md.j2"
-# Runtime settings that name a place on the host, not how the server runs.
-HOST_PATH_SETTINGS = {"OLLAMA_MODELS"}
-FINGERPRINT_FIELDS = ("cpu", "cores_physical", "cores_logical", "ram_bytes", "gpus", "gpu_driver", "os", "kernel",
-                      "engine", "engine_version", "harness_commit")
+FINGERPRINT_FIELDS = fingerprint.FIELDS
 FACTORS = {"host": "host", "study": "study", "model": "model_key", "config": "case", "language": "lang"}
 ALL_FACTORS = "config × study (all factors)"
 WITHIN = "run-to-run (within config × study)"
@@ -54,16 +51,16 @@ WITHIN = "run-to-run (within config × study)"
 class Study:
     label: str
     root: Path
-    manifest: dict
-    fingerprint: dict
+    manifest: Manifest
+    fingerprint: fingerprint.StudyFingerprint
     results: Results
     identities: dict[str, dict[str, str]]  # model name → its identity keys
     settings: dict[tuple[str, str], dict[str, str]]  # (cell, ran_as) → setting → value
-    runtime_settings: dict[str, str]
+    runtime_settings: dict[str, str]  # runtime_identity(manifest).settings
 
     @property
     def host(self) -> str:
-        return self.fingerprint.get("host_id") or "unknown"
+        return self.fingerprint.host_id or "unknown"
 
     def probe(self) -> tuple[float | None, float | None]:
         """The drift guard's reference probe (bench/instrument.py): the baseline's decode tok/s at
@@ -105,10 +102,6 @@ def resolve(spec: str) -> Path:
                      f"study name from the results root or the path to a study folder")
 
 
-def _value(v) -> str:
-    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-
-
 def run_settings(doc) -> dict[str, str]:
     """What a run records about how it ran, beside its metrics: its config as asked (the ladder's
     rung is the configs table's ran_as), the workload's hashes, and per server instance the
@@ -119,29 +112,16 @@ def run_settings(doc) -> dict[str, str]:
         if key == "agents":
             for agent, opts in value.items():
                 for k, v in (opts or {}).items():
-                    out[f"config.agents.{agent}.{k}"] = _value(v)
+                    out[f"config.agents.{agent}.{k}"] = setting_text(v)
         elif key != "model":
-            out[f"config.{key}"] = _value(value)
+            out[f"config.{key}"] = setting_text(value)
     out["workload.prompts_sha256"] = doc.workload.prompts_sha256
     out["workload.dataset_sha256"] = doc.workload.dataset_sha256
     for endpoint, state in ((doc.placement.after_load if doc.placement else None) or {}).items():
         if isinstance(state, dict) and state.get("loaded"):
             for k in ("parallel", "context_length"):
                 if state.get(k) is not None:
-                    out[f"server.{endpoint}.{k}"] = _value(state[k])
-    return out
-
-
-def runtime_settings(describe: dict) -> dict[str, str]:
-    """The runtime's settings that change how its servers run: kind, engine, threads per server,
-    the server environment (Ollama) and the slots (llama.cpp); host paths left out."""
-    out = {k: _value(describe[k]) for k in ("kind", "engine", "threads_per_server") if describe.get(k) is not None}
-    for k, v in (describe.get("settings") or {}).items():
-        if k not in HOST_PATH_SETTINGS:
-            out[f"settings.{k}"] = _value(v)
-    for name, server in (describe.get("servers") or {}).items():
-        if isinstance(server, dict) and server.get("total_slots") is not None:
-            out[f"servers.{name}.total_slots"] = _value(server["total_slots"])
+                    out[f"server.{endpoint}.{k}"] = setting_text(state[k])
     return out
 
 
@@ -166,10 +146,9 @@ def load(spec: str, label: str | None = None) -> Study:
             merged.setdefault(k, set()).add(v)
     return Study(label=label or root.name, root=root, manifest=manifest,
                  fingerprint=fingerprint.of_manifest(manifest), results=results,
-                 identities={m["name"]: fingerprint.model_identity(m) for m in manifest.get("models", [])
-                             if m.get("name")},
+                 identities={m.name: m.identity() for m in manifest.models if m.name},
                  settings={k: {s: " | ".join(sorted(vs)) for s, vs in v.items()} for k, v in settings.items()},
-                 runtime_settings=runtime_settings(manifest.get("runtime") or {}))
+                 runtime_settings=runtime_identity(manifest).settings)
 
 
 def _labels(roots: list[Path]) -> list[str]:
@@ -206,7 +185,7 @@ def model_keys(studies: list[Study], allow_mismatch: bool) -> tuple[dict[tuple[s
         if not shared:
             return [f"no common identity key ({a[0]} recorded {sorted(ia) or 'none'}, {b[0]} {sorted(ib) or 'none'})"]
         return [f"{k} `{_short(ia[k])}` in {a[0]} vs `{_short(ib[k])}` in {b[0]}" for k in
-                fingerprint.MODEL_IDENTITY_KEYS if k in shared and ia[k] != ib[k]]
+                MODEL_IDENTITY_KEYS if k in shared and ia[k] != ib[k]]
 
     mismatches = []
     for i, a in enumerate(nodes):
@@ -383,21 +362,23 @@ def studies_table(studies: list[Study]) -> pd.DataFrame:
     rows = []
     for s in studies:
         fp = s.fingerprint
+        dumped = fp.model_dump()
+        values = {k: dumped[k] for k in FINGERPRINT_FIELDS}
         rows.append({"study": s.label, "folder": str(s.root), "host": s.host,
-                     "fingerprint": "derived from the manifest" if fp.get("derived") else "recorded",
-                     "unknown": ";".join(fp.get("unknown") or []),
-                     **{k: _value(fp.get(k)) if isinstance(fp.get(k), list) else fp.get(k) for k in FINGERPRINT_FIELDS},
+                     "fingerprint": "derived from the manifest" if fp.derived else "recorded",
+                     "unknown": ";".join(fp.unknown),
+                     **{k: setting_text(v) if isinstance(v, list) else v for k, v in values.items()},
                      "runs": len(s.results.runs), "configs": len(s.results.configs),
                      "probe_start_tps": s.probe()[0], "probe_max_drift_pct": s.probe()[1],
-                     "started_at": s.manifest.get("started_at")})
+                     "started_at": s.manifest.started_at})
     return pd.DataFrame(rows)
 
 
 def fingerprint_differences(studies: list[Study]) -> list[str]:
     out = []
     for k in FINGERPRINT_FIELDS:
-        values = [(s.label, s.fingerprint.get(k)) for s in studies]
-        if len({_value(v) for _, v in values}) > 1:
+        values = [(s.label, s.fingerprint.model_dump()[k]) for s in studies]
+        if len({setting_text(v) for _, v in values}) > 1:
             shown = [fingerprint.gpu_text(s.fingerprint) if k == "gpus" else
                      fmt.bytes_(v) if k == "ram_bytes" else ("unknown" if v is None else v)
                      for s, (_, v) in zip(studies, values)]
@@ -452,9 +433,9 @@ def render(studies: list[Study], matching: Matching, table: pd.DataFrame, var: p
     judged = table[table["verdict"] != "reference"] if not table.empty else table
     return env.get_template(TEMPLATE).render(
         studies=[{"label": s.label, "root": str(s.root), "host": s.host, "line": fingerprint.one_line(s.fingerprint),
-                  "derived": s.fingerprint.get("derived"), "runs": len(s.results.runs),
+                  "derived": s.fingerprint.derived, "runs": len(s.results.runs),
                   "configs": len(s.results.configs), "probe": fmt.num(s.probe()[0]), "drift": fmt.pct(s.probe()[1]),
-                  "started": s.manifest.get("started_at") or "–"} for s in studies],
+                  "started": s.manifest.started_at or "–"} for s in studies],
         one_host=len(hosts) == 1, fp_differences=fingerprint_differences(studies),
         mismatches=matching.mismatches, allow_mismatch=allow_mismatch, matched=len(matching.groups),
         table=wide, variance=shares, only_in=matching.only_in, generated_at=generated_at,

@@ -12,6 +12,8 @@ import jinja2
 import pandas as pd
 
 from bench import fingerprint, fmt, metrics
+from bench.errors import BenchError
+from bench.manifest_model import Manifest, as_manifest
 from bench.paths import TEMPLATES_DIR
 from bench.store import ISSUE_SUMMARY, Store, atomic_write_text
 
@@ -61,23 +63,32 @@ def verdict_lines(found: dict) -> list[str]:
     return lines
 
 
-def render(study: str, results, manifest: dict, incomplete: str | None = None) -> str:
+def _readable(manifest: Manifest | dict | None) -> Manifest | None:
+    """The manifest, or None where there is none or it does not load (the block says so)."""
+    try:
+        return as_manifest(manifest) if manifest else None
+    except BenchError:
+        return None
+
+
+def render(study: str, results, manifest: Manifest | dict | None, incomplete: str | None = None) -> str:
+    """`manifest`: a Manifest, or the raw dict bench/report.py still reads (None or {} when absent)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    resolved = (manifest.get("profile") or {}).get("resolved") or {}
-    baseline = next((m["name"] for m in resolved.get("models", []) if m.get("baseline")), None)
+    manifest = _readable(manifest)
+    baseline = manifest.baseline if manifest else None
     models, rows = headline_rows(results.configs, baseline)
     table = pd.DataFrame(rows[:MAX_ROWS]).to_markdown(index=False) if rows else None
     return env.get_template(TEMPLATE).render(
         study=study, incomplete=incomplete, n_runs=len(results.runs), n_configs=len(results.configs),
         host=fingerprint.one_line(fingerprint.of_manifest(manifest)) if manifest else "host unknown (no manifest)",
-        models=[{"name": m.get("name"), "baseline": m.get("name") == baseline,
-                 "identity": fingerprint.identity_text(m)} for m in manifest.get("models", [])],
+        models=[{"name": m.name, "baseline": m.name == baseline, "identity": fingerprint.identity_text(m)}
+                for m in (manifest.models if manifest else [])],
         table=table, more_rows=max(0, len(rows) - MAX_ROWS), verdicts=verdict_lines(results.findings or {}),
-        started=(manifest.get("started_at") or "")[:10])
+        started=((manifest.started_at if manifest else None) or "")[:10])
 
 
-def write(store: Store, results, manifest: dict, incomplete: str | None = None) -> Path:
+def write(store: Store, results, manifest: Manifest | dict | None, incomplete: str | None = None) -> Path:
     path = store.root / ISSUE_SUMMARY
     atomic_write_text(path, render(store.root.name, results, manifest, incomplete))
     return path

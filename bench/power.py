@@ -31,11 +31,10 @@ import pandas as pd
 
 from bench import gpu, metrics
 from bench.plan import Cell, RunItem
+from bench.protocol import IDLE_S, IDLE_SETTLE_S
 from bench.store import Store, atomic_write_text
 
 SAMPLE_INTERVAL_S = 0.1  # 10 Hz: the spec logs at 1 Hz; runs of a few seconds need more points
-IDLE_SETTLE_S = 1.0
-IDLE_S = 3.0
 POWER_LOG = "power.csv"
 COLUMNS = ["t_monotonic_ns", "run_index", "segment", "power.draw [W]", "utilization.gpu [%]",
            "temperature.gpu", "memory.used [MiB]", "energy.total [mJ]", "clocks_event_reasons"]

@@ -1,6 +1,7 @@
 """Two measurements of the models themselves, made once per study by the runner before the matrix
 (bench/runner.py); each is an event of the timeline, so the overhead table counts what it cost.
-(The drift probes, a measurement of the host, are bench/instrument.py.)
+(The drift probes, a measurement of the host, are bench/instrument.py. The question set and its rule
+are bench/sanity_set.py; the tables bench/probe_tables.py; the report's section bench/report_sections.py.)
 
 - Cold start (`instrument.cold_start`): per model of the plan and per endpoint, the model is freed
   (the Runtime's `free()`: Ollama unloads it with keep_alive 0 and waits until /api/ps no longer
@@ -20,86 +21,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-import unicodedata
-from pathlib import Path
 
-import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from bench import fmt, metrics
 from bench.agents import nonced_chat, request_options, retrying
 from bench.clients import CallContext, StreamingClient
-from bench.errors import BenchError, RequestError
+from bench.errors import RequestError
 from bench.manifest import model_identities
 from bench.paths import REPO_ROOT, SANITY_FILE
 from bench.profile import ModelSpec, Profile
-from bench.store import COLDSTART, SANITY, TIMELINE, Store, atomic_write_json
+from bench.sanity_set import RULE, SanitySet, judge, load_sanity
+from bench.store import COLDSTART, SANITY, Store, atomic_write_json
 from bench.workload import Workload, prompt_nonce
 
 log = logging.getLogger("bench")
-
-# ---- the question set ---------------------------------------------------------------------------
-
-RULE = ("lower-case the text (Unicode NFKC), make every run of characters other than letters and digits "
-        "one space; an answer is right when it holds the expected answer as whole words and none of the "
-        "wrong alternatives")
-
-
-class Question(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(pattern=r"^[a-z0-9_]+$")
-    ask: str = Field(min_length=1)
-    expect: str = Field(min_length=1)
-    wrong: list[str] = []
-
-
-class SanitySet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min_correct: int = Field(ge=1)
-    num_predict: int = Field(ge=1)
-    questions: list[Question] = Field(min_length=1)
-
-
-def load_sanity(path: Path = SANITY_FILE) -> tuple[SanitySet, str]:
-    """The question set and its file's sha256; a malformed file is a BenchError naming the key."""
-    raw = path.read_bytes()
-    try:
-        qs = SanitySet.model_validate(yaml.safe_load(raw))
-    except yaml.YAMLError as exc:
-        raise BenchError(f"{path} is not valid YAML ({exc}); fix the file") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "(top level)"
-        raise BenchError(f"{path}: {where}: {first['msg']}; expected min_correct, num_predict and questions "
-                         f"(each with id, ask, expect and optionally wrong)") from None
-    if qs.min_correct > len(qs.questions):
-        raise BenchError(f"{path}: min_correct {qs.min_correct} is more than the {len(qs.questions)} questions; "
-                         f"lower it")
-    for q in qs.questions:
-        if normalise(q.expect).strip() == "":
-            raise BenchError(f"{path}: question {q.id}: expect {q.expect!r} has no letter or digit; give a word")
-    return qs, hashlib.sha256(raw).hexdigest()
-
-
-def normalise(text: str) -> str:
-    """The rule's text: NFKC, case-folded, letters and digits only, one space between words and one
-    at each end (so a phrase matches as whole words)."""
-    words = re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).casefold())
-    return f" {' '.join(words)} "
-
-
-def judge(response: str, question: Question) -> bool:
-    """Right when the normalised response holds the expected answer and no wrong alternative."""
-    text = normalise(response)
-    return normalise(question.expect) in text and not any(normalise(w) in text for w in question.wrong)
-
 
 INSTRUCT_WORDS = ("instruct", "chat")
 
@@ -238,130 +174,3 @@ def measure(runtime, clients: dict[str, StreamingClient], store: Store, timeline
             atomic_write_json(store.path(SANITY), doc)
             log.info("sanity %s: %s (%d of %d right)", model.name, doc["models"][model.name]["verdict"], right,
                      len(answers))
-
-
-# ---- tables, report, validate ---------------------------------------------------------------------
-
-
-def coldstart_table(entries: list[dict]) -> pd.DataFrame:
-    """tables/coldstart.csv: per model and endpoint, its latest measurement that worked (else its
-    latest failure): the engine's load time, cold and warm TTFT and e2e, and the penalties."""
-    latest: dict[tuple[str, str], dict] = {}
-    for e in entries:
-        k = (e.get("model"), e.get("endpoint"))
-        if k not in latest or not e.get("error") or latest[k].get("error"):
-            latest[k] = e
-    rows = []
-    for (model, endpoint), e in latest.items():
-        cold, warm = e.get("cold") or {}, e.get("warm") or {}
-        rows.append({"model": model, "endpoint": endpoint, "api": e.get("api"), "runtime": e.get("runtime"),
-                     "at": e.get("at"), "load_ms": cold.get("load_ms"),
-                     "cold_ttft_ms": cold.get("ttft_ms"), "cold_e2e_ms": cold.get("e2e_ms"),
-                     "warm_load_ms": warm.get("load_ms"), "warm_ttft_ms": warm.get("ttft_ms"),
-                     "warm_e2e_ms": warm.get("e2e_ms"),
-                     "ttft_penalty_ms": metrics.cold_start_penalty_ms(cold.get("ttft_ms"), warm.get("ttft_ms")),
-                     "e2e_penalty_ms": metrics.cold_start_penalty_ms(cold.get("e2e_ms"), warm.get("e2e_ms")),
-                     "cold_output_tokens": cold.get("output_tokens"), "warm_output_tokens": warm.get("output_tokens"),
-                     "error": e.get("error") or ""})
-    return pd.DataFrame(rows)
-
-
-def sanity_table(doc: dict | None) -> pd.DataFrame:
-    """tables/sanity.csv: per model and question, the answer and its verdict, beside the model's."""
-    rows = []
-    for m in (doc or {}).get("models", {}).values():
-        for a in m["answers"]:
-            rows.append({"model": m["model"], "endpoint": m["endpoint"], "kind": m["kind"], "judged": m["judged"],
-                         "model_verdict": m["verdict"], "model_right": m["right"], "asked": m["asked"],
-                         "question": a["id"], "expect": a["expect"], "wrong": ";".join(a["wrong"]),
-                         "response": a["response"], "right": a["right"], "error": a["error"] or ""})
-    return pd.DataFrame(rows)
-
-
-def derived_tables(coldstart: list[dict], sanity: dict | None) -> dict[str, pd.DataFrame]:
-    """The two tables, only where the study measured them (a study from before has neither)."""
-    out = {"coldstart": coldstart_table(coldstart), "sanity": sanity_table(sanity)}
-    return {k: v for k, v in out.items() if not v.empty}
-
-
-def _md(rows: list[dict]) -> str | None:
-    return pd.DataFrame(rows).to_markdown(index=False) if rows else None
-
-
-def _short(text: str | None, n: int = 60) -> str:
-    if text is None:
-        return "–"
-    one = " ".join(text.split()).replace("|", "\\|")
-    return one if len(one) <= n else one[: n - 1] + "…"
-
-
-def flags(sanity: dict | None) -> list[str]:
-    """The lines under the report's title: every judged model whose answers are junk, or that could
-    not be asked, with what to check."""
-    out = []
-    for m in (sanity or {}).get("models", {}).values():
-        if m["verdict"] == "junk":
-            out.append(f"**Answer sanity: {m['model']} answered {m['right']} of {m['asked']} trivial questions "
-                       f"right** (at least {sanity['min_correct']} expected; `sanity.json`): its numbers may measure a "
-                       f"broken setup. Check its chat template (does the user's message reach the model? the "
-                       f"profile's `template`, `ollama show --template`) and its quantisation (a damaged or too "
-                       f"aggressive quant); see \"Cold start and answer sanity\".")
-        elif m["verdict"] == "failed":
-            err = next(a["error"] for a in m["answers"] if a["error"])
-            out.append(f"**Answer sanity: {m['model']} could not be asked** ({_short(err, 160)}); its answers were "
-                       f"not checked.")
-    return out
-
-
-def report_context(results, profile: Profile) -> dict:
-    """What the report's probe partials show, from the analysis (bench.analysis.Results)."""
-    cs = results.derived.get("coldstart", pd.DataFrame())
-    doc = results.sanity or {}
-    return {
-        "on": {"cold_start": profile.instrument.cold_start, "sanity": profile.instrument.sanity},
-        "flags": flags(doc),
-        "coldstart": _md([{"model": r["model"], "instance": f"{r['endpoint']} ({r['api']})",
-                           "load ms (engine)": fmt.num(r["load_ms"]),
-                           "cold TTFT / e2e ms": f"{fmt.num(r['cold_ttft_ms'])} / {fmt.num(r['cold_e2e_ms'])}",
-                           "warm TTFT / e2e ms": f"{fmt.num(r['warm_ttft_ms'])} / {fmt.num(r['warm_e2e_ms'])}",
-                           "cold − warm TTFT / e2e ms": f"{fmt.num(r['ttft_penalty_ms'])} / "
-                                                        f"{fmt.num(r['e2e_penalty_ms'])}",
-                           "failed": _short(r["error"], 120) if r["error"] else ""}
-                          for _, r in cs.iterrows()]),
-        "sanity_models": _md([{"model": m["model"], "kind": m["kind"], "why": m["kind_why"],
-                               "right": f"{m['right']} of {m['asked']}" if m["judged"] else f"({m['right']} of "
-                                                                                             f"{m['asked']})",
-                               "verdict": m["verdict"]} for m in doc.get("models", {}).values()]),
-        "sanity_answers": _md([{"model": m["model"], "question": a["id"], "asked": _short(a["messages"][-1]["content"]),
-                                "expected / wrong": a["expect"] + (f" / {', '.join(a['wrong'])}" if a["wrong"] else ""),
-                                "answer": (_short(a["response"]) if a["error"] is None
-                                           else f"error: {_short(a['error'])}"),
-                                "right": "–" if a["right"] is None else ("yes" if a["right"] else "no")}
-                               for m in doc.get("models", {}).values() for a in m["answers"]]),
-        "sanity_rule": doc.get("rule", RULE), "min_correct": doc.get("min_correct") or load_sanity()[0].min_correct,
-    }
-
-
-def validate_warnings(store: Store, profile: Profile) -> list[str]:
-    """`invoke validate`'s warnings: a study the runner ran without these measurements (or with a
-    failed one), and junk answers. Never problems: the runs stand without them."""
-    if not store.read_jsonl(TIMELINE):
-        return []  # the runner never ran here: nothing was expected of it
-    out = []
-    if profile.instrument.cold_start:
-        entries = store.read_jsonl(COLDSTART)
-        if not entries:
-            out.append(f"no {COLDSTART}: the cold-start probe did not run (instrument.cold_start); `invoke bench` "
-                       f"measures what is missing")
-        for _, r in coldstart_table(entries).iterrows():
-            if r["error"]:
-                out.append(f"cold start of {r['model']} on {r['endpoint']} failed: {r['error']}")
-    if profile.instrument.sanity:
-        doc = store.read_json(SANITY)
-        if doc is None:
-            out.append(f"no {SANITY}: the answer sanity probe did not run (instrument.sanity); `invoke bench` "
-                       f"measures what is missing")
-        for m in (doc or {}).get("models", {}).values():
-            if m["verdict"] in ("junk", "failed"):
-                out.append(f"answer sanity of {m['model']}: {m['verdict']} ({m['right']} of {m['asked']} right)")
-    return out

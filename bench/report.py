@@ -15,7 +15,7 @@ import pandas as pd
 
 import inspect
 
-from bench import drift, instrument, metrics, power, probes, sequential, stats, tails
+from bench import drift, metrics, protocol, report_sections, sequential, stats, tails
 from bench import findings, fmt, issue_summary
 from bench.analysis import DERIVED_DEFINITIONS, Results, build, export_tables
 from bench.errors import LOAD, BenchError, kind_class
@@ -277,30 +277,6 @@ def optional_skips(failures: list[dict]) -> list[str]:
     return out
 
 
-def power_facts(runs: pd.DataFrame) -> dict:
-    """How the runs' power was measured, from their power blocks (sources, fields, rate, alignment)."""
-    def distinct(col: str) -> list:
-        return sorted({v for v in runs[col].dropna()}) if col in runs else []
-
-    sampled = runs[runs["power_available"] == True] if "power_available" in runs else runs.iloc[0:0]  # noqa: E712
-    slack = sampled.groupby("lang")["power_alignment_slack_s"].max() if not sampled.empty else pd.Series(dtype=float)
-    throttled = sampled[sampled["power_throttled"] == True] if not sampled.empty else sampled  # noqa: E712
-    return {"reasons": distinct("power_reason"), "sources": distinct("power_source"),
-            "fields": distinct("power_power_field"), "intervals": distinct("power_interval_s"),
-            "idle_s": distinct("power_idle_s"), "settle_s": power.IDLE_SETTLE_S, "n_sampled": len(sampled),
-            "slack": {lang: fmt.num(v * 1000) for lang, v in slack.items()},
-            "throttled": [f"{r['cell']} run {r['run']} ({r['power_throttle_reasons'] or 'reasons not read'})"
-                          for _, r in throttled.iterrows()]}
-
-
-def thermal_table(thermal: pd.DataFrame) -> str | None:
-    return _md([{"runs (in start order)": r["runs"], "from": r["from"],
-                 "start °C (mean)": fmt.num(r["start_temp_c_mean"]), "end °C (mean)": fmt.num(r["end_temp_c_mean"]),
-                 "max °C": fmt.num(r["max_temp_c"]), "SM MHz at end (median)": fmt.num(r["end_sm_clock_mhz_median"]),
-                 "power limit W": fmt.num(r["power_limit_w"]), "throttled runs": r["throttled_runs"]}
-                for _, r in thermal.iterrows()])
-
-
 def gpu_reason(manifest: dict) -> str | None:
     """Why there is no power data, when the manifest says there is no GPU."""
     gpu = manifest.get("gpu")
@@ -450,7 +426,7 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
                        "decode tok/s (client)": fmt.num(r["decode_tps_client"]), "TTFT ms": fmt.num(r["ttft_ms"]),
                        "drift vs first": fmt.pct(r["drift_pct"]), "TTFT drift": fmt.pct(r["ttft_drift_pct"]),
                        "flag": "DRIFT" if r["flag"] else ""} for _, r in derived["drift"].iterrows()]),
-        "probe_pairs": instrument.PROBE_PAIRS, "probe_tokens": instrument.PROBE_TOKENS,
+        "probe_pairs": protocol.PROBE_PAIRS, "probe_tokens": protocol.PROBE_TOKENS,
         "method": methodology_texts(),
         "sampling": sampling_table(derived.get("sampling", pd.DataFrame())),
         "precision": found.get("precision") or {},
@@ -507,8 +483,8 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
                           "on frontier": "yes" if r["pareto"] else "no"}
                          for _, r in derived["frontier"].iterrows()]),
         "power_in_runs": "power_tokens_per_j" in runs and bool(runs["power_tokens_per_j"].notna().any()),
-        "power": power_facts(runs),
-        "thermal": thermal_table(derived["thermal"]),
+        "power": report_sections.power_facts(runs),
+        "thermal": report_sections.thermal_table(derived["thermal"]),
         "cost": _md([{"config": r["cell"], "served tok/s": fmt.num(r["served_tps_mean"]),
                       "tokens per $ (GPU-hour)": fmt.num(r.get("tokens_per_usd_gpu_hour")),
                       "tokens per $ (electricity)": fmt.num(r.get("tokens_per_usd_electricity"))}
@@ -544,7 +520,7 @@ def render(profile: Profile, tables: Results, manifest: dict, failures: list[dic
         "extra_runs": int((runs["run"] > runs["cell"].map(planned_runs or {})).sum()),
         "failures": failures,
         "recommendations": found["recommendations"],
-        "model_probes": probes.report_context(tables, profile),
+        "model_probes": report_sections.model_probes(tables, profile),
         "plots": plots or {},
         "bench_command": _bench_command(profile, manifest),
         "n_runs": len(runs), "n_configs": len(configs), "n_requests": len(tables.requests),

@@ -27,9 +27,9 @@ import yaml
 
 from bench import manifest as mf
 from bench import metrics
-from bench.fingerprint import MODEL_IDENTITY_KEYS
 from bench.analysis import build, load_tables
 from bench.errors import BenchError
+from bench.manifest_model import Manifest, ModelIdentity, Reproduces, RuntimeDescription, runtime_identity
 from bench.plan import build_plan
 from bench.assets import EMBEDDED_MODELS
 from bench.paths import REPO_ROOT, cache_dir
@@ -40,8 +40,6 @@ from bench.runtimes import create_runtime
 from bench.store import Store, atomic_write_json, atomic_write_text
 
 COMPARISON_NAME = "reproduction"
-# What identifies a model: the first of these keys the manifest recorded.
-IDENTITY_KEYS = MODEL_IDENTITY_KEYS
 
 
 @dataclass
@@ -128,11 +126,12 @@ def vet_runtime(profile: Profile) -> list[str]:
     return lines
 
 
-def model_mismatches(manifest: dict, runtime, profile) -> list[str]:
+def model_mismatches(manifest: Manifest, runtime, profile) -> list[str]:
     """Models and fallback tags whose identity now differs from the manifest's (or cannot be
-    established): a fallback tag is pulled by name on first use, so it is checked like a model."""
-    recorded = {m.get("name"): m for m in manifest.get("models", [])}
-    recorded_fallbacks = {m.get("name"): m for m in manifest.get("fallback_models") or []}
+    established): a fallback tag is pulled by name on first use, so it is checked like a model.
+    What identifies a model: the first identity key (MODEL_IDENTITY_KEYS) the manifest recorded."""
+    recorded = {m.name: m for m in manifest.models}
+    recorded_fallbacks = {m.name: m for m in manifest.fallback_models}
     out = []
     checks = [(model, recorded.get(model.name), "model") for model in profile.models]
     checks += [(tag, recorded_fallbacks.get(tag.name), "fallback tag") for tag in mf.fallback_models(profile)]
@@ -140,39 +139,24 @@ def model_mismatches(manifest: dict, runtime, profile) -> list[str]:
         if old is None:
             out.append(f"{what} {model.name}: not in the manifest")
             continue
-        key = next((k for k in IDENTITY_KEYS if old.get(k)), None)
+        key, recorded_value = next(iter(old.identity().items()), (None, None))
         if key is None:
-            out.append(f"{what} {model.name}: the manifest has no identity for it "
-                       f"({old.get('error', 'not recorded')})")
+            out.append(f"{what} {model.name}: the manifest has no identity for it ({old.error or 'not recorded'})")
             continue
         try:
-            now = runtime.model_identity(model)
+            now = ModelIdentity.model_validate(runtime.model_identity(model))
         except Exception as exc:  # an unreadable or missing model is a mismatch, with the reason
             out.append(f"{what} {model.name}: cannot establish its identity now ({type(exc).__name__}: {exc})")
             continue
-        if now.get(key) != old[key]:
-            out.append(f"{what} {model.name}: {key} was {old[key]}, is now "
-                       f"{now.get(key) or now.get('error', 'unknown')}")
+        if getattr(now, key) != recorded_value:
+            out.append(f"{what} {model.name}: {key} was {recorded_value}, is now "
+                       f"{getattr(now, key) or now.error or 'unknown'}")
     return out
 
 
-def runtime_fingerprint(describe: dict) -> dict:
-    """The parts of a runtime description that change its numbers: kind, llama.cpp or Ollama
-    binary, Ollama versions and (docker runtime) the containers' image ids."""
-    fp = {"kind": describe.get("kind")}
-    if describe.get("llama_server"):
-        fp["llama.cpp binary sha256"] = describe["llama_server"].get("binary_sha256")
-    if describe.get("ollama_version"):
-        fp["ollama_version"] = describe["ollama_version"]
-    if describe.get("ollama"):  # native runtime: the binary setup built
-        fp["ollama binary sha256"] = describe["ollama"].get("binary_sha256")
-    if describe.get("containers"):  # docker runtime: the image each service ran
-        fp["container image ids"] = {c.get("service"): c.get("image_id") for c in describe["containers"]}
-    return fp
-
-
-def runtime_mismatches(old: dict, new: dict) -> list[str]:
-    a, b = runtime_fingerprint(old), runtime_fingerprint(new)
+def runtime_mismatches(old: RuntimeDescription, new: RuntimeDescription) -> list[str]:
+    """What of the runtime's build (runtime_identity: binaries, versions, images) changed."""
+    a, b = runtime_identity(old).build, runtime_identity(new).build
     return [f"runtime {k}: was {a[k]}, is now {b.get(k)}" for k in a if a[k] != b.get(k)]
 
 
@@ -257,11 +241,11 @@ def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Pa
     return "\n".join(lines)
 
 
-def _write_profile(manifest: dict, study: str, folder: Path) -> LoadedProfile:
-    data = dict(manifest["profile"]["resolved"], study=study)
+def _write_profile(manifest: Manifest, study: str, folder: Path) -> LoadedProfile:
+    data = dict(manifest.profile.resolved, study=study)
     path = folder / "profile.yaml"
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
-    return load_profile(path, reason=f"reproduces study '{manifest.get('study')}' from its manifest")
+    return load_profile(path, reason=f"reproduces study '{manifest.study}' from its manifest")
 
 
 def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bool = True,
@@ -285,24 +269,22 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
     runtime = create_runtime(loaded.profile)
     try:
         runtime.up()
-        rt_mismatches = runtime_mismatches(manifest.get("runtime", {}), runtime.describe())
+        rt_mismatches = runtime_mismatches(manifest.runtime, RuntimeDescription.model_validate(runtime.describe()))
         if rt_mismatches and not allow_mismatch:
             raise BenchError("refusing to reproduce: the runtime differs from the manifest's:\n"
                              + "\n".join(f"  - {m}" for m in rt_mismatches)
                              + "\npass --allow-mismatch to rerun anyway")
         mismatches += rt_mismatches
-        reproduces = {"reproduces": {"study": manifest.get("study"), "manifest": str(manifest_path),
-                                     "harness_commit": manifest.get("harness", {}).get("commit"),
-                                     "accepted_mismatches": mismatches}}
+        reproduces = Reproduces(study=manifest.study, manifest=str(manifest_path),
+                                harness_commit=manifest.harness.commit, accepted_mismatches=mismatches)
         # Each recorded `bench` call is replayed with its own overrides, in the original order.
-        invocations = manifest.get("invocations") or [{"plan_overrides": manifest.get("plan_overrides") or {}}]
-        for inv in invocations:
-            overrides = mf.normalize_overrides(inv.get("plan_overrides"))
+        for inv in manifest.invocations:
+            overrides = inv.plan_overrides.kwargs()
             plan = build_plan(loaded.profile, **overrides)
             started = mf.utc_now()
             outcome = run_matrix(loaded, plan, runtime, store, progress=progress)
             mf.write_manifest(loaded, plan, runtime, store, started_at=started, overrides=overrides,
-                              learned_limits=outcome.learned_limits, extra=reproduces)
+                              learned_limits=outcome.learned_limits, reproduces=reproduces)
     finally:
         runtime.down()
     new_tables = build(store, loaded.profile)
@@ -312,11 +294,10 @@ def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bo
     cmp = comparison(old_tables.configs, new_tables.configs)
     host = host_verdict(old_tables.probes, new_tables.probes, loaded.profile.instrument.drift_threshold_pct)
     md_path, json_path = store.root / f"{COMPARISON_NAME}.md", store.root / f"{COMPARISON_NAME}.json"
-    atomic_write_text(md_path, _render(cmp, manifest.get("study", old_root.name), new_study, manifest_path, mismatches,
-                                       host))
+    atomic_write_text(md_path, _render(cmp, manifest.study, new_study, manifest_path, mismatches, host))
     judged = cmp[cmp["within_old_ci"].notna()] if not cmp.empty else cmp
     within = int(judged["within_old_ci"].astype(bool).sum()) if not judged.empty else 0
-    atomic_write_json(json_path, {"old_study": manifest.get("study"), "new_study": new_study,
+    atomic_write_json(json_path, {"old_study": manifest.study, "new_study": new_study,
                                   "manifest": str(manifest_path), "accepted_mismatches": mismatches, "host": host,
                                   "within_old_ci": within, "judged": len(judged),
                                   "rows": cmp.astype(object).where(pd.notna(cmp), None).to_dict(orient="records")})

@@ -44,6 +44,7 @@ from bench.outliers import plan_outlier_reruns
 from bench.placement import placement_issues
 from bench.plan import AGENTS_MULTI, Cell, Plan, RunItem, estimate_seconds
 from bench.profile import LoadedProfile
+from bench.protocol import PROBE_TOKENS
 from bench.records import RunDocument
 from bench.runtimes import Runtime
 from bench.runtimes.docker import stop_agent_containers
@@ -623,7 +624,7 @@ class MatrixRunner:
         if not self.profile.instrument.drift_probes:
             return
         base, ep, wl = self.profile.baseline, self.endpoints[0], self.profile.workload
-        options = {"num_predict": instrument.PROBE_TOKENS, "seed": wl.seed}
+        options = {"num_predict": PROBE_TOKENS, "seed": wl.seed}
         if ep.api == "ollama" and self.threads is not None:
             options["num_thread"] = self.threads
         if wl.ignore_eos:

@@ -23,7 +23,8 @@ from bench import metrics, probes
 from bench.analysis import Results, cell_flags, load_tables
 from bench.errors import BenchError
 from bench.ladder import Skip
-from bench.manifest import load_manifest, planned_cells, profile_from_manifest
+from bench.manifest_model import load_manifest
+from bench.manifest_plans import planned_cells, profile_from_manifest
 from bench.plan import Cell
 from bench.profile import LoadedProfile, Profile
 from bench.store import MANIFEST_NAME, Store
@@ -217,7 +218,7 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None, results: R
     else:
         v.warnings.append(f"no {MANIFEST_NAME} (written at the end of `invoke bench`): expecting the profile's "
                           f"full plan")
-    if manifest and manifest.get("profile", {}).get("sha256") not in (None, loaded.sha256):
+    if manifest and manifest.profile.sha256 not in (None, loaded.sha256):
         v.warnings.append(f"the profile file {loaded.path} changed since the study ran; the manifest's resolved "
                           f"profile is used")
     try:

@@ -18,6 +18,7 @@ import pytest
 from bench import fingerprint, fmt
 from bench.compare import compare
 from bench.errors import BenchError
+from bench.manifest_model import parse
 from bench.sequential import LookPlan, critical_value
 from bench.store import COMPARISON_STUDIES, COMPARISON_TABLE, COMPARISON_VARIANCE
 from conftest import invoke
@@ -50,7 +51,7 @@ def decode_tps(root: Path, config: str = CONFIG) -> list[float]:
 
 def other_host(m: dict) -> None:
     m["host"].update(cpu="Intel Xeon", cores=8, physical_cores=4)
-    m["fingerprint"] = fingerprint.derive(m)
+    m["fingerprint"] = fingerprint.derive(parse(m)).model_dump()
 
 
 def double_decode_tps(doc: dict) -> None:

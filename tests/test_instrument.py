@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench import instrument
+from bench import instrument, instrument_tables
 from bench.instrument import CpuSnapshot
 
 
@@ -39,12 +39,12 @@ def probe(label, tps, ttft=1000.0):
 
 
 def test_drift_flags_a_host_that_slowed_and_not_one_that_held():
-    steady = instrument.drift_rows([probe("start", 80.0), probe("after gemma", 79.0), probe("end", 80.6)], 5.0)
+    steady = instrument_tables.drift_rows([probe("start", 80.0), probe("after gemma", 79.0), probe("end", 80.6)], 5.0)
     assert [r["flag"] for r in steady] == [False, False, False]
-    slowed = instrument.drift_rows([probe("start", 79.5), probe("after gemma", 76.0), probe("end", 71.3)], 5.0)
+    slowed = instrument_tables.drift_rows([probe("start", 79.5), probe("after gemma", 76.0), probe("end", 71.3)], 5.0)
     assert [r["flag"] for r in slowed] == [False, False, True]
     assert slowed[-1]["drift_pct"] == pytest.approx((71.3 / 79.5 - 1) * 100)
-    assert instrument.drift_rows([], 5.0) == []
+    assert instrument_tables.drift_rows([], 5.0) == []
 
 
 def test_overhead_ratio_and_where_the_time_went():
@@ -57,20 +57,20 @@ def test_overhead_ratio_and_where_the_time_went():
         {"event": "run", "t_s": 15.0, "duration_s": 10.0, "active_s": 8.0, "span_s": 8.5, "summed_s": 8.0},
         {"event": "probe", "t_s": 26.0, "duration_s": 4.0},  # 1 s between the last run and the probe
     ]
-    ratio, rows = instrument.overhead_rows(events)
+    ratio, rows = instrument_tables.overhead_rows(events)
     assert ratio == pytest.approx(30.0 / 15.0)
     parts = {r["part"]: r["seconds"] for r in rows}
-    assert parts[instrument.MEASURED] == 15.0
+    assert parts[instrument_tables.MEASURED] == 15.0
     assert parts["inside runs, between requests (gaps between calls and phases)"] == pytest.approx(2.5)
     assert parts["inside runs, outside requests (process spawn, bookkeeping)"] == pytest.approx(2.5)
     assert parts["warmup"] == 3.0 and parts["switch"] == 2.0 and parts["probe"] == 4.0
     assert parts["other (between events)"] == pytest.approx(1.0)
     assert sum(parts.values()) == pytest.approx(30.0)
     # the old way counted the overlap twice: a smaller ratio that understates the overhead
-    assert instrument.study_summed_overhead_ratio(events) == pytest.approx(30.0 / 19.0)
+    assert instrument_tables.study_summed_overhead_ratio(events) == pytest.approx(30.0 / 19.0)
     # an older study's run events carry only measured_s (the summed way)
     old = [{"event": "run", "t_s": 0.0, "duration_s": 10.0, "measured_s": 9.0}]
-    assert instrument.overhead_rows(old)[0] == pytest.approx(10.0 / 9.0)
+    assert instrument_tables.overhead_rows(old)[0] == pytest.approx(10.0 / 9.0)
 
 
 def test_a_runs_time_parts_count_overlapping_requests_once():
@@ -107,7 +107,7 @@ def _study(tmp_path, name: str, slow_factor: float) -> list[dict]:
         loaded = load_profile(smoke_variant(tmp_path, mutate, name=f"{name}.yaml"))
         store = Store(name)
         run_matrix(loaded, build_plan(loaded.profile), create_runtime(loaded.profile), store, progress=False)
-    return instrument.drift_rows(load_tables(store).probes, loaded.profile.instrument.drift_threshold_pct)
+    return instrument_tables.drift_rows(load_tables(store).probes, loaded.profile.instrument.drift_threshold_pct)
 
 
 def test_a_server_that_slows_mid_study_is_flagged_and_a_steady_one_is_not(tmp_path, results_dir):

@@ -42,9 +42,9 @@ def test_invocations_accumulate_and_rebuild_the_union_plan(tmp_path):
     mf.write_manifest(loaded, plan, FakeRuntime(), store, started_at=mf.utc_now(),
                       overrides={"langs": ["rust"], "suites": ["single"], "models": None})
     m = mf.load_manifest(store.root / "manifest.json")
-    assert [i["plan_overrides"] for i in m["invocations"]] == [{"langs": ["python"]},
-                                                                {"langs": ["rust"], "suites": ["single"]}]
-    assert m["started_at"] == m["invocations"][0]["started_at"]
+    assert [i.plan_overrides.kwargs() for i in m.invocations] == [{"langs": ["python"]},
+                                                                   {"langs": ["rust"], "suites": ["single"]}]
+    assert m.started_at == m.invocations[0].started_at
     keys = {c.key for c in mf.planned_cells(m, mf.profile_from_manifest(m))}
     assert len(keys) == 4 + 2  # python: 2 models × (single + multi); rust: 2 models × single
     assert not any(k.startswith("multi/rust") for k in keys)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench import assets, probes
+from bench import assets, probe_tables, probes, sanity_set
 from bench.analysis import load_tables
 from bench.clients import StreamingClient
 from bench.errors import BenchError
@@ -17,20 +17,21 @@ from bench.manifest import gguf_metadata
 from bench.plan import build_plan
 from bench.profile import InstrumentSpec, ModelSpec, load_profile
 from bench.report import write_report
+from bench.report_sections import sanity_flags
 from bench.runner import run_matrix
 from bench.runtimes import create_runtime
 from bench.store import COLDSTART, SANITY, TIMELINE, Store, atomic_write_json, utc_now
-from bench.validate import validate_study
+from bench.validate import probe_warnings, validate_study
 from bench.workload import load_workload
 from conftest import smoke_variant
 from ollama_server import FakeOllama
 from test_manifest import _gguf
 from test_report import make_study
 
-QS, _ = probes.load_sanity()
+QS, _ = sanity_set.load_sanity()
 
 
-def question(qid: str) -> probes.Question:
+def question(qid: str) -> sanity_set.Question:
     return next(q for q in QS.questions if q.id == qid)
 
 
@@ -39,17 +40,17 @@ def question(qid: str) -> probes.Question:
 
 def test_the_rule_wants_the_answer_as_whole_words_and_no_wrong_alternative():
     larger = question("larger")
-    assert probes.judge("800", larger) and probes.judge("The larger number is **800**.", larger)
-    assert not probes.judge("3", larger) and not probes.judge("800 is not larger than 3", larger)
-    assert not probes.judge("8000", larger)  # whole words: 8000 is not 800
+    assert sanity_set.judge("800", larger) and sanity_set.judge("The larger number is **800**.", larger)
+    assert not sanity_set.judge("3", larger) and not sanity_set.judge("800 is not larger than 3", larger)
+    assert not sanity_set.judge("8000", larger)  # whole words: 8000 is not 800
     echo = question("echo")
-    assert probes.judge("PINEAPPLE!", echo) and probes.judge("Ｐｉｎｅａｐｐｌｅ", echo)  # NFKC, case-folded
-    assert not probes.judge("pineapples are fruit", echo) and not probes.judge("", echo)
+    assert sanity_set.judge("PINEAPPLE!", echo) and sanity_set.judge("Ｐｉｎｅａｐｐｌｅ", echo)  # NFKC, case-folded
+    assert not sanity_set.judge("pineapples are fruit", echo) and not sanity_set.judge("", echo)
     fact = question("stated_fact")
-    assert probes.judge("The cat is called Toby.", fact) and not probes.judge("Tobyx", fact)
-    two = probes.Question(id="two", ask="?", expect="green sky", wrong=["blue", "red"])
-    assert probes.judge("A GREEN  sky!", two) and not probes.judge("green sky, not blue", two)
-    assert not probes.judge("sky green", two)  # a phrase in its order
+    assert sanity_set.judge("The cat is called Toby.", fact) and not sanity_set.judge("Tobyx", fact)
+    two = sanity_set.Question(id="two", ask="?", expect="green sky", wrong=["blue", "red"])
+    assert sanity_set.judge("A GREEN  sky!", two) and not sanity_set.judge("green sky, not blue", two)
+    assert not sanity_set.judge("sky green", two)  # a phrase in its order
 
 
 def test_the_question_set_is_checked_and_a_bad_file_says_what_to_fix(tmp_path):
@@ -57,16 +58,16 @@ def test_the_question_set_is_checked_and_a_bad_file_says_what_to_fix(tmp_path):
     bad = tmp_path / "sanity.yaml"
     bad.write_text("min_correct: 2\nnum_predict: 32\nquestions:\n  - {id: echo, ask: say hi}\n")
     with pytest.raises(BenchError, match=r"questions\.0\.expect: Field required"):
-        probes.load_sanity(bad)
+        sanity_set.load_sanity(bad)
     bad.write_text("min_correct: 3\nnum_predict: 32\nquestions:\n  - {id: echo, ask: say hi, expect: hi}\n")
     with pytest.raises(BenchError, match="min_correct 3 is more than the 1 questions"):
-        probes.load_sanity(bad)
+        sanity_set.load_sanity(bad)
     bad.write_text("min_correct: 1\nnum_predict: 32\nquestions:\n  - {id: echo, ask: say hi, expect: '?!'}\n")
     with pytest.raises(BenchError, match="has no letter or digit"):
-        probes.load_sanity(bad)
+        sanity_set.load_sanity(bad)
     bad.write_text("questions: [")
     with pytest.raises(BenchError, match="not valid YAML"):
-        probes.load_sanity(bad)
+        sanity_set.load_sanity(bad)
 
 
 def test_a_gguf_without_template_finetune_or_instruct_name_is_a_likely_base(tmp_path, monkeypatch):
@@ -128,7 +129,7 @@ def test_the_report_shows_both_tables_and_flags_junk_under_the_title(tmp_path):
                                    "cold": _record(800.0, 1000.0, 2000.0), "warm": None})
     models = {"gemma3:latest": {"kind": "base", "judged": False, "verdict": "not judged", "rights": [False] * 3},
               "qwen2.5:7b": {"kind": "instruct", "judged": True, "verdict": "junk", "rights": [True, False, False]}}
-    atomic_write_json(store.path(SANITY), {"rule": probes.RULE, "min_correct": 2, "models": {
+    atomic_write_json(store.path(SANITY), {"rule": sanity_set.RULE, "min_correct": 2, "models": {
         m: {"model": m, "endpoint": "collector", "url": "u", "kind": v["kind"], "kind_why": "why",
             "judged": v["judged"], "right": sum(v["rights"]), "asked": 3, "verdict": v["verdict"],
             "answers": _answers(v["rights"])} for m, v in models.items()}})
@@ -160,12 +161,12 @@ def test_the_report_shows_both_tables_and_flags_junk_under_the_title(tmp_path):
 
 def test_validate_warns_when_the_runner_ran_without_them(tmp_path):
     loaded, store = make_study(tmp_path, mutate=_probes_on)
-    assert probes.validate_warnings(store, loaded.profile) == []  # no runner here: nothing expected
+    assert probe_warnings(store, loaded.profile) == []  # no runner here: nothing expected
     store.append_jsonl(TIMELINE, {"event": "run", "invocation": "x", "t_s": 0.0, "duration_s": 1.0})
     assert [w.split(":")[0] for w in validate_study(loaded, store).warnings] == ["no coldstart.jsonl",
                                                                                   "no sanity.json"]
     off = loaded.profile.model_copy(update={"instrument": InstrumentSpec(cold_start=False, sanity=False)})
-    assert probes.validate_warnings(store, off) == []
+    assert probe_warnings(store, off) == []
 
 
 # ---- the runner's wiring, on two protocol-faithful Ollama test servers --------------------------------
@@ -232,7 +233,7 @@ def test_smollm2_passes_and_the_gemma_file_is_a_likely_base_on_real_ollama(ollam
     assert smol["right"] >= doc["min_correct"]
     assert gemma["kind"] == "base" and gemma["verdict"] == "not judged" and not gemma["judged"]
     assert all(a["response"] and a["error"] is None for m in (smol, gemma) for a in m["answers"])
-    assert probes.flags(doc) == []
+    assert sanity_flags(doc) == []
     entries = store.read_jsonl(COLDSTART)
     assert sorted((e["model"], e["endpoint"]) for e in entries) == [
         (m, ep) for m in ("gemma3-270m", "smollm2-135m") for ep in ("collector", "insight")]
@@ -241,7 +242,7 @@ def test_smollm2_passes_and_the_gemma_file_is_a_likely_base_on_real_ollama(ollam
         # the cold call loaded the freed model; the warm one found it loaded
         assert e["cold"]["load_ms"] > e["warm"]["load_ms"], e
         assert e["cold"]["ttft_ms"] is not None and e["warm"]["ttft_ms"] is not None
-    table = probes.coldstart_table(entries)
+    table = probe_tables.coldstart_table(entries)
     assert (table["e2e_penalty_ms"] == table["cold_e2e_ms"] - table["warm_e2e_ms"]).all()
 
 
@@ -265,7 +266,7 @@ def test_a_chat_template_that_drops_the_users_message_is_flagged_on_real_ollama(
         entry = store.read_json(SANITY)["models"][BROKEN]
         assert entry["kind"] == "instruct"  # the GGUF has its own template: judged
         assert entry["verdict"] == "junk" and entry["right"] < store.read_json(SANITY)["min_correct"], entry
-        (flag,) = probes.flags(store.read_json(SANITY))
+        (flag,) = sanity_flags(store.read_json(SANITY))
         assert flag.startswith(f"**Answer sanity: {BROKEN} answered") and "chat template" in flag
     finally:
         for ep_api in ollama_runtime.apis.values():

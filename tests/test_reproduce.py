@@ -7,10 +7,12 @@ import json
 import pytest
 
 from bench import manifest as mf
+from bench import reproduce as reproduce_module
 from bench.errors import BenchError
+from bench.manifest_model import RuntimeDescription
 from bench.plan import build_plan
 from bench.profile import load_profile
-from bench.reproduce import new_study_name, reproduce, runtime_mismatches
+from bench.reproduce import new_study_name, reproduce
 from bench.runner import run_matrix
 from bench.runtimes import LocalRuntime, create_runtime
 from bench.store import Store, atomic_write_json
@@ -96,6 +98,11 @@ def test_a_changed_model_file_is_refused(tmp_path, results_dir, monkeypatch):
     gguf.unlink()
     with pytest.raises(BenchError, match="model mine: cannot establish its identity now"):
         reproduce(store.root / "manifest.json", progress=False)
+
+
+def runtime_mismatches(old: dict, new: dict) -> list[str]:
+    return reproduce_module.runtime_mismatches(RuntimeDescription.model_validate(old),
+                                               RuntimeDescription.model_validate(new))
 
 
 def test_runtime_mismatches():
