@@ -19,15 +19,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import metrics, probes
+from bench import metrics
 from bench.analysis import Results, cell_flags, load_tables
 from bench.errors import BenchError
 from bench.ladder import Skip
 from bench.manifest_model import load_manifest
 from bench.manifest_plans import planned_cells, profile_from_manifest
 from bench.plan import Cell
+from bench.probe_tables import coldstart_table
 from bench.profile import LoadedProfile, Profile
-from bench.store import MANIFEST_NAME, Store
+from bench.store import COLDSTART, MANIFEST_NAME, SANITY, TIMELINE, Store
 
 # Fallbacks that skip a model or a suite on purpose (bench.runner): its runs are accounted for.
 DELIBERATE_SKIPS = (Skip.OPTIONAL_MODEL, Skip.RUST_SUITE)
@@ -198,6 +199,31 @@ def _check_summaries(store: Store, cells: list[Cell], valid: dict[str, set[int]]
             v.problems.append(f"{cell.rel_dir / 'summary.json'}: no metric has a value")
 
 
+def probe_warnings(store: Store, profile: Profile) -> list[str]:
+    """`invoke validate`'s warnings: a study the runner ran without these measurements (or with a
+    failed one), and junk answers. Never problems: the runs stand without them."""
+    if not store.read_jsonl(TIMELINE):
+        return []  # the runner never ran here: nothing was expected of it
+    out = []
+    if profile.instrument.cold_start:
+        entries = store.read_jsonl(COLDSTART)
+        if not entries:
+            out.append(f"no {COLDSTART}: the cold-start probe did not run (instrument.cold_start); `invoke bench` "
+                       f"measures what is missing")
+        for _, r in coldstart_table(entries).iterrows():
+            if r["error"]:
+                out.append(f"cold start of {r['model']} on {r['endpoint']} failed: {r['error']}")
+    if profile.instrument.sanity:
+        doc = store.read_json(SANITY)
+        if doc is None:
+            out.append(f"no {SANITY}: the answer sanity probe did not run (instrument.sanity); `invoke bench` "
+                       f"measures what is missing")
+        for m in (doc or {}).get("models", {}).values():
+            if m["verdict"] in ("junk", "failed"):
+                out.append(f"answer sanity of {m['model']}: {m['verdict']} ({m['right']} of {m['asked']} right)")
+    return out
+
+
 def validate_study(loaded: LoadedProfile, store: Store | None = None, results: Results | None = None) -> Validation:
     """Every check of the module docstring; `results`: the study's analysis when the caller has
     it already (the report), so the outlier flags are not computed twice."""
@@ -234,7 +260,7 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None, results: R
                                                           else any(k not in valid.get(c.key, ())
                                                                    for k in range(1, c.runs + 1)))}
     _check_summaries(store, cells, valid, incomplete, v)
-    v.warnings += probes.validate_warnings(store, profile)
+    v.warnings += probe_warnings(store, profile)
     results = results if results is not None else load_tables(store, profile.outliers.mad_k)
     for cell in cells:
         for run, flagged in sorted(cell_flags(results, cell.key).items()):
