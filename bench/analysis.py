@@ -508,17 +508,13 @@ def placebo(runs: pd.DataFrame, profile: Profile, looks: dict[str, LookPlan] | N
     return pd.DataFrame(rows)
 
 
-def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
-    """η² (SS_between / SS_total, from group means) of each factor alone, per suite and metric;
-    `config (all factors)` groups by the whole cell, so 1 − its η² is run-to-run noise. The
-    factors are not orthogonal in an unbalanced study, so the shares need not sum to 1."""
-    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("multi", "speedup"), ("multi", "evenness_pct"),
-             ("steps", "speedup")]
-    factors = {"model": "model", "language": "lang", "case": "case", "config (all factors)": "cell"}
-    if "server_settings" in runs and runs["server_settings"].notna().any():
-        factors = {**dict(list(factors.items())[:3]), "server settings": "server_settings",
-                   "config (all factors)": "cell"}
+def eta_squared_table(runs: pd.DataFrame, specs, factors: dict[str, str], within: str) -> pd.DataFrame:
+    """η² (stats.eta_squared) of each factor alone (label → runs column) per (suite, metric) of
+    `specs`; the last factor groups by everything that varied, so 1 − its η² is the run-to-run
+    share, the `within` row. The factors are not orthogonal in an unbalanced study, so the shares
+    need not sum to 1. Shared by the study's variance table and `invoke compare`'s."""
     rows = []
+    whole = list(factors.values())[-1]
     for suite, metric in specs:
         sub = runs[runs["suite"] == suite] if not runs.empty else runs
         if sub.empty or metric not in sub:
@@ -528,10 +524,22 @@ def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
             r = stats.eta_squared(sub[metric].tolist(), sub[col].tolist())
             rows.append({"suite": suite, "metric": metric, "factor": label, "levels": r["k"], "n": r["n"],
                          "eta_sq": r["eta_sq"], "p_value": r["p_value"]})
-        within = stats.eta_squared(sub[metric].tolist(), sub["cell"].tolist())["eta_sq"]
-        rows.append({"suite": suite, "metric": metric, "factor": "run-to-run (within config)",
-                     "levels": None, "n": len(sub), "eta_sq": None if within is None else 1 - within, "p_value": None})
+        share = stats.eta_squared(sub[metric].tolist(), sub[whole].tolist())["eta_sq"]
+        rows.append({"suite": suite, "metric": metric, "factor": within,
+                     "levels": None, "n": len(sub), "eta_sq": None if share is None else 1 - share, "p_value": None})
     return pd.DataFrame(rows)
+
+
+def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
+    """η² of model, language, case (and the server settings, where they varied) per variance
+    metric; `config (all factors)` groups by the whole cell (eta_squared_table)."""
+    factors = {"model": "model", "language": "lang", "case": "case", "config (all factors)": "cell"}
+    if "server_settings" in runs and runs["server_settings"].notna().any():
+        factors = {**dict(list(factors.items())[:3]), "server settings": "server_settings",
+                   "config (all factors)": "cell"}
+    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("multi", "speedup"), ("multi", "evenness_pct"),
+             ("steps", "speedup")]
+    return eta_squared_table(runs, specs, factors, "run-to-run (within config)")
 
 
 def outlier_list(runs: pd.DataFrame) -> pd.DataFrame:

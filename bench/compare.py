@@ -29,8 +29,8 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import fingerprint, fmt, metrics, sequential, stats
-from bench.analysis import Results, build
+from bench import fingerprint, fmt, metrics, sequential
+from bench.analysis import Results, build, eta_squared_table
 from bench.csvsafe import csv_text
 from bench.errors import BenchError
 from bench.manifest import profile_from_manifest
@@ -332,30 +332,12 @@ def merged_runs(studies: list[Study], matching: Matching) -> pd.DataFrame:
 
 
 def variance(runs: pd.DataFrame) -> pd.DataFrame:
-    """η² (stats.eta_squared) of each factor alone, per suite and key metric, over the matched runs
-    of all studies: host beside study, model, config and language. Grouping by config and study
-    together leaves 1 − η² as run-to-run noise. The factors need not be orthogonal, so the
-    shares need not sum to 1; a factor with one level did not vary and explains nothing."""
-    rows = []
-    for suite in metrics.SUITES:
-        sub = runs[runs["suite"] == suite] if not runs.empty else runs
-        if sub.empty:
-            continue
-        for metric in metrics.key_metrics(suite):
-            if metric not in sub:
-                continue
-            g = sub[sub[metric].notna()]
-            values = g[metric].tolist()
-            for label, col in FACTORS.items():
-                r = stats.eta_squared(values, g[col].tolist())
-                rows.append({"suite": suite, "metric": metric, "factor": label, "levels": r["k"], "n": r["n"],
-                             "eta_sq": r["eta_sq"], "p_value": r["p_value"]})
-            r = stats.eta_squared(values, g["match"].tolist())
-            rows.append({"suite": suite, "metric": metric, "factor": ALL_FACTORS, "levels": r["k"], "n": r["n"],
-                         "eta_sq": r["eta_sq"], "p_value": r["p_value"]})
-            rows.append({"suite": suite, "metric": metric, "factor": WITHIN, "levels": None, "n": r["n"],
-                         "eta_sq": None if r["eta_sq"] is None else 1 - r["eta_sq"], "p_value": None})
-    return pd.DataFrame(rows)
+    """η² of each factor alone, per suite and key metric, over the matched runs of all studies:
+    host beside study, model, config and language (the analysis' table, eta_squared_table).
+    Grouping by config and study together leaves 1 − η² as run-to-run noise; a factor with one
+    level did not vary and explains nothing."""
+    specs = [(suite, metric) for suite in metrics.SUITES for metric in metrics.key_metrics(suite)]
+    return eta_squared_table(runs, specs, {**FACTORS, ALL_FACTORS: "match"}, WITHIN)
 
 
 def studies_table(studies: list[Study]) -> pd.DataFrame:
