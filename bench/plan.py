@@ -154,74 +154,90 @@ def _multi_agents(profile: Profile, scenario: str, lang: str) -> tuple[tuple[str
     return (("collector", hetero.collector), ("insight", hetero.insight))
 
 
-def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list[str] | None = None,
-               suites: list[str] | None = None, runs: int | None = None) -> Plan:
-    """Expand a profile (with the task's overrides) into cells and an ordered list of runs."""
-    chosen = [m for m in profile.models if models is None or m.name in models]
-    pinned = profile.runtime.pinned_settings
-    sweep = profile.settings_sweep
+@dataclass(frozen=True)
+class _Expansion:
+    """What every suite's cells share: the profile, the task's language filter and `--runs`."""
+    profile: Profile
+    langs: list[str] | None
+    runs: int | None
 
-    def settings_for(suite: str) -> list[tuple[ServerSettings | None, str]]:
+    def langs_of(self, spec) -> list[str]:
+        return [lang for lang in spec.langs if not self.langs or lang in self.langs]
+
+    def settings_for(self, suite: str) -> list[tuple[ServerSettings | None, str]]:
+        """The server settings a suite's configs run under: the pinned ones (tagged ''), or the
+        sweep's points where the sweep covers the suite."""
+        pinned, sweep = self.profile.runtime.pinned_settings, self.profile.settings_sweep
         points = sweep.points(pinned) if suite in sweep.suites else [pinned]
         return [(None, "") if p == pinned else (p, p.tag(pinned)) for p in points]
 
-    cells: list[Cell] = []
-
-    def wanted(model: ModelSpec, suite: str) -> bool:
-        return (suites is None or suite in suites) and (model.suites is None or suite in model.suites)
-
-    def sampled(spec) -> dict:
+    def sampled(self, spec) -> dict:
         """The cell's run count and precision: `--runs` forces the fixed mode (spec parity)."""
-        if runs:
-            return {"runs": runs, "precision": None}
+        if self.runs:
+            return {"runs": self.runs, "precision": None}
         return {"runs": spec.precision.min_runs if spec.precision else spec.runs, "precision": spec.precision}
 
-    for model in chosen:
-        s = profile.single
-        if s.enabled and wanted(model, "single"):
-            for lang in s.langs:
-                if langs and lang not in langs:
-                    continue
-                for g in s.gpu_layers:
-                    for c in s.ctx:
-                        cfg = AgentConfig(gpu_layers=g, ctx=c, temperature=s.temperature)
-                        for st, tag in settings_for("single"):
-                            cells.append(Cell("single", lang, model, None, (("single", cfg),), label_config=cfg,
-                                              settings=st, settings_tag=tag, **sampled(s)))
-        m = profile.multi
-        if m.enabled and wanted(model, "multi"):
-            for lang in m.langs:
-                if langs and lang not in langs:
-                    continue
-                for scenario in m.scenarios:
-                    agents = _multi_agents(profile, scenario, lang)
-                    label = dict(agents)["insight"]
-                    for st, tag in settings_for("multi"):
-                        cells.append(Cell("multi", lang, model, scenario, agents, label_config=label, settings=st,
-                                          settings_tag=tag, **sampled(m)))
-        st_ = profile.steps
-        if st_.enabled and wanted(model, "steps") and (not st_.models or model.name in st_.models):
-            cfg = st_.config or m.chimera
-            for lang in st_.langs:
-                if langs and lang not in langs:
-                    continue
-                for n in st_.agents:
-                    for st, tag in settings_for("steps"):
-                        cells.append(Cell("steps", lang, model, f"agents_{n}", tuple((a, cfg) for a in step_agents(n)),
-                                          label_config=cfg, settings=st, settings_tag=tag, **sampled(st_)))
-    plan = Plan(cells)
+
+def _single_cells(x: _Expansion, model: ModelSpec) -> list[Cell]:
+    s = x.profile.single
+    return [Cell("single", lang, model, None, (("single", cfg),), label_config=cfg, settings=st, settings_tag=tag,
+                 **x.sampled(s))
+            for lang in x.langs_of(s) for g in s.gpu_layers for c in s.ctx
+            for cfg in [AgentConfig(gpu_layers=g, ctx=c, temperature=s.temperature)]
+            for st, tag in x.settings_for("single")]
+
+
+def _multi_cells(x: _Expansion, model: ModelSpec) -> list[Cell]:
+    m = x.profile.multi
+    return [Cell("multi", lang, model, scenario, agents, label_config=dict(agents)["insight"], settings=st,
+                 settings_tag=tag, **x.sampled(m))
+            for lang in x.langs_of(m) for scenario in m.scenarios
+            for agents in [_multi_agents(x.profile, scenario, lang)]
+            for st, tag in x.settings_for("multi")]
+
+
+def _steps_cells(x: _Expansion, model: ModelSpec) -> list[Cell]:
+    s = x.profile.steps
+    if s.models and model.name not in s.models:
+        return []
+    cfg = s.config or x.profile.multi.chimera
+    return [Cell("steps", lang, model, f"agents_{n}", tuple((a, cfg) for a in step_agents(n)), label_config=cfg,
+                 settings=st, settings_tag=tag, **x.sampled(s))
+            for lang in x.langs_of(s) for n in s.agents for st, tag in x.settings_for("steps")]
+
+
+SUITE_CELLS = {"single": _single_cells, "multi": _multi_cells, "steps": _steps_cells}
+
+
+def _run_order(profile: Profile, models: list[ModelSpec], cells: list[Cell]) -> list[RunItem]:
+    """Models stay in blocks (a model switch is the costly step); within a block, runs of the
+    single suite come before the multi suite, and are shuffled when the profile asks for it.
+    An adaptive plan lists each config's min runs here; the scheduler orders and extends them."""
     rng = random.Random(profile.workload.order_seed)
-    # Models stay in blocks (a model switch is the costly step); within a block, runs of the
-    # single suite come before the multi suite, and are shuffled when the profile asks for it.
-    # An adaptive plan lists each config's min runs here; the scheduler orders and extends them.
-    for model in chosen:
-        for suite in ("single", "multi", "steps"):
+    items: list[RunItem] = []
+    for model in models:
+        for suite in SUITE_CELLS:
             block = [RunItem(c, k) for c in cells if c.model == model and c.suite == suite
                      for k in range(1, c.runs + 1)]
             if profile.workload.randomize_order:
                 rng.shuffle(block)
-            plan.items.extend(block)
-    return plan
+            items.extend(block)
+    return items
+
+
+def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list[str] | None = None,
+               suites: list[str] | None = None, runs: int | None = None) -> Plan:
+    """Expand a profile (with the task's overrides) into cells and an ordered list of runs."""
+    chosen = [m for m in profile.models if models is None or m.name in models]
+    x = _Expansion(profile, langs, runs)
+
+    def wanted(model: ModelSpec, suite: str) -> bool:
+        return (getattr(profile, suite).enabled and (suites is None or suite in suites)
+                and (model.suites is None or suite in model.suites))
+
+    cells = [c for model in chosen for suite, expand in SUITE_CELLS.items() if wanted(model, suite)
+             for c in expand(x, model)]
+    return Plan(cells, _run_order(profile, chosen, cells))
 
 
 def expected_runs(cell: Cell, cv_pct: dict[str, float]) -> int:
