@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from bench import fingerprint, fmt
-from bench.compare import compare
+from bench.compare import ALL_FACTORS, WITHIN, compare
 from bench.errors import BenchError
 from bench.manifest_model import parse
 from bench.sequential import LookPlan, critical_value
@@ -135,6 +135,9 @@ def test_two_hosts_merge_with_host_as_a_factor(tmp_path, results_dir):
     assert var.loc[("single", "decode_tps", "host"), "eta_sq"] == pytest.approx(ss_host / ss_total)
     assert var.loc[("single", "decode_tps", "host"), "levels"] == 2
     assert var.loc[("multi", "speedup", "host"), "eta_sq"] == pytest.approx(0.0, abs=1e-12)  # identical runs
+    # the analysis' table (eta_squared_table): the last row is 1 − η² of config × study together
+    whole, within = var.loc[("single", "decode_tps", ALL_FACTORS)], var.loc[("single", "decode_tps", WITHIN)]
+    assert within["eta_sq"] == pytest.approx(1 - whole["eta_sq"]) and within["n"] == len(va + vb)
 
     studies = pd.read_csv(result.folder / COMPARISON_STUDIES).set_index("study")
     assert studies.loc["hostA", "fingerprint"] == "derived from the manifest"
