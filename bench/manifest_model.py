@@ -265,8 +265,10 @@ def migrate(raw: dict) -> dict:
     if not isinstance(raw, dict):
         raise BenchError("a manifest is a JSON object")
     version = raw.get("schema_version", 1)
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise BenchError(f"manifest schema_version {version!r} is newer than this harness reads "
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BenchError(f"manifest schema_version {version!r} is not a version (1 to {SCHEMA_VERSION})")
+    if version > SCHEMA_VERSION:
+        raise BenchError(f"manifest schema_version {version} is newer than this harness reads "
                          f"({SCHEMA_VERSION}): update the bundle")
     if version == SCHEMA_VERSION:
         return raw

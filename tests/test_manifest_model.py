@@ -69,6 +69,8 @@ def test_bad_manifests_are_refused_with_what_is_wrong():
         mm.parse({"schema_version": 1})
     with pytest.raises(BenchError, match="newer than this harness"):
         mm.parse(dict(raw, schema_version=mm.SCHEMA_VERSION + 1))
+    with pytest.raises(BenchError, match="is not a version"):
+        mm.parse(dict(raw, schema_version="1"))
     with pytest.raises(BenchError, match="does not match the manifest schema.*host.cores_total"):
         mm.parse(dict(raw, host=dict(raw["host"], cores_total=2)))  # a section the harness writes is closed
     with pytest.raises(jsonschema.ValidationError):
