@@ -6,14 +6,15 @@
 //! `connection`, `timeout`, `stream_cut`, `malformed_stream` or `http`. Each kind's class in the table decides whether a
 //! call is retried here (transient) or the failure goes back to the orchestrator.
 
-use std::fmt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The kind of a failed request, as written to `error_kind` and to the stderr error line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of a failed request, as written to `error_kind` and to the stderr error line, and as
+/// `error_kinds.yaml` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     Oom,
     NotFound,
@@ -28,46 +29,7 @@ pub enum ErrorKind {
     Crash,
 }
 
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Oom => "oom",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::Connection => "connection",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Busy => "busy",
-            ErrorKind::Loading => "loading",
-            ErrorKind::StreamCut => "stream_cut",
-            ErrorKind::MalformedStream => "malformed_stream",
-            ErrorKind::Http => "http",
-            ErrorKind::Context => "context",
-            ErrorKind::Crash => "crash",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<ErrorKind> {
-        Some(match name {
-            "oom" => ErrorKind::Oom,
-            "not_found" => ErrorKind::NotFound,
-            "connection" => ErrorKind::Connection,
-            "timeout" => ErrorKind::Timeout,
-            "busy" => ErrorKind::Busy,
-            "loading" => ErrorKind::Loading,
-            "stream_cut" => ErrorKind::StreamCut,
-            "malformed_stream" => ErrorKind::MalformedStream,
-            "http" => ErrorKind::Http,
-            "context" => ErrorKind::Context,
-            "crash" => ErrorKind::Crash,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::display_as_wire_name!(ErrorKind);
 
 /// A failed request: its kind and a one-line message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,7 +61,7 @@ struct KindsFile {
 struct StatusEntry {
     /// Three characters, each a digit or `x` (any digit): "404", "5xx".
     status: String,
-    kind: String,
+    kind: ErrorKind,
 }
 
 /// What the harness does about a kind (`class` in the table).
@@ -117,7 +79,7 @@ pub enum Class {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KindEntry {
-    kind: String,
+    kind: ErrorKind,
     class: Class,
     #[serde(default)]
     substrings: Vec<String>,
@@ -141,20 +103,16 @@ impl Classifier {
         let file: KindsFile = serde_yaml::from_str(text).context("invalid YAML")?;
         let mut kinds = Vec::with_capacity(file.kinds.len());
         for entry in file.kinds {
-            let kind = ErrorKind::parse(&entry.kind)
-                .with_context(|| format!("kinds[].kind: unknown error kind {:?}", entry.kind))?;
             let subs = entry.substrings.iter().map(|s| s.to_lowercase()).collect();
-            kinds.push((kind, entry.class, subs));
+            kinds.push((entry.kind, entry.class, subs));
         }
         let mut statuses = Vec::with_capacity(file.statuses.len());
         for entry in file.statuses {
-            let kind = ErrorKind::parse(&entry.kind)
-                .with_context(|| format!("statuses[].kind: unknown error kind {:?}", entry.kind))?;
             let pattern = entry.status.to_ascii_lowercase();
             if pattern.len() != 3 || !pattern.bytes().all(|b| b.is_ascii_digit() || b == b'x') {
                 anyhow::bail!("statuses[].status: {:?} is not a status pattern like 404 or 5xx", entry.status);
             }
-            statuses.push((pattern, kind));
+            statuses.push((pattern, entry.kind));
         }
         Ok(Classifier { kinds, statuses })
     }
@@ -190,7 +148,7 @@ impl Classifier {
 /// or the agent's own failure has neither.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorLine {
-    pub error_kind: Option<&'static str>,
+    pub error_kind: Option<ErrorKind>,
     pub class: Option<Class>,
     pub message: String,
 }
@@ -198,7 +156,7 @@ pub struct ErrorLine {
 impl ErrorLine {
     pub fn request(err: &RequestError, classifier: &Classifier) -> ErrorLine {
         ErrorLine {
-            error_kind: Some(err.kind.as_str()),
+            error_kind: Some(err.kind),
             class: Some(classifier.class(err.kind)),
             message: one_line(&err.message),
         }

@@ -5,7 +5,6 @@
 //! a key the schema allows but the agent would not read cannot slip through either.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,13 +20,6 @@ pub enum Api {
 }
 
 impl Api {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Ollama => "ollama",
-            Api::Openai => "openai",
-        }
-    }
-
     /// The chat path under an endpoint.
     pub fn chat_path(self) -> &'static str {
         match self {
@@ -47,26 +39,11 @@ impl Api {
     }
 }
 
-impl fmt::Display for Api {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Suite {
     Single,
     Multi,
-}
-
-impl Suite {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Suite::Single => "single",
-            Suite::Multi => "multi",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
@@ -77,38 +54,12 @@ pub enum Phase {
     Together,
 }
 
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Single => "single",
-            Phase::Alone => "alone",
-            Phase::Together => "together",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentName {
     Single,
     Collector,
     Insight,
-}
-
-impl AgentName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentName::Single => "single",
-            AgentName::Collector => "collector",
-            AgentName::Insight => "insight",
-        }
-    }
-}
-
-impl fmt::Display for AgentName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -118,14 +69,7 @@ pub enum Stage {
     Report,
 }
 
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Analysis => "analysis",
-            Stage::Report => "report",
-        }
-    }
-}
+crate::display_as_wire_name!(Api, Suite, Phase, AgentName, Stage);
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -307,7 +251,7 @@ impl Job {
 
     /// An agent's configuration (present for every agent of the suite after `parse`).
     pub fn agent(&self, name: AgentName) -> &AgentConfig {
-        &self.agents[name.as_str()]
+        &self.agents[&name.to_string()]
     }
 
     /// Multi suite: the order of the two phases (default alone, then together).

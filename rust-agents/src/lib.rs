@@ -11,4 +11,5 @@ pub mod multi;
 pub mod record;
 pub mod stream;
 pub mod streambench;
+pub mod wire;
 pub mod workload;

@@ -106,10 +106,9 @@ fn prepare(suite: Suite, job_path: &Path, schema_path: &Path) -> Result<(Job, Cl
     let job = Job::load(job_path, &schema).map_err(|e| e.to_string())?;
     if job.suite != suite {
         return Err(format!(
-            "bad job file {}: key `suite` is {:?} but the `{}` command was run",
+            "bad job file {}: key `suite` is {:?} but the `{suite}` command was run",
             job_path.display(),
-            job.suite.as_str(),
-            suite.as_str()
+            job.suite.to_string(),
         ));
     }
     let bad = |key: &str, e: anyhow::Error| format!("bad job file {}: key `{key}`: {e:#}", job_path.display());
@@ -124,18 +123,30 @@ fn prepare(suite: Suite, job_path: &Path, schema_path: &Path) -> Result<(Job, Cl
     Ok((job, classifier, workload))
 }
 
+/// The HTTP client every call of the process shares (with the servers' key from the environment)
+/// and the async runtime `runtime` builds; a failure is the agent's own (exit 1).
+fn client_and_runtime(
+    classifier: &Classifier,
+    mut runtime: tokio::runtime::Builder,
+) -> Result<(Client, tokio::runtime::Runtime), ExitCode> {
+    let client = Client::new(classifier.clone())
+        .map_err(|e| fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")))?
+        .with_api_key(api_key_from_env());
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .map_err(|e| fail(EXIT_INTERNAL, format!("cannot start the async runtime: {e}")))?;
+    Ok((client, runtime))
+}
+
 fn run_job(suite: Suite, args: &RunArgs) -> ExitCode {
     let (job, classifier, workload) = match prepare(suite, &args.job, &args.job_schema) {
         Ok(p) => p,
         Err(msg) => return fail(EXIT_BAD_JOB, msg),
     };
-    let client = match Client::new(classifier.clone()) {
-        Ok(c) => c.with_api_key(api_key_from_env()),
-        Err(e) => return fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")),
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(EXIT_INTERNAL, format!("cannot start the async runtime: {e}")),
+    let (client, runtime) = match client_and_runtime(&classifier, tokio::runtime::Builder::new_multi_thread()) {
+        Ok(built) => built,
+        Err(code) => return code,
     };
     let workload = Arc::new(workload);
     let result = runtime.block_on(async {
@@ -166,13 +177,10 @@ fn stream_bench(args: &BenchArgs) -> ExitCode {
         },
         None => Classifier::default(),
     };
-    let client = match Client::new(classifier.clone()) {
-        Ok(c) => c.with_api_key(api_key_from_env()),
-        Err(e) => return fail(EXIT_INTERNAL, format!("cannot build the HTTP client: {e:#}")),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(EXIT_INTERNAL, format!("cannot start the async runtime: {e}")),
+    // one thread: the client's CPU cost per streamed byte is what stream-bench measures
+    let (client, runtime) = match client_and_runtime(&classifier, tokio::runtime::Builder::new_current_thread()) {
+        Ok(built) => built,
+        Err(code) => return code,
     };
     let cfg = BenchConfig {
         url: args.url.clone(),

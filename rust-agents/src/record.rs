@@ -34,19 +34,11 @@ pub struct WorkloadInfo {
     pub phase_order: Option<Vec<Phase>>,
 }
 
-/// One streamed call (`$defs/request`).
+/// One streamed call (`$defs/request`): its context's fields first, then what it measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
-    pub agent: AgentName,
-    pub stage: Stage,
-    pub phase: Phase,
-    pub endpoint: String,
-    pub api: Api,
-    pub model: String,
-    /// The 16 hex digits on the system message's first line (`workload::prompt_nonce`).
-    pub prompt_nonce: String,
-    /// Which try of this call made the record (1: first; more: earlier tries failed transiently).
-    pub call_attempt: u32,
+    #[serde(flatten)]
+    pub ctx: CallContext,
     pub start_offset_ms: f64,
     pub ttft_ms: Option<f64>,
     pub e2e_ms: f64,
@@ -71,8 +63,8 @@ pub struct RequestRecord {
     pub timing: CallTiming,
 }
 
-/// Where a call sits in the run.
-#[derive(Debug, Clone)]
+/// Where a call sits in the run: the record's first fields, in the schema's order.
+#[derive(Debug, Clone, Serialize)]
 pub struct CallContext {
     pub agent: AgentName,
     pub stage: Stage,
@@ -80,7 +72,9 @@ pub struct CallContext {
     pub endpoint: String,
     pub api: Api,
     pub model: String,
+    /// The 16 hex digits on the system message's first line (`workload::prompt_nonce`).
     pub prompt_nonce: String,
+    /// Which try of this call made the record (1: first; more: earlier tries failed transiently).
     pub call_attempt: u32,
 }
 
@@ -129,14 +123,7 @@ pub fn request_record(
     let last = timing.content_ns.last().copied();
     let gaps = metrics::inter_token_gaps_ms(&timing.content_ns);
     RequestRecord {
-        agent: ctx.agent,
-        stage: ctx.stage,
-        phase: ctx.phase,
-        endpoint: ctx.endpoint.clone(),
-        api: ctx.api,
-        model: ctx.model.clone(),
-        prompt_nonce: ctx.prompt_nonce.clone(),
-        call_attempt: ctx.call_attempt,
+        ctx: ctx.clone(),
         start_offset_ms: timing.t_send_ns as f64 / metrics::NS_PER_MS,
         ttft_ms: finite(metrics::ttft_ms(timing.t_send_ns, first)),
         e2e_ms: metrics::e2e_ms(timing.t_send_ns, timing.t_done_ns),

@@ -65,7 +65,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// switch, so every counted request must differ from its first byte; the Python agents build
 /// the same string.
 pub fn prompt_nonce(run_key: &str, agent: AgentName, stage: Stage, phase: Phase, attempt: u32) -> String {
-    let key = format!("{run_key}|{}|{}|{}|{attempt}", agent.as_str(), stage.as_str(), phase.as_str());
+    let key = format!("{run_key}|{agent}|{stage}|{phase}|{attempt}");
     let mut hex = sha256_hex(key.as_bytes());
     hex.truncate(16);
     hex
@@ -128,7 +128,7 @@ impl Workload {
 
     pub fn prompts(&self, agent: AgentName) -> Result<&AgentPrompts> {
         self.agents
-            .get(agent.as_str())
+            .get(&agent.to_string())
             .with_context(|| format!("the workload has no prompts for agent `agents.{agent}`"))
     }
 
@@ -181,10 +181,10 @@ mod tests {
         assert_eq!([nonce_attempt(1, 1, 3), nonce_attempt(1, 3, 3), nonce_attempt(2, 1, 3)], [1, 3, 4]);
         // the names in the key are the JSON names
         for p in [Phase::Single, Phase::Alone, Phase::Together] {
-            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(serde_json::to_value(p).unwrap(), p.to_string());
         }
         for s in [Stage::Analysis, Stage::Report] {
-            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(serde_json::to_value(s).unwrap(), s.to_string());
         }
     }
 

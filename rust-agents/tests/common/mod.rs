@@ -301,7 +301,7 @@ pub fn assert_request_failed(out: &Outcome, kind: &str, prefix: &str) {
     let e = error_line(&out.stderr);
     assert_eq!(e["error_kind"], kind, "{e}");
     let classes = Classifier::load(&bench_data().join("error_kinds.yaml")).unwrap();
-    let class = classes.class(ErrorKind::parse(kind).unwrap());
+    let class = classes.class(serde_json::from_value::<ErrorKind>(kind.to_string().into()).unwrap());
     assert_eq!(e["class"], serde_json::to_value(class).unwrap(), "{e}");
     let message = e["message"].as_str().unwrap();
     assert!(message.starts_with(prefix), "{message:?} should start with {prefix:?}");
