@@ -175,6 +175,34 @@ def test_multi_run_metrics(case):
             num(got["agents"][agent][field], value, f"{agent}.{field}")
 
 
+@pytest.mark.parametrize("case", RUNS["steps"], ids=ids(RUNS["steps"]))
+def test_steps_run_metrics(case):
+    """bench/agents.py run_steps's bookkeeping: the first agent alone is the reference (seq_s is
+    N times its time); the N agents are released at the earliest post-barrier start."""
+    ((first, alone),) = case["alone"].items()
+    recs = records(alone["calls"], first, "alone")
+    t_alone = metrics.agent_time_s(alone["t_release_ns"], alone["calls"][-1]["t_done_ns"])
+    release = min(a["t_release_ns"] for a in case["together"].values())
+    done = {agent: a["calls"][-1]["t_done_ns"] for agent, a in case["together"].items()}
+    for agent, a in case["together"].items():
+        recs += records(a["calls"], agent, "together")
+    t_together = {agent: metrics.agent_time_s(release, t_done) for agent, t_done in done.items()}
+    th = case["contention"]
+    got = agents.steps_metrics(recs, t_alone, t_together, metrics.wall_s(release, max(done.values())),
+                               th["min_tps_ratio"], th["max_ttft_inflation"])
+    want = case["expect"]
+    assert set(got) == set(want)
+    assert (got["n_agents"], got["contention"]) == (want["n_agents"], want["contention"])
+    for field, value in want.items():
+        if field not in ("n_agents", "contention", "agents"):
+            num(got[field], value, field)
+    assert set(got["agents"]) == set(want["agents"])
+    for agent, fields in want["agents"].items():
+        assert set(got["agents"][agent]) == set(fields)
+        for field, value in fields.items():
+            num(got["agents"][agent][field], value, f"{agent}.{field}")
+
+
 NONCES = golden("nonces.json")
 
 

@@ -39,11 +39,7 @@ fn assert_num(case: &str, field: &str, got: Option<f64>, want: &Value) {
 }
 
 fn api(v: &Value) -> Api {
-    match v.as_str().unwrap() {
-        "ollama" => Api::Ollama,
-        "openai" => Api::Openai,
-        other => panic!("unknown api {other}"),
-    }
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("api {v}: {e}"))
 }
 
 fn read_bytes(read: &Value) -> Vec<u8> {
@@ -105,7 +101,7 @@ fn stream_bodies() {
                 assert_eq!(t_done, want["t_done_ns"].as_i64().unwrap(), "{name}: t_done");
                 assert_counts(name, stream.stats(), &want["counts"]);
             }
-            (Err(e), Some(kind)) => assert_eq!(e.kind.as_str(), kind.as_str().unwrap(), "{name}: {e}"),
+            (Err(e), Some(kind)) => assert_eq!(&serde_json::to_value(e.kind).unwrap(), kind, "{name}: {e}"),
             (Ok(_), Some(kind)) => panic!("{name}: expected {kind}, the stream was accepted"),
             (Err(e), None) => panic!("{name}: {e}"),
         }
@@ -202,7 +198,7 @@ fn multi_run_metrics() {
         let name = case["name"].as_str().unwrap();
         let run = |phase: Phase, agent: AgentName| {
             let key = if phase == Phase::Alone { "alone" } else { "together" };
-            let v = &case[key][agent.as_str()];
+            let v = &case[key][agent.to_string().as_str()];
             let calls = calls(&v["calls"], agent, phase);
             // the agent is done when its last call's stream has ended
             let t_done = at(calls.last().unwrap().timing.t_done_ns);
@@ -229,6 +225,74 @@ fn multi_run_metrics() {
                 assert_num(name, &format!("{agent}.{field}"), g[field].as_f64(), wv);
             }
         }
+    }
+}
+
+/// The steps suite runs the Python agents only; its vectors check the formulas the Rust metrics
+/// share with it: the phase times, wall, speedup (from the step's seq_s = N × t_alone_s),
+/// efficiency over N agents, the pooled and per-agent rates and ratios, contention over N agents.
+#[test]
+fn steps_run_metrics_shared_formulas() {
+    use tr116_agents::metrics;
+    for case in golden("runs.json")["steps"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let want = &case["expect"];
+        // the records' agent label does not enter these numbers (the Rust agents have no agentN)
+        let records = |v: &Value, phase| calls(&v["calls"], AgentName::Single, phase);
+        let release = |v: &Value| v["t_release_ns"].as_i64().unwrap();
+        let last_done = |v: &Value| v["calls"].as_array().unwrap().last().unwrap()["t_done_ns"].as_i64().unwrap();
+        let (_, alone) = case["alone"].as_object().unwrap().iter().next().unwrap();
+        let alone_m = single_metrics(&records(alone, Phase::Alone));
+        assert_num(
+            name,
+            "t_alone_s",
+            Some(metrics::agent_time_s(release(alone), last_done(alone))),
+            &want["t_alone_s"],
+        );
+        let together = case["together"].as_object().unwrap();
+        let t_release = together.values().map(release).min().unwrap();
+        let wall = metrics::wall_s(t_release, together.values().map(last_done).max().unwrap());
+        assert_num(name, "wall_s", Some(wall), &want["wall_s"]);
+        let speedup = metrics::speedup(want["seq_s"].as_f64().unwrap(), wall);
+        assert_num(name, "speedup", Some(speedup), &want["speedup"]);
+        let n = together.len() as u32;
+        assert_num(name, "efficiency_pct", Some(metrics::efficiency_pct(speedup, n)), &want["efficiency_pct"]);
+        let (mut all, mut ratios, mut inflations) = (Vec::new(), Vec::new(), Vec::new());
+        for (agent, v) in together {
+            let calls = records(v, Phase::Together);
+            let m = single_metrics(&calls);
+            let (w, at) = (&want["agents"][agent], |field: &str| format!("{agent}.{field}"));
+            let t = metrics::agent_time_s(t_release, last_done(v));
+            assert_num(name, &at("t_together_s"), Some(t), &w["t_together_s"]);
+            assert_num(name, &at("decode_tps_together"), m.decode_tps, &w["decode_tps_together"]);
+            assert_num(name, &at("ttft_ms_together"), m.ttft_ms, &w["ttft_ms_together"]);
+            ratios.push(metrics::tps_ratio(m.decode_tps, alone_m.decode_tps));
+            inflations.push(metrics::ttft_inflation(m.ttft_ms, alone_m.ttft_ms));
+            assert_num(name, &at("tps_ratio"), *ratios.last().unwrap(), &w["tps_ratio"]);
+            assert_num(name, &at("ttft_inflation"), *inflations.last().unwrap(), &w["ttft_inflation"]);
+            all.extend(calls);
+        }
+        let pooled = single_metrics(&all);
+        assert_num(name, "decode_tps_alone", alone_m.decode_tps, &want["decode_tps_alone"]);
+        assert_num(name, "ttft_ms_alone", alone_m.ttft_ms, &want["ttft_ms_alone"]);
+        assert_num(name, "decode_tps_together", pooled.decode_tps, &want["decode_tps_together"]);
+        assert_num(name, "ttft_ms_together", pooled.ttft_ms, &want["ttft_ms_together"]);
+        let ratio = metrics::tps_ratio(pooled.decode_tps, alone_m.decode_tps);
+        assert_num(name, "tps_ratio", ratio, &want["tps_ratio"]);
+        assert_num(
+            name,
+            "ttft_inflation",
+            metrics::ttft_inflation(pooled.ttft_ms, alone_m.ttft_ms),
+            &want["ttft_inflation"],
+        );
+        let th = &case["contention"];
+        let (min_ratio, max_inflation) =
+            (th["min_tps_ratio"].as_f64().unwrap(), th["max_ttft_inflation"].as_f64().unwrap());
+        assert_eq!(
+            metrics::contention(&ratios, &inflations, min_ratio, max_inflation),
+            want["contention"].as_bool().unwrap(),
+            "{name}: contention"
+        );
     }
 }
 
@@ -287,7 +351,7 @@ fn retried_kinds_and_backoff() {
     let doc = golden("retries.json");
     let c = classifier();
     for (kind, retried) in doc["retried"].as_object().unwrap() {
-        let kind = ErrorKind::parse(kind).unwrap();
+        let kind = serde_json::from_value::<ErrorKind>(kind.to_string().into()).unwrap();
         assert_eq!(c.class(kind) == Class::Transient, retried.as_bool().unwrap(), "{kind}");
     }
     for case in doc["backoff"].as_array().unwrap() {
@@ -313,7 +377,7 @@ fn http_status_kinds() {
         let status = case["status"].as_u64().unwrap() as u16;
         let message = error_body_message(case["body"].as_str().unwrap().as_bytes());
         let kind = http_error_kind(&c, status, &message);
-        assert_eq!(kind.as_str(), case["kind"].as_str().unwrap(), "{case}");
+        assert_eq!(serde_json::to_value(kind).unwrap(), case["kind"], "{case}");
         assert_eq!(c.class(kind) == Class::Transient, case["retried"].as_bool().unwrap(), "{case}");
     }
 }
