@@ -17,7 +17,7 @@ import socket
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
@@ -356,6 +356,11 @@ class CallContext:
     call_attempt: int = 1
     cold_load_ms: float = 1000.0
 
+    def record_fields(self) -> dict:
+        """The context's fields the record has too (rust-agents record.rs flattens its CallContext
+        alike); run_t0_ns and cold_load_ms only shape the record's numbers."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in RequestRecord.model_fields}
+
 
 def time_stream(lines: Iterable[bytes], parser, clock: Clock) -> tuple[list[int], list[str], int]:
     """Consume a stream of lines: the stamps of its content messages, their texts, and the end stamp.
@@ -391,9 +396,7 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
     estimated = counts.output_tokens is None
     n_out = len(stamps) if estimated else int(counts.output_tokens)
     return RequestRecord(
-        agent=ctx.agent, stage=ctx.stage, phase=ctx.phase, endpoint=endpoint, api=api, model=model,
-        prompt_nonce=ctx.prompt_nonce,
-        call_attempt=ctx.call_attempt,
+        **ctx.record_fields(), endpoint=endpoint, api=api, model=model,
         start_offset_ms=max(0.0, (t_send - ctx.run_t0_ns) / metrics.NS_PER_MS),
         ttft_ms=metrics.ttft_ms(t_send, t_first),
         e2e_ms=metrics.e2e_ms(t_send, t_done),

@@ -114,3 +114,14 @@ def test_the_stored_stamps_give_back_the_timing_metrics():
     assert again.e2e_ms == metrics.e2e_ms(t.t_send_ns, t.t_done_ns) == 105.0
     assert again.itl_ms.max == max(metrics.inter_token_gaps_ms(t.content_ns)) == 20.0
     assert again.decode_tps_client == metrics.decode_tps_client(4, t.content_ns[0], t.content_ns[-1])
+
+
+def test_a_record_takes_its_context_fields_from_the_call_context():
+    """The record's who-and-where fields are the CallContext's (as the Rust record flattens its
+    context): a field added to both is copied without a line in build_record."""
+    ctx = clients.CallContext("collector", "report", "together", run_t0_ns=0, prompt_nonce="0123456789abcdef",
+                              call_attempt=3, cold_load_ms=5.0)
+    assert ctx.record_fields() == {"agent": "collector", "stage": "report", "phase": "together",
+                                   "prompt_nonce": "0123456789abcdef", "call_attempt": 3}
+    rec = clients.build_record(ctx, "http://x", "ollama", "m", 10, [20], ["a"], 30, clients.ServerCounts())
+    assert {k: rec.to_json()[k] for k in ctx.record_fields()} == ctx.record_fields()
