@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import findings, instrument_tables, ladder, metrics, probe_tables, stats, tails
+from bench import fingerprint, findings, instrument_tables, ladder, metrics, probe_tables, stats, tails
 from bench.drift import HostDrift, host_exponent, unix_time
 from bench.errors import BenchError
 from bench.manifest import planned_cells, profile_from_manifest
+from bench.manifest_model import as_manifest
 from bench.outliers import outlier_flags, placement_issues
 from bench.plan import Cell
 from bench.prefill import verify_prefill
@@ -41,20 +42,8 @@ from bench.store import (CLIENT_OVERHEAD_NAME, COLDSTART, MANIFEST_NAME, PROBES,
 DERIVED_DEFINITIONS = {
     "served_tps": "single: Σ N_out / (latency_ms / 10³); multi: Σ N_out of the together phase / wall_s",
 }
-# Per-config statistics beyond metrics.key_metrics, when the column exists.
-POWER_CONFIG_METRICS = ("tokens_per_j", "tokens_per_j_net", "power_j_per_token", "power_j_per_token_net",
-                        "power_mean_power_w", "power_idle_power_w", "power_peak_vram_used_bytes")
-EXTRA_CONFIG_METRICS = {
-    "single": ("served_tps", "client_cpu_share", "host_busy_pct", *POWER_CONFIG_METRICS),
-    "multi": ("served_tps", "client_cpu_share", "host_busy_pct", *POWER_CONFIG_METRICS,
-              "collector_tps_ratio", "insight_tps_ratio",
-              "collector_ttft_inflation", "insight_ttft_inflation"),
-    "steps": ("n_agents", "served_tps", "client_cpu_share", "host_busy_pct", "tps_ratio", "decode_tps_alone",
-              "ttft_ms_together", "ttft_ms_alone"),
-}
 # The topology control (bench/plan.py): the dual-instance scenario it is set against.
 TOPOLOGY_PAIR = ("chimera_homo", "one_instance_two_slots")
-TOPOLOGY_METRICS = ("wall_s", "speedup", "served_tps")
 STATS = ("mean", "median", "std", "cv_pct", "p50", "p95", "ci95_low", "ci95_high")
 
 
@@ -97,12 +86,30 @@ class Results:
         return pd.concat(frames).sort_values("run")
 
 
-def run_row(run: StoredRun) -> dict:
-    """One runs.csv row: the run's identity, its config as ran, and its metrics flattened
-    (agents' metrics as <agent>_<key>, power as power_<key>, the client cost block)."""
+# where a table row was made, in every runs.csv and configs.csv row (study_provenance)
+PROVENANCE_COLUMNS = ("host_id", "harness_commit")
+
+
+def study_provenance(store: Store) -> dict:
+    """The study's host id (its manifest's fingerprint, bench/fingerprint.py: derived from the host
+    entries for a study made before the fingerprint was recorded) and harness commit (the
+    manifest's git commit), so a runs.csv or configs.csv row stays meaningful outside its folder.
+    None without a manifest."""
+    manifest = store.read_json(MANIFEST_NAME)
+    if not manifest:
+        return dict.fromkeys(PROVENANCE_COLUMNS)
+    manifest = as_manifest(manifest)
+    return {"host_id": fingerprint.of_manifest(manifest).host_id, "harness_commit": manifest.harness.commit}
+
+
+def run_row(run: StoredRun, provenance: dict | None = None) -> dict:
+    """One runs.csv row: the run's identity, where it was made (`provenance`: study_provenance),
+    its config as ran, and its metrics flattened (agents' metrics as <agent>_<key>, power as
+    power_<key>, the client cost block)."""
     doc = run.doc
     cfg = doc.config
-    row = {"cell": run.cell_key, "suite": doc.suite, "lang": doc.lang,
+    row = {"cell": run.cell_key, **(provenance or dict.fromkeys(PROVENANCE_COLUMNS)),
+           "suite": doc.suite, "lang": doc.lang,
            "model": doc.model.name, "baseline": doc.model.baseline,
            "scenario": cfg.scenario, "config": run.config_tag,
            # what runs of different models (and languages) are compared on
@@ -191,12 +198,11 @@ def _flat_power(block: dict, prefix: str = "power_") -> dict:
     return out
 
 
-OUTLIER_COLUMNS = list(dict.fromkeys(f"outlier_{m}" for suite in metrics.SUITES for m in metrics.outlier_metrics(suite)))
-
-
 def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
     runs = runs.copy()
-    for col in OUTLIER_COLUMNS:
+    # an outlier_<metric> column for every metric the rule applies to in any suite
+    flag_columns = list(dict.fromkeys(f"outlier_{m}" for _, m in metrics.role_pairs(metrics.OUTLIER)))
+    for col in flag_columns:
         runs[col] = False
     for _, g in runs.groupby("cell", sort=False):
         suite = g["suite"].iloc[0]
@@ -206,7 +212,7 @@ def _flag_outliers(runs: pd.DataFrame, mad_k: float) -> pd.DataFrame:
         rows = values.where(values.notna(), None).to_dict(orient="records")
         for metric, flags in outlier_flags(rows, suite, mad_k).items():
             runs.loc[ordered.index, f"outlier_{metric}"] = flags
-    runs["outlier"] = runs[OUTLIER_COLUMNS].any(axis=1)
+    runs["outlier"] = runs[flag_columns].any(axis=1)
     return runs
 
 
@@ -231,9 +237,10 @@ def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] 
     interval of its looks (`looks`: cell key → LookPlan; the ordinary t-interval for a config the
     plan does not name)."""
     req_rows, run_rows, asked = [], [], {}
+    provenance = study_provenance(store)
     for run in store.iter_runs():
         asked.setdefault(run.cell_key, _plain(run.doc.requested_config or run.doc.config))
-        row = run_row(run)
+        row = run_row(run, provenance)
         run_rows.append(row)
         req_rows += request_rows(run, {k: row[k] for k in BASE_COLUMNS})
     runs = pd.DataFrame(run_rows)
@@ -263,14 +270,15 @@ def config_row(g: pd.DataFrame, look: LookPlan | None, drift: HostDrift | None) 
     `_adj_ci95_low/_high`)."""
     first = g.iloc[0]
     suite = first["suite"]
-    row = {k: first[k] for k in ("cell", "suite", "lang", "model", "baseline", "scenario", "config", "case",
-                                 "ran_as", "gpu_layers", "ctx", "temperature")}
+    row = {k: first[k] for k in ("cell", *PROVENANCE_COLUMNS, "suite", "lang", "model", "baseline", "scenario",
+                                 "config", "case", "ran_as", "gpu_layers", "ctx", "temperature")}
     row["n"] = len(g)
-    for metric in [*metrics.key_metrics(suite), *EXTRA_CONFIG_METRICS[suite]]:
+    extra = metrics.with_role(metrics.CONFIG_STAT, suite)  # only where the runs have a value
+    for metric in [*metrics.key_metrics(suite), *extra]:
         if metric not in g:
             continue
         d = stats.describe([None if pd.isna(v) else v for v in g[metric]])
-        if d["n"] == 0 and metric in EXTRA_CONFIG_METRICS[suite]:
+        if d["n"] == 0 and metric in extra:
             continue
         for stat in STATS:
             row[f"{metric}_{stat}"] = d.get(stat)
@@ -321,12 +329,12 @@ def _adjust_for_drift(runs: pd.DataFrame, drift: HostDrift | None) -> pd.DataFra
     metric of its suite (bench/drift.py; e from the metric's unit). Without probes the adjusted
     value is the raw one and the factor is null."""
     added = {"drift_factor": [drift.factor(t) if drift else None for t in runs["t_mid"]]}
-    for metric in dict.fromkeys(m.column for m in metrics.RUN_METRICS):
+    for metric in dict.fromkeys(m for _, m in metrics.role_pairs(metrics.KEY)):
         if metric not in runs:
             continue
         out = []
         for suite, value, t in zip(runs["suite"], runs[metric], runs["t_mid"]):
-            unit = metrics.unit_of(suite, metric)
+            unit = metrics.unit_of(suite, metric) if metric in metrics.key_metrics(suite) else None
             if drift is None or unit is None or pd.isna(value):
                 out.append(value)
             else:
@@ -351,12 +359,10 @@ def _values(df: pd.DataFrame, metric: str) -> list[float]:
 def normalized(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Each model's mean as % of the baseline model's mean in the same suite, language and case
     (config or scenario): 100 × mean_model / mean_baseline."""
-    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("single", "latency_ms"),
-             ("multi", "speedup"), ("multi", "efficiency_pct"), ("multi", "evenness_pct")]
     rows = []
     if runs.empty or baseline not in set(runs["model"]):
         return pd.DataFrame(rows)
-    for suite, metric in specs:
+    for suite, metric in metrics.role_pairs(metrics.NORMALIZED):
         sub = runs[runs["suite"] == suite]
         if sub.empty or metric not in sub:
             continue
@@ -453,7 +459,6 @@ def lang_deltas(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) ->
     """Rust − Python per suite, model and case, drift-adjusted, with the comparison rule's
     interval of the difference of means (compare_configs); `significant` when it excludes 0;
     the raw delta and verdict beside it."""
-    specs = {"single": ("decode_tps", "decode_tps_client", "ttft_ms"), "multi": ("speedup", "evenness_pct")}
     rows = []
     if runs.empty or runs["lang"].nunique() < 2:
         return pd.DataFrame(rows)
@@ -462,9 +467,9 @@ def lang_deltas(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) ->
                     key=lambda kv: kv[0][0] != "single")
     for (suite, model, case, ran_as), g in groups:
         py, rs = g[g["lang"] == "python"], g[g["lang"] == "rust"]
-        if py.empty or rs.empty or suite not in specs:
+        if py.empty or rs.empty:
             continue
-        for metric in specs[suite]:
+        for metric in metrics.with_role(metrics.LANG_DELTA, suite):
             if not _values(rs, metric) or not _values(py, metric):
                 continue
             cmp = compare_configs(rs, py, metric, looks)
@@ -537,9 +542,7 @@ def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
     if "server_settings" in runs and runs["server_settings"].notna().any():
         factors = {**dict(list(factors.items())[:3]), "server settings": "server_settings",
                    "config (all factors)": "cell"}
-    specs = [("single", "decode_tps"), ("single", "ttft_ms"), ("multi", "speedup"), ("multi", "evenness_pct"),
-             ("steps", "speedup")]
-    return eta_squared_table(runs, specs, factors, "run-to-run (within config)")
+    return eta_squared_table(runs, metrics.role_pairs(metrics.VARIANCE), factors, "run-to-run (within config)")
 
 
 def outlier_list(runs: pd.DataFrame) -> pd.DataFrame:
@@ -764,7 +767,8 @@ def topology(runs: pd.DataFrame, looks: dict[str, LookPlan] | None = None) -> pd
         a, b = g[g["scenario"] == two], g[g["scenario"] == one]
         if a.empty or b.empty:
             continue
-        for metric in TOPOLOGY_METRICS:
+        # wall time first: the topology verdict (findings.topology_verdicts) reads it
+        for metric in sorted(metrics.with_role(metrics.TOPOLOGY, "multi"), key=lambda m: m != "wall_s"):
             cmp = compare_configs(a, b, metric, looks)
             better = {"a": "two instances", "b": "one instance, two slots"}.get(cmp["winner"], "no difference")
             rows.append({"model": model, "lang": lang, "metric": metric,

@@ -17,9 +17,15 @@ CONTENTION_SHARE = 0.5
 SIGNIFICANCE = 0.05
 # An agent-count step "scales" while its parallel efficiency stays at or above this.
 SCALE_EFFICIENCY_PCT = 75.0
-# The questions the central section answers: (suite, metric).
-CENTRAL_QUESTIONS = (("multi", "speedup"), ("multi", "evenness_pct"), ("single", "decode_tps"), ("single", "ttft_ms"),
-                     ("steps", "speedup"))
+# The central section answers the multi-agent suite's questions first: the study's question is
+# about agents side by side.
+CENTRAL_SUITE_ORDER = ("multi", "single", "steps")
+
+
+def central_questions() -> tuple[tuple[str, str], ...]:
+    """The questions the central section answers, (suite, metric): the registry's central-question
+    metrics (bench/metrics.py)."""
+    return tuple((suite, metric) for suite in CENTRAL_SUITE_ORDER for metric in metrics.with_role(metrics.CENTRAL, suite))
 
 
 def _suite(configs: pd.DataFrame, suite: str) -> pd.DataFrame:
@@ -240,7 +246,7 @@ def build(results, failures: list[dict], client_overhead: dict | None,
                   "scale_efficiency_pct": SCALE_EFFICIENCY_PCT},
         "central_answers": {f"{suite}:{metric}": central_answer(results.derived["variance"], suite, metric,
                                                                 runs=results.runs)
-                            for suite, metric in CENTRAL_QUESTIONS},
+                            for suite, metric in central_questions()},
         "winners": [] if win.empty else
         [{k: (None if fmt.missing(r[k]) else r[k]) for k in ("bench", "case", "metric", "winner", "verdict", "diff",
                                                                "ci_low", "ci_high", "ran_as")}

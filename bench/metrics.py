@@ -642,44 +642,111 @@ def harness_to_engine(harness_tps: float | None, engine_tps: float | None) -> fl
 
 
 # --------------------------------------------------------------------------------------------
-# The run-level metrics the tables summarise and compare: each one's label, direction and role,
-# stated once. KEY_METRICS, the outlier rule's metrics, the headline metric of each suite and
-# every "which way is better" question derive from this table.
+# The run-level metrics the tables summarise and compare: each one's label, direction and roles,
+# stated once. Every table that lists metrics asks this registry which metrics have its role
+# (with_role), and every label comes from here (label), so a metric has one name everywhere and a
+# metric given a role appears in every table that role drives.
 # --------------------------------------------------------------------------------------------
+
+# The roles: which tables a run metric appears in.
+KEY = "key"  # summarised per config with its repeated interval and drift-adjusted twin; the A/A check
+HEADLINE = "headline"  # the winner rule, the precision target of a fixed config, the CV rule
+OUTLIER = "outlier"  # the spec's |x − median| > k × MAD flag applies to it
+NORMALIZED = "normalized"  # each model's mean as % of the baseline model's
+LANG_DELTA = "language delta"  # Rust − Python with the comparison rule
+VARIANCE = "variance factor"  # η² shares of model, language, case, settings and noise
+CENTRAL = "central question"  # the report's central answer (from the variance shares)
+TOPOLOGY = "topology"  # two instances against one instance with two slots
+CONFIG_STAT = "config statistic"  # configs.csv statistics beyond the key metrics, when the runs have it
+RUN_COLUMN = "run column"  # a config summary's per-run listing, beyond the key metrics
+ROLES = (KEY, HEADLINE, OUTLIER, NORMALIZED, LANG_DELTA, VARIANCE, CENTRAL, TOPOLOGY, CONFIG_STAT, RUN_COLUMN)
 
 
 @dataclass(frozen=True)
 class RunMetric:
-    column: str  # the metrics.json key and the runs.csv column
+    column: str  # the metrics.json key (flattened as analysis.run_row does) and the runs.csv column
     suite: str
-    label: str  # how tables name it, with its unit
+    label: str  # how tables and plots name it, with its unit
     higher_is_better: bool
-    definition: str  # the registered formula that computes it (its unit comes from there)
-    headline: bool = False  # what the winner rule and the language deltas compare
-    outlier_rule: bool = False  # the spec's |x − median| > k × MAD flag applies to it
+    definition: str | None  # the registered formula that computes it (its unit comes from there)
+    roles: frozenset[str] = frozenset()
+    own_unit: str | None = None  # the unit of a quantity without a registered formula (definition None)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"run metric {self.suite}/{self.column}: unknown roles {sorted(unknown)}")
+        if (self.definition is None) == (self.own_unit is None):
+            raise ValueError(f"run metric {self.suite}/{self.column}: give a registered definition or a unit, "
+                             "one of them")
 
     @property
     def unit(self) -> str:
-        return _REGISTRY[self.definition].unit
+        return _REGISTRY[self.definition].unit if self.definition else self.own_unit
 
 
+def _for(suites: Sequence[str], column: str, label: str, higher_is_better: bool, definition: str | None,
+         *roles: str, unit: str | None = None) -> tuple[RunMetric, ...]:
+    """The same quantity in several suites, one entry each."""
+    return tuple(RunMetric(column, suite, label, higher_is_better, definition, frozenset(roles), unit)
+                 for suite in suites)
+
+
+_TABLED = (NORMALIZED, LANG_DELTA, VARIANCE, CENTRAL)
+# Registry order is table order: within a suite, every query answers in this order (configs.csv's
+# columns, normalized.csv's and variance.csv's rows).
 RUN_METRICS: tuple[RunMetric, ...] = (
-    RunMetric("decode_tps", "single", "throughput (tok/s, server)", True, "decode_tps", headline=True,
-              outlier_rule=True),
-    RunMetric("decode_tps_client", "single", "throughput (tok/s, client)", True, "decode_tps_client_run"),
-    RunMetric("ttft_ms", "single", "TTFT (ms)", False, "ttft_ms_run", outlier_rule=True),
-    RunMetric("latency_ms", "single", "latency (ms, agent run)", False, "latency_ms"),
-    RunMetric("speedup", "multi", "speedup (×)", True, "speedup", headline=True, outlier_rule=True),
+    *_for(["single"], "decode_tps", "throughput (tok/s, server)", True, "decode_tps", KEY, HEADLINE, OUTLIER,
+          *_TABLED),
+    *_for(["single"], "decode_tps_client", "throughput (tok/s, client)", True, "decode_tps_client_run", KEY,
+          LANG_DELTA),
+    *_for(["single"], "ttft_ms", "TTFT (ms)", False, "ttft_ms_run", KEY, OUTLIER, *_TABLED),
+    *_for(["single"], "latency_ms", "latency (ms, agent run)", False, "latency_ms", KEY, NORMALIZED),
+    *_for(["multi"], "speedup", "speedup (×)", True, "speedup", KEY, HEADLINE, OUTLIER, *_TABLED, TOPOLOGY),
     # efficiency_pct is speedup / 2: flagging it too would only repeat the speedup flags
-    RunMetric("efficiency_pct", "multi", "efficiency (%)", True, "efficiency_pct"),
-    RunMetric("evenness_pct", "multi", "evenness (%)", True, "evenness_pct"),
-    RunMetric("wall_s", "multi", "wall (s)", False, "wall_s"),
-    RunMetric("seq_s", "multi", "sequential (s)", False, "seq_s"),
-    RunMetric("speedup", "steps", "speedup (×)", True, "speedup", headline=True, outlier_rule=True),
-    RunMetric("efficiency_pct", "steps", "efficiency (%)", True, "efficiency_pct"),
-    RunMetric("decode_tps_together", "steps", "per-agent decode (tok/s, server)", True, "decode_tps"),
-    RunMetric("ttft_inflation", "steps", "TTFT inflation (×)", False, "ttft_inflation"),
-    RunMetric("wall_s", "steps", "wall (s)", False, "wall_s"),
+    *_for(["multi"], "efficiency_pct", "efficiency (%)", True, "efficiency_pct", KEY, NORMALIZED),
+    *_for(["multi"], "evenness_pct", "evenness (%)", True, "evenness_pct", KEY, *_TABLED),
+    *_for(["multi"], "wall_s", "wall (s)", False, "wall_s", KEY, TOPOLOGY),
+    *_for(["multi"], "seq_s", "sequential (s)", False, "seq_s", KEY),
+    *_for(["steps"], "speedup", "speedup (×)", True, "speedup", KEY, HEADLINE, OUTLIER, VARIANCE, CENTRAL),
+    *_for(["steps"], "efficiency_pct", "efficiency (%)", True, "efficiency_pct", KEY),
+    *_for(["steps"], "decode_tps_together", "per-agent decode (tok/s, server)", True, "decode_tps", KEY),
+    *_for(["steps"], "ttft_inflation", "TTFT inflation (×)", False, "ttft_inflation", KEY),
+    *_for(["steps"], "wall_s", "wall (s)", False, "wall_s", KEY),
+    # the statistics configs.csv adds where the runs have the column (power only on a GPU host)
+    *_for(["steps"], "n_agents", "agents", True, None, CONFIG_STAT, unit="agents"),
+    # served_tps: analysis.DERIVED_DEFINITIONS
+    *_for(["single", "steps"], "served_tps", "served tok/s", True, None, CONFIG_STAT, unit="tok/s"),
+    *_for(["multi"], "served_tps", "served tok/s", True, None, CONFIG_STAT, TOPOLOGY, unit="tok/s"),
+    *_for(["single", "multi", "steps"], "client_cpu_share", "client CPU (cores)", False, "client_cpu_share",
+          CONFIG_STAT),
+    *_for(["single", "multi", "steps"], "host_busy_pct", "host busy (%)", False, "host_busy_pct", CONFIG_STAT),
+    *_for(["single", "multi"], "tokens_per_j", "tokens/J (gross)", True, "tokens_per_j", CONFIG_STAT),
+    *_for(["single", "multi"], "tokens_per_j_net", "tokens/J (idle subtracted)", True, "tokens_per_j_net",
+          CONFIG_STAT),
+    *_for(["single", "multi"], "power_j_per_token", "J/token (gross)", False, "j_per_token", CONFIG_STAT),
+    *_for(["single", "multi"], "power_j_per_token_net", "J/token (idle subtracted)", False, "j_per_token_net",
+          CONFIG_STAT),
+    *_for(["single", "multi"], "power_mean_power_w", "mean active power (W)", False, "mean_power_w", CONFIG_STAT),
+    *_for(["single", "multi"], "power_idle_power_w", "idle power (W)", False, "idle_power_w", CONFIG_STAT),
+    *_for(["single", "multi"], "power_peak_vram_used_bytes", "peak VRAM (bytes, GPU total)", False, None,
+          CONFIG_STAT, unit="bytes"),
+    *_for(["multi"], "collector_tps_ratio", "collector tps ratio (together / alone)", True, "tps_ratio",
+          CONFIG_STAT, RUN_COLUMN),
+    *_for(["multi"], "insight_tps_ratio", "insight tps ratio (together / alone)", True, "tps_ratio",
+          CONFIG_STAT, RUN_COLUMN),
+    *_for(["multi"], "collector_ttft_inflation", "collector TTFT inflation (×)", False, "ttft_inflation",
+          CONFIG_STAT, RUN_COLUMN),
+    *_for(["multi"], "insight_ttft_inflation", "insight TTFT inflation (×)", False, "ttft_inflation",
+          CONFIG_STAT, RUN_COLUMN),
+    *_for(["multi"], "contention", "contention (flag)", False, "contention", RUN_COLUMN),
+    *_for(["multi"], "legacy_contention", "legacy contention (speedup < 1.5)", False, "legacy_contention",
+          RUN_COLUMN),
+    *_for(["steps"], "tps_ratio", "tps ratio (together / alone)", True, "tps_ratio", CONFIG_STAT),
+    *_for(["steps"], "decode_tps_alone", "per-agent decode alone (tok/s, server)", True, "decode_tps",
+          CONFIG_STAT),
+    *_for(["steps"], "ttft_ms_together", "TTFT together (ms)", False, "ttft_ms_run", CONFIG_STAT),
+    *_for(["steps"], "ttft_ms_alone", "TTFT alone (ms)", False, "ttft_ms_run", CONFIG_STAT),
 )
 SUITES = ("single", "multi", "steps")
 LANGS = ("python", "rust")
@@ -688,28 +755,55 @@ LANGS = ("python", "rust")
 BENCHES = tuple(f"{suite}-{lang}" for suite in SUITES for lang in LANGS if (suite, lang) != ("steps", "rust"))
 
 
+def with_role(role: str, suite: str) -> tuple[str, ...]:
+    """The columns of a suite's run metrics that have `role`, in registry order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown metric role {role!r}; the roles are {', '.join(ROLES)}")
+    return tuple(m.column for m in RUN_METRICS if m.suite == suite and role in m.roles)
+
+
+def role_pairs(role: str) -> tuple[tuple[str, str], ...]:
+    """(suite, column) of every run metric that has `role`, suite by suite in SUITES order."""
+    return tuple((suite, column) for suite in SUITES for column in with_role(role, suite))
+
+
 def key_metrics(suite: str) -> dict[str, str]:
     """The metrics summarised per config of a suite, column → label, in table order."""
-    return {m.column: m.label for m in RUN_METRICS if m.suite == suite}
+    return {column: label(column, suite) for column in with_role(KEY, suite)}
 
 
 def outlier_metrics(suite: str) -> tuple[str, ...]:
-    return tuple(m.column for m in RUN_METRICS if m.suite == suite and m.outlier_rule)
+    return with_role(OUTLIER, suite)
+
+
+def _entry(column: str, suite: str | None) -> RunMetric | None:
+    return next((m for m in RUN_METRICS if m.column == column and suite in (None, m.suite)), None)
+
+
+def label(column: str, suite: str | None = None) -> str:
+    """How tables and plots name a run metric (the suite's entry; without a suite, the first one)."""
+    m = _entry(column, suite)
+    if m is None:
+        raise KeyError(f"no run metric {column!r}" + (f" in suite {suite!r}" if suite else "")
+                       + " in bench/metrics.py RUN_METRICS")
+    return m.label
 
 
 def unit_of(suite: str, column: str) -> str | None:
     """The unit of a suite's run metric (None when the suite has no such metric)."""
-    return next((m.unit for m in RUN_METRICS if m.suite == suite and m.column == column), None)
+    m = _entry(column, suite)
+    return m.unit if m else None
 
 
 def headline(suite: str) -> str:
-    (m,) = [m.column for m in RUN_METRICS if m.suite == suite and m.headline]
+    (m,) = with_role(HEADLINE, suite)
     return m
 
 
 def lower_is_better(column: str) -> bool:
     """True for a run metric where less is better (times); False for rates, ratios, unknowns."""
-    return any(m.column == column and not m.higher_is_better for m in RUN_METRICS)
+    m = _entry(column, None)
+    return m is not None and not m.higher_is_better
 
 
 def bench_label(bench: str) -> str:

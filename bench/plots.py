@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import metrics  # noqa: E402
+
 PLOTS_DIR = "plots"
 
 
@@ -80,8 +82,8 @@ def plot_frontier(frontier: pd.DataFrame, path: Path) -> Path | None:
         front = df[df["pareto"]].sort_values("served_tps_mean")
         ax.plot(front["served_tps_mean"], front["tokens_per_j_mean"], color="black", linewidth=0.8,
                 label="frontier")
-        ax.set_xlabel("served tok/s (mean per config)")
-        ax.set_ylabel("tokens per joule")
+        ax.set_xlabel(f"{metrics.label('served_tps', suite)} (mean per config)")
+        ax.set_ylabel(metrics.label("tokens_per_j", suite))
         ax.set_title(f"{suite}-agent")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -102,12 +104,12 @@ def write_plots(study_root: Path, configs: pd.DataFrame, frontier: pd.DataFrame)
     single = configs[configs["suite"] == "single"] if not configs.empty else configs
     multi = configs[configs["suite"] == "multi"] if not configs.empty else configs
     made = {
-        "throughput": _by_lang_figure(single, "decode_tps", "config", "decode tok/s (server)",
+        "throughput": _by_lang_figure(single, "decode_tps", "config", metrics.label("decode_tps", "single"),
                                       "Single-agent throughput by model", out_dir / "throughput.png"),
-        "ttft": _by_lang_figure(single, "ttft_ms", "config", "TTFT (ms)", "Single-agent TTFT by model",
-                                out_dir / "ttft.png"),
-        "speedup": _by_lang_figure(multi, "speedup", "scenario", "speedup (×)", "Multi-agent speedup by scenario",
-                                   out_dir / "speedup.png", hlines=(1.0, 2.0),
+        "ttft": _by_lang_figure(single, "ttft_ms", "config", metrics.label("ttft_ms", "single"),
+                                "Single-agent TTFT by model", out_dir / "ttft.png"),
+        "speedup": _by_lang_figure(multi, "speedup", "scenario", metrics.label("speedup", "multi"),
+                                   "Multi-agent speedup by scenario", out_dir / "speedup.png", hlines=(1.0, 2.0),
                                    note=" · dashed: 1× (no gain), 2× (ideal)"),
         "frontier": plot_frontier(frontier, out_dir / "frontier.png"),
     }

@@ -262,7 +262,7 @@ class MatrixRunner:
             return agents.run_job(job, self._clients_by_url)
         # The agent retries each call itself, as the Python agents do; a failure here is final.
         return rust.run_job(self.rust_agent, job, self.store.path(item.rel_dir), self.store.root.parent,
-                            timeout_s=job.timeout_s * 6 * job.retries.attempts)
+                            timeout_s=rust.agent_timeout_s(job))
 
     def _run_once(self, item: RunItem, eff: Cell) -> RunDocument:
         """One attempt at a run, with the cell as `eff` runs it; the document is not stored yet."""

@@ -202,6 +202,18 @@ def _agent_document(path: Path) -> RunDocument:
     return run.doc
 
 
+# The most calls a job makes one after another: the multi suite's alone phase (collector's two
+# stages, then insight's) and its together phase (two stages, both agents at once); single makes 2.
+CALLS_IN_A_ROW_MAX = 6
+
+
+def agent_timeout_s(job: Job) -> float:
+    """How long the agent process may run before it is killed as hung: every call in a row may use
+    its whole deadline (job.timeout_s) on each of its tries. The waits between tries (at most
+    retries.max_wait_s each) are left out: a job that slow fails as a timeout either way."""
+    return job.timeout_s * CALLS_IN_A_ROW_MAX * job.retries.attempts
+
+
 def run_job(agent: RustAgent, job: Job, run_dir: Path, results_dir: Path, timeout_s: float) -> RunDocument:
     """Run one job in `run_dir` (job.json beside the agent's document) and return the typed
     document. Raises RequestError with the agent's error kind when a request failed, BenchError

@@ -16,10 +16,6 @@ from bench.analysis import STATS, Results
 from bench.plan import Cell
 from bench.store import Store, atomic_write_json, atomic_write_text
 
-# the per-run columns a summary lists, beyond the key metrics (multi: the contention evidence)
-MULTI_RUN_COLUMNS = ("collector_tps_ratio", "collector_ttft_inflation", "insight_tps_ratio",
-                     "insight_ttft_inflation", "contention", "legacy_contention")
-
 
 def summarize_cell(store: Store, cell: Cell, results: Results, mad_k: float = 2.0) -> dict | None:
     """summary.json and summary.md of one config from the study's analysis: every stored run of
@@ -32,7 +28,8 @@ def summarize_cell(store: Store, cell: Cell, results: Results, mad_k: float = 2.
     suite = cell.suite
     keys = list(metrics.key_metrics(suite))
     outlier_cols = [f"outlier_{m}" for m in metrics.outlier_metrics(suite)]
-    cols = ["run", "cold_load", "ran_as", *keys, *(MULTI_RUN_COLUMNS if suite == "multi" else ()), *outlier_cols]
+    # beyond the key metrics, the registry's run columns (multi: the contention evidence)
+    cols = ["run", "cold_load", "ran_as", *keys, *metrics.with_role(metrics.RUN_COLUMN, suite), *outlier_cols]
     df = rows.reindex(columns=cols).reset_index(drop=True)
     df[outlier_cols] = df[outlier_cols].fillna(False).astype(bool)  # a misplaced run is never flagged
     first = rows.iloc[0]
