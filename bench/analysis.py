@@ -843,7 +843,7 @@ def build(store: Store, profile: Profile, cells: list[Cell] | None = None) -> Re
 
 
 def export_tables(store: Store, results: Results) -> dict[str, Path]:
-    """tables/<name>.csv for every frame, and tables/findings.json."""
+    """tables/<name>.csv for every frame."""
     out = {}
     frames = {"requests": results.requests, "runs": results.runs, "configs": results.configs,
               "misplaced_runs": results.misplaced, "voided_runs": results.voided, **results.derived}
@@ -851,7 +851,13 @@ def export_tables(store: Store, results: Results) -> dict[str, Path]:
         path = store.root / "tables" / f"{name}.csv"
         atomic_write_text(path, df.to_csv(index=False))
         out[name] = path
-    if results.findings:
-        out["findings"] = store.root / "tables" / "findings.json"
-        atomic_write_json(out["findings"], results.findings)
     return out
+
+
+def export_findings(store: Store, results: Results) -> Path | None:
+    """tables/findings.json: the rule-made conclusions (None when there are none)."""
+    if not results.findings:
+        return None
+    path = store.root / "tables" / "findings.json"
+    atomic_write_json(path, results.findings)
+    return path

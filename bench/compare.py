@@ -26,16 +26,16 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 import pandas as pd
 
-from bench import fingerprint, fmt, metrics, sequential
+from bench import fingerprint, fmt, metrics, sequential, templating
 from bench.analysis import Results, build, eta_squared_table
 from bench.csvsafe import csv_text
 from bench.errors import BenchError
-from bench.manifest import profile_from_manifest
 from bench.manifest_model import MODEL_IDENTITY_KEYS, Manifest, load_manifest, runtime_identity, setting_text
-from bench.paths import TEMPLATES_DIR, results_root
+from bench.manifest_plans import profile_from_manifest
+from bench.md_table import md_table
+from bench.paths import results_root
 from bench.sequential import Interval
 from bench.store import (COMPARE_PREFIX, COMPARISON_REPORT, COMPARISON_STUDIES, COMPARISON_TABLE,
                          COMPARISON_VARIANCE, MANIFEST_NAME, Store, atomic_write_text)
@@ -390,7 +390,7 @@ def _markdown_tables(table: pd.DataFrame, var: pd.DataFrame, order: list[str]) -
                 row[f"{r['study']} Δ %"] = fmt.pct(r["diff_pct"])
                 row[f"{r['study']} verdict"] = r["verdict"]
             rows.append(row)
-        wide = pd.DataFrame(rows).fillna("–").to_markdown(index=False)
+        wide = md_table(pd.DataFrame(rows).fillna("–"))
     if var.empty:
         shares = None
     else:
@@ -402,19 +402,17 @@ def _markdown_tables(table: pd.DataFrame, var: pd.DataFrame, order: list[str]) -
                 p = "" if fmt.missing(r["p_value"]) else f" (p {fmt.num(r['p_value'], 2)})"
                 row[f"η² {r['factor']}"] = (fmt.num(r["eta_sq"], 2) + p) if varied else "not varied"
             rows.append(row)
-        shares = pd.DataFrame(rows).to_markdown(index=False)
+        shares = md_table(rows)
     return wide, shares
 
 
 def render(studies: list[Study], matching: Matching, table: pd.DataFrame, var: pd.DataFrame,
            allow_mismatch: bool, generated_at: str) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     wide, shares = _markdown_tables(table, var, [s.label for s in studies])
     hosts = {s.host for s in studies}
     judged = table[table["verdict"] != "reference"] if not table.empty else table
-    return env.get_template(TEMPLATE).render(
-        studies=[{"label": s.label, "root": str(s.root), "host": s.host, "line": fingerprint.one_line(s.fingerprint),
+    return templating.render(
+        TEMPLATE, studies=[{"label": s.label, "root": str(s.root), "host": s.host, "line": fingerprint.one_line(s.fingerprint),
                   "derived": s.fingerprint.derived, "runs": len(s.results.runs),
                   "configs": len(s.results.configs), "probe": fmt.num(s.probe()[0]), "drift": fmt.pct(s.probe()[1]),
                   "started": s.manifest.started_at or "–"} for s in studies],

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import jinja2
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from mdit_py_plugins.anchors import anchors_plugin
 
+from bench import templating
 from bench.errors import BenchError
-from bench.paths import TEMPLATES_DIR
+from bench.outputs import REPORT_NAME, StudyOutputs
 from bench.store import HTML_REPORT_NAME, atomic_write_text
 
 TOC_LEVELS = (2, 3)  # the h1 is the page's title; deeper headings would crowd the contents
@@ -96,9 +96,7 @@ def convert(markdown_text: str, base: Path) -> tuple[str, str, list[TocEntry]]:
 
 def render_html(markdown_text: str, base: Path) -> str:
     title, body, toc = convert(markdown_text, base)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    return env.get_template("report.html.j2").render(title=title, body=body, toc=toc)
+    return templating.render("report.html.j2", title=title, body=body, toc=toc)  # autoescaped: an HTML template
 
 
 def write_html_report(markdown_path: Path) -> Path:
@@ -106,3 +104,8 @@ def write_html_report(markdown_path: Path) -> Path:
     path = markdown_path.with_name(HTML_REPORT_NAME)
     atomic_write_text(path, render_html(markdown_path.read_text(encoding="utf-8"), markdown_path.parent))
     return path
+
+
+def export(out: StudyOutputs) -> list[Path]:
+    """Technical_Report_116.html beside the markdown report, the same content in one offline file."""
+    return [write_html_report(out.store.root / REPORT_NAME)]

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jinja2
 import pandas as pd
 
-from bench import fingerprint, fmt, metrics
+from bench import fingerprint, fmt, metrics, templating
 from bench.errors import BenchError
 from bench.manifest_model import Manifest, as_manifest
-from bench.paths import TEMPLATES_DIR
+from bench.md_table import md_table
 from bench.store import ISSUE_SUMMARY, Store, atomic_write_text
 
 TEMPLATE = "issue_summary.md.j2"
@@ -73,14 +72,12 @@ def _readable(manifest: Manifest | dict | None) -> Manifest | None:
 
 def render(study: str, results, manifest: Manifest | dict | None, incomplete: str | None = None) -> str:
     """`manifest`: a Manifest, or the raw dict bench/report.py still reads (None or {} when absent)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     manifest = _readable(manifest)
     baseline = manifest.baseline if manifest else None
     models, rows = headline_rows(results.configs, baseline)
-    table = pd.DataFrame(rows[:MAX_ROWS]).to_markdown(index=False) if rows else None
-    return env.get_template(TEMPLATE).render(
-        study=study, incomplete=incomplete, n_runs=len(results.runs), n_configs=len(results.configs),
+    table = md_table(rows[:MAX_ROWS])
+    return templating.render(
+        TEMPLATE, study=study, incomplete=incomplete, n_runs=len(results.runs), n_configs=len(results.configs),
         host=fingerprint.one_line(fingerprint.of_manifest(manifest)) if manifest else "host unknown (no manifest)",
         models=[{"name": m.name, "baseline": m.name == baseline, "identity": fingerprint.identity_text(m)}
                 for m in (manifest.models if manifest else [])],

@@ -17,9 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.outputs import StudyOutputs  # noqa: E402
 from bench import metrics  # noqa: E402
 
 PLOTS_DIR = "plots"
+FIGURES = ("throughput", "ttft", "speedup", "frontier")  # write_plots' names, in the report's order
 
 
 def _ci_errors(df: pd.DataFrame, metric: str) -> np.ndarray:
@@ -118,3 +120,15 @@ def write_plots(study_root: Path, configs: pd.DataFrame, frontier: pd.DataFrame)
         if path is None:
             (out_dir / f"{name}.png").unlink(missing_ok=True)
     return {name: f"{PLOTS_DIR}/{path.name}" for name, path in made.items() if path is not None}
+
+
+def figures(study_root: Path) -> dict[str, str]:
+    """The figures write_plots drew (it removes those the data no longer supports): name → path
+    relative to the study folder, in the report's order."""
+    return {name: f"{PLOTS_DIR}/{name}.png" for name in FIGURES if (study_root / PLOTS_DIR / f"{name}.png").is_file()}
+
+
+def export(out: StudyOutputs) -> list[Path]:
+    """plots/*.png of the study."""
+    drawn = write_plots(out.store.root, out.results.configs, out.results.derived["frontier"])
+    return [out.store.root / rel for rel in drawn.values()]

@@ -30,6 +30,7 @@ from bench import metrics
 from bench.analysis import build, load_tables
 from bench.errors import BenchError
 from bench.manifest_model import Manifest, ModelIdentity, Reproduces, RuntimeDescription, runtime_identity
+from bench.md_table import md_table
 from bench.plan import build_plan
 from bench.assets import EMBEDDED_MODELS
 from bench.paths import REPO_ROOT, cache_dir
@@ -237,7 +238,7 @@ def _render(cmp: pd.DataFrame, old_study: str, new_study: str, manifest_path: Pa
               "new n": r["new_n"], "Δ %": f(r["delta_pct"]),
               "within old CI": {True: "yes", False: "**no**"}.get(r["within_old_ci"], "–")}
              for _, r in cmp.iterrows()]
-    lines += [pd.DataFrame(table).to_markdown(index=False) if table else "No configs to compare.", ""]
+    lines += [md_table(table) or "No configs to compare.", ""]
     return "\n".join(lines)
 
 

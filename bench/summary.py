@@ -9,10 +9,14 @@ fallback ladder downgraded, with what they ran.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from bench import metrics
 from bench.analysis import STATS, Results
+from bench.md_table import md_table
+from bench.outputs import StudyOutputs
 from bench.plan import Cell
 from bench.store import Store, atomic_write_json, atomic_write_text
 
@@ -88,7 +92,7 @@ def render_markdown(summary: dict, df: pd.DataFrame) -> str:
         f"temperature {cfg['temperature']}"
         + (f", scenario `{summary['scenario']}`" if summary["scenario"] else "") + ".",
         "",
-        table.to_markdown(index=False, floatfmt=".3g"),
+        md_table(table, floatfmt=".3g"),
         "",
         "The interval columns hold the repeated 95 % interval (valid at every run count the study could "
         "have stopped at; bench/sequential.py).",
@@ -101,10 +105,20 @@ def render_markdown(summary: dict, df: pd.DataFrame) -> str:
     if summary["suite"] == "multi":
         lines.append(f"Runs with contention: {summary['contention_runs']} of {summary['runs_found']} "
                      f"(legacy speedup < 1.5 flag: {summary['legacy_contention_runs']}).")
-    lines += ["", "## Runs", "", df.to_markdown(index=False, floatfmt=".4g"), ""]
+    lines += ["", "## Runs", "", md_table(df, floatfmt=".4g"), ""]
     return "\n".join(lines)
 
 
 def summarize_all(store: Store, cells: list[Cell], results: Results, mad_k: float = 2.0) -> list[dict]:
     return [s for c in cells if (s := summarize_cell(store, c, results, mad_k))]
+
+
+def export(out: StudyOutputs) -> list[Path]:
+    """summary.json and summary.md of every planned config that has runs."""
+    paths = []
+    for cell in out.cells:
+        if summarize_cell(out.store, cell, out.results, out.profile.outliers.mad_k) is not None:
+            folder = out.store.path(cell.rel_dir)
+            paths += [folder / "summary.json", folder / "summary.md"]
+    return paths
 

@@ -7,6 +7,7 @@ test_manifest* reuse them.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from pathlib import Path
@@ -15,14 +16,18 @@ import pandas as pd
 import pytest
 
 from bench import manifest as mf
+from bench import metrics, templating
+from bench.html_report import HTML_REPORT_NAME
+from bench.md_table import md_table
 from bench.plan import build_plan
 from bench.profile import load_profile
 from bench.records import RunDocument
-from bench.report import write_report
-from bench.store import Store, atomic_write_json
+from bench.report import EXPORTERS, REPORT_NAME, study_outputs, write_report
+from bench.store import ISSUE_SUMMARY, Store, atomic_write_json
 from conftest import smoke_variant
 
 MODELS = ("gemma3:latest", "qwen2.5:7b")
+PACKAGE = Path(__file__).parent.parent / "bench"
 
 
 class FakeRuntime:
@@ -255,3 +260,65 @@ def test_gpu_host_manifest_fills_setup_and_vram_notes(study):
     assert "| 5 GiB " in notes and "not loaded at manifest time" in notes  # qwen was not loaded
     assert "no GPU" not in notes
     assert "Not available: the runs carry no power data" in text
+
+
+# ---- the outputs: exporters over one analysis, one environment, one table helper, one name per metric ----
+
+
+REPORT_STAGE = ("report", "html_report", "summary", "plots", "issue_summary", "validate", "compare",
+                "report_sections", "outputs", "templating", "md_table")
+STUDY_STAGE = {"runner", "manifest", "power", "instrument", "probes", "overhead", "outliers", "scheduler",
+               "plan_identity"}
+
+
+def _bench_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("bench.") for a in node.names if a.name.startswith("bench.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
+            if node.module == "bench":
+                out |= {a.name for a in node.names}
+            else:
+                out.add(node.module.removeprefix("bench."))
+    return out
+
+
+def test_the_report_stage_imports_no_study_module():
+    """The report reads the analysis and what the study stored, never the study's measuring code
+    (before the split, report.py imported probes, instrument and power for their partials)."""
+    reached = {name: sorted(_bench_imports(PACKAGE / f"{name}.py") & STUDY_STAGE) for name in REPORT_STAGE}
+    assert {name: mods for name, mods in reached.items() if mods} == {}
+
+
+def test_write_report_runs_each_exporter_once_over_one_analysis(study):
+    loaded, store = study
+    out = study_outputs(loaded, store)
+    written = [export(out) for export in EXPORTERS]
+    paths = [p for ps in written for p in ps]
+    assert all(p.is_file() and store.root in p.parents for p in paths)
+    assert len(paths) == len(set(paths))  # no output is written by two exporters
+    names = {p.name for p in paths}
+    assert {REPORT_NAME, HTML_REPORT_NAME, ISSUE_SUMMARY, "findings.json", "configs.csv", "summary.json",
+            "throughput.png"} <= names
+    # the HTML page is made from the markdown report: it comes after it
+    order = [p.name for p in paths]
+    assert order.index(REPORT_NAME) < order.index(HTML_REPORT_NAME)
+
+
+def test_a_run_metric_has_the_registrys_name_in_the_report(study):
+    loaded, store = study
+    text = write_report(loaded, store).read_text()
+    single, multi = metrics.key_metrics("single"), metrics.key_metrics("multi")
+    for label in (single["decode_tps"], single["ttft_ms"], single["latency_ms"], multi["speedup"],
+                  multi["efficiency_pct"]):
+        assert f"| {label} [95% CI]" in text
+    assert "decode tok/s (server)" not in text  # the name the report once had of its own
+
+
+def test_one_environment_escapes_html_templates_only_and_one_table_helper():
+    env = templating.environment()
+    assert env is templating.environment()
+    assert env.autoescape("report.html.j2") and not env.autoescape("report.md.j2")
+    assert md_table([]) is None and md_table(pd.DataFrame()) is None
+    assert md_table([{"a": 1, "b": "x"}]).splitlines()[0].replace(" ", "") == "|a|b|"
