@@ -413,7 +413,6 @@ def build_record(ctx: CallContext, endpoint: str, api: str, model: str, t_send: 
         eval_ms=counts.eval_ms,
         cold_load=metrics.is_cold_load(counts.load_ms, ctx.cold_load_ms),
         done_reason=counts.done_reason,
-        error=None, error_kind=None,
         output_text="".join(texts),
         timing=CallStamps(t_send_ns=t_send - ctx.run_t0_ns, content_ns=[t - ctx.run_t0_ns for t in stamps],
                           t_done_ns=t_done - ctx.run_t0_ns),

@@ -86,8 +86,11 @@ class RequestRecord(_Strict):
     eval_ms: float | None
     cold_load: bool
     done_reason: str | None
-    error: str | None
-    error_kind: str | None
+    # A record is made only for a call that succeeded (a failed call raises RequestError and the
+    # runner logs it in failures.jsonl), so these were always null: not written any more, read
+    # (null) from records stored before.
+    error: None = None
+    error_kind: None = None
     output_text: str
     timing: CallStamps | None = None  # absent in records stored before the stamps were kept
 
@@ -116,8 +119,11 @@ class RequestRecord(_Strict):
 
     def to_json(self) -> dict:
         """The record as metrics.json stores it (non-finite floats become null, as JSON has none;
-        a record without stamps leaves `timing` out rather than null)."""
-        return _finite(self.model_dump(mode="python", exclude={"timing"} if self.timing is None else None))
+        a record without stamps leaves `timing` out rather than null, and only a record read with
+        `error`/`error_kind`, an old one, carries them)."""
+        left_out = {"timing"} if self.timing is None else set()
+        left_out |= {"error", "error_kind"} - self.model_fields_set
+        return _finite(self.model_dump(mode="python", exclude=left_out))
 
 
 def _finite(v):

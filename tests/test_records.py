@@ -125,3 +125,18 @@ def test_a_record_takes_its_context_fields_from_the_call_context():
                                    "prompt_nonce": "0123456789abcdef", "call_attempt": 3}
     rec = clients.build_record(ctx, "http://x", "ollama", "m", 10, [20], ["a"], 30, clients.ServerCounts())
     assert {k: rec.to_json()[k] for k in ctx.record_fields()} == ctx.record_fields()
+
+
+def test_records_no_longer_carry_the_always_null_error_fields():
+    """A record is made only for a call that succeeded, so `error`/`error_kind` were always null:
+    a new record leaves them out, a stored one's nulls still read back, a value there is refused."""
+    ctx = clients.CallContext("single", "analysis", "single", run_t0_ns=0, prompt_nonce="0" * 16)
+    new = clients.build_record(ctx, "http://x", "ollama", "m", 10, [20], ["a"], 30, clients.ServerCounts()).to_json()
+    assert "error" not in new and "error_kind" not in new
+    stored = json.loads(next((FIXTURE_ROOT / "smoke").glob("single/*/*/*/run_1/metrics.json")).read_text())
+    assert stored["requests"][0]["error"] is None
+    assert records.RunDocument.model_validate(stored).to_json()["requests"][0]["error"] is None
+    stored["requests"].append(new)
+    assert schema_errors(stored) == []
+    stored["requests"][0]["error_kind"] = "oom"
+    assert schema_errors(stored)

@@ -56,8 +56,8 @@ pub struct RequestRecord {
     pub eval_ms: Option<f64>,
     pub cold_load: bool,
     pub done_reason: Option<String>,
-    pub error: Option<String>,
-    pub error_kind: Option<String>,
+    // No `error`/`error_kind`: a record is made only for a call that succeeded (the schema keeps
+    // them, always null, for records stored before).
     pub output_text: String,
     /// The call's raw clock (schema `timing`): every client timing metric above is a function of it.
     pub timing: CallTiming,
@@ -140,8 +140,6 @@ pub fn request_record(
         eval_ms: finite(stats.eval_ms),
         cold_load: metrics::is_cold_load(stats.load_ms, cold_load_ms),
         done_reason: stats.done_reason.clone(),
-        error: None,
-        error_kind: None,
         output_text: text,
         timing: timing.clone(),
     }
@@ -314,9 +312,9 @@ mod tests {
         assert_eq!(v["agent"], "single");
         assert_eq!(v["stage"], "analysis");
         assert_eq!(v["api"], "ollama");
-        assert!(v["error"].is_null() && v["error_kind"].is_null());
+        assert!(v.get("error").is_none() && v.get("error_kind").is_none(), "a record is of a call that succeeded");
         assert!(v["prompt_cached_tokens"].is_null(), "Ollama reports no cached prompt tokens: null, not absent");
-        assert_eq!(v.as_object().unwrap().len(), 28); // the schema's request fields
+        assert_eq!(v.as_object().unwrap().len(), 26); // the schema's request fields, less error and error_kind
                                                       // the raw clock is stored, in ns from the run start, as the schema's `timing`
         assert_eq!(
             v["timing"],
