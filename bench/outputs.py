@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.analysis import Results, export_findings, export_tables
+from bench.manifest_model import Manifest
 from bench.plan import Cell
 from bench.profile import Profile
 from bench.store import Store
@@ -25,7 +26,7 @@ class StudyOutputs:
     profile: Profile
     store: Store
     results: Results
-    manifest: dict  # manifest.json as stored ({} without one)
+    manifest: Manifest | None  # manifest.json, typed (None without a readable one)
     failures: list[dict]  # failures.jsonl
     client_overhead: dict | None  # client_overhead.json
     cells: list[Cell]  # the configs the study planned (its manifest's plans, else the profile's)

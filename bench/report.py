@@ -11,11 +11,13 @@ is built by its own function in bench/report_sections.py.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from bench import html_report, issue_summary, outputs, plots, report_sections, summary, templating
 from bench.analysis import Results, build
 from bench.errors import BenchError
+from bench.manifest_model import Manifest, as_manifest
 from bench.manifest_plans import planned_cells, profile_from_manifest
 from bench.outputs import REPORT_NAME, Exporter, StudyOutputs
 from bench.profile import LoadedProfile
@@ -23,6 +25,8 @@ from bench.store import CLIENT_OVERHEAD_NAME, MANIFEST_NAME, Store, atomic_write
 from bench.validate import validate_study
 
 __all__ = ["REPORT_NAME", "EXPORTERS", "render", "write_report"]
+
+log = logging.getLogger("bench")
 
 
 def render(out: StudyOutputs, figures: dict[str, str] | None = None) -> str:
@@ -52,12 +56,26 @@ EXPORTERS: tuple[Exporter, ...] = (summary.export, outputs.tables, outputs.findi
                                    export_markdown, html_report.export, export_issue_summary)
 
 
+def read_manifest(store: Store) -> Manifest | None:
+    """The study's manifest.json, typed and migrated (bench/manifest_model.py); None without one,
+    or when it does not load (`invoke validate` names what is wrong; the report then shows the
+    profile's setup only)."""
+    raw = store.read_json(MANIFEST_NAME)
+    if not raw:
+        return None
+    try:
+        return as_manifest(raw)
+    except BenchError as exc:
+        log.warning("%s: %s; the report shows the profile's setup only", store.root / MANIFEST_NAME, exc)
+        return None
+
+
 def study_outputs(loaded: LoadedProfile, store: Store, results: Results | None = None) -> StudyOutputs:
     """The study's analysis (`results` when the caller already built it) and what it stored."""
     profile = loaded.profile
     if not store.root.is_dir():
         raise BenchError(f"no results for study '{profile.study}' in {store.root}: run `invoke bench` first")
-    manifest = store.read_json(MANIFEST_NAME) or {}
+    manifest = read_manifest(store)
     # The manifest's plan (with the task's overrides) says how many runs each config expected;
     # without a usable manifest the profile's full plan stands in.
     try:

@@ -14,6 +14,7 @@ from bench import drift, findings, fmt, metrics, protocol, sequential, tails
 from bench.analysis import DERIVED_DEFINITIONS
 from bench.errors import LOAD, kind_class
 from bench.ladder import Skip
+from bench.manifest_model import Manifest, ModelIdentity
 from bench.md_table import md_table
 from bench.outputs import StudyOutputs
 from bench.profile import Profile
@@ -297,31 +298,30 @@ def thermal_table(thermal: pd.DataFrame) -> str | None:
                      for _, r in thermal.iterrows()])
 
 
-def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str | None:
-    servers = manifest.get("runtime", {}).get("servers", {})
-    meta_by_model = {s.get("model"): s.get("model_meta") for s in servers.values() if s.get("model_meta")}
-    ps = {}
-    ps_available = bool(manifest.get("ollama_ps"))
-    for entries in (manifest.get("ollama_ps") or {}).values():
-        for e in entries if isinstance(entries, list) else []:
-            ps[e.get("name")] = e
+def model_notes(manifest: Manifest | None, failures: list[dict], runs: pd.DataFrame) -> str | None:
+    if manifest is None:
+        return None
+    servers = (manifest.runtime.servers or {}).values()
+    meta_by_model = {s.model_extra.get("model"): s.model_extra["model_meta"] for s in servers
+                     if s.model_extra.get("model_meta")}
+    ps = {e.get("name"): e for entries in manifest.ollama_ps.values() if isinstance(entries, list) for e in entries}
     rows = []
-    for m in manifest.get("models", []):
-        name, gguf, meta = m.get("name"), m.get("gguf") or {}, meta_by_model.get(m.get("name")) or {}
-        loaded = ps.get(name) or ps.get(f"{name}:latest") or {}
-        load = [f for f in failures if f.get("model") == name and kind_class(f.get("error_kind", "")) == LOAD]
-        peak = (runs.loc[runs["model"] == name, "power_peak_vram_used_bytes"].max()
+    for m in manifest.models:
+        gguf, meta, more = m.gguf or {}, meta_by_model.get(m.name) or {}, m.model_extra or {}
+        loaded = ps.get(m.name) or ps.get(f"{m.name}:latest") or {}
+        load = [f for f in failures if f.get("model") == m.name and kind_class(f.get("error_kind", "")) == LOAD]
+        peak = (runs.loc[runs["model"] == m.name, "power_peak_vram_used_bytes"].max()
                 if "power_peak_vram_used_bytes" in runs else None)
         rows.append({
-            "model": name,
-            "quantization": gguf.get("quantization") or m.get("quantization_level") or meta.get("ftype") or "–",
-            "parameters": (gguf.get("size_label") or m.get("parameter_size")
+            "model": m.name,
+            "quantization": gguf.get("quantization") or more.get("quantization_level") or meta.get("ftype") or "–",
+            "parameters": (gguf.get("size_label") or more.get("parameter_size")
                            or (f"{meta['n_params'] / 1e6:,.1f}M" if meta.get("n_params") else "–")),
-            "family / architecture": m.get("family") or gguf.get("architecture") or "–",
-            "file / model size": fmt.bytes_(m.get("size_bytes")),
-            "context (trained)": fmt.num(gguf.get("context_length") or m.get("context_length")),
+            "family / architecture": more.get("family") or gguf.get("architecture") or "–",
+            "file / model size": fmt.bytes_(more.get("size_bytes")),
+            "context (trained)": fmt.num(gguf.get("context_length") or more.get("context_length")),
             "VRAM (size_vram)": (fmt.bytes_(loaded.get("size_vram")) if loaded else "not loaded at manifest time")
-            if ps_available else "n/a (no /api/ps on this runtime)",
+            if manifest.ollama_ps else "n/a (no /api/ps on this runtime)",
             "peak VRAM in runs (NVML, GPU total)": fmt.bytes_(peak),
             "load failures (attempts)": len(load),
             "identity": _identity(m),
@@ -329,14 +329,14 @@ def model_notes(manifest: dict, failures: list[dict], runs: pd.DataFrame) -> str
     return md_table(rows)
 
 
-def _identity(m: dict) -> str:
+def _identity(m: ModelIdentity) -> str:
     """A model's identity as the manifest recorded it: Ollama digest, GGUF file hash, or both."""
     parts = []
-    if m.get("digest"):
-        parts.append(f"Ollama digest `{m['digest'][:19]}`")
-    if m.get("file_sha256"):
-        parts.append(f"GGUF sha256 `{m['file_sha256'][:16]}…`")
-    return "; ".join(parts) or m.get("error", "not recorded")
+    if m.digest:
+        parts.append(f"Ollama digest `{m.digest[:19]}`")
+    if m.file_sha256:
+        parts.append(f"GGUF sha256 `{m.file_sha256[:16]}…`")
+    return "; ".join(parts) or m.error or "not recorded"
 
 
 def optional_skips(failures: list[dict]) -> list[str]:
@@ -358,14 +358,11 @@ def optional_skips(failures: list[dict]) -> list[str]:
     return out
 
 
-def gpu_reason(manifest: dict) -> str | None:
+def gpu_reason(manifest: Manifest | None) -> str | None:
     """Why there is no power data, when the manifest says there is no GPU."""
-    gpu = manifest.get("gpu")
-    if isinstance(gpu, str):
-        return f"no GPU: {gpu}"
-    if not manifest:
+    if manifest is None:
         return "no manifest: GPU unknown"
-    return None
+    return f"no GPU: {manifest.gpu}" if isinstance(manifest.gpu, str) else None
 
 
 # ---- methodology and precision ---------------------------------------------------------------------
@@ -423,8 +420,8 @@ def variance_table(var: pd.DataFrame) -> str | None:
                       "ANOVA p": fmt.num(r["p_value"], 2)} for _, r in var.iterrows()])
 
 
-def _bench_command(profile: Profile, manifest: dict) -> str:
-    ov = manifest.get("plan_overrides") or {}
+def _bench_command(profile: Profile, manifest: Manifest | None) -> str:
+    ov = manifest.plan_overrides.kwargs() if manifest else {}
     flags = "".join(f" --{k} {','.join(v) if isinstance(v, list) else v}" for k, v in ov.items())
     return f"bench --profile {profile.study}{flags}"
 
@@ -436,7 +433,9 @@ def title_and_setup(out: StudyOutputs) -> dict:
     """The title block, the objective and the setup (sections 1–2), and the study's counts."""
     runs = out.results.runs
     return {
-        "profile": out.profile, "manifest": out.manifest, "incomplete": out.incomplete,
+        # the template reads the typed manifest's JSON document ({} without one)
+        "profile": out.profile, "manifest": out.manifest.to_json() if out.manifest else {},
+        "incomplete": out.incomplete,
         "bench_command": _bench_command(out.profile, out.manifest),
         "n_runs": len(runs), "n_configs": len(out.results.configs), "n_requests": len(out.results.requests),
         "cold_runs": int(runs["cold_load"].sum()),
