@@ -291,6 +291,16 @@ def test_the_report_stage_imports_no_study_module():
     assert {name: mods for name, mods in reached.items() if mods} == {}
 
 
+ANALYSIS_AND_REPORT = {"analysis", "findings", "prefill", "tails", "probe_tables", "instrument_tables", *REPORT_STAGE}
+
+
+def test_the_study_stage_imports_no_analysis_or_report_module():
+    """The runner measures and stores; the outlier reruns read the stored documents through
+    bench/outliers.py, never the analysis or the summaries."""
+    reached = {name: sorted(_bench_imports(PACKAGE / f"{name}.py") & ANALYSIS_AND_REPORT) for name in STUDY_STAGE}
+    assert {name: mods for name, mods in reached.items() if mods} == {}
+
+
 def test_write_report_runs_each_exporter_once_over_one_analysis(study):
     loaded, store = study
     out = study_outputs(loaded, store)
