@@ -532,21 +532,21 @@ def models_and_placement(out: StudyOutputs) -> dict:
     }
 
 
+# the frontier table's run metrics (configs.csv's <metric>_mean), named by the registry
+FRONTIER_METRICS = ("served_tps", "tokens_per_j", "tokens_per_j_net", "power_mean_power_w", "power_idle_power_w")
+
+
 def power_and_cost(out: StudyOutputs) -> dict:
     """Sections 10–11: the efficiency frontier, how power was measured, the thermal trend, cost."""
-    runs, derived = out.results.runs, out.results.derived
+    runs, derived, label = out.results.runs, out.results.derived, metrics.label
     return {
         "gpu_reason": gpu_reason(out.manifest),
-        "frontier": md_table([{"config": r["cell"], "served tok/s": fmt.num(r["served_tps_mean"]),
-                               "tokens/J (gross)": fmt.num(r["tokens_per_j_mean"]),
-                               "tokens/J (idle subtracted)": fmt.num(r.get("tokens_per_j_net_mean")),
-                               "mean active W": fmt.num(r.get("power_mean_power_w_mean")),
-                               "idle W": fmt.num(r.get("power_idle_power_w_mean")),
+        "frontier": md_table([{"config": r["cell"], **{label(m): fmt.num(r.get(f"{m}_mean")) for m in FRONTIER_METRICS},
                                "on frontier": "yes" if r["pareto"] else "no"}
                               for _, r in derived["frontier"].iterrows()]),
         "power_in_runs": "power_tokens_per_j" in runs and bool(runs["power_tokens_per_j"].notna().any()),
         "power": power_facts(runs), "thermal": thermal_table(derived["thermal"]),
-        "cost": md_table([{"config": r["cell"], "served tok/s": fmt.num(r["served_tps_mean"]),
+        "cost": md_table([{"config": r["cell"], label("served_tps"): fmt.num(r["served_tps_mean"]),
                            "tokens per $ (GPU-hour)": fmt.num(r.get("tokens_per_usd_gpu_hour")),
                            "tokens per $ (electricity)": fmt.num(r.get("tokens_per_usd_electricity"))}
                           for _, r in derived["cost"].iterrows()]),
@@ -571,11 +571,12 @@ def central_question(out: StudyOutputs) -> dict:
 
 
 def steps_table(steps: pd.DataFrame) -> str | None:
+    label = metrics.key_metrics("steps")
     return md_table([{"model": r["model"], "settings": r.get("server_settings") or "–", "agents": int(r["n_agents"]),
-                      "runs": r["n"], "speedup [95% CI]": f"{fmt.num(r['speedup_mean'])} "
+                      "runs": r["n"], f"{label['speedup']} [95% CI]": f"{fmt.num(r['speedup_mean'])} "
                                                         f"[{fmt.num(r['speedup_ci95_low'])}, "
                                                         f"{fmt.num(r['speedup_ci95_high'])}]",
-                      "efficiency": fmt.pct(r["efficiency_pct_mean"], 0),
+                      label["efficiency_pct"]: fmt.pct(r["efficiency_pct_mean"], 0),
                       "decode tok/s per agent (alone → together)": f"{fmt.num(r['decode_tps_alone_mean'])} → "
                                                                    f"{fmt.num(r['decode_tps_together_mean'])}",
                       "tps ratio (worst agent)": f"{fmt.num(r['tps_ratio_mean'], 2)} "
