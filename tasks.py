@@ -21,12 +21,12 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 def _friendly(fn):
     """Turn the bundle's expected errors into a message and an exit code. SIGTERM is handled like
-    Ctrl-C (bench/interrupt.py): the task's cleanup runs, and a second signal exits at once."""
+    Ctrl-C (bench/study/interrupt.py): the task's cleanup runs, and a second signal exits at once."""
 
     @functools.wraps(fn)
     def wrapper(c, *args, **kwargs):
-        from bench import interrupt
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
+        from bench.study import interrupt
 
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         with interrupt.graceful():
@@ -46,7 +46,7 @@ def _friendly(fn):
 
 
 def _load(profile: str):
-    from bench.profile import resolve_profile
+    from bench.config.profile import resolve_profile
 
     loaded = resolve_profile(profile)
     print(f"profile: {loaded.profile.study} ({loaded.path}) — {loaded.reason}")
@@ -58,8 +58,8 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _plan(loaded, models, langs, suites, runs):
-    from bench.errors import BenchError
-    from bench.plan import build_plan
+    from bench.config.plan import build_plan
+    from bench.core.errors import BenchError
 
     names = _split(models)
     if names:
@@ -97,7 +97,7 @@ FILTER_HELP = {"profile": PROFILE_HELP, "runs": "runs per config (overrides the 
 @_friendly
 def up(c, profile=LINE_PROFILE):
     """Bring up the two inference servers (and the Rust agent image where Docker is usable)."""
-    from bench import locks
+    from bench.host import locks
     from bench.runtimes import create_runtime
 
     loaded = _load(profile)
@@ -114,7 +114,7 @@ def up(c, profile=LINE_PROFILE):
 @_friendly
 def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None, no_progress=False):
     """Run the benchmark matrix (resumes an interrupted study; finished runs are kept)."""
-    from bench import locks
+    from bench.host import locks
 
     loaded = _load(profile)
     plan = _plan(loaded, models, langs, suites, runs)
@@ -125,15 +125,15 @@ def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
 
 
 def _bench(loaded, plan, runs, models, langs, suites, no_progress):
-    from bench import manifest
+    from bench.core.store import Store
     from bench.runtimes import create_runtime
-    from bench.store import Store
+    from bench.study import manifest_writer as manifest
 
     runtime = create_runtime(loaded.profile)
     store = Store(loaded.profile.study)
     print(f"bench: {plan.run_count} runs in {len(plan.cells)} configs → {store.root}")
     started = manifest.utc_now()
-    from bench.runner import run_matrix
+    from bench.study.runner import run_matrix
 
     # Servers that `up` started stay up for the next task; servers this task had to start itself
     # are stopped when it ends, even on an error or Ctrl-C, so a lone `bench` leaves nothing behind.
@@ -161,9 +161,9 @@ def _bench(loaded, plan, runs, models, langs, suites, no_progress):
         print(f"  failures are listed in {store.root / 'failures.jsonl'}")
     # The study analysed once: the per-config summaries and the error gate (the study `validate`
     # checks, after the runner's retry pass) read the same results.
-    from bench import analysis
-    from bench.summary import summarize_all
-    from bench.validate import validate_study
+    from bench.analysis import tables as analysis
+    from bench.report.summary import summarize_all
+    from bench.report.validate import validate_study
 
     results = analysis.build(store, loaded.profile)
     summarize_all(store, plan.cells, results, loaded.profile.outliers.mad_k)
@@ -184,8 +184,8 @@ def _bench(loaded, plan, runs, models, langs, suites, no_progress):
 @_friendly
 def report(c, profile=LINE_PROFILE):
     """Write summaries, tables, plots, Technical_Report_116.md and its single-file .html from the stored results."""
-    from bench.report import write_report
-    from bench.store import HTML_REPORT_NAME
+    from bench.core.store import HTML_REPORT_NAME
+    from bench.report.markdown import write_report
 
     loaded = _load(profile)
     path = write_report(loaded)
@@ -197,7 +197,7 @@ def report(c, profile=LINE_PROFILE):
 @_friendly
 def down(c, profile=LINE_PROFILE):
     """Stop the inference servers and clean up (no process is left behind)."""
-    from bench import locks
+    from bench.host import locks
     from bench.runtimes import create_runtime
 
     loaded = _load(profile)
@@ -212,8 +212,8 @@ def down(c, profile=LINE_PROFILE):
 def clean(c, profile=LINE_PROFILE, images=False):
     """Docker runtime: remove the model volume (and with --images the local images). Refuses while
     the containers run, so it never pulls them from under a study: `invoke down` first."""
-    from bench import locks
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
+    from bench.host import locks
     from bench.runtimes import DockerRuntime, create_runtime
 
     loaded = _load(profile)
@@ -233,8 +233,8 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
     """Dry run: print the matrix, the run count and an ETA (adaptive: the expected runs); starts nothing."""
     import pandas as pd
 
-    from bench.plan import estimate_seconds, expected_runs
-    from bench.store import Store
+    from bench.config.plan import estimate_seconds, expected_runs
+    from bench.core.store import Store
 
     loaded = _load(profile)
     plan = _plan(loaded, models, langs, suites, runs)
@@ -254,7 +254,7 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
     if not plan.adaptive:
         print(f"ETA: ~{eta / 60:.1f} min from the profile's speed hints (the progress bar refines it)")
         return
-    from bench.plan import Plan, RunItem
+    from bench.config.plan import Plan, RunItem
 
     expected = [RunItem(r_cell, k) for r_cell, r in zip(plan.cells, rows) for k in range(1, r["expected"] + 1)]
     most = [RunItem(cell, k) for cell in plan.cells for k in range(1, cell.max_runs + 1)]
@@ -270,7 +270,7 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
 def _noise_hints(profile, store) -> dict:
     """Per config (and per suite) the CV % of each precision metric: measured where the study
     already has runs, else the profile's `eta.cv_pct` hints."""
-    from bench import stats
+    from bench.core import stats
 
     out: dict = {"source": "the profile's eta.cv_pct hints"}
     for suite in ("single", "multi", "steps"):
@@ -292,8 +292,8 @@ def _noise_hints(profile, store) -> dict:
 @_friendly
 def build_rust(c):
     """Build the Rust agents: the Docker image where an engine is usable, else the native binary."""
-    from bench import rust
-    from bench.host import docker_engine
+    from bench.clients import rust
+    from bench.host.machine import docker_engine
 
     engine, _ = docker_engine()
     if engine is not None:
@@ -309,9 +309,9 @@ def build_rust(c):
 @_friendly
 def bench_clients(c, profile=LINE_PROFILE, requests=5, tokens=20000, pace=20000):
     """Measure the clients' own overhead (tok/s, CPU µs/token, skew) and harness vs the engine's own rate."""
-    from bench import overhead
+    from bench.core.store import CLIENT_OVERHEAD_NAME, Store, atomic_write_json
     from bench.runtimes import create_runtime
-    from bench.store import CLIENT_OVERHEAD_NAME, Store, atomic_write_json
+    from bench.study import overhead
 
     loaded = _load(profile)
     store = Store(loaded.profile.study)
@@ -346,7 +346,7 @@ def test(c, fast=False):
 @_friendly
 def validate(c, profile=LINE_PROFILE):
     """Check a study: schema of every metrics.json, run counts per config, summaries; lists outlier flags."""
-    from bench.validate import validate_study
+    from bench.report.validate import validate_study
 
     result = validate_study(_load(profile))
     print(result.render())
@@ -362,7 +362,7 @@ def validate(c, profile=LINE_PROFILE):
 @_friendly
 def compare(c, study_a, study_b, also=None, allow_mismatch=False, out=None):
     """Compare studies across hosts: matched configs, differences with bootstrap CIs, η² of the host."""
-    from bench.compare import compare as run_comparison
+    from bench.report.compare import compare as run_comparison
 
     result = run_comparison([study_a, study_b, *(also or [])], allow_mismatch=allow_mismatch, out=out)
     print(f"compare: {result.matched} matched config(s), {len(result.only_in)} in one study only"
@@ -376,8 +376,9 @@ def compare(c, study_a, study_b, also=None, allow_mismatch=False, out=None):
 @_friendly
 def reproduce(c, manifest, allow_mismatch=False, no_progress=False):
     """Rerun a study from its manifest into a new study folder and compare old vs new."""
-    from bench import locks
-    from bench.reproduce import new_study_name, reproduce as run_reproduction
+    from bench.host import locks
+    from bench.reproduce import new_study_name
+    from bench.reproduce import reproduce as run_reproduction
 
     old_study, ports = locks.manifest_targets(Path(manifest))
     study = new_study_name(old_study) if old_study else None

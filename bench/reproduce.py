@@ -11,7 +11,7 @@
    manifest's (file sha256 on the local runtime, the Ollama digest otherwise), and, once the
    servers are up, when the runtime differs (llama.cpp binary sha256, Ollama version, image
    digests), unless `allow_mismatch`.
-3. Rerun with the normal machinery (bench.runner.run_matrix), write the new study's manifest
+3. Rerun with the normal machinery (bench.study.runner.run_matrix), write the new study's manifest
    and report, then reproduction.{md,json}: per config and metric, old vs new mean and whether
    the new mean lies inside the old 95 % CI.
 """
@@ -25,20 +25,20 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bench import manifest as mf
-from bench import metrics
-from bench.analysis import build, load_tables
-from bench.errors import BenchError
-from bench.manifest_model import Manifest, ModelIdentity, Reproduces, RuntimeDescription, runtime_identity
-from bench.md_table import md_table
-from bench.plan import build_plan
-from bench.assets import EMBEDDED_MODELS
-from bench.paths import REPO_ROOT, cache_dir
-from bench.profile import LoadedProfile, Profile, builtin_profiles, load_profile
-from bench.report import write_report
-from bench.runner import run_matrix
+from bench.analysis.tables import build, load_tables
+from bench.config.plan import build_plan
+from bench.config.profile import LoadedProfile, Profile, builtin_profiles, load_profile
+from bench.core import metrics
+from bench.core.errors import BenchError
+from bench.core.manifest import Manifest, ModelIdentity, Reproduces, RuntimeDescription, runtime_identity
+from bench.core.md_table import md_table
+from bench.core.paths import REPO_ROOT, cache_dir
+from bench.core.store import Store, atomic_write_json, atomic_write_text
+from bench.host.assets import EMBEDDED_MODELS
+from bench.report.markdown import write_report
 from bench.runtimes import create_runtime
-from bench.store import Store, atomic_write_json, atomic_write_text
+from bench.study import manifest_writer as mf
+from bench.study.runner import run_matrix
 
 COMPARISON_NAME = "reproduction"
 

@@ -33,8 +33,8 @@ import sys
 import pandas as pd
 
 from bench import analysis, instrument
-from bench.profile import resolve_profile
-from bench.store import Store
+from bench.config.profile import resolve_profile
+from bench.core.store import Store
 
 loaded = resolve_profile(sys.argv[1])
 store = Store(loaded.profile.study)

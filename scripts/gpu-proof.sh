@@ -15,7 +15,7 @@
 #                                           carried sources for the CPU (~5 min on 2 cores)
 #
 # The models travel as skeletons (metadata + tensor list) and are rebuilt as random-weight
-# replicas there (bench/replica.py): the real files are 351 MB. Scratch space is .gpu-proof-work/.
+# replicas there (bench/standalone/replica.py): the real files are 351 MB. Scratch space is .gpu-proof-work/.
 # Environment: PYTHON (default python3, or .venv/bin/python for --dry-run), OUT (default
 # .gpu-proof-work/out), GPU_PROOF_CUDA_FA (ON to also compile the FlashAttention kernels: longer).
 set -euo pipefail
@@ -58,7 +58,7 @@ prepare() {
 
     step "model skeletons (metadata + tensor list; the replicas are rebuilt from them)"
     for m in "${MODELS[@]}"; do
-        "$py" -m bench.replica skeleton "$("$py" -c "from bench.assets import model_file; print(model_file('$m'))")" \
+        "$py" -m bench.standalone.replica skeleton "$("$py" -c "from bench.host.assets import model_file; print(model_file('$m'))")" \
             "$GP/skeletons/$m-replica.json.gz"
     done
 
@@ -122,7 +122,7 @@ run() {
             "$GP"/wheels/*.whl
         export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    "$py" -c "import bench.report, bench.runner, bench.replica, invoke, pynvml, scipy, matplotlib" \
+    "$py" -c "import bench.report.markdown, bench.study.runner, bench.standalone.replica, invoke, pynvml, scipy, matplotlib" \
         || die "the harness cannot be imported with $py (see above)"
 
     step "llama.cpp sources"
@@ -146,7 +146,7 @@ run() {
         || { tail -30 "$WORK/cmake-configure.log"; die "cmake configure failed"; }
     grep -iE "CUDA Toolkit|CUDA architectures|Including .* backend" "$WORK/cmake-configure.log" || true
     if ((dry && !cpu_build)); then
-        bin=$(dirname "$("$py" -c 'from bench.assets import llama_server_binary; print(llama_server_binary())')")
+        bin=$(dirname "$("$py" -c 'from bench.host.assets import llama_server_binary; print(llama_server_binary())')")
         step "dry run: CUDA build skipped; serving with the .venv's CPU llama-server ($bin)"
     else
         step "building llama-server and llama-quantize ($(nproc) jobs)"
@@ -161,11 +161,11 @@ run() {
     mkdir -p "$WORK/models" && : > "$OUT/replicas.txt"
     for m in "${MODELS[@]}"; do
         local sk=$GP/skeletons/$m-replica.json.gz f16=$WORK/models/$m-replica-f16.gguf out=$WORK/models/$m-replica.gguf
-        "$py" -m bench.replica build "$sk" "$f16"
-        "$bin/llama-quantize" "$f16" "$out" "$("$py" -m bench.replica ftype "$sk")" "$(nproc)" > "$WORK/quantize-$m.log" 2>&1 \
+        "$py" -m bench.standalone.replica build "$sk" "$f16"
+        "$bin/llama-quantize" "$f16" "$out" "$("$py" -m bench.standalone.replica ftype "$sk")" "$(nproc)" > "$WORK/quantize-$m.log" 2>&1 \
             || { tail -20 "$WORK/quantize-$m.log"; die "llama-quantize failed for $m"; }
         rm -f "$f16"
-        "$py" -m bench.replica compare "$sk" "$out" | tee -a "$OUT/replicas.txt"
+        "$py" -m bench.standalone.replica compare "$sk" "$out" | tee -a "$OUT/replicas.txt"
     done
 
     step "the study: bench (single + multi, Python and Rust), report, validate"

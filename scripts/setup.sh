@@ -39,7 +39,7 @@ echo "setup: Python packages ready in $(( $(date +%s) - start )) s"
 
 if [ -z "$ENGINES" ]; then
   ENGINES=$("$VENV/bin/python" -c 'import sys
-from bench.profile import resolve_profile
+from bench.config.profile import resolve_profile
 from bench.runtimes import engines_for
 print(",".join(engines_for(resolve_profile(sys.argv[1]).profile)) or "none")' "$PROFILE")
   echo "setup: profile $PROFILE needs engines: $ENGINES"

@@ -13,7 +13,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/ollama_server.py
 
-from bench.profile import builtin_profiles, load_profile  # noqa: E402
+from bench.config.profile import builtin_profiles, load_profile  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 
 def llama_available() -> tuple[bool, str]:
     try:
-        from bench.assets import llama_server_binary, model_file
+        from bench.host.assets import llama_server_binary, model_file
 
         llama_server_binary()
         model_file("gemma3-270m")
@@ -37,7 +37,7 @@ def llama_available() -> tuple[bool, str]:
 
 
 def ollama_available() -> tuple[bool, str]:
-    from bench.assets import model_file
+    from bench.host.assets import model_file
 
     binary = Path(os.environ.get("OLLAMA_BIN", Path(sys.prefix) / "bin" / "ollama"))
     if not binary.is_file():

@@ -42,7 +42,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ollama_memory_failures.json"
-MODEL = "gemma3-270m"  # bench.assets' name for the Gemma 3 270M GGUF shipped on PyPI
+MODEL = "gemma3-270m"  # bench.host.assets' name for the Gemma 3 270M GGUF shipped on PyPI
 PROMPT = "Write a long story about a dragon."
 LOAD_KILLED = "llama runner process has terminated: signal: killed"
 MIDSTREAM_EOF = "an error was encountered while running the model: unexpected EOF"
@@ -177,7 +177,7 @@ def run_case(client, image: str, case: Case, volume: str, *, then: Case | None =
 
 
 def record_all(client, image: str) -> dict:
-    from bench.assets import file_sha256, model_file
+    from bench.host.assets import file_sha256, model_file
 
     path = model_file(MODEL)
     sha = file_sha256(path)

@@ -11,13 +11,14 @@ import json
 import pytest
 import yaml
 
-from bench import scheduler
-from bench.plan import build_plan
-from bench.profile import load_profile
-from bench.runner import run_matrix
+from bench.config.plan import build_plan
+from bench.config.profile import load_profile
+from bench.core.store import PROBES, SAMPLING, Store
+from bench.report.validate import validate_study
 from bench.runtimes import create_runtime
-from bench.store import PROBES, SAMPLING, Store
-from bench.validate import validate_study
+from bench.study import scheduler
+from bench.study.runner import run_matrix
+
 from conftest import invoke, smoke_variant
 from ollama_server import FakeOllama
 
@@ -102,7 +103,8 @@ def test_the_budget_stops_extra_runs_and_validate_accepts_what_the_plan_allows(t
     stops = {e["cell"]: e for e in store.read_jsonl(SAMPLING)}
     # the min runs always run; the budget then stops every config
     assert all(e["reason"] == scheduler.BUDGET and e["n"] == 3 for e in stops.values())
-    from bench import analysis, summary
+    from bench.analysis import tables as analysis
+    from bench.report import summary
 
     results = analysis.build(store, loaded.profile)
     summary.summarize_all(store, plan.cells, results, loaded.profile.outliers.mad_k)

@@ -8,6 +8,7 @@ import ast
 import graphlib
 import re
 import sys
+import textwrap
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_only_the_store_reads_the_results_layout():
     # the layout's glob patterns (run_<k>/metrics.json under suite/lang/model/config)
     layout = re.compile(r"""["'][^"']*(\*/\*|run_\*)[^"']*["']""")
     readers = [MODULES[p] for p in MODULES if layout.search(p.read_text())]
-    assert readers == ["bench.store"], readers
+    assert readers == ["bench.core.store"], readers
 
 
 def test_every_imported_package_is_declared():
@@ -91,17 +92,80 @@ def test_every_imported_package_is_declared():
     assert not undeclared, undeclared
 
 
-# The runner measures; analysing is a later step (`invoke bench` after run_matrix, `invoke report`).
-ANALYSIS_MODULES = {"bench.analysis", "bench.report", "bench.summary", "bench.findings", "bench.plots"}
+# The stages, bottom to top: a module imports only from its own stage or one below it. bench/ itself
+# (reproduce) is the top, above the report; the standalone programs (loopback server, replica
+# builder) stand apart: they import only the core, and any stage may start them.
+STAGES = ("core", "host", "config", "clients", "runtimes", "study", "analysis", "report", "top")
+APART = "standalone"
 
 
-def test_the_runner_does_not_analyse():
-    """Neither bench.runner nor anything it imports reaches the analysis (the outlier reruns read
-    the stored documents through bench.outliers and the store)."""
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "core"  # bench/__init__.py: the version and the docstring, nothing else
+    return parts[1] if len(parts) > 2 or parts[1] == "runtimes" else "top"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that reaches above the importing module's stage (or out of a standalone
+    program into anything but the core)."""
+    found = []
+    for module, deps in graph.items():
+        for dep in deps:
+            mine, theirs = stage_of(module), stage_of(dep)
+            if theirs == APART:
+                continue
+            if mine == APART:
+                if theirs != "core":
+                    found.append(f"{module} → {dep} (a standalone program imports only the core)")
+            elif STAGES.index(theirs) > STAGES.index(mine):
+                found.append(f"{module} ({mine}) → {dep} ({theirs})")
+    return sorted(found)
+
+
+def test_every_module_sits_in_a_stage_folder():
+    stray = [m for m in MODULES.values() if stage_of(m) not in (*STAGES, APART)]
+    assert not stray, stray
+    assert {stage_of(m) for m in MODULES.values()} == {*STAGES, APART}
+
+
+def test_each_module_imports_only_from_its_own_stage_or_below():
+    assert upward_imports(_import_graph()) == []
+
+
+def test_an_injected_upward_import_is_caught():
     graph = _import_graph()
-    reached, todo = set(), ["bench.runner"]
-    while todo:
-        for dep in graph.get(todo.pop(), set()) - reached:
-            reached.add(dep)
-            todo.append(dep)
-    assert not reached & ANALYSIS_MODULES, sorted(reached & ANALYSIS_MODULES)
+    injected = _bench_imports(ast.parse("from bench.report import markdown\nimport bench.study.runner"),
+                              "bench.core.metrics")
+    assert injected == {"bench.report.markdown", "bench.study.runner"}
+    graph["bench.core.metrics"] = graph["bench.core.metrics"] | injected
+    assert upward_imports(graph) == ["bench.core.metrics (core) → bench.report.markdown (report)",
+                                     "bench.core.metrics (core) → bench.study.runner (study)"]
+
+
+def test_the_report_imports_nothing_from_the_study():
+    graph = _import_graph()
+    crossing = sorted(f"{m} → {d}" for m, deps in graph.items() if stage_of(m) == "report"
+                      for d in deps if stage_of(d) == "study")
+    assert not crossing, crossing
+
+
+def package_tree() -> str:
+    """The package as the README shows it: each stage folder with what it holds, bottom to top."""
+    lines = ["bench/"]
+    for stage in [*STAGES[:-1], APART]:
+        pkg = PACKAGE / stage
+        doc = ast.get_docstring(ast.parse((pkg / "__init__.py").read_text())) or ""
+        mods = sorted(p.stem for p in pkg.glob("*.py") if p.stem != "__init__")
+        lines.append(f"├── {stage}/  {doc.splitlines()[0]}")
+        lines += [f"│     {line}" for line in textwrap.wrap(", ".join(mods), 92)]
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    lines.append(f"└── {', '.join(top)}  (the top: tasks.py calls these and every stage)")
+    return "\n".join(lines)
+
+
+def test_the_readme_shows_the_package_tree():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    shown = re.search(r"<!-- package tree -->\n```text\n(.*?)\n```", readme, re.S)
+    assert shown, "README.md has no package tree block"
+    assert shown.group(1) == package_tree(), "README.md's package tree is stale: print package_tree() and paste it"

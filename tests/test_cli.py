@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from conftest import free_port, invoke, smoke_variant
 
 
@@ -62,7 +61,8 @@ def test_list_has_one_line_help_per_task(tmp_path):
 
 
 def test_readme_defines_every_metric():
-    from bench import metrics
+    from bench.core import metrics
+
     from conftest import REPO
 
     readme = (REPO / "README.md").read_text()

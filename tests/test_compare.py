@@ -15,12 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import fingerprint, fmt
-from bench.compare import ALL_FACTORS, WITHIN, compare
-from bench.errors import BenchError
-from bench.manifest_model import parse
-from bench.sequential import LookPlan, critical_value
-from bench.store import COMPARISON_STUDIES, COMPARISON_TABLE, COMPARISON_VARIANCE
+from bench.core import fmt
+from bench.core.errors import BenchError
+from bench.core.manifest import parse
+from bench.core.sequential import LookPlan, critical_value
+from bench.core.store import COMPARISON_STUDIES, COMPARISON_TABLE, COMPARISON_VARIANCE
+from bench.host import fingerprint
+from bench.report.compare import ALL_FACTORS, WITHIN, compare
+
 from conftest import invoke
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored-study" / "smoke"
@@ -105,7 +107,7 @@ def test_two_hosts_merge_with_host_as_a_factor(tmp_path, results_dir):
     assert ys == [2 * x for x in xs] and len(xs) >= 2
     rows = table[(table["config"] == CONFIG) & (table["metric"] == "decode_tps")].set_index("study")
     mean_a = statistics.fmean(xs)
-    # each study's interval is its configs' repeated interval (bench/sequential.py): the stored study
+    # each study's interval is its configs' repeated interval (bench/core/sequential.py): the stored study
     # ran 3 runs plus at most 1 outlier rerun per config, so its looks are 3 and 4
     half_b = critical_value(LookPlan(3, 4), len(ys)) * statistics.stdev(ys) / math.sqrt(len(ys))
     assert rows.loc["hostA", "mean"] == pytest.approx(mean_a)

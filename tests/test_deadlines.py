@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench import agents, clients, loopback, rust
-from bench.clients import MAX_LINE_BYTES, CallContext, StreamingClient, bounded_lines, is_loopback
-from bench.errors import TRANSIENT, RequestError
+from bench.clients import agents, rust
+from bench.clients import streaming as clients
+from bench.clients.streaming import MAX_LINE_BYTES, CallContext, StreamingClient, bounded_lines, is_loopback
+from bench.core.errors import TRANSIENT, RequestError
 from bench.runtimes.ollama_api import OllamaAPI
+from bench.standalone import loopback
+
 from conftest import free_port
 from docker_env import unavailable
 from ollama_server import FakeOllama

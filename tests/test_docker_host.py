@@ -21,7 +21,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def model():
-    from bench.assets import file_sha256, model_file
+    from bench.host.assets import file_sha256, model_file
 
     try:
         path = model_file(om.MODEL)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from bench import rust
+from bench.clients import rust
+
 from docker_env import REPO, build_images, docker_client, ollama_binary
 
 pytestmark = pytest.mark.docker

@@ -10,10 +10,11 @@ import pytest
 import requests
 import yaml
 
-from bench.errors import BenchError
-from bench.paths import REPO_ROOT
+from bench.config.profile import ServerSettings, builtin_profiles, load_profile
+from bench.core.errors import BenchError
+from bench.core.paths import REPO_ROOT
 from bench.runtimes import DockerRuntime
-from bench.profile import ServerSettings, builtin_profiles, load_profile
+
 from ollama_server import FakeOllama
 
 

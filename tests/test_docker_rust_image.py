@@ -1,6 +1,6 @@
 """The Rust agent from its Docker image, for real (.ci/run starts the engine): the image that
 `scripts/build-images.sh rust` builds with `docker build` (docker/Dockerfile.rust-agents, target
-`prebuilt`, on the local Debian base: no registry), found by bench.rust and run through
+`prebuilt`, on the local Debian base: no registry), found by bench.clients.rust and run through
 `docker run --network host` with the repository and the results mounted, as on a GPU host.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import rust
-from bench.profile import load_profile
-from bench.store import schema_errors
+from bench.clients import rust
+from bench.config.profile import load_profile
+from bench.core.store import schema_errors
+
 from conftest import smoke_variant
 from docker_env import build_images, docker_client
 
@@ -30,10 +31,10 @@ def built_image():
 
 
 def test_rust_jobs_run_from_the_image(built_image, tmp_path, results_dir, monkeypatch):
-    from bench.plan import build_plan
-    from bench.runner import run_matrix
+    from bench.config.plan import build_plan
+    from bench.core.store import Store
     from bench.runtimes import create_runtime
-    from bench.store import Store
+    from bench.study.runner import run_matrix
 
     monkeypatch.delenv("TR116_AGENT_BIN", raising=False)
     agent, reason = rust.find_rust_agent()

@@ -24,9 +24,10 @@ import pytest
 import requests
 import yaml
 
-from bench.errors import LOAD, kind_class
-from bench.ladder import Skip
-from bench.store import schema_errors
+from bench.config.ladder import Skip
+from bench.core.errors import LOAD, kind_class
+from bench.core.store import schema_errors
+
 from conftest import REPO, invoke, smoke_variant
 from docker_env import compose_cli, docker_client
 

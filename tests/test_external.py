@@ -9,13 +9,14 @@ import json
 
 import pytest
 
-from bench.errors import BenchError
-from bench.plan import build_plan
-from bench.profile import ServerSettings, load_profile
-from bench.runner import run_matrix
+from bench.config.plan import build_plan
+from bench.config.profile import ServerSettings, load_profile
+from bench.core.errors import BenchError
+from bench.core.store import Store, schema_errors
+from bench.report.validate import validate_study
 from bench.runtimes import create_runtime
-from bench.store import Store, schema_errors
-from bench.validate import validate_study
+from bench.study.runner import run_matrix
+
 from conftest import smoke_variant
 
 

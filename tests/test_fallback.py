@@ -11,11 +11,12 @@ import json
 import pytest
 import yaml
 
-from bench import ladder
-from bench.plan import Cell
-from bench.profile import AgentConfig, Fallback, ModelSpec, load_profile
-from bench.store import Store
-from bench.validate import validate_study
+from bench.config import ladder
+from bench.config.plan import Cell
+from bench.config.profile import AgentConfig, Fallback, ModelSpec, load_profile
+from bench.core.store import Store
+from bench.report.validate import validate_study
+
 from conftest import invoke
 from ollama_memory import FIXTURE
 from ollama_server import DEFAULT_MODELS, FakeOllama
@@ -179,7 +180,7 @@ def test_a_stream_cut_once_per_config_costs_no_config(tmp_path, nth, langs):
     assert len(runs) == 2 * (2 + 2) and cuts >= 4
     assert not (results / "test" / "failures.jsonl").exists()  # retried per call, nothing lost
     if langs == ["rust"]:
-        from bench.workload import prompt_nonce
+        from bench.config.workload import prompt_nonce
 
         doc = runs["single/rust/gemma3_latest/gpu60_ctx512_temp08/run_1"]
         first = doc["requests"][0]

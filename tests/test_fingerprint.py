@@ -6,8 +6,9 @@ import copy
 import json
 from pathlib import Path
 
-from bench import fingerprint
-from bench.manifest_model import parse
+from bench.core.manifest import parse
+from bench.host import fingerprint
+
 from test_report import make_study
 
 FIXTURE_MANIFEST = Path(__file__).parent / "fixtures" / "stored-study" / "smoke" / "manifest.json"

@@ -11,11 +11,12 @@ import pytest
 import requests
 from tenacity import RetryCallState
 
-from bench import agents, metrics, rust
-from bench.clients import PARSERS, CallContext, ServerCounts, StreamingClient, build_record, time_stream
-from bench.errors import BenchError, RequestError
-from bench.paths import DATA_DIR
-from bench.workload import nonce_attempt, prompt_nonce
+from bench.clients import agents, rust
+from bench.clients.streaming import PARSERS, CallContext, ServerCounts, StreamingClient, build_record, time_stream
+from bench.config.workload import nonce_attempt, prompt_nonce
+from bench.core import metrics
+from bench.core.errors import BenchError, RequestError
+from bench.core.paths import DATA_DIR
 
 GOLDEN = DATA_DIR / "golden"
 
@@ -148,7 +149,7 @@ def test_single_run_metrics(case):
 
 @pytest.mark.parametrize("case", RUNS["multi"], ids=ids(RUNS["multi"]))
 def test_multi_run_metrics(case):
-    """bench/agents.py run_multi's bookkeeping: an agent's phase time runs from its release to its
+    """bench/clients/agents.py run_multi's bookkeeping: an agent's phase time runs from its release to its
     last call's end; the together phase is released at the earlier post-barrier start."""
     recs, t_alone, t_together = [], {}, {}
     for phase in ("alone", "together"):
@@ -177,7 +178,7 @@ def test_multi_run_metrics(case):
 
 @pytest.mark.parametrize("case", RUNS["steps"], ids=ids(RUNS["steps"]))
 def test_steps_run_metrics(case):
-    """bench/agents.py run_steps's bookkeeping: the first agent alone is the reference (seq_s is
+    """bench/clients/agents.py run_steps's bookkeeping: the first agent alone is the reference (seq_s is
     N times its time); the N agents are released at the earliest post-barrier start."""
     ((first, alone),) = case["alone"].items()
     recs = records(alone["calls"], first, "alone")
@@ -257,7 +258,7 @@ def _state(attempt: int, exc: Exception | None = None) -> RetryCallState:
 
 
 def test_transient_kinds_are_the_retried_ones():
-    from bench.errors import TRANSIENT, error_kinds
+    from bench.core.errors import TRANSIENT, error_kinds
     assert {k.kind: k.cls == TRANSIENT for k in error_kinds()} == RETRIES["retried"]
     retry = agents.retrying(3).retry
     for kind, retried in RETRIES["retried"].items():

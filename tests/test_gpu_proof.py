@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGUFReader, GGUFWriter
 
-from bench import replica
-from bench.plan import build_plan
-from bench.profile import builtin_profiles, load_profile
+from bench.config.plan import build_plan
+from bench.config.profile import builtin_profiles, load_profile
+from bench.standalone import replica
 
 
 def test_the_gpu_proof_profile_puts_every_layer_on_the_gpu():

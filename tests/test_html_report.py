@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import BenchError
-from bench.html_report import HTML_REPORT_NAME, convert, write_html_report
-from bench.profile import resolve_profile
-from bench.report import REPORT_NAME, write_report
-from bench.store import Store
+from bench.config.profile import resolve_profile
+from bench.core.errors import BenchError
+from bench.core.store import Store
+from bench.report.html_report import HTML_REPORT_NAME, convert, write_html_report
+from bench.report.markdown import REPORT_NAME, write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored-study"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from bench import instrument, instrument_tables
-from bench.instrument import CpuSnapshot
+from bench.analysis import instrument_tables
+from bench.study import instrument
+from bench.study.instrument import CpuSnapshot
 
 
 def test_client_block_counts_the_right_process():
@@ -87,12 +88,13 @@ def test_a_runs_time_parts_count_overlapping_requests_once():
 def _study(tmp_path, name: str, slow_factor: float) -> list[dict]:
     """Two models, single suite, on two test servers whose tokens slow by `slow_factor` from the
     second model's first request on (the host slowing mid-study); the drift table that results."""
-    from bench.analysis import load_tables
-    from bench.plan import build_plan
-    from bench.profile import load_profile
-    from bench.runner import run_matrix
+    from bench.analysis.tables import load_tables
+    from bench.config.plan import build_plan
+    from bench.config.profile import load_profile
+    from bench.core.store import Store
     from bench.runtimes import create_runtime
-    from bench.store import Store
+    from bench.study.runner import run_matrix
+
     from conftest import smoke_variant
     from ollama_server import FakeOllama
 
@@ -124,7 +126,7 @@ def test_the_client_cpu_rule_explains_a_language_effect_on_a_short_host():
     Python client used more CPU and its speedup is lower, so the rule names client CPU."""
     import pandas as pd
 
-    from bench.findings import client_cpu_explains
+    from bench.analysis.findings import client_cpu_explains
 
     rows = [{"suite": "multi", "lang": lang, "speedup": s, "client_cpu_share": c, "host_cores": 2}
             for lang, s, c in [("python", 1.84, 0.21), ("python", 1.88, 0.20), ("python", 1.86, 0.22),

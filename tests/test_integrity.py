@@ -17,16 +17,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import interrupt, locks, plan_identity, rust
-from bench.errors import BenchError
-from bench.host import port_is_free, process_identity
-from bench.plan import build_plan
-from bench.profile import load_profile
-from bench.runner import run_matrix
+from bench.clients import rust
+from bench.config.plan import build_plan
+from bench.config.profile import load_profile
+from bench.core.errors import BenchError
+from bench.core.store import SUPERSEDED_DIR, SUPERSEDED_NAME, Store
+from bench.host import locks
+from bench.host.machine import port_is_free, process_identity
 from bench.runtimes import create_runtime
 from bench.runtimes.llamacpp import LocalRuntime
 from bench.runtimes.process import ManagedProcess
-from bench.store import SUPERSEDED_DIR, SUPERSEDED_NAME, Store
+from bench.study import interrupt, plan_identity
+from bench.study.runner import run_matrix
+
 from conftest import REPO, free_port, invoke, smoke_variant
 from docker_env import build_images, docker_client
 from ollama_server import FakeOllama

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from scipy import stats as sps
 
-from bench import fmt
-from bench.profile import resolve_profile
-from bench.report import write_report
-from bench.sequential import LookPlan, nominal_level
-from bench.store import ISSUE_SUMMARY, Store
+from bench.config.profile import resolve_profile
+from bench.core import fmt
+from bench.core.sequential import LookPlan, nominal_level
+from bench.core.store import ISSUE_SUMMARY, Store
+from bench.report.markdown import write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored-study" / "smoke"
 

@@ -1,4 +1,4 @@
-"""The typed Job of bench/job.py against bench/data/job.schema.json, the contract it mirrors (as
+"""The typed Job of bench/config/job.py against bench/data/job.schema.json, the contract it mirrors (as
 tests/test_records.py holds the record models to metrics.schema.json): the same keys, required
 keys, extra-key policy, enums and constraints, and the golden jobs (with more cases made from them)
 accepted by the model exactly when the schema accepts them. The one planned difference is the
@@ -12,15 +12,25 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from bench import agents, rust
-from bench.clients import StreamingClient
-from bench.errors import BenchError
-from bench.job import (PYTHON_ONLY_SUITES, RUST_SUITES, CallOptions, Contention, Job, JobAgent, JobModelRef,
-                       Retries, data_files)
-from bench.paths import DATA_DIR
-from bench.records import RunDocument
-from bench.store import schema_errors
-from bench.workload import nonce_attempt, prompt_nonce
+from bench.clients import agents, rust
+from bench.clients.streaming import StreamingClient
+from bench.config.job import (
+    PYTHON_ONLY_SUITES,
+    RUST_SUITES,
+    CallOptions,
+    Contention,
+    Job,
+    JobAgent,
+    JobModelRef,
+    Retries,
+    data_files,
+)
+from bench.config.workload import nonce_attempt, prompt_nonce
+from bench.core.errors import BenchError
+from bench.core.paths import DATA_DIR
+from bench.core.records import RunDocument
+from bench.core.store import schema_errors
+
 from ollama_server import FakeOllama
 
 SCHEMA = json.loads(rust.JOB_SCHEMA_FILE.read_text())

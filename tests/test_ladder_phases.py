@@ -14,6 +14,7 @@ import json
 import pytest
 
 from bench.runtimes.ollama import OllamaEndpoints
+
 from test_external import bench_in_process
 from test_fallback import docs, profile, servers
 

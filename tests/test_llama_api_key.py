@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench import rust
-from bench.clients import CallContext, StreamingClient
-from bench.profile import ModelSpec, ServerConfig
+from bench.clients import rust
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.config.profile import ModelSpec, ServerConfig
+
 from test_parity import single_job
 
 pytestmark = pytest.mark.llama

@@ -8,11 +8,12 @@ import time
 import pytest
 import requests
 
-from bench.clients import CallContext, StreamingClient
-from bench.errors import BenchError, RequestError
-from bench.profile import ModelSpec, ServerConfig, load_profile
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.config.profile import ModelSpec, ServerConfig, load_profile
+from bench.config.workload import load_workload
+from bench.core.errors import BenchError, RequestError
 from bench.runtimes import LocalRuntime
-from bench.workload import load_workload
+
 from conftest import free_port, smoke_variant
 
 pytestmark = pytest.mark.llama
@@ -132,8 +133,8 @@ def test_unknown_model_lists_available(tmp_path):
 
 
 def test_gguf_metadata_of_the_embedded_model(tmp_path, monkeypatch):
-    from bench import assets
-    from bench.manifest import gguf_metadata
+    from bench.host import assets
+    from bench.study.manifest_writer import gguf_metadata
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     path = assets.model_file("smollm2-135m")

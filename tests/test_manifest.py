@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from bench import manifest as mf
-from bench.errors import BenchError
-from bench.plan import build_plan
+from bench.config.plan import build_plan
+from bench.core.errors import BenchError
+from bench.study import manifest_writer as mf
+
 from test_report import FakeRuntime, make_study
 
 

@@ -1,4 +1,4 @@
-"""The typed manifest (bench/manifest_model.py): its JSON Schema mirror, the migration of older
+"""The typed manifest (bench/core/manifest.py): its JSON Schema mirror, the migration of older
 shapes, and the one runtime identity reproduce, compare and the fingerprint share."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from bench import manifest_model as mm
-from bench.errors import BenchError
+from bench.core import manifest as mm
+from bench.core.errors import BenchError
+
 from test_report import make_study
 
 FIXTURE_MANIFEST = Path(__file__).parent / "fixtures" / "stored-study" / "smoke" / "manifest.json"
@@ -26,7 +27,7 @@ def _schema_check(doc: dict) -> None:
 
 
 def test_the_schema_file_is_the_models_schema():
-    # after changing a model: `python -m bench.manifest_model` writes the file again
+    # after changing a model: `python -m bench.core.manifest` writes the file again
     assert mm.SCHEMA_FILE.read_text() == mm.schema_text()
 
 

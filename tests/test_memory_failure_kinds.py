@@ -15,11 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench import rust
-from bench.clients import CallContext, StreamingClient
-from bench.errors import RequestError
-from bench.errors import LOAD, kind_class
+from bench.clients import rust
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.core.errors import LOAD, RequestError, kind_class
 from bench.runtimes.ollama_api import OllamaAPI
+
 from docker_env import unavailable
 from ollama_memory import FIXTURE, LOAD_KILLED, MIDSTREAM_EOF
 from test_parity import single_job

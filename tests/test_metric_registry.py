@@ -1,4 +1,4 @@
-"""The run-metric registry (bench/metrics.py RUN_METRICS) drives the tables and the labels: a
+"""The run-metric registry (bench/core/metrics.py RUN_METRICS) drives the tables and the labels: a
 metric given a role appears in every table that role drives, and plots name a metric as the
 registry does."""
 
@@ -9,9 +9,13 @@ import shutil
 import pandas as pd
 import pytest
 
-from bench import analysis, findings, metrics, plots, summary
-from bench.profile import resolve_profile
-from bench.store import Store
+from bench.analysis import findings
+from bench.analysis import tables as analysis
+from bench.config.profile import resolve_profile
+from bench.core import metrics
+from bench.core.store import Store
+from bench.report import plots, summary
+
 from test_stored_study import FIXTURE
 
 # a run column every stored run has, and no table lists today

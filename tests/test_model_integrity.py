@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from bench import assets
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.host import assets
 
 MODEL = "smollm2-135m"  # the smaller of the two (98 MB)
 

@@ -6,10 +6,12 @@ import threading
 
 import pytest
 
-from bench import agents, metrics
-from bench.agents import AgentTarget
-from bench.clients import RequestRecord, StreamingClient
-from bench.workload import load_workload
+from bench.clients import agents
+from bench.clients.agents import AgentTarget
+from bench.clients.streaming import RequestRecord, StreamingClient
+from bench.config.workload import load_workload
+from bench.core import metrics
+
 from ollama_server import FakeOllama
 
 S = 1_000_000_000

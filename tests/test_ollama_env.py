@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.profile import load_profile
+from bench.config.profile import load_profile
 from bench.runtimes import OllamaRuntime
+
 from conftest import free_port, smoke_variant
 
 pytestmark = pytest.mark.ollama

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from bench.clients import CallContext, StreamingClient
-from bench.errors import RequestError, classify
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.core.errors import RequestError, classify
+
 from ollama_memory import FIXTURE
 from ollama_server import FakeOllama
 

@@ -10,14 +10,15 @@ import time
 import pytest
 import requests
 
-from bench import metrics
-from bench.clients import CallContext, StreamingClient
-from bench.errors import BenchError
-from bench.placement import placement_issues
-from bench.profile import ModelSpec, ServerConfig, load_profile
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.config.placement import placement_issues
+from bench.config.profile import ModelSpec, ServerConfig, load_profile
+from bench.config.workload import load_workload, prompt_nonce
+from bench.core import metrics
+from bench.core.errors import BenchError
 from bench.runtimes import OllamaRuntime
 from bench.runtimes.ollama import ensure_model
-from bench.workload import load_workload, prompt_nonce
+
 from conftest import free_port, smoke_variant
 
 pytestmark = pytest.mark.ollama

@@ -30,14 +30,14 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from bench import agents, rust
-from bench.agents import AgentTarget
-from bench.clients import StreamingClient
-from bench.errors import BenchError, RequestError, kind_class
-from bench.job import Job, data_files
-from bench.profile import ModelSpec, ServerConfig, WorkloadSpec
-from bench.store import schema_errors
-from bench.workload import load_workload, prompt_nonce
+from bench.clients import agents, rust
+from bench.clients.agents import AgentTarget
+from bench.clients.streaming import StreamingClient
+from bench.config.job import Job, data_files
+from bench.config.profile import ModelSpec, ServerConfig, WorkloadSpec
+from bench.config.workload import load_workload, prompt_nonce
+from bench.core.errors import BenchError, RequestError, kind_class
+from bench.core.store import schema_errors
 
 MODEL = "smollm2-135m"
 
@@ -143,7 +143,7 @@ def test_rust_integration_test_against_real_llama_server(llama_runtime):
     import os
     import subprocess
 
-    from bench.paths import RUST_CRATE_DIR
+    from bench.core.paths import RUST_CRATE_DIR
 
     llama_runtime.switch(ModelSpec(name=MODEL), {"a": ServerConfig(gpu_layers=0, ctx=1024)})
     env = {**os.environ, "TR116_LLAMA_URL": llama_runtime.endpoints()[0].url, "TR116_LLAMA_MODEL": MODEL,
@@ -259,7 +259,7 @@ def test_a_failed_request_comes_back_with_its_kind(rust_agent, tmp_path):
 
 
 def test_a_bad_job_is_refused_before_the_agent_runs(tmp_path):
-    """A job that breaks the schema cannot be built (bench/job.py); the file check names the same
+    """A job that breaks the schema cannot be built (bench/config/job.py); the file check names the same
     key (tests/test_job.py shows run_job refusing a job the schema refuses, before it writes it)."""
     job = _rust_job("http://127.0.0.1:9", "contract/bad/run_1", 1).to_json()
     job["agents"]["single"]["options"]["num_predict"] = 0

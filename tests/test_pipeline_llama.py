@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bench.store import schema_errors
+from bench.core.store import schema_errors
+
 from conftest import invoke, smoke_variant
 
 pytestmark = pytest.mark.llama

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from bench.instrument import CLIENT_CPU_SOURCE
-from bench.profile import load_profile
-from bench.store import schema_errors
+from bench.config.profile import load_profile
+from bench.core.store import schema_errors
+from bench.study.instrument import CLIENT_CPU_SOURCE
+
 from conftest import invoke, smoke_variant
 from ollama_server import FakeOllama
 
@@ -92,10 +93,10 @@ def test_an_optional_model_that_never_loads_is_skipped_with_its_rationale(tmp_pa
 
 
 def _run_in_process(tmp_path, a, b, langs):
-    from bench.plan import build_plan
-    from bench.runner import run_matrix
+    from bench.config.plan import build_plan
+    from bench.core.store import Store
     from bench.runtimes import create_runtime
-    from bench.store import Store
+    from bench.study.runner import run_matrix
 
     loaded = load_profile(external_profile(tmp_path, a, b, langs))
     plan = build_plan(loaded.profile, models=["gemma3:latest"], runs=1)
@@ -122,7 +123,7 @@ def test_rust_agents_over_ollama(tmp_path, two_servers, results_dir):
 
 
 def test_rust_suite_recorded_as_skipped_without_an_agent(tmp_path, two_servers, results_dir, monkeypatch):
-    from bench import rust
+    from bench.clients import rust
 
     monkeypatch.setattr(rust, "find_rust_agent", lambda containerized=True: (None, "no Docker image; no cargo to build rust-agents"))
     a, b = two_servers
@@ -135,10 +136,10 @@ def test_rust_suite_recorded_as_skipped_without_an_agent(tmp_path, two_servers, 
 
 def test_runner_executes_outlier_reruns(tmp_path, two_servers, results_dir, monkeypatch):
     """The runner runs what the outlier planner asks for, once per round, within the budget."""
-    import bench.runner as runner_mod
-    from bench.plan import RunItem, build_plan
+    import bench.study.runner as runner_mod
+    from bench.config.plan import RunItem, build_plan
+    from bench.core.store import Store
     from bench.runtimes import create_runtime
-    from bench.store import Store
 
     a, b = two_servers
     path = external_profile(tmp_path, a, b)

@@ -13,13 +13,16 @@ import pandas as pd
 import pynvml
 import pytest
 
-from bench import gpu, metrics, power
-from bench.plan import build_plan
-from bench.profile import load_profile
-from bench.report import write_report
-from bench.runner import run_matrix
+from bench.config.plan import build_plan
+from bench.config.profile import load_profile
+from bench.core import metrics
+from bench.core.store import Store, schema_errors
+from bench.host import gpu
+from bench.report.markdown import write_report
 from bench.runtimes import create_runtime
-from bench.store import Store, schema_errors
+from bench.study import power
+from bench.study.runner import run_matrix
+
 from conftest import smoke_variant
 from ollama_server import FakeOllama
 

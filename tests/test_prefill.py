@@ -1,4 +1,4 @@
-"""Verified cold prefill (bench/prefill.py, the rule in bench/metrics.py prefill_reuse): the rule on
+"""Verified cold prefill (bench/analysis/prefill.py, the rule in bench/core/metrics.py prefill_reuse): the rule on
 hand-made tables at its boundaries, on the stored fixture study, and on real engines, where a
 repeated prompt is a real cache hit and the study's own nonced calls are not."""
 
@@ -12,12 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import agents, analysis, clients, metrics
-from bench.clients import CallContext, StreamingClient
-from bench.prefill import COLUMNS, verify_prefill
-from bench.profile import ModelSpec, ServerConfig
-from bench.store import Store
-from bench.workload import load_workload
+from bench.analysis import tables as analysis
+from bench.analysis.prefill import COLUMNS, verify_prefill
+from bench.clients import agents
+from bench.clients import streaming as clients
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.config.profile import ModelSpec, ServerConfig
+from bench.config.workload import load_workload
+from bench.core import metrics
+from bench.core.store import Store
 
 A = metrics.PREFILL_TEMPLATE_ALLOWANCE_TOKENS
 F = metrics.PREFILL_REUSE_FACTOR
@@ -165,12 +168,12 @@ MODEL = "smollm2-135m"
 
 
 def frame(records, phases) -> pd.DataFrame:
-    """The requests table's shape (bench/analysis.py request_rows) for records made here."""
+    """The requests table's shape (bench/analysis/tables.py request_rows) for records made here."""
     return pd.DataFrame([{**r.to_json(), "cell": "test", "run": 1, "phase": p} for r, p in zip(records, phases)])
 
 
 def nonced(client, options, key: str, n: int):
-    """n counted calls as a study makes them: each with its own nonce (bench.agents.nonced_chat)."""
+    """n counted calls as a study makes them: each with its own nonce (bench.clients.agents.nonced_chat)."""
     wl = load_workload()
     return [agents.nonced_chat(client, MODEL, wl, options, key=key, agent="single", stage="analysis", phase="single",
                                attempt=i + 1) for i in range(n)]

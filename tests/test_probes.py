@@ -1,4 +1,4 @@
-"""The per-study model probes (bench/probes.py): cold start per model and instance, and the answer
+"""The per-study model probes (bench/study/probes.py): cold start per model and instance, and the answer
 sanity probe. The rule, the base-model test and the tables on their own; the runner's wiring on
 protocol-faithful test servers; and on real Ollama with the real models: SmolLM2 135M Instruct
 passes, the Gemma 3 270M file is a likely base model, a broken chat template is flagged."""
@@ -8,21 +8,25 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench import assets, probe_tables, probes, sanity_set
-from bench.analysis import load_tables
-from bench.clients import StreamingClient
-from bench.errors import BenchError
-from bench.instrument import Timeline
-from bench.manifest import gguf_metadata
-from bench.plan import build_plan
-from bench.profile import InstrumentSpec, ModelSpec, load_profile
-from bench.report import write_report
-from bench.report_sections import sanity_flags
-from bench.runner import run_matrix
+from bench.analysis import probe_tables
+from bench.analysis.tables import load_tables
+from bench.clients.streaming import StreamingClient
+from bench.config import sanity_set
+from bench.config.plan import build_plan
+from bench.config.profile import InstrumentSpec, ModelSpec, load_profile
+from bench.config.workload import load_workload
+from bench.core.errors import BenchError
+from bench.core.store import COLDSTART, SANITY, TIMELINE, Store, atomic_write_json, utc_now
+from bench.host import assets
+from bench.report.markdown import write_report
+from bench.report.report_sections import sanity_flags
+from bench.report.validate import probe_warnings, validate_study
 from bench.runtimes import create_runtime
-from bench.store import COLDSTART, SANITY, TIMELINE, Store, atomic_write_json, utc_now
-from bench.validate import probe_warnings, validate_study
-from bench.workload import load_workload
+from bench.study import probes
+from bench.study.instrument import Timeline
+from bench.study.manifest_writer import gguf_metadata
+from bench.study.runner import run_matrix
+
 from conftest import smoke_variant
 from ollama_server import FakeOllama
 from test_manifest import _gguf

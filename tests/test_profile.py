@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.errors import BenchError
-from bench.plan import build_plan
-from bench.profile import builtin_profiles, load_profile, resolve_profile
+from bench.config.plan import build_plan
+from bench.config.profile import builtin_profiles, load_profile, resolve_profile
+from bench.core.errors import BenchError
 
 
 def write(tmp_path: Path, mutate) -> Path:
@@ -100,7 +100,7 @@ def test_unknown_profile_name():
 
 
 def test_auto_picks_smoke_without_docker_and_gpu(monkeypatch):
-    import bench.profile as prof
+    import bench.config.profile as prof
 
     monkeypatch.setattr(prof, "detect_gpu_host", lambda: (False, "no usable Docker engine (test)"))
     loaded = resolve_profile("auto")

@@ -10,10 +10,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from bench import analysis, fingerprint
-from bench.errors import BenchError
-from bench.manifest_model import as_manifest
-from bench.store import Store
+from bench.analysis import tables as analysis
+from bench.core.errors import BenchError
+from bench.core.manifest import as_manifest
+from bench.core.store import Store
+from bench.host import fingerprint
+
 from test_stored_study import FIXTURE
 
 RECORDED_HOST_ID = "feedc0ffee12"

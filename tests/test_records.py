@@ -1,4 +1,4 @@
-"""The pydantic models of bench/records.py against the JSON Schema they mirror."""
+"""The pydantic models of bench/core/records.py against the JSON Schema they mirror."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import clients, metrics, records
-from bench.paths import SCHEMA_FILE
-from bench.store import Store, schema_errors
+from bench.clients import streaming as clients
+from bench.core import metrics, records
+from bench.core.paths import SCHEMA_FILE
+from bench.core.store import Store, schema_errors
 
 FIXTURE_ROOT = Path(__file__).parent / "fixtures" / "stored-study"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())

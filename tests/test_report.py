@@ -7,7 +7,6 @@ test_manifest* reuse them.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 from pathlib import Path
@@ -15,19 +14,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import manifest as mf
-from bench import metrics, templating
-from bench.html_report import HTML_REPORT_NAME
-from bench.md_table import md_table
-from bench.plan import build_plan
-from bench.profile import load_profile
-from bench.records import RunDocument
-from bench.report import EXPORTERS, REPORT_NAME, study_outputs, write_report
-from bench.store import ISSUE_SUMMARY, Store, atomic_write_json
+from bench.config.plan import build_plan
+from bench.config.profile import load_profile
+from bench.core import metrics
+from bench.core.md_table import md_table
+from bench.core.records import RunDocument
+from bench.core.store import ISSUE_SUMMARY, Store, atomic_write_json
+from bench.report import templating
+from bench.report.html_report import HTML_REPORT_NAME
+from bench.report.markdown import EXPORTERS, REPORT_NAME, study_outputs, write_report
+from bench.study import manifest_writer as mf
+
 from conftest import smoke_variant
 
 MODELS = ("gemma3:latest", "qwen2.5:7b")
-PACKAGE = Path(__file__).parent.parent / "bench"
 
 
 class FakeRuntime:
@@ -265,40 +265,7 @@ def test_gpu_host_manifest_fills_setup_and_vram_notes(study):
 # ---- the outputs: exporters over one analysis, one environment, one table helper, one name per metric ----
 
 
-REPORT_STAGE = ("report", "html_report", "summary", "plots", "issue_summary", "validate", "compare",
-                "report_sections", "outputs", "templating", "md_table")
-STUDY_STAGE = {"runner", "manifest", "power", "instrument", "probes", "overhead", "outliers", "scheduler",
-               "plan_identity"}
-
-
-def _bench_imports(path: Path) -> set[str]:
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name.removeprefix("bench.") for a in node.names if a.name.startswith("bench.")}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench"):
-            if node.module == "bench":
-                out |= {a.name for a in node.names}
-            else:
-                out.add(node.module.removeprefix("bench."))
-    return out
-
-
-def test_the_report_stage_imports_no_study_module():
-    """The report reads the analysis and what the study stored, never the study's measuring code
-    (before the split, report.py imported probes, instrument and power for their partials)."""
-    reached = {name: sorted(_bench_imports(PACKAGE / f"{name}.py") & STUDY_STAGE) for name in REPORT_STAGE}
-    assert {name: mods for name, mods in reached.items() if mods} == {}
-
-
-ANALYSIS_AND_REPORT = {"analysis", "findings", "prefill", "tails", "probe_tables", "instrument_tables", *REPORT_STAGE}
-
-
-def test_the_study_stage_imports_no_analysis_or_report_module():
-    """The runner measures and stores; the outlier reruns read the stored documents through
-    bench/outliers.py, never the analysis or the summaries."""
-    reached = {name: sorted(_bench_imports(PACKAGE / f"{name}.py") & ANALYSIS_AND_REPORT) for name in STUDY_STAGE}
-    assert {name: mods for name, mods in reached.items() if mods} == {}
+# The stage order (report never imports the study) is tests/test_architecture.py's.
 
 
 def test_write_report_runs_each_exporter_once_over_one_analysis(study):

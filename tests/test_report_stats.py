@@ -9,14 +9,16 @@ import shutil
 import pandas as pd
 import pytest
 
-from bench import analysis, stats
-from bench.outliers import cell_flags, outlier_flags, plan_outlier_reruns
-from bench.plan import build_plan
-from bench.profile import load_profile
-from bench.records import RunDocument
-from bench.findings import central_answer
-from bench.sequential import LookPlan, compare, interval
-from bench.store import Store
+from bench.analysis import tables as analysis
+from bench.analysis.findings import central_answer
+from bench.config.plan import build_plan
+from bench.config.profile import load_profile
+from bench.core import stats
+from bench.core.records import RunDocument
+from bench.core.sequential import LookPlan, compare, interval
+from bench.core.store import Store
+from bench.study.outliers import cell_flags, outlier_flags, plan_outlier_reruns
+
 from test_records import FIXTURE_ROOT as FIXTURE
 from test_report import make_profile, synthetic_doc
 

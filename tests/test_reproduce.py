@@ -6,16 +6,17 @@ import json
 
 import pytest
 
-from bench import manifest as mf
 from bench import reproduce as reproduce_module
-from bench.errors import BenchError
-from bench.manifest_model import RuntimeDescription
-from bench.plan import build_plan
-from bench.profile import load_profile
+from bench.config.plan import build_plan
+from bench.config.profile import load_profile
+from bench.core.errors import BenchError
+from bench.core.manifest import RuntimeDescription
+from bench.core.store import Store, atomic_write_json
 from bench.reproduce import new_study_name, reproduce
-from bench.runner import run_matrix
 from bench.runtimes import LocalRuntime, create_runtime
-from bench.store import Store, atomic_write_json
+from bench.study import manifest_writer as mf
+from bench.study.runner import run_matrix
+
 from conftest import smoke_variant
 from ollama_server import FakeOllama
 from test_report import FakeRuntime

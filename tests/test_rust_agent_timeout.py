@@ -1,13 +1,13 @@
-"""How long bench/rust.py lets the Rust agent run before killing it as hung."""
+"""How long bench/clients/rust.py lets the Rust agent run before killing it as hung."""
 
 from __future__ import annotations
 
 import json
 
-from bench import rust
-from bench.job import Job
-from bench.paths import DATA_DIR
-from bench.workload import STAGES
+from bench.clients import rust
+from bench.config.job import Job
+from bench.config.workload import STAGES
+from bench.core.paths import DATA_DIR
 
 JOBS = [Job.model_validate(c["job"]) for c in json.loads((DATA_DIR / "golden" / "jobs.json").read_text())["valid"]]
 

@@ -1,7 +1,7 @@
 """The adaptive study's statistics, proven by simulation at a known truth.
 
-Thousands of simulated studies are driven through the real scheduler (bench/scheduler.py), the
-real repeated interval (bench/sequential.py) and the real drift adjustment (bench/drift.py): only
+Thousands of simulated studies are driven through the real scheduler (bench/study/scheduler.py), the
+real repeated interval (bench/core/sequential.py) and the real drift adjustment (bench/core/drift.py): only
 the engine is replaced, by draws from a noise model around a known true value, on a host that
 slows linearly or not at all. The controls, which must fail, are the naive rule (a plain
 t-interval checked after every run) and the raw (unadjusted) values under drift.
@@ -11,7 +11,7 @@ its own noise level; the first config of each block has the same true value (an 
 at different times, as a placebo model would be). Each run takes RUN_S of simulated time; a probe
 (PROBE_CALLS calls, each with its own noise) runs at the start, between rounds once PROBE_EVERY_S
 has passed, and at the end. The truth is the config's value on the host at its mean speed over
-the probes, which is what the adjustment refers to (bench/drift.py); raw values miss it because
+the probes, which is what the adjustment refers to (bench/core/drift.py); raw values miss it because
 each config ran at its own time. Without drift the host's speed is constant.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from bench import drift as host
-from bench.scheduler import BUDGET, MAX_RUNS, TARGET_MET, CellSpec, Observation, Scheduler, Target
-from bench.sequential import LookPlan, compare, interval, widen
+from bench.core import drift as host
+from bench.core.sequential import LookPlan, compare, interval, widen
+from bench.study.scheduler import BUDGET, MAX_RUNS, TARGET_MET, CellSpec, Observation, Scheduler, Target
 
 STUDIES = 2000
 HICCUP_P, HICCUP_SCALE = 0.1, 3.0

@@ -8,9 +8,9 @@ import math
 import pytest
 from scipy import stats as sps
 
-from bench import drift
-from bench.scheduler import BUDGET, FAILED, MAX_RUNS, TARGET_MET, CellSpec, Observation, Scheduler, Target
-from bench.sequential import LookPlan, compare, critical_value, interval, nominal_level, widen
+from bench.core import drift
+from bench.core.sequential import LookPlan, compare, critical_value, interval, nominal_level, widen
+from bench.study.scheduler import BUDGET, FAILED, MAX_RUNS, TARGET_MET, CellSpec, Observation, Scheduler, Target
 
 
 def test_one_look_is_the_ordinary_t_interval():

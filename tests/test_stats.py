@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy import stats as sps
 
-from bench import stats
+from bench.core import stats
 
 
 def test_describe_known_values():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.profile import resolve_profile
-from bench.report import write_report
-from bench.store import Store
+from bench.config.profile import resolve_profile
+from bench.core.store import Store
+from bench.report.markdown import write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "stored-study"
 REL_TOL = 1e-9

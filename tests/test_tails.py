@@ -1,4 +1,4 @@
-"""bench/tails.py: order-statistic intervals for p50/p95/p99, thresholds and ranks worked by hand,
+"""bench/analysis/tails.py: order-statistic intervals for p50/p95/p99, thresholds and ranks worked by hand,
 scipy's quantile_test as the oracle, and a coverage simulation at a known truth with the naive
 methods (percentile bootstrap of the sample quantile, normal-theory x̄ + z·s) as the controls.
 No servers. `python tests/test_tails.py` prints the coverage table."""
@@ -12,8 +12,16 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench.tails import (TOO_SMALL, TWO_SIDED, UNEQUAL_TAILS, UPPER_ONLY, min_n_for, order_statistic_ranks,
-                         quantile_interval, tail_table)
+from bench.analysis.tails import (
+    TOO_SMALL,
+    TWO_SIDED,
+    UNEQUAL_TAILS,
+    UPPER_ONLY,
+    min_n_for,
+    order_statistic_ranks,
+    quantile_interval,
+    tail_table,
+)
 
 # ---- thresholds, by hand ----------------------------------------------------------------------
 # B = #{Xᵢ ≤ x_q} ~ Binomial(n, q). X(n) bounds x_q from above at 95 % iff P(B = n) = qⁿ ≤ 0.05;

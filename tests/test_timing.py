@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from bench import metrics
-from bench.clients import CallContext, StreamingClient
-from bench.errors import RequestError
+from bench.clients.streaming import CallContext, StreamingClient
+from bench.core import metrics
+from bench.core.errors import RequestError
 
 MS = 1_000_000
 

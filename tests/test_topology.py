@@ -10,12 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import analysis, findings
-from bench.errors import BenchError
-from bench.plan import build_plan
-from bench.profile import ServerConfig, ServerSettings, load_profile
+from bench.analysis import findings
+from bench.analysis import tables as analysis
+from bench.config.plan import build_plan
+from bench.config.profile import ServerConfig, ServerSettings, load_profile
+from bench.core.errors import BenchError
 from bench.runtimes.external import ExternalRuntime
 from bench.runtimes.llamacpp import LlamaServer
+
 from conftest import invoke, smoke_variant
 
 PINNED = ServerSettings()

@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench import assets
-from bench import manifest as mf
 from bench import reproduce as rp
-from bench.compare import compare, output_folder
-from bench.csvsafe import csv_text
-from bench.errors import BenchError
-from bench.analysis import build
-from bench.profile import builtin_profiles, load_profile
-from bench.store import COMPARISON_STUDIES, Store
+from bench.analysis.tables import build
+from bench.config.profile import builtin_profiles, load_profile
+from bench.core.csvsafe import csv_text
+from bench.core.errors import BenchError
+from bench.core.store import COMPARISON_STUDIES, Store
+from bench.host import assets
+from bench.report.compare import compare, output_folder
+from bench.study import manifest_writer as mf
+
 from test_compare import copy_study
 from test_report import FakeRuntime, make_study
 

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from bench import manifest as mf
-from bench.errors import BenchError
-from bench.records import RunDocument
-from bench.store import atomic_write_json
-from bench.analysis import load_tables
-from bench.summary import summarize_all
-from bench.validate import validate_study
+from bench.analysis.tables import load_tables
+from bench.core.errors import BenchError
+from bench.core.records import RunDocument
+from bench.core.store import atomic_write_json
+from bench.report.summary import summarize_all
+from bench.report.validate import validate_study
+from bench.study import manifest_writer as mf
+
 from conftest import invoke
 from test_report import default_value, make_study
 
@@ -136,7 +137,7 @@ def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
     import os
     import stat
 
-    from bench.store import atomic_write_json
+    from bench.core.store import atomic_write_json
 
     target = tmp_path / "a" / "metrics.json"
     atomic_write_json(target, {"x": 1})

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from bench.profile import Profile
+from bench.config.profile import Profile
 from bench.runtimes.base import Endpoint, Runtime
 from bench.runtimes.docker import DockerRuntime, local_images
 from bench.runtimes.external import ExternalRuntime

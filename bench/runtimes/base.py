@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from bench.clients import api_key_for
-from bench.profile import ModelSpec, ServerConfig, ServerSettings
+from bench.clients.streaming import api_key_for
+from bench.config.profile import ModelSpec, ServerConfig, ServerSettings
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Endpoint:
     @property
     def api_key(self) -> str | None:
         """The server's API key (llama-server's, per study), where its runtime set one. A property
-        read from the process's key registry (bench.clients.register_api_key), not a field: an
+        read from the process's key registry (bench.clients.streaming.register_api_key), not a field: an
         Endpoint's repr and __dict__, which the manifest records, never hold it."""
         return api_key_for(self.url)
 

@@ -34,11 +34,11 @@ from typing import Callable
 
 import yaml
 
-from bench import rust
-from bench.errors import BenchError
-from bench.host import docker_engine, port_is_free, port_owner
-from bench.paths import REPO_ROOT, results_root
-from bench.profile import ModelSpec, Profile, RuntimeSpec, ServerConfig, ServerSettings
+from bench.clients import rust
+from bench.config.profile import ModelSpec, Profile, RuntimeSpec, ServerConfig, ServerSettings
+from bench.core.errors import BenchError
+from bench.core.paths import REPO_ROOT, results_root
+from bench.host.machine import docker_engine, port_is_free, port_owner
 from bench.runtimes.base import Endpoint
 from bench.runtimes.ollama import OllamaEndpoints, settings_env
 

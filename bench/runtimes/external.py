@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import requests
 
-from bench.clients import StreamingClient
-from bench.errors import BenchError, RequestError
-from bench.profile import ModelSpec, Profile, ServerConfig
+from bench.clients.streaming import StreamingClient
+from bench.config.profile import ModelSpec, Profile, ServerConfig
+from bench.core.errors import BenchError, RequestError
 from bench.runtimes.base import Endpoint
 from bench.runtimes.ollama import OllamaEndpoints
 

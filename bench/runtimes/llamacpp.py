@@ -5,7 +5,7 @@ server with new flags (llama-server loads one model at launch).
 The servers refuse calls without the study's API key (HTTP 401): `up` makes a random key, kept in
 a file only its user can read (the state dir's keys/, mode 0700, the file 0600), and each server
 reads it with --api-key-file, so the key is in no command line, state file or manifest. The
-clients find it by URL (bench.clients.register_api_key) and send it as a bearer token."""
+clients find it by URL (bench.clients.streaming.register_api_key) and send it as a bearer token."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import requests
 
-from bench import assets
-from bench.clients import loopback_session, register_api_key
-from bench.paths import results_root
-from bench.profile import ModelSpec, Profile, ServerConfig, ServerSettings
+from bench.clients.streaming import loopback_session, register_api_key
+from bench.config.profile import ModelSpec, Profile, ServerConfig, ServerSettings
+from bench.core.paths import results_root
+from bench.core.store import atomic_write_text
+from bench.host import assets
 from bench.runtimes.base import Endpoint
 from bench.runtimes.process import ManagedProcess
-from bench.store import atomic_write_text
 
 
 class LlamaServer(ManagedProcess):

@@ -15,10 +15,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from bench import assets
-from bench.errors import BenchError, RequestError
-from bench.paths import cache_dir, results_root
-from bench.profile import ModelSpec, Profile, ServerConfig, ServerSettings
+from bench.config.profile import ModelSpec, Profile, ServerConfig, ServerSettings
+from bench.core.errors import BenchError, RequestError
+from bench.core.paths import cache_dir, results_root
+from bench.host import assets
 from bench.runtimes.base import Endpoint
 from bench.runtimes.ollama_api import OllamaAPI, tag_matches
 from bench.runtimes.process import ManagedProcess

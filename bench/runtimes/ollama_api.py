@@ -17,8 +17,8 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from bench.clients import READ_BYTES, Deadline, bounded_lines, error_body_message, loopback_session
-from bench.errors import RequestError, classify, classify_http
+from bench.clients.streaming import READ_BYTES, Deadline, bounded_lines, error_body_message, loopback_session
+from bench.core.errors import RequestError, classify, classify_http
 
 # The longest a pull may take, all of it (a large model over a slow link takes hours; a registry
 # or proxy that trickles progress lines forever must still end).

@@ -3,7 +3,7 @@ state file (so `invoke up`, `bench` and `down` can be separate processes), healt
 stopped as one group so no child (Ollama's runners, llama-server's threads) is ever orphaned.
 
 The state file records, beside the PID, the boot id, the process's start time and its executable
-(bench/host.py process_identity), written atomically. Before any signal the process is checked
+(bench/host/machine.py process_identity), written atomically. Before any signal the process is checked
 against them: a state file left by a crash or a reboot, whose PID now belongs to someone else,
 is removed and nothing is signalled.
 """
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench.errors import BenchError, RequestError, classify
-from bench.host import is_same_process, port_is_free, port_owner, process_identity
-from bench.store import atomic_write_json
+from bench.core.errors import BenchError, RequestError, classify
+from bench.core.store import atomic_write_json
+from bench.host.machine import is_same_process, port_is_free, port_owner, process_identity
 
 
 @dataclass

@@ -78,7 +78,7 @@ fn prompt_error(e: anyhow::Error) -> RequestError {
 }
 
 /// One call, retried on the transient kinds with backoff, each attempt with its own nonce (as
-/// bench/agents.py does); only the successful attempt is recorded.
+/// bench/clients/agents.py does); only the successful attempt is recorded.
 async fn call(
     ctx: &RunContext,
     agent: AgentName,

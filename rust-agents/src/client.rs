@@ -10,7 +10,7 @@ use crate::stream::{error_body_message, Progress, ServerStats, StreamError, Time
 
 /// The environment variable that carries the servers' API key (llama-server `--api-key-file`),
 /// sent as `Authorization: Bearer <key>`; an environment variable so that the key is never
-/// written to job.json or seen in the agent's command line (bench/rust.py sets it).
+/// written to job.json or seen in the agent's command line (bench/clients/rust.py sets it).
 pub const API_KEY_ENV: &str = "TR116_API_KEY";
 
 /// The API key of API_KEY_ENV, if it is set and not empty.
@@ -170,7 +170,7 @@ fn transport_error(err: reqwest::Error, endpoint: &str, otherwise: ErrorKind) ->
 }
 
 /// The kind of a non-200 reply: by its text (a server's own words win), else by its status
-/// (error_kinds.yaml `statuses`; bench/errors.py classify_http is the same rule).
+/// (error_kinds.yaml `statuses`; bench/core/errors.py classify_http is the same rule).
 pub fn http_error_kind(classifier: &Classifier, status: u16, message: &str) -> ErrorKind {
     classifier.classify(message).unwrap_or_else(|| classifier.status_kind(status))
 }

@@ -144,7 +144,7 @@ impl Classifier {
 }
 
 /// The agent's last stderr line when it fails (`bench/data/agent_error.schema.json`): one JSON
-/// object, read by bench/rust.py::run_job. A failed request has its kind and class; a refused job
+/// object, read by bench/clients/rust.py::run_job. A failed request has its kind and class; a refused job
 /// or the agent's own failure has neither.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorLine {

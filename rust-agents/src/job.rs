@@ -150,7 +150,7 @@ pub struct Job {
 }
 
 /// Per-call retries of the transient kinds (`class: transient` in error_kinds.yaml), with the
-/// orchestrator's numbers (bench/agents.py): retry n waits wait_s × 2^(n−1) s, at most max_wait_s.
+/// orchestrator's numbers (bench/clients/agents.py): retry n waits wait_s × 2^(n−1) s, at most max_wait_s.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {

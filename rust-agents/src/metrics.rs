@@ -1,4 +1,4 @@
-//! The metric formulas of `bench/metrics.py`, one function each, same names and null rules.
+//! The metric formulas of `bench/core/metrics.py`, one function each, same names and null rules.
 //!
 //! Timestamps are integer nanoseconds on a monotonic clock (`Instant`), measured from any fixed
 //! origin (the client uses the request's `t_send`). `None` plays Python's `None`; callers turn

@@ -9,7 +9,7 @@
 //! JSON is deserialised into borrowed structs, so a steady stream costs no allocation per token
 //! beyond the growth of the caller's text buffer.
 //!
-//! The stream semantics are the Python client's (bench/clients.py), case for case in
+//! The stream semantics are the Python client's (bench/clients/streaming.py), case for case in
 //! bench/data/golden/streams.json: a content message is an NDJSON line or an SSE event (its
 //! `data:` lines, ended by a blank line or by the end of the body) with non-empty generated text,
 //! stamped when it is complete; the terminal message (`"done": true`, `data: [DONE]`) ends the
@@ -85,7 +85,7 @@ const EXCERPT: usize = 160;
 
 /// The longest line (its bytes before the `\n`) and the longest SSE event (its data) a stream may
 /// have: a longer one is malformed, refused as soon as its first byte over the limit arrives, so a
-/// server cannot grow the client's memory without bound. bench/clients.py MAX_LINE_BYTES is the
+/// server cannot grow the client's memory without bound. bench/clients/streaming.py MAX_LINE_BYTES is the
 /// same number (tests/test_deadlines.py holds both clients to it).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
@@ -356,7 +356,7 @@ impl StreamParser {
 /// One call's stream with the stamps of its content messages: what the client feeds each network
 /// read into and builds the call's timing from. `T` is the stamp (`Instant` in the client, scripted
 /// nanoseconds in tests). Each content message is stamped once, with the clock read when the
-/// message was complete (bench/clients.py time_stream stamps the same unit).
+/// message was complete (bench/clients/streaming.py time_stream stamps the same unit).
 #[derive(Debug)]
 pub struct TimedStream<T> {
     parser: StreamParser,

@@ -73,7 +73,7 @@ pub fn prompt_nonce(run_key: &str, agent: AgentName, stage: Stage, phase: Phase,
 
 /// The `attempt` a call's nonce is made from: each attempt of a run (the job's `attempt`) owns
 /// the next `attempts` numbers, one per attempt of a call, so no retry repeats an earlier prompt.
-/// Run attempt 1 gives the call's own attempt. The same function as bench/workload.py's.
+/// Run attempt 1 gives the call's own attempt. The same function as bench/config/workload.py's.
 pub fn nonce_attempt(run_attempt: u32, call_attempt: u32, attempts: u32) -> u32 {
     (run_attempt - 1) * attempts + call_attempt
 }

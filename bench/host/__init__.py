@@ -1,0 +1,1 @@
+"""Facts about the machine: host identity, GPUs, model assets and their fingerprint, port locks."""

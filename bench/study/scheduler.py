@@ -1,0 +1,246 @@
+"""The adaptive scheduler: after every round it decides which configs run next, and when each stops.
+
+It holds no clock, runs nothing and reads no file: the runner (bench/study/runner.py) feeds it what each
+run measured and how long the study has taken, and the simulation (tests/test_sampling_simulation.py)
+feeds it synthetic studies; both drive this same code.
+
+- **Blocks.** The configs of one model form a block that runs to its end before the next model
+  loads (a model switch is the costly step).
+- **Rounds.** Within a block, a round runs every active config once. Configs that share a server
+  state (same settings and load options: `server_key`) run together, so a round reloads the servers
+  at most once per state; the states' order is drawn once per block and reversed every other round
+  (ABBA), so the state a round ends on is the one the next begins with; configs within a state are
+  shuffled every round. Every compared pair thus alternates in time instead of one side running
+  first, and the drift probe runs between rounds (bench/core/drift.py).
+- **Stopping** (per config): `target met` when every precision metric's repeated interval
+  (bench/core/sequential.py) has a relative half-width ≤ the target and at least `min_runs` runs are
+  not flagged by the outlier rule (|x − median| > k × MAD, the spec's rule: flagged runs stay in
+  the data, and "rerun until enough clean runs" is part of stopping); `max runs` at `max_runs`;
+  `budget` when the study's time budget cannot pay for another run of it; `failed` when the runner
+  gives up on it (no rung of the fallback ladder loads, or it keeps failing).
+- **Budget.** The first `min_runs` of every config are always run. Beyond them, each block gets a
+  share of the budget left when it starts, in proportion to its configs' cost at min runs; within
+  a round the configs furthest from their target (largest half-width ÷ target) go first, while the
+  round's predicted cost fits the block's share (each config's mean run time so far, times the
+  study's measured overhead factor).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Sequence
+
+from bench.core.sequential import Interval, LookPlan, interval
+from bench.study.outliers import outlier_flags
+
+TARGET_MET = "target met"
+MAX_RUNS = "max runs"
+BUDGET = "budget"
+FAILED = "failed"
+SKIPPED = "skipped"  # the study skipped it on purpose (no Rust agent)
+FIXED = "fixed runs"  # a config sampled with the profile's fixed `runs` (spec parity)
+STOP_REASONS = (TARGET_MET, MAX_RUNS, BUDGET, FAILED, SKIPPED, FIXED)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A suite's precision target (profile `precision`), in plain values."""
+
+    metrics: tuple[str, ...]
+    rel_half_width: float
+    min_runs: int
+    max_runs: int
+    confidence: float = 0.95
+    fixed: bool = False  # a suite with the profile's fixed `runs`: it stops there, whatever its interval
+
+    @property
+    def looks(self) -> LookPlan:
+        return LookPlan(max(2, self.min_runs), max(2, self.max_runs), self.confidence)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    key: str
+    block: str  # the model: a block's configs run together
+    server_key: Hashable  # configs with the same key run without reloading the servers in between
+    target: Target
+    suite: str = "single"  # whose outlier metrics the spec's rule flags (bench/study/outliers.py)
+    est_run_s: float = 10.0  # a run's expected time before any was measured
+
+
+@dataclass
+class Observation:
+    run_index: int
+    values: dict[str, float | None]
+    duration_s: float
+
+
+@dataclass
+class CellStatus:
+    n: int
+    clean: int  # runs no outlier flag marks
+    intervals: dict[str, Interval | None]
+    distance: float  # max over the metrics of rel. half-width ÷ target (inf without an interval)
+    met: bool
+
+
+@dataclass
+class _Cell:
+    spec: CellSpec
+    runs: list[Observation] = field(default_factory=list)
+    attempts: int = 0  # run indices used, failed ones included
+    stopped: str | None = None
+
+
+class Scheduler:
+    def __init__(self, cells: Sequence[CellSpec], *, seed: int, mad_k: float = 2.0, budget_s: float | None = None,
+                 interval_fn: Callable[..., Interval | None] = interval):
+        # interval_fn: the repeated interval; the simulation swaps in the naive one as its control
+        self.interval_fn = interval_fn
+        self._cells = {c.key: _Cell(c) for c in cells}
+        self._blocks = list(dict.fromkeys(c.block for c in cells))
+        self._rng = random.Random(seed)
+        self.mad_k = mad_k
+        self.budget_s = budget_s
+        self._round = {b: 0 for b in self._blocks}
+        self._state_order: dict[str, list[Hashable]] = {}
+        self._share: dict[str, tuple[float, float]] = {}  # block → (elapsed at its start, its budget)
+
+    # ---- what the runner reports ------------------------------------------------------------
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self._blocks)
+
+    def record(self, key: str, obs: Observation) -> None:
+        cell = self._cells[key]
+        cell.runs.append(obs)
+        cell.attempts = max(cell.attempts, obs.run_index)
+        self._decide(cell)
+
+    def record_failure(self, key: str, run_index: int) -> None:
+        """A run that failed: its index is used up; a config whose attempts reach max_runs
+        without enough runs stops as failed."""
+        cell = self._cells[key]
+        cell.attempts = max(cell.attempts, run_index)
+        if cell.stopped is None and cell.attempts >= cell.spec.target.max_runs:
+            cell.stopped = FAILED
+
+    def stop(self, key: str, reason: str) -> None:
+        if reason not in STOP_REASONS:
+            raise ValueError(f"unknown stop reason {reason!r}")
+        self._cells[key].stopped = reason
+
+    def next_index(self, key: str) -> int:
+        return self._cells[key].attempts + 1
+
+    # ---- what it decides ----------------------------------------------------------------------
+
+    def status(self, key: str) -> CellStatus:
+        cell = self._cells[key]
+        spec = cell.spec
+        intervals = {m: self.interval_fn([o.values.get(m) for o in cell.runs], spec.target.looks)
+                     for m in spec.target.metrics}
+        distance = max((iv.rel_half_width / spec.target.rel_half_width
+                        if iv is not None and iv.rel_half_width is not None else float("inf"))
+                       for iv in intervals.values())
+        clean = len(cell.runs) - sum(self._flags(cell))
+        met = distance <= 1.0 and clean >= spec.target.min_runs
+        return CellStatus(len(cell.runs), clean, intervals, distance, met)
+
+    def _met(self, cell: _Cell) -> bool:
+        """status().met, with the outlier flags computed only once the intervals are narrow enough."""
+        spec = cell.spec
+        for m in spec.target.metrics:
+            iv = self.interval_fn([o.values.get(m) for o in cell.runs], spec.target.looks)
+            if iv is None or iv.rel_half_width is None or iv.rel_half_width > spec.target.rel_half_width:
+                return False
+        return len(cell.runs) - sum(self._flags(cell)) >= spec.target.min_runs
+
+    def stop_reason(self, key: str) -> str | None:
+        return self._cells[key].stopped
+
+    def active(self, block: str) -> list[str]:
+        return [k for k, c in self._cells.items() if c.spec.block == block and c.stopped is None]
+
+    def next_round(self, block: str, elapsed_s: float = 0.0) -> list[str]:
+        """The configs of `block` to run next, in order (empty: the block is done). `elapsed_s`:
+        the study's time so far, for the budget."""
+        active = self.active(block)
+        if not active:
+            return []
+        chosen = self._within_budget(block, active, elapsed_s)
+        if not chosen:
+            return []
+        r = self._round[block]
+        self._round[block] = r + 1
+        order = self._states(block)
+        if r % 2:
+            order = order[::-1]
+        out: list[str] = []
+        for state in order:
+            group = [k for k in chosen if self._cells[k].spec.server_key == state]
+            self._rng.shuffle(group)
+            out += group
+        return out
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _flags(self, cell: _Cell) -> list[bool]:
+        """Per run: flagged by the outlier rule on any of the suite's outlier metrics."""
+        by_metric = outlier_flags([o.values for o in cell.runs], cell.spec.suite, self.mad_k)
+        return [any(flags[i] for flags in by_metric.values()) for i in range(len(cell.runs))]
+
+    def _decide(self, cell: _Cell) -> None:
+        if cell.stopped is not None:
+            return
+        if cell.spec.target.fixed:
+            if len(cell.runs) >= cell.spec.target.max_runs:
+                cell.stopped = FIXED
+            return
+        if self._met(cell):
+            cell.stopped = TARGET_MET
+        elif len(cell.runs) >= cell.spec.target.max_runs:
+            cell.stopped = MAX_RUNS
+
+    def _states(self, block: str) -> list[Hashable]:
+        if block not in self._state_order:
+            states = list(dict.fromkeys(c.spec.server_key for c in self._cells.values() if c.spec.block == block))
+            self._rng.shuffle(states)
+            self._state_order[block] = states
+        return self._state_order[block]
+
+    def _run_cost(self, cell: _Cell) -> float:
+        if cell.runs:
+            return sum(o.duration_s for o in cell.runs) / len(cell.runs)
+        return cell.spec.est_run_s
+
+    def _overhead_factor(self, elapsed_s: float) -> float:
+        """The study's wall time ÷ the time its runs took, so far (≥ 1)."""
+        run_s = sum(o.duration_s for c in self._cells.values() for o in c.runs)
+        return max(1.0, elapsed_s / run_s) if run_s > 0 else 1.0
+
+    def _within_budget(self, block: str, active: list[str], elapsed_s: float) -> list[str]:
+        mandatory = [k for k in active if len(self._cells[k].runs) < self._cells[k].spec.target.min_runs]
+        if self.budget_s is None:
+            return active
+        if block not in self._share:  # the block's share of what is left, by its cost at min runs
+            left = max(0.0, self.budget_s - elapsed_s)
+            weight = {b: sum(c.spec.est_run_s * c.spec.target.min_runs for c in self._cells.values()
+                             if c.spec.block == b) for b in self._blocks[self._blocks.index(block):]}
+            total = sum(weight.values())
+            self._share[block] = (elapsed_s, left * weight[block] / total if total else left)
+        start, share = self._share[block]
+        factor = self._overhead_factor(elapsed_s)
+        spent = elapsed_s - start + factor * sum(self._run_cost(self._cells[k]) for k in mandatory)
+        chosen = list(mandatory)
+        optional = sorted((k for k in active if k not in mandatory), key=lambda k: -self.status(k).distance)
+        for k in optional:
+            cost = factor * self._run_cost(self._cells[k])
+            if spent + cost <= share:
+                chosen.append(k)
+                spent += cost
+            else:
+                self._cells[k].stopped = BUDGET
+        return [k for k in active if k in chosen]
