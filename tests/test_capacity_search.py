@@ -1,0 +1,117 @@
+"""The capacity search (bench/study/capacity_search.py) on scripted response curves: goodput falls
+with the agent count, each probe point draws its calls with a seeded generator, and the search must
+find the true capacity, never probe above its bound, and use the probe points the method implies.
+The control: the naive rule (a point passes when its goodput ESTIMATE reaches the target) claims
+more agents than the truth allows far more often than the interval rule."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from scipy import stats as sps
+
+from bench.study.capacity_search import MEETS, MISSES, NOT_SHOWN, CapacitySearch, verdict, worst_case_probes
+
+TARGET = 0.95
+
+
+def clopper_pearson(met: int, calls: int) -> tuple[float, float]:
+    """The exact 95 % interval of a share, from the beta distribution (scipy's binomtest, faster)."""
+    low = sps.beta.ppf(0.025, met, calls - met + 1) if met else 0.0
+    high = sps.beta.ppf(0.975, met + 1, calls - met) if met < calls else 1.0
+    return float(low), float(high)
+
+
+def run_search(curve, max_agents: int, calls: int, rng: random.Random, *, naive: bool = False):
+    """Play one search against `curve` (N → true goodput): each point draws `calls` calls."""
+    search = CapacitySearch(max_agents, TARGET)
+    while (n := search.next_n()) is not None:
+        assert 1 <= n <= max_agents
+        met = sum(rng.random() < curve(n) for _ in range(calls))
+        low, high = clopper_pearson(met, calls)
+        if naive:  # the control: the estimate alone decides
+            low = high = met / calls
+        search.observe(n, met / calls, low, high)
+    return search.result()
+
+
+def step_curve(capacity: int):
+    """Goodput 0.999 up to `capacity` agents, 0.5 beyond: the answer is never in doubt."""
+    return lambda n: 0.999 if n <= capacity else 0.5
+
+
+@pytest.mark.parametrize("max_agents", range(1, 9))
+def test_the_search_finds_every_true_capacity_within_its_bound(max_agents):
+    rng = random.Random(116 + max_agents)
+    for true_capacity in range(0, max_agents + 1):
+        result = run_search(step_curve(true_capacity), max_agents, 400, rng)
+        assert result.capacity == true_capacity
+        assert len(result.probes) <= worst_case_probes(max_agents)
+        assert max(p.n for p in result.probes) <= max_agents
+        if true_capacity == max_agents:
+            assert result.first_failing is None
+        else:
+            assert result.first_failing.n == true_capacity + 1 and not result.first_failing.passed
+        if true_capacity:
+            assert result.interval.n == true_capacity and result.interval.low >= TARGET
+        else:
+            assert result.interval is None
+
+
+@pytest.mark.parametrize("max_agents, capacity, probes", [
+    (8, 5, [1, 2, 4, 8, 6, 5]),  # exponential to the first fail at 8, then bisect 4..8
+    (8, 3, [1, 2, 4, 3]),
+    (8, 8, [1, 2, 4, 8]),  # all pass up to the bound: no bisection
+    (6, 6, [1, 2, 4, 6]),  # the exponential step is capped at max_agents
+    (6, 0, [1]),  # N = 1 fails: capacity 0 at once
+    (7, 6, [1, 2, 4, 7, 5, 6]),
+    (1, 1, [1]),
+])
+def test_the_probe_points_are_the_ones_the_method_implies(max_agents, capacity, probes):
+    result = run_search(step_curve(capacity), max_agents, 400, random.Random(7))
+    assert [p.n for p in result.probes] == probes
+    assert result.capacity == capacity
+
+
+def test_worst_case_probes_by_hand():
+    # max 8: 1, 2, 4, 8 (fails), 6, then 5 or 7 = 6 points; max 5: 1, 2, 4, 5 or 1, 2, 4 (fails), 3 = 4
+    assert [worst_case_probes(m) for m in range(1, 9)] == [1, 2, 3, 4, 4, 5, 6, 6]
+
+
+def test_a_straddling_interval_is_not_shown_and_counts_as_a_fail():
+    assert verdict(0.96, 0.99, TARGET) == MEETS
+    assert verdict(0.80, 0.94, TARGET) == MISSES
+    assert verdict(0.90, 0.99, TARGET) == NOT_SHOWN
+    assert verdict(None, None, TARGET) == NOT_SHOWN  # a point whose runs all failed
+    search = CapacitySearch(4, TARGET)
+    search.observe(1, 0.99, 0.97, 1.0)
+    search.observe(2, 0.97, 0.90, 0.99)  # straddles: the search bisects below it, capacity stays 1
+    assert search.done and search.result().capacity == 1
+    assert search.result().first_failing.verdict == NOT_SHOWN
+
+
+def test_an_observation_the_search_did_not_ask_for_is_an_error():
+    search = CapacitySearch(4, TARGET)
+    with pytest.raises(ValueError, match="asked for N = 1"):
+        search.observe(2, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="not done"):
+        search.result()
+    with pytest.raises(ValueError, match="max_agents"):
+        CapacitySearch(0, TARGET)
+
+
+def test_on_a_gradual_curve_the_interval_rule_rarely_overstates_capacity_and_the_naive_rule_does():
+    """Goodput falls smoothly with N; at the true capacity (3) it is 0.99, at 4 it is 0.94, just
+    under the 0.95 target. Claiming 4 agents is the error a capacity figure must not make: the
+    interval rule makes it at most about as often as its interval misses (≤ 5 %), the naive rule
+    (the estimate alone) in a large share of searches."""
+    curve = {1: 0.999, 2: 0.995, 3: 0.99, 4: 0.94, 5: 0.85, 6: 0.7}.get
+    trials, calls = 200, 300
+    rng = random.Random(20)
+    found = [run_search(curve, 6, calls, rng).capacity for _ in range(trials)]
+    naive = [run_search(curve, 6, calls, rng, naive=True).capacity for _ in range(trials)]
+    over, over_naive = sum(c > 3 for c in found) / trials, sum(c > 3 for c in naive) / trials
+    assert over <= 0.05
+    assert over_naive >= 0.2
+    assert sum(c == 3 for c in found) / trials >= 0.8  # and it still finds the truth most of the time
