@@ -149,7 +149,7 @@ def test_locks_refuse_a_second_holder_and_name_the_first(results_dir):
     with locks.holding("bench", "s1", [50001, 50002]):  # released: `up` then `bench` in sequence works
         pass
     # a holder that dies, however it dies, holds nothing
-    code = ("import sys, time; sys.path.insert(0, %r); from bench import locks\n"
+    code = ("import sys, time; sys.path.insert(0, %r); from bench.host import locks\n"
             "with locks.holding('bench', 's2', []):\n print('held', flush=True); time.sleep(60)" % str(REPO))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "BENCH_RESULTS": str(results_dir)})
@@ -197,7 +197,7 @@ def test_two_concurrent_benches_the_second_refuses(tmp_path, results_dir):
 SLOW_CLEANUP = """
 import sys, time
 sys.path.insert(0, %r)
-from bench import interrupt
+from bench.study import interrupt
 with interrupt.graceful():
     try:
         print("ready", flush=True)

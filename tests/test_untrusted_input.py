@@ -19,6 +19,7 @@ from bench.analysis.tables import build
 from bench.config.profile import builtin_profiles, load_profile
 from bench.core.csvsafe import csv_text
 from bench.core.errors import BenchError
+from bench.core.manifest import as_manifest
 from bench.core.store import COMPARISON_STUDIES, Store
 from bench.host import assets
 from bench.report.compare import compare, output_folder
@@ -128,14 +129,16 @@ def test_fallback_tags_are_identity_checked_like_models():
     profile = load_profile(builtin_profiles()["tr116"]).profile
     tag = "qwen2.5:14b-instruct-q3_K_M"
     recorded = FakeRuntime(digests={tag: "sha256:" + "1" * 64})
-    manifest = {"models": mf.model_identities(recorded, profile),
-                "fallback_models": mf.model_identities(recorded, profile, mf.fallback_models(profile))}
-    assert [m["name"] for m in manifest["fallback_models"]] == [tag]
+    resolved = {"resolved": profile.model_dump(mode="json")}
+    models = mf.model_identities(recorded, profile)
+    manifest = as_manifest({"profile": resolved, "models": models,
+                            "fallback_models": mf.model_identities(recorded, profile, mf.fallback_models(profile))})
+    assert [m.name for m in manifest.fallback_models] == [tag]
     assert rp.model_mismatches(manifest, recorded, profile) == []
     changed = FakeRuntime(digests={tag: "sha256:" + "2" * 64})  # the registry now serves other weights
     assert rp.model_mismatches(manifest, changed, profile) == [
         f"fallback tag {tag}: digest was sha256:{'1' * 64}, is now sha256:{'2' * 64}"]
-    older = {"models": manifest["models"]}  # a manifest that never recorded the tag
+    older = as_manifest({"profile": resolved, "models": models})  # a manifest that never recorded the tag
     assert rp.model_mismatches(older, recorded, profile) == [f"fallback tag {tag}: not in the manifest"]
 
 
