@@ -163,3 +163,38 @@ def test_a_placebo_names_another_model_and_a_model_can_skip_suites(tmp_path):
     def unknown(d):
         d["models"].append({"name": "x", "source": "gguf", "placebo_of": "nope"})
     assert "placebo_of must name another model" in error_of(write(tmp_path, unknown))
+
+
+def test_every_builtin_profile_states_a_slo_its_e2e_bound_can_meet():
+    for name, path in builtin_profiles().items():
+        profile = load_profile(path).profile
+        slo = profile.slo
+        assert slo is not None, name
+        # a call at exactly the TTFT and decode bounds for num_predict tokens fits the e2e bound
+        slowest_ok = slo.ttft_ms + (profile.workload.num_predict - 1) / slo.decode_tps * 1000
+        assert slowest_ok <= slo.e2e_ms * 1.1, (name, slowest_ok, slo.e2e_ms)
+
+
+def test_slo_bounds_and_keys_are_validated(tmp_path):
+    msg = error_of(write(tmp_path, lambda d: d["slo"].update(ttft=100)))
+    assert "slo.ttft: unknown key" in msg and "decode_tps" in msg
+    msg = error_of(write(tmp_path, lambda d: d["slo"].update(goodput_target=1.0)))
+    assert "slo.goodput_target" in msg
+    msg = error_of(write(tmp_path, lambda d: d["slo"].update(decode_tps=-1)))
+    assert "slo.decode_tps" in msg
+    msg = error_of(write(tmp_path, lambda d: d["slo"].update(ttft_ms=5000, e2e_ms=4000)))
+    assert "e2e_ms 4000.0 must exceed ttft_ms 5000.0" in msg
+    msg = error_of(write(tmp_path, lambda d: d["slo"].pop("e2e_ms")))
+    assert "slo.e2e_ms: required key is missing" in msg
+    assert load_profile(write(tmp_path, lambda d: d.pop("slo"))).profile.slo is None  # optional
+
+
+def test_steps_search_replaces_the_fixed_agent_list(tmp_path):
+    steps = load_profile(write(tmp_path, lambda d: (d["steps"].pop("agents"), d["steps"].update(search={}))))
+    assert steps.profile.steps.search.max_agents == 4
+    msg = error_of(write(tmp_path, lambda d: d["steps"].update(search={"max_agents": 3})))
+    assert "either `agents`" in msg and "not both" in msg
+    msg = error_of(write(tmp_path, lambda d: (d["steps"].pop("agents"), d["steps"].update(search={"max_agents": 9}))))
+    assert "steps.search.max_agents" in msg
+    msg = error_of(write(tmp_path, lambda d: (d["steps"].pop("agents"), d["steps"].update(search={"max": 3}))))
+    assert "steps.search.max: unknown key" in msg and "max_agents" in msg

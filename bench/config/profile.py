@@ -306,9 +306,18 @@ class SettingsSweep(Strict):
         return out
 
 
+class CapacitySearch(Strict):
+    """The steps suite's capacity search: over agent counts 1..max_agents, the largest count whose
+    goodput interval (bench/core/stats.py goodput_interval) stays at or above the SLO's target."""
+
+    max_agents: int = Field(4, ge=2, le=8, description="the largest agent count the search may probe")
+
+
 class StepsSuite(Strict):
     """Agent-count steps: N agents at once (round-robin over the instances), each running the
-    single agent's two calls, measured against one agent alone in the same run."""
+    single agent's two calls, measured against one agent alone in the same run. With `search` the
+    agent counts are the capacity search's, and the fixed `agents` list is not used (giving both
+    is an error)."""
 
     enabled: bool = False
     agents: list[int] = Field([1, 2, 3, 4], min_length=1)
@@ -317,6 +326,15 @@ class StepsSuite(Strict):
     config: AgentConfig | None = Field(None, description="default: the multi suite's chimera config")
     runs: Runs = 3
     precision: Precision | None = None
+    search: CapacitySearch | None = Field(None, description="search for the capacity instead of stepping the "
+                                                            "fixed `agents` list")
+
+    @model_validator(mode="after")
+    def _search_or_agents(self):
+        if self.search is not None and "agents" in self.model_fields_set:
+            raise ValueError("give either `agents` (fixed steps) or `search` (the capacity search picks the agent "
+                             "counts), not both")
+        return self
 
     @field_validator("agents")
     @classmethod
@@ -382,6 +400,29 @@ class InstrumentSpec(Strict):
                                            "(bench/data/sanity.yaml); junk answers are flagged in the report")
 
 
+class ServiceLevelObjective(Strict):
+    """What every counted call must meet (bench/core/metrics.py meets_slo): its client TTFT at most
+    ttft_ms, its client decode rate at least decode_tps, its end-to-end latency at most e2e_ms. The
+    analysis applies it to the stored records, so changing it re-reports a study without rerunning
+    it; goodput_target and confidence are what the capacity search asks of the goodput interval."""
+
+    ttft_ms: float = Field(gt=0, le=MAX_TIMEOUT_S * 1000, description="the most a call may wait for its first "
+                                                                      "token (client, ms)")
+    decode_tps: float = Field(gt=0, le=1e6, description="the least client decode rate of a call (tok/s per agent)")
+    e2e_ms: float = Field(gt=0, le=MAX_TIMEOUT_S * 1000, description="the most a call may take end to end (ms)")
+    goodput_target: float = Field(0.95, gt=0, lt=1, description="the share of calls that must meet every "
+                                                                "objective (a target of 1 no interval can confirm)")
+    confidence: float = Field(0.95, ge=0.5, lt=1, description="of the goodput interval")
+
+    @model_validator(mode="after")
+    def _e2e_above_ttft(self):
+        # every call's e2e is at least its TTFT: an e2e bound at or below the TTFT bound is a typo
+        if self.e2e_ms <= self.ttft_ms:
+            raise ValueError(f"e2e_ms {self.e2e_ms} must exceed ttft_ms {self.ttft_ms} (a call ends after its "
+                             f"first token)")
+        return self
+
+
 class Profile(Strict):
     study: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
@@ -398,6 +439,8 @@ class Profile(Strict):
     sampling: Sampling = Sampling()
     instrument: InstrumentSpec = InstrumentSpec()
     fallback: Fallback = Fallback()
+    slo: ServiceLevelObjective | None = Field(None, description="per-call objectives: goodput and the capacity "
+                                                                "search measure against them")
 
     @field_validator("models")
     @classmethod
