@@ -28,9 +28,10 @@ SDIST_VERSION=11434.0.0
 MODELS=(gemma3-270m smollm2-135m)
 # What the harness imports that the GPU image lacks (it has numpy, pandas, scipy, matplotlib,
 # jinja2, pyyaml, requests, tqdm, tabulate, attrs, typing-extensions and nvidia-ml-py; gguf, which
-# rebuilds the replicas, and markdown-it-py, which writes the HTML report, are not among them).
+# rebuilds the replicas, markdown-it-py, which writes the HTML report, and prometheus-client, which
+# reads llama-server's /metrics, are not among them).
 WHEELS=(pydantic pydantic-core annotated-types typing-inspection tenacity invoke jsonschema gguf
-        jsonschema-specifications referencing rpds-py markdown-it-py mdit-py-plugins mdurl)
+        jsonschema-specifications referencing rpds-py markdown-it-py mdit-py-plugins mdurl prometheus-client)
 T0=$(date +%s)
 
 step() { echo "== [$(($(date +%s) - T0)) s] $*"; }
