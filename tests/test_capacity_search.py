@@ -11,7 +11,9 @@ import random
 import pytest
 from scipy import stats as sps
 
+from bench.config.plan import NOT_PROBED
 from bench.study.capacity_search import MEETS, MISSES, NOT_SHOWN, CapacitySearch, verdict, worst_case_probes
+from bench.study.scheduler import CellSpec, Observation, Scheduler, SearchPoint, Target
 
 TARGET = 0.95
 
@@ -115,3 +117,94 @@ def test_on_a_gradual_curve_the_interval_rule_rarely_overstates_capacity_and_the
     assert over <= 0.05
     assert over_naive >= 0.2
     assert sum(c == 3 for c in found) / trials >= 0.8  # and it still finds the truth most of the time
+
+
+# ---- the search inside the scheduler (bench/study/scheduler.py) ---------------------------------
+
+# The scheduler reads each point with the study's goodput interval (bench/core/stats.py), which
+# allows for calls of one run being correlated: it needs a few runs to confirm a share.
+FIXED = Target(metrics=("efficiency_pct",), rel_half_width=1.0, min_runs=5, max_runs=5, fixed=True)
+ADAPTIVE = Target(metrics=("efficiency_pct",), rel_half_width=0.05, min_runs=5, max_runs=8)
+
+
+def search_cells(max_agents: int, target: Target = FIXED, group="m/python") -> list[CellSpec]:
+    return [CellSpec(f"{group}/agents_{n}", "m", ("state", n), target, suite="steps",
+                     search=SearchPoint(group, n, max_agents, TARGET)) for n in range(1, max_agents + 1)]
+
+
+def play(sched: Scheduler, curve, rng: random.Random, calls: int = 100, efficiency=lambda n: 100.0) -> list[str]:
+    """Run the study's rounds against a curve (N → true goodput); the configs in the order they ran."""
+    ran = []
+    while keys := sched.next_round("m"):
+        for key in keys:
+            n = int(key.rsplit("_", 1)[1])
+            met = sum(rng.random() < curve(n) for _ in range(calls))
+            sched.record(key, Observation(sched.next_index(key), {"efficiency_pct": efficiency(n)}, 1.0, (met, calls)))
+            ran.append(key)
+    return ran
+
+
+def test_the_scheduler_runs_only_the_points_the_search_asks_for():
+    sched = Scheduler(search_cells(8), seed=1)
+    assert sched.active("m") == ["m/python/agents_1"]  # the others are dormant
+    ran = play(sched, step_curve(5), random.Random(3))
+    # every probe point runs its five fixed runs before the search reads it; 1, 2, 4, 8, 6, 5
+    assert [int(k.rsplit("_", 1)[1]) for k in ran] == [n for n in (1, 2, 4, 8, 6, 5) for _ in range(5)]
+    assert sched.search("m/python").result().capacity == 5
+    for n in (3, 7):
+        assert sched.stop_reason(f"m/python/agents_{n}") == NOT_PROBED
+        assert sched.probe(f"m/python/agents_{n}") is None
+    assert sched.stop_reason("m/python/agents_6") == "fixed runs"
+    six = sched.probe("m/python/agents_6")
+    assert six.verdict == MISSES and six.goodput == pytest.approx(0.5, abs=0.1)
+    # the interval the search read is the study's goodput interval over the point's two runs
+    assert sched.probe("m/python/agents_5").low >= TARGET
+
+
+def test_an_adaptive_probe_point_runs_until_its_precision_target_then_the_search_reads_it():
+    noisy = random.Random(9)
+    sched = Scheduler(search_cells(4, ADAPTIVE), seed=2)
+    ran = play(sched, step_curve(4), random.Random(4), efficiency=lambda n: 100.0 / n * (1 + 0.2 * noisy.random()))
+    runs = {n: sum(k.endswith(f"_{n}") for k in ran) for n in (1, 2, 4)}  # 1, 2, 4 pass: 3 is never asked
+    assert all(5 <= r <= 8 for r in runs.values()) and max(runs.values()) > 5  # some point needed more than min
+    assert sched.search("m/python").result().capacity == 4
+    assert sched.stop_reason("m/python/agents_3") == NOT_PROBED
+    assert {sched.stop_reason(f"m/python/agents_{n}") for n in (1, 2, 4)} <= {"target met", "max runs"}
+
+
+def test_a_resumed_study_replays_its_stored_runs_into_the_same_search():
+    rng = random.Random(5)
+    first = Scheduler(search_cells(8), seed=1)
+    play(first, step_curve(5), rng)
+    stored = {k.key: list(first._cells[k.key].runs) for k in search_cells(8)}
+    again = Scheduler(search_cells(8), seed=1)
+    for key, runs in stored.items():  # the runner's resume: config by config, in plan order
+        for obs in runs:
+            again.record(key, obs)
+    assert again.next_round("m") == []  # nothing left to run
+    assert again.search("m/python").probes == first.search("m/python").probes
+    assert again.stop_reason("m/python/agents_3") == NOT_PROBED
+
+
+def test_a_failed_point_is_not_shown_and_searches_of_two_settings_run_side_by_side():
+    cells = search_cells(4, group="m/python/np1") + search_cells(4, group="m/python/np2")
+    sched = Scheduler(cells, seed=3)
+    assert sorted(sched.active("m")) == ["m/python/np1/agents_1", "m/python/np2/agents_1"]
+    sched.stop("m/python/np1/agents_1", "failed")  # no rung loaded it: no interval, a fail
+    assert sched.search("m/python/np1").result().capacity == 0
+    assert sched.stop_reason("m/python/np1/agents_2") == NOT_PROBED
+    assert sched.active("m") == ["m/python/np2/agents_1"]
+
+
+def test_a_failed_run_attempt_counts_as_a_run_whose_calls_all_missed():
+    """As the analysis counts it (bench/analysis/goodput.py): the service failed those calls."""
+    sched = Scheduler(search_cells(2), seed=4)
+    key = "m/python/agents_1"
+    sched.record_failure(key, 1)
+    for i in range(2, 7):
+        sched.record(key, Observation(i, {"efficiency_pct": 100.0}, 1.0, (100, 100)))
+    one = sched.probe(key)
+    assert one.goodput == pytest.approx(500 / 600)  # five runs of 100 met calls and one of 0 of 100
+    assert one.verdict == NOT_SHOWN  # one all-missed run among full ones: the correlated interval is wide
+    assert sched.search("m/python").result().capacity == 0
+

@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.config.profile import (
     SHARED_INSTANCE_SCENARIOS,
     AgentConfig,
+    CapacitySearch,
     ModelSpec,
     Precision,
     Profile,
@@ -25,6 +26,9 @@ from bench.config.workload import load_workload
 from bench.core.sequential import LookPlan, critical_value
 
 AGENTS_MULTI = ("collector", "insight")
+# The stop reason of a capacity-search config its search never asked for (bench/study/scheduler.py):
+# planned, deliberately not run, so validate does not count its runs as missing.
+NOT_PROBED = "not probed by the search"
 
 
 def temp_tag(temperature: float) -> str:
@@ -53,6 +57,8 @@ class Cell:
     # Adaptive sampling (bench/study/scheduler.py): runs from precision.min_runs (= `runs`) to max_runs.
     # None: the fixed `runs` of the profile or of `--runs`.
     precision: Precision | None = None
+    # A steps config of the capacity search: it runs only when the search asks for its agent count.
+    search: CapacitySearch | None = None
 
     @property
     def max_runs(self) -> int:
@@ -146,6 +152,12 @@ class Plan:
         """Some config stops when its interval is narrow enough (items then hold each config's min runs)."""
         return any(c.precision is not None for c in self.cells)
 
+    @property
+    def scheduled(self) -> bool:
+        """The scheduler decides what runs (bench/study/scheduler.py): an adaptive plan, or one with a
+        capacity search, whose configs run only when the search asks for them."""
+        return self.adaptive or any(c.search is not None for c in self.cells)
+
     def count(self, suite: str | None = None, lang: str | None = None) -> int:
         return sum(1 for i in self.items if (suite is None or i.cell.suite == suite)
                    and (lang is None or i.cell.lang == lang))
@@ -208,9 +220,11 @@ def _steps_cells(x: _Expansion, model: ModelSpec) -> list[Cell]:
     if s.models and model.name not in s.models:
         return []
     cfg = s.config or x.profile.multi.chimera
+    # a search: a config for every count it may probe, so the plan (and resume) is the same whatever it finds
+    counts = range(1, s.search.max_agents + 1) if s.search else s.agents
     return [Cell("steps", lang, model, f"agents_{n}", tuple((a, cfg) for a in step_agents(n)), label_config=cfg,
-                 settings=st, settings_tag=tag, **x.sampled(s))
-            for lang in x.langs_of(s) for n in s.agents for st, tag in x.settings_for("steps")]
+                 settings=st, settings_tag=tag, search=s.search, **x.sampled(s))
+            for lang in x.langs_of(s) for n in counts for st, tag in x.settings_for("steps")]
 
 
 SUITE_CELLS = {"single": _single_cells, "multi": _multi_cells, "steps": _steps_cells}

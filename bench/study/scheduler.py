@@ -23,6 +23,12 @@ feeds it synthetic studies; both drive this same code.
   a round the configs furthest from their target (largest half-width ÷ target) go first, while the
   round's predicted cost fits the block's share (each config's mean run time so far, times the
   study's measured overhead factor).
+- **Capacity search** (bench/study/capacity_search.py). The plan holds a steps config for every
+  agent count a search may probe; each config with a `SearchPoint` stays dormant (never in a
+  round) until its search asks for it. A probe point then runs under the rules above; when it
+  stops, its goodput interval (over its runs' SLO counts, `Observation.slo`) goes to the search,
+  which wakes the next point. When the search is done its unasked points stop as `not probed by
+  the search`. A point that failed, or was skipped, has no interval: "not shown", a fail.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
+from bench.config.plan import NOT_PROBED
 from bench.core.sequential import Interval, LookPlan, interval
+from bench.core.stats import goodput_interval
+from bench.study.capacity_search import CapacitySearch, Probe
 from bench.study.outliers import outlier_flags
 
 TARGET_MET = "target met"
@@ -40,7 +49,7 @@ BUDGET = "budget"
 FAILED = "failed"
 SKIPPED = "skipped"  # the study skipped it on purpose (no Rust agent)
 FIXED = "fixed runs"  # a config sampled with the profile's fixed `runs` (spec parity)
-STOP_REASONS = (TARGET_MET, MAX_RUNS, BUDGET, FAILED, SKIPPED, FIXED)
+STOP_REASONS = (TARGET_MET, MAX_RUNS, BUDGET, FAILED, SKIPPED, FIXED, NOT_PROBED)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class SearchPoint:
+    """A config that is one agent count of a capacity search."""
+
+    group: Hashable  # the search it belongs to (one per model, language and server settings)
+    n: int
+    max_agents: int
+    goodput_target: float
+    confidence: float = 0.95  # of the goodput interval
+
+
+@dataclass(frozen=True)
 class CellSpec:
     key: str
     block: str  # the model: a block's configs run together
@@ -67,6 +87,7 @@ class CellSpec:
     target: Target
     suite: str = "single"  # whose outlier metrics the spec's rule flags (bench/study/outliers.py)
     est_run_s: float = 10.0  # a run's expected time before any was measured
+    search: SearchPoint | None = None
 
 
 @dataclass
@@ -74,6 +95,7 @@ class Observation:
     run_index: int
     values: dict[str, float | None]
     duration_s: float
+    slo: tuple[int, int] | None = None  # a search point's run: (calls that met the SLO, calls counted)
 
 
 @dataclass
@@ -91,14 +113,17 @@ class _Cell:
     runs: list[Observation] = field(default_factory=list)
     attempts: int = 0  # run indices used, failed ones included
     stopped: str | None = None
+    dormant: bool = False  # a search point its search has not asked for (yet)
+    failed: set[int] = field(default_factory=set)  # run indices that failed
 
 
 class Scheduler:
     def __init__(self, cells: Sequence[CellSpec], *, seed: int, mad_k: float = 2.0, budget_s: float | None = None,
-                 interval_fn: Callable[..., Interval | None] = interval):
+                 interval_fn: Callable[..., Interval | None] = interval, goodput_fn: Callable = goodput_interval):
         # interval_fn: the repeated interval; the simulation swaps in the naive one as its control
         self.interval_fn = interval_fn
-        self._cells = {c.key: _Cell(c) for c in cells}
+        self.goodput_fn = goodput_fn
+        self._cells = {c.key: _Cell(c, dormant=c.search is not None) for c in cells}
         self._blocks = list(dict.fromkeys(c.block for c in cells))
         self._rng = random.Random(seed)
         self.mad_k = mad_k
@@ -106,6 +131,14 @@ class Scheduler:
         self._round = {b: 0 for b in self._blocks}
         self._state_order: dict[str, list[Hashable]] = {}
         self._share: dict[str, tuple[float, float]] = {}  # block → (elapsed at its start, its budget)
+        self._searches: dict[Hashable, CapacitySearch] = {}
+        self._points: dict[Hashable, dict[int, str]] = {}  # search → agent count → config key
+        for c in cells:
+            if c.search is not None:
+                self._searches.setdefault(c.search.group, CapacitySearch(c.search.max_agents, c.search.goodput_target))
+                self._points.setdefault(c.search.group, {})[c.search.n] = c.key
+        for group in self._searches:
+            self._advance(group)
 
     # ---- what the runner reports ------------------------------------------------------------
 
@@ -114,23 +147,31 @@ class Scheduler:
         return list(self._blocks)
 
     def record(self, key: str, obs: Observation) -> None:
+        """A run's values. A dormant search point keeps them (a resumed study's stored runs) and
+        decides when its search asks for it."""
         cell = self._cells[key]
         cell.runs.append(obs)
         cell.attempts = max(cell.attempts, obs.run_index)
-        self._decide(cell)
+        if not cell.dormant:
+            self._decide(cell)
+            self._search_step(cell)
 
     def record_failure(self, key: str, run_index: int) -> None:
         """A run that failed: its index is used up; a config whose attempts reach max_runs
         without enough runs stops as failed."""
         cell = self._cells[key]
         cell.attempts = max(cell.attempts, run_index)
-        if cell.stopped is None and cell.attempts >= cell.spec.target.max_runs:
+        cell.failed.add(run_index)
+        if cell.stopped is None and not cell.dormant and cell.attempts >= cell.spec.target.max_runs:
             cell.stopped = FAILED
+            self._search_step(cell)
 
     def stop(self, key: str, reason: str) -> None:
         if reason not in STOP_REASONS:
             raise ValueError(f"unknown stop reason {reason!r}")
-        self._cells[key].stopped = reason
+        cell = self._cells[key]
+        cell.stopped, cell.dormant = reason, False
+        self._search_step(cell)
 
     def next_index(self, key: str) -> int:
         return self._cells[key].attempts + 1
@@ -161,8 +202,18 @@ class Scheduler:
     def stop_reason(self, key: str) -> str | None:
         return self._cells[key].stopped
 
+    def probe(self, key: str) -> Probe | None:
+        """A search point's probe: its goodput interval and verdict (None: not probed, or no search)."""
+        spec = self._cells[key].spec.search
+        if spec is None:
+            return None
+        return next((p for p in self._searches[spec.group].probes if p.n == spec.n), None)
+
+    def search(self, group: Hashable) -> CapacitySearch:
+        return self._searches[group]
+
     def active(self, block: str) -> list[str]:
-        return [k for k, c in self._cells.items() if c.spec.block == block and c.stopped is None]
+        return [k for k, c in self._cells.items() if c.spec.block == block and c.stopped is None and not c.dormant]
 
     def next_round(self, block: str, elapsed_s: float = 0.0) -> list[str]:
         """The configs of `block` to run next, in order (empty: the block is done). `elapsed_s`:
@@ -204,6 +255,40 @@ class Scheduler:
         elif len(cell.runs) >= cell.spec.target.max_runs:
             cell.stopped = MAX_RUNS
 
+    def _goodput(self, cell: _Cell) -> tuple[float | None, float | None, float | None]:
+        """(estimate, low, high) of a point's goodput over its runs' SLO counts; Nones without runs. A
+        run attempt that failed (and no later attempt at its index ran) is one more run none of whose
+        calls met the SLO, as the analysis counts it (bench/analysis/goodput.py)."""
+        counted = [o.slo for o in cell.runs if o.slo is not None and o.slo[1] > 0]
+        if not counted:
+            return None, None, None
+        failed = len(cell.failed - {o.run_index for o in cell.runs})
+        size = sorted(c for _, c in counted)[len(counted) // 2]
+        counted += [(0, size)] * failed
+        iv = self.goodput_fn([m for m, _ in counted], [c for _, c in counted], cell.spec.search.confidence)
+        return iv.estimate, iv.low, iv.high
+
+    def _search_step(self, cell: _Cell) -> None:
+        if cell.spec.search is not None and cell.stopped is not None:
+            self._advance(cell.spec.search.group)
+
+    def _advance(self, group: Hashable) -> None:
+        """Feed the search every stopped point it asked for, in turn, and wake the next one; when it
+        is done, its points never asked for stop as not probed."""
+        search, points = self._searches[group], self._points[group]
+        while (n := search.next_n()) is not None:
+            cell = self._cells[points[n]]
+            if cell.dormant:
+                cell.dormant = False
+                self._decide(cell)  # a resumed study may hold enough runs already
+            if cell.stopped is None:
+                return
+            search.observe(n, *self._goodput(cell))
+        for key in points.values():
+            if self._cells[key].dormant:
+                self._cells[key].dormant = False
+                self._cells[key].stopped = NOT_PROBED
+
     def _states(self, block: str) -> list[Hashable]:
         if block not in self._state_order:
             states = list(dict.fromkeys(c.spec.server_key for c in self._cells.values() if c.spec.block == block))
@@ -243,4 +328,5 @@ class Scheduler:
                 spent += cost
             else:
                 self._cells[k].stopped = BUDGET
+                self._search_step(self._cells[k])
         return [k for k in active if k in chosen]
