@@ -81,3 +81,100 @@ def test_goodput_interval_refuses_bad_input_and_one_run_bounds_nothing():
         goodput_interval([1], [2], 1.0)
     one = goodput_interval([10], [12])
     assert (one.low, one.high) == (0.0, 1.0) and one.estimate == pytest.approx(10 / 12)
+
+
+# ---- per call, per run and per config, on hand-worked records --------------------------------
+
+import pandas as pd  # noqa: E402
+
+from bench.analysis import goodput  # noqa: E402
+from bench.config.profile import ServiceLevelObjective  # noqa: E402
+from bench.core import metrics  # noqa: E402
+
+SLO = ServiceLevelObjective(ttft_ms=1000, decode_tps=20, e2e_ms=5000, confidence=0.95)
+
+
+def test_meets_slo_needs_every_objective_and_a_missing_value_misses():
+    assert metrics.meets_slo(1000, 20, 5000, SLO)  # the bounds themselves meet it
+    assert not metrics.meets_slo(1000.1, 20, 5000, SLO)
+    assert not metrics.meets_slo(900, 19.9, 4000, SLO)
+    assert not metrics.meets_slo(900, 25, 5001, SLO)
+    assert not metrics.meets_slo(None, 25, 4000, SLO)  # no text arrived
+    assert not metrics.meets_slo(900, None, 4000, SLO)  # fewer than two tokens
+    assert metrics.slo_objectives(1200, 25, 6000, SLO) == {"ttft": False, "decode": True, "e2e": False}
+
+
+def _call(cell, run, suite, phase, agent, ttft, decode, e2e):
+    return {"cell": cell, "run": run, "suite": suite, "phase": phase, "agent": agent, "ttft_ms": ttft,
+            "decode_tps_client": decode, "e2e_ms": e2e, "ran_as": ""}
+
+
+def _steps_run(run: int, agent_calls: dict[str, list[tuple]]) -> list[dict]:
+    """A 2-agent steps run: an alone reference that misses everything (it must not count), then
+    each agent's calls together."""
+    cell = "steps/python/m/n2"
+    rows = [_call(cell, run, "steps", "alone", "agent1", 9999, 1, 99999)] * 2
+    for agent, calls in agent_calls.items():
+        rows += [_call(cell, run, "steps", "together", agent, *c) for c in calls]
+    return rows
+
+
+OK, SLOW_FIRST, SLOW_DECODE = (800, 30, 3000), (1500, 30, 3500), (800, 10, 4800)
+
+
+def test_run_goodput_counts_the_calls_made_together_only():
+    requests = pd.DataFrame(_steps_run(1, {"agent1": [OK, OK], "agent2": [SLOW_FIRST, OK]}))
+    row = goodput.run_goodput(requests, SLO).iloc[0]
+    assert row["slo_calls"] == 4  # the two alone calls are the reference, not load
+    assert row["goodput_pct"] == 75.0  # 3 of 4 calls met every objective
+    assert row["agent_goodput_pct"] == 50.0  # agent2 had one call late
+    assert (row["slo_ttft_pct"], row["slo_decode_pct"], row["slo_e2e_pct"]) == (75.0, 100.0, 100.0)
+
+
+def test_single_and_multi_count_every_counted_call():
+    requests = pd.DataFrame([_call("multi/x", 1, "multi", "alone", "collector", *OK),
+                             _call("multi/x", 1, "multi", "together", "collector", *SLOW_DECODE),
+                             _call("multi/x", 1, "multi", "alone", "insight", *OK),
+                             _call("multi/x", 1, "multi", "together", "insight", *OK),
+                             _call("single/x", 1, "single", "single", "single", *OK),
+                             _call("single/x", 1, "single", "single", "single", None, None, 3000)])
+    rows = goodput.run_goodput(requests, SLO).set_index("cell")
+    assert rows.loc["multi/x", "goodput_pct"] == 75.0 and rows.loc["multi/x", "agent_goodput_pct"] == 50.0
+    assert rows.loc["multi/x", "slo_decode_pct"] == 75.0
+    assert rows.loc["single/x", "goodput_pct"] == 50.0 and rows.loc["single/x", "slo_e2e_pct"] == 100.0
+
+
+def test_config_goodput_pools_runs_names_the_objective_that_breaks_first_and_counts_failed_attempts():
+    calls = (_steps_run(1, {"agent1": [OK, OK], "agent2": [OK, SLOW_DECODE]})
+             + _steps_run(2, {"agent1": [OK, SLOW_FIRST], "agent2": [SLOW_DECODE, OK]})
+             + _steps_run(3, {"agent1": [OK, OK], "agent2": [OK, OK]}))
+    requests = pd.DataFrame(calls)
+    runs = pd.DataFrame([{"cell": "steps/python/m/n2", "run": r, "ran_as": "", "suite": "steps", "lang": "python",
+                          "model": "m", "case": "n2", "n_agents": 2} for r in (1, 2, 3)])
+    row = goodput.goodput_table(runs, requests, SLO).iloc[0]
+    assert (row["runs"], row["calls"], row["calls_met"]) == (3, 12, 9)
+    iv = stats_interval([3, 2, 4], [4, 4, 4])
+    assert row["goodput_pct"] == 75.0
+    assert (row["goodput_ci_low"], row["goodput_ci_high"]) == pytest.approx((100 * iv.low, 100 * iv.high))
+    assert row["agent_goodput_pct"] == pytest.approx(100 * 3 / 6)
+    assert row["slo_decode_pct"] == pytest.approx(100 * 10 / 12) and row["slo_ttft_pct"] == pytest.approx(100 * 11 / 12)
+    assert row["breaks_first"] == "decode" and not row["meets_target"]
+    # a run attempt that timed out under load: one more run of 4 calls, none met
+    failure = {"cell": "steps/python/m/n2", "error_class": "transient", "requested_config": {"model": "m"},
+               "attempted_config": {"model": "m"}}
+    oom = {**failure, "error_class": "load"}  # the config did not fit: not a service failure
+    row = goodput.goodput_table(runs, requests, SLO, [failure, oom]).iloc[0]
+    assert (row["runs"], row["failed_attempts"], row["calls"], row["calls_met"]) == (4, 1, 16, 9)
+    assert row["agent_goodput_pct"] == pytest.approx(100 * 3 / 8)
+    iv = stats_interval([3, 2, 4, 0], [4, 4, 4, 4])
+    assert row["goodput_ci_low"] == pytest.approx(100 * iv.low)
+
+
+def stats_interval(met, calls):
+    return goodput_interval(met, calls, SLO.confidence)
+
+
+def test_breaks_first_on_ties_and_full_attainment():
+    assert goodput.breaks_first({"ttft": 100.0, "decode": 100.0, "e2e": 100.0}) == "none"
+    assert goodput.breaks_first({"ttft": 90.0, "decode": 95.0, "e2e": 90.0}) == "ttft"
+    assert goodput.breaks_first({"ttft": None, "decode": 95.0, "e2e": 99.0}) == "decode"

@@ -3,14 +3,15 @@
 - requests.csv: one row per counted LLM call;
 - runs.csv: one row per run (the run-level metrics of metrics.json, flattened), with the
   spec's outlier flags (`outlier_<metric>`, `outlier`) and, for a run the fallback ladder
-  downgraded, what ran instead (`ran_as`; '' for a run that ran as asked) and why;
+  downgraded, what ran instead (`ran_as`; '' for a run that ran as asked) and why, its goodput
+  against the profile's SLO and `validity_flag` (the reconciliation gate's reason; '' when it passes);
 - configs.csv: one row per config (cell) and what ran (`ran_as`): n and mean/median/std/CI of
   the key metrics. Downgraded runs are never pooled with runs of the config as asked, and the
   comparisons across models or languages only pair runs that ran alike;
 - derived tables, each computed here from runs/configs by a stated method: normalized.csv
   (% of the baseline model), winners.csv (the winner rule: sequential.compare on drift-adjusted values), lang_deltas.csv (Rust −
   Python), variance.csv (η² shares), outliers.csv, frontier.csv (power), thermal.csv (GPU
-  state across the study), cost.csv (pricing).
+  state across the study), cost.csv (pricing), goodput.csv (per config, with its interval).
 Every number in the report comes from these tables.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis import findings, instrument_tables, probe_tables, tails
+from bench.analysis import findings, goodput, instrument_tables, probe_tables, tails, validity
 from bench.analysis.prefill import verify_prefill
 from bench.config import ladder
 from bench.config.plan import Cell
@@ -85,6 +86,11 @@ class Results:
     # runs with a counted call whose prompt the engine reused (bench/analysis/prefill.py): kept, listed, out
     # of every headline table like the misplaced ones
     voided: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # runs over a reconciliation bound (bench/analysis/validity.py): kept, listed with the reason,
+    # out of every headline table like the misplaced and voided ones (empty when none is)
+    invalid: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # failures.jsonl: a failed run attempt's calls count as missing the SLO (bench/analysis/goodput.py)
+    failures: list[dict] = field(default_factory=list)
     # the host drift series (bench/core/drift.py); None without a probe
     drift: HostDrift | None = None
     # the plan's configs (for their looks, targets and stop reasons) and an adaptive study's stops
@@ -92,8 +98,9 @@ class Results:
     stops: dict[str, dict] = field(default_factory=dict)
 
     def cell_runs(self, cell_key: str) -> pd.DataFrame:
-        """Every stored run of one config folder, placed, misplaced or voided, in run order."""
-        frames = [f[f["cell"] == cell_key] for f in (self.runs, self.misplaced, self.voided) if not f.empty]
+        """Every stored run of one config folder, placed, misplaced, voided or invalid, in run order."""
+        frames = [f[f["cell"] == cell_key] for f in (self.runs, self.misplaced, self.voided, self.invalid)
+                  if not f.empty]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames).sort_values("run")
@@ -242,10 +249,12 @@ def cell_flags(results: Results, cell_key: str) -> dict[int, list[str]]:
 
 
 def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] | None = None,
-                drift: HostDrift | None = None) -> Results:
+                drift: HostDrift | None = None, slo=None) -> Results:
     """The tidy frames of every valid stored run (the store's order), outliers flagged. Runs whose
-    placement differed from their config, and runs with a counted call whose prompt the engine
-    reused (bench/analysis/prefill.py), are kept apart. Each key metric gets its drift-adjusted twin
+    placement differed from their config, runs with a counted call whose prompt the engine
+    reused (bench/analysis/prefill.py), and runs over a reconciliation bound
+    (bench/analysis/validity.py) are kept apart. With an `slo` (the profile's) each run gets its
+    goodput columns (bench/analysis/goodput.py). Each key metric gets its drift-adjusted twin
     `<metric>_adj` (bench/core/drift.py; the raw value without probes), and each config the repeated
     interval of its looks (`looks`: cell key → LookPlan; the ordinary t-interval for a config the
     plan does not name)."""
@@ -264,14 +273,18 @@ def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] 
         return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked, drift=drift,
                        **model_probes)
     runs = _adjust_for_drift(_count_voided(runs, requests), drift)
+    runs = goodput.add_run_goodput(runs, requests, slo)  # slo None: no goodput columns
+    runs = validity.add_validity_flags(runs, requests, validity.load_validity())
     misplaced = runs[runs["placement_issues"] != ""]
     voided = runs[(runs["placement_issues"] == "") & (runs["voided_requests"] > 0)]
-    runs = _flag_outliers(runs[(runs["placement_issues"] == "") & (runs["voided_requests"] == 0)]
-                          .reset_index(drop=True), mad_k)
+    clean = (runs["placement_issues"] == "") & (runs["voided_requests"] == 0)
+    invalid = runs[clean & (runs["validity_flag"] != "")]
+    runs = _flag_outliers(runs[clean & (runs["validity_flag"] == "")].reset_index(drop=True), mad_k)
     config_rows = [config_row(g, (looks or {}).get(g["cell"].iloc[0]), drift)
                    for _, g in runs.groupby(["cell", "ran_as"], sort=True)]
     return Results(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
                    voided=voided.reset_index(drop=True), probes=probes, events=events, asked=asked, drift=drift,
+                   invalid=invalid.reset_index(drop=True) if not invalid.empty else pd.DataFrame(),
                    **model_probes)
 
 
@@ -756,6 +769,7 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "client_cost": client_cost(runs),
         "topology": topology(runs, looks),
         "steps": steps(runs, looks),
+        "goodput": goodput.goodput_table(runs, tables.requests, profile.slo, tables.failures),
         **probe_tables.derived_tables(tables.coldstart, tables.sanity),
     }
     return tables.derived
@@ -843,14 +857,16 @@ def build(store: Store, profile: Profile, cells: list[Cell] | None = None) -> Re
         cells, ran_with = study_cells(store, profile)
     looks = {c.key: c.looks(ran_with.outliers.max_extra_runs) for c in cells}
     points = instrument_tables.probe_points(store.read_jsonl(PROBES))
-    results = load_tables(store, profile.outliers.mad_k, looks=looks, drift=HostDrift(points) if points else None)
+    results = load_tables(store, profile.outliers.mad_k, looks=looks, drift=HostDrift(points) if points else None,
+                          slo=profile.slo)
+    results.failures = store.failures()
     results.cells = cells
     results.stops = {e["cell"]: e for e in store.read_jsonl(SAMPLING)}  # the last decision per config wins
     if results.runs.empty:
         return results
     derive(results, profile)
     th = profile.multi.contention
-    results.findings = findings.build(results, store.failures(), store.read_json(CLIENT_OVERHEAD_NAME),
+    results.findings = findings.build(results, results.failures, store.read_json(CLIENT_OVERHEAD_NAME),
                                       (th.min_tps_ratio, th.max_ttft_inflation))
     return results
 
@@ -859,7 +875,8 @@ def export_tables(store: Store, results: Results) -> dict[str, Path]:
     """tables/<name>.csv for every frame."""
     out = {}
     frames = {"requests": results.requests, "runs": results.runs, "configs": results.configs,
-              "misplaced_runs": results.misplaced, "voided_runs": results.voided, **results.derived}
+              "misplaced_runs": results.misplaced, "voided_runs": results.voided,
+              "invalid_runs": results.invalid, **results.derived}
     for name, df in frames.items():
         path = store.root / "tables" / f"{name}.csv"
         atomic_write_text(path, df.to_csv(index=False))

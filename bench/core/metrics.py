@@ -12,7 +12,7 @@ import inspect
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -427,6 +427,74 @@ def legacy_contention(speedup_value: float, threshold: float = 1.5) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Service level: each counted call against the profile's objective (profile `slo`), applied by the
+# analysis to the stored records, so a changed objective re-reports a study without rerunning it.
+# --------------------------------------------------------------------------------------------
+
+SLO_OBJECTIVES = ("ttft", "decode", "e2e")  # slo_<objective>_pct, in this order
+
+
+def slo_objectives(ttft: float | None, decode_tps_client_value: float | None, e2e: float | None,
+                   slo) -> dict[str, bool]:
+    """Each objective of one call: ttft_ms ≤ slo.ttft_ms, decode_tps_client ≥ slo.decode_tps,
+    e2e_ms ≤ slo.e2e_ms (slo: anything with those three attributes, the profile's block). A missing
+    value misses its objective."""
+    return {"ttft": ttft is not None and ttft <= slo.ttft_ms,
+            "decode": decode_tps_client_value is not None and decode_tps_client_value >= slo.decode_tps,
+            "e2e": e2e is not None and e2e <= slo.e2e_ms}
+
+
+@metric("meets_slo", "flag", "request")
+def meets_slo(ttft: float | None, decode_tps_client_value: float | None, e2e: float | None, slo) -> bool:
+    """meets_slo = ttft_ms ≤ SLO ttft_ms ∧ decode_tps_client ≥ SLO decode_tps ∧ e2e_ms ≤ SLO e2e_ms
+
+    Whether one counted call met every objective of the profile's service-level objective. A call
+    with no text (no TTFT) or fewer than two tokens (no decode rate) misses; a call that failed is
+    missing by definition: its run attempt was not stored, and the per-config goodput counts every
+    call of such an attempt as missed (none of them can be shown to have met it).
+    """
+    return all(slo_objectives(ttft, decode_tps_client_value, e2e, slo).values())
+
+
+def counts_for_goodput(suite: str, phase: str) -> bool:
+    """The calls goodput is taken over: the steps suite's agents' calls made together (under load),
+    not its alone reference; every counted call of the single and multi suites."""
+    return phase == "together" if suite == "steps" else True
+
+
+@metric("goodput_pct", "%", "run")
+def goodput_pct(met: Sequence[bool]) -> float | None:
+    """goodput_pct = 100 × #(calls that meet_slo) / #(calls), over the run's counted calls under load
+
+    The share of a run's calls that met every objective (the calls: counts_for_goodput). The
+    per-config goodput pools the runs' calls and gives it the interval of stats.goodput_interval,
+    since calls of one run are not independent. Null without a call.
+    """
+    return 100.0 * sum(bool(m) for m in met) / len(met) if len(met) else None
+
+
+@metric("agent_goodput_pct", "%", "run")
+def agent_goodput_pct(met_by_agent: Mapping[str, Sequence[bool]]) -> float | None:
+    """agent_goodput_pct = 100 × #(agents all of whose calls meet_slo) / #(agents), over the run's calls under load
+
+    The share of a run's agents that were served within the objective on every call: one slow
+    call fails its agent's whole task.
+    """
+    agents = [calls for calls in met_by_agent.values() if len(calls)]
+    return 100.0 * sum(all(calls) for calls in agents) / len(agents) if agents else None
+
+
+@metric("slo_attainment_pct", "%", "run")
+def slo_attainment_pct(passed: Sequence[bool]) -> float | None:
+    """slo_<objective>_pct = 100 × #(calls that meet that objective) / #(calls), objective ∈ {ttft, decode, e2e}
+
+    Attainment of each objective alone over the run's calls under load; the objective with the
+    lowest attainment is the one that breaks first as load grows.
+    """
+    return 100.0 * sum(bool(p) for p in passed) / len(passed) if len(passed) else None
+
+
+# --------------------------------------------------------------------------------------------
 # Power (GPU hosts only): NVML sampled during each run, energy taken over the active window.
 # Times here are seconds from the run's start (the same origin as the records' start_offset_ms).
 # --------------------------------------------------------------------------------------------
@@ -742,6 +810,17 @@ RUN_METRICS: tuple[RunMetric, ...] = (
     *_for(["multi"], "contention", "contention (flag)", False, "contention", RUN_COLUMN),
     *_for(["multi"], "legacy_contention", "legacy contention (speedup < 1.5)", False, "legacy_contention",
           RUN_COLUMN),
+    # goodput against the profile's SLO (analysis.tables goodput): per run listed in the config
+    # summaries; per config pooled with its own interval in goodput.csv, not averaged over runs
+    *_for(["single", "multi", "steps"], "goodput_pct", "goodput (% of calls)", True, "goodput_pct", RUN_COLUMN),
+    *_for(["single", "multi", "steps"], "agent_goodput_pct", "agent goodput (% of agents)", True,
+          "agent_goodput_pct", RUN_COLUMN),
+    *_for(["single", "multi", "steps"], "slo_ttft_pct", "TTFT objective met (% of calls)", True,
+          "slo_attainment_pct"),
+    *_for(["single", "multi", "steps"], "slo_decode_pct", "decode objective met (% of calls)", True,
+          "slo_attainment_pct"),
+    *_for(["single", "multi", "steps"], "slo_e2e_pct", "e2e objective met (% of calls)", True,
+          "slo_attainment_pct"),
     *_for(["steps"], "tps_ratio", "tps ratio (together / alone)", True, "tps_ratio", CONFIG_STAT),
     *_for(["steps"], "decode_tps_alone", "per-agent decode alone (tok/s, server)", True, "decode_tps",
           CONFIG_STAT),
