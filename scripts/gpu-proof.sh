@@ -32,6 +32,10 @@ MODELS=(gemma3-270m smollm2-135m)
 # reads llama-server's /metrics, are not among them).
 WHEELS=(pydantic pydantic-core annotated-types typing-inspection tenacity invoke jsonschema gguf
         jsonschema-specifications referencing rpds-py markdown-it-py mdit-py-plugins mdurl prometheus-client)
+# What the GPU image has (KINDS.md; the rehearsal of the import check installs these).
+IMAGE_PACKAGES=(numpy pandas scipy matplotlib jinja2 pyyaml requests tqdm tabulate attrs typing-extensions nvidia-ml-py)
+IMPORT_CHECK="import importlib, pkgutil, bench, invoke, pynvml
+for m in pkgutil.walk_packages(bench.__path__, 'bench.'): importlib.import_module(m.name)"
 T0=$(date +%s)
 
 step() { echo "== [$(($(date +%s) - T0)) s] $*"; }
@@ -84,6 +88,25 @@ prepare() {
         echo "no Rust agent binary and no cargo: the proof will record the Rust suite as skipped"
     fi
 
+    step "the import check there, rehearsed here: Python 3.12 with only the image's packages + the wheels"
+    # the GPU machine has no registry: a wheel missing from WHEELS is found here, not after its start
+    local py312="" c
+    for c in "${PYTHON312:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+        [[ -n $c ]] && "$c" --version >/dev/null 2>&1 && { py312=$c; break; }
+    done
+    if [[ -n $py312 ]]; then
+        [[ -x $WORK/py312/bin/python ]] || "$py312" -m venv "$WORK/py312"
+        "$WORK/py312/bin/python" -m pip install -q "${IMAGE_PACKAGES[@]}"
+        rm -rf "$WORK/py312-site"
+        "$WORK/py312/bin/python" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/py312-site" \
+            "$GP"/wheels/*.whl
+        PYTHONPATH=$WORK/py312-site "$WORK/py312/bin/python" -c "$IMPORT_CHECK" \
+            || die "the harness does not import on Python 3.12 with the image's packages and the carried wheels"
+        echo "imports: ok"
+    else
+        echo "no python3.12 here: the import check runs only there"
+    fi
+
     step "what travels"
     (cd "$GP" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum > SHA256SUMS)
     local tree carried total
@@ -123,7 +146,7 @@ run() {
             "$GP"/wheels/*.whl
         export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    "$py" -c "import bench.report.markdown, bench.study.runner, bench.standalone.replica, invoke, pynvml, scipy, matplotlib" \
+    "$py" -c "$IMPORT_CHECK" \
         || die "the harness cannot be imported with $py (see above)"
 
     step "llama.cpp sources"
