@@ -76,3 +76,25 @@ def test_the_bounds_file_is_validated(tmp_path):
                    "openai: {ttft_unaccounted_ms: -1, decode_overstatement_pct: 25, extra: 1}\n")
     with pytest.raises(BenchError, match=r"openai.ttft_unaccounted_ms: .*greater than 0.*openai.extra"):
         validity.load_validity(bad)
+
+
+def test_the_report_lists_each_kept_out_run_with_its_reason_and_goodput_per_config():
+    from types import SimpleNamespace
+
+    from bench.config.profile import ServiceLevelObjective
+    from bench.report import report_sections
+
+    invalid = pd.DataFrame([{"cell": "single/x", "run": 2, "validity_flag": "median ttft_unaccounted_ms 900.0 ms > "
+                                                                              "500 ms (ollama)"}])
+    tab = pd.DataFrame([{"cell": "steps/x", "ran_as": "", "runs": 4, "failed_attempts": 1, "calls": 16,
+                         "calls_met": 9, "goodput_pct": 56.25, "goodput_ci_low": 10.0, "goodput_ci_high": 90.0,
+                         "design_effect": 1.5, "agent_goodput_pct": 37.5, "slo_ttft_pct": 68.75,
+                         "slo_decode_pct": 62.5, "slo_e2e_pct": 100.0, "breaks_first": "decode"}])
+    out = SimpleNamespace(profile=SimpleNamespace(slo=ServiceLevelObjective(ttft_ms=1000, decode_tps=20, e2e_ms=5000)),
+                          results=SimpleNamespace(invalid=invalid, derived={"goodput": tab}))
+    section = report_sections.goodput_and_validity(out)
+    assert "| single/x" in section["invalid_runs"] and "900.0 ms > 500 ms (ollama)" in section["invalid_runs"]
+    assert "56.2 % [10.0 %, 90.0 %]" in section["goodput_table"] and "4 (1 failed)" in section["goodput_table"]
+    assert "| decode" in section["goodput_table"]
+    assert section["validity_bounds"]["ollama"]["ttft_unaccounted_ms"] == 500
+    assert report_sections.goodput_and_validity in report_sections.SECTIONS

@@ -10,12 +10,12 @@ import inspect
 
 import pandas as pd
 
-from bench.analysis import findings, tails
+from bench.analysis import findings, tails, validity
 from bench.analysis.tables import DERIVED_DEFINITIONS
 from bench.config.ladder import Skip
 from bench.config.profile import Profile
 from bench.config.sanity_set import RULE, load_sanity
-from bench.core import drift, fmt, metrics, protocol, sequential
+from bench.core import drift, fmt, metrics, protocol, sequential, stats
 from bench.core.errors import LOAD, kind_class
 from bench.core.manifest import Manifest, ModelIdentity
 from bench.core.md_table import md_table
@@ -632,3 +632,45 @@ def precision(out: StudyOutputs) -> dict:
 # every section, in the report's order; report.md.j2 reads the union of their names
 SECTIONS = (title_and_setup, methodology, results_tables, python_vs_rust, instrument, models_and_placement,
             power_and_cost, central_question, failures_and_outliers, precision)
+
+
+# ---- goodput against the SLO and the reconciliation gate (bench/analysis/goodput.py, validity.py) ------------
+
+
+def goodput_table(tab: pd.DataFrame) -> str | None:
+    """Per config: goodput [interval], agent goodput, attainment per objective, what breaks first."""
+    if tab.empty:
+        return None
+
+    def config(r) -> str:
+        ran = f" (ran {r['ran_as']})" if isinstance(r["ran_as"], str) and r["ran_as"] else ""
+        return r["cell"] + ran
+
+    def interval(r) -> str:
+        return f"{fmt.pct(r['goodput_pct'])} [{fmt.pct(r['goodput_ci_low'])}, {fmt.pct(r['goodput_ci_high'])}]"
+
+    return md_table([{"config": config(r), "runs": r["runs"] if not r["failed_attempts"] else
+                      f"{r['runs']} ({r['failed_attempts']} failed)", "calls met": f"{r['calls_met']} of {r['calls']}",
+                      f"{metrics.label('goodput_pct')} [interval]": interval(r),
+                      "design effect": fmt.num(r["design_effect"], 2),
+                      metrics.label("agent_goodput_pct"): fmt.pct(r["agent_goodput_pct"]),
+                      **{metrics.label(f"slo_{o}_pct"): fmt.pct(r[f"slo_{o}_pct"]) for o in metrics.SLO_OBJECTIVES},
+                      "breaks first": r["breaks_first"] or "–"} for _, r in tab.iterrows()])
+
+
+def goodput_and_validity(out: StudyOutputs) -> dict:
+    """The goodput section (_goodput.md.j2): the SLO, the interval's method from its code, goodput per
+    config, and the runs the reconciliation gate kept out with the reason and the bounds they broke."""
+    invalid = out.results.invalid
+    return {
+        "goodput_slo": out.profile.slo,
+        "goodput_method": _first_line(stats.goodput_interval),
+        "goodput_table": goodput_table(out.results.derived.get("goodput", pd.DataFrame())),
+        "validity_bounds": validity.load_validity().model_dump(),
+        "validity_gated": validity.GATED_CALLS,
+        "invalid_runs": md_table([{"config": r["cell"], "run": r["run"], "reason": r["validity_flag"]}
+                                  for _, r in invalid.iterrows()]) if not invalid.empty else None,
+    }
+
+
+SECTIONS += (goodput_and_validity,)
