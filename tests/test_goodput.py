@@ -178,3 +178,12 @@ def test_breaks_first_on_ties_and_full_attainment():
     assert goodput.breaks_first({"ttft": 100.0, "decode": 100.0, "e2e": 100.0}) == "none"
     assert goodput.breaks_first({"ttft": 90.0, "decode": 95.0, "e2e": 90.0}) == "ttft"
     assert goodput.breaks_first({"ttft": None, "decode": 95.0, "e2e": 99.0}) == "decode"
+
+
+def test_a_run_without_calls_under_load_gets_no_goodput():
+    alone_only = pd.DataFrame([_call("st", 1, "steps", "alone", "agent1", *OK)])
+    assert goodput.run_goodput(alone_only, SLO).empty and goodput.run_goodput(pd.DataFrame(), SLO).empty
+    runs = pd.DataFrame([{"cell": "st", "run": 1, "ran_as": ""}])
+    merged = goodput.add_run_goodput(runs, alone_only, SLO)
+    assert merged["goodput_pct"].isna().all() and len(merged) == 1
+    assert goodput.add_run_goodput(runs, alone_only, None) is runs  # no objective: no columns

@@ -24,7 +24,7 @@ RUN_COLUMNS = ("goodput_pct", "agent_goodput_pct", *OBJECTIVE_COLUMNS, "slo_call
 def call_verdicts(requests: pd.DataFrame, slo) -> pd.DataFrame:
     """The counted calls under load with each objective's verdict (`ok_<objective>`) and `meets_slo`."""
     if requests.empty:
-        return requests.assign(meets_slo=pd.Series(dtype=bool))
+        return pd.DataFrame()
     under_load = requests[[metrics.counts_for_goodput(s, p) for s, p in zip(requests["suite"], requests["phase"])]]
     rows = [metrics.slo_objectives(_num(t), _num(d), _num(e), slo) for t, d, e in
             zip(under_load["ttft_ms"], under_load["decode_tps_client"], under_load["e2e_ms"])]
@@ -44,6 +44,8 @@ def run_goodput(requests: pd.DataFrame, slo) -> pd.DataFrame:
     calls judged), each by its metric in bench/core/metrics.py."""
     judged = call_verdicts(requests, slo)
     rows = []
+    if judged.empty:  # no call under load (or none at all): no goodput to give
+        return pd.DataFrame(rows, columns=["cell", "run", *RUN_COLUMNS])
     for (cell, run), g in judged.groupby(["cell", "run"], sort=False):
         row = {"cell": cell, "run": run, "goodput_pct": metrics.goodput_pct(list(g["meets_slo"])),
                "agent_goodput_pct": metrics.agent_goodput_pct(
