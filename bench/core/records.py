@@ -305,6 +305,7 @@ class RunDocument(_Strict):
     placement: Placement | None = None
     server_settings: ServerSettingsBlock | None = None  # absent in studies made before settings were recorded
     power: dict | None = None  # schema-checked; its keys are flattened as they come (power_<key>)
+    engine: dict | None = None  # schema-checked; the engine's own evidence (bench/study/engine_sampler.py)
     plan_fingerprint: PlanFingerprint | None = None  # absent in runs stored before it was recorded
 
     def to_json(self) -> dict:

@@ -10,7 +10,7 @@ import inspect
 
 import pandas as pd
 
-from bench.analysis import findings, tails, validity
+from bench.analysis import engine_tables, findings, tails, validity
 from bench.analysis.tables import DERIVED_DEFINITIONS
 from bench.config.ladder import Skip
 from bench.config.profile import Profile
@@ -674,3 +674,50 @@ def goodput_and_validity(out: StudyOutputs) -> dict:
 
 
 SECTIONS += (goodput_and_validity,)
+
+
+# ---- the engine's own evidence (bench/study/engine_sampler.py samples, bench/analysis/engine_tables.py tabulates) --
+
+
+def _engine_line(r: pd.Series) -> str:
+    """Whether the config's engine queue shows deferred requests, beside the TTFT the engine did not count."""
+    waited = (f"calls that shared the engine waited {fmt.num(r['ttft_unaccounted_ms_shared_median'])} ms before "
+              f"the engine counted them (median; max {fmt.num(r['ttft_unaccounted_ms_shared_max'])} ms), against "
+              f"{fmt.num(r['ttft_unaccounted_ms_alone_median'])} ms alone")
+    if not r["queue_metric"]:
+        return (f"**{r['cell']}** ({r['engine']}): no queue metric (Ollama exposes none); /api/ps listed "
+                f"{r['models_loaded'] or 'no model'}; {waited}")
+    if r["runs_with_deferred"]:
+        return (f"**{r['cell']}**: the engine's queue held deferred requests in {r['runs_with_deferred']} of "
+                f"{r['runs_sampled']} runs (at most {fmt.num(r['deferred_max'])} waiting, "
+                f"{fmt.num(r['deferred_s_mean'])} s per run on average): the slot wait is the engine's; {waited}")
+    return (f"**{r['cell']}**: no request was deferred by the engine in {r['runs_sampled']} runs: any wait is "
+            f"not for a slot; {waited}")
+
+
+def engine_evidence(out: StudyOutputs) -> dict:
+    """The engine section (_engine.md.j2): per steps/multi config, the engine's queue and slots next to
+    the client's unaccounted TTFT (tables of every sampled config in bench/analysis/engine_tables.py)."""
+    tab = engine_tables.engine_table(out.store.iter_runs(), out.results.requests)
+    shared = tab[tab["suite"].isin(("multi", "steps"))] if not tab.empty else tab
+    return {
+        "engine_lines": [_engine_line(r) for _, r in shared.iterrows()],
+        "engine_table": md_table([{"config": r["cell"], "engine": r["engine"],
+                                   "runs with deferred / sampled": f"{r['runs_with_deferred']} / {r['runs_sampled']}",
+                                   "most deferred": fmt.num(r["deferred_max"]),
+                                   "deferred s per run": fmt.num(r["deferred_s_mean"]),
+                                   "busy slots (max / total)": f"{fmt.num(r['slots_busy_max'])} / "
+                                                               f"{fmt.num(r['slots_total'])}",
+                                   "KV cache use (max)": fmt.num(r["kv_cache_usage_max"]),
+                                   "slot context fill (max)": fmt.num(r["slot_ctx_fill_max"]),
+                                   "TTFT unaccounted, shared: median / max (ms)":
+                                       f"{fmt.num(r['ttft_unaccounted_ms_shared_median'])} / "
+                                       f"{fmt.num(r['ttft_unaccounted_ms_shared_max'])}",
+                                   "alone: median (ms)": fmt.num(r["ttft_unaccounted_ms_alone_median"]),
+                                   "samples / gaps": f"{r['samples']} / {r['gaps']}"}
+                                  for _, r in shared.iterrows()]),
+        "engine_intervals": sorted({fmt.num(v) for v in shared["interval_s"].dropna()}) if not shared.empty else [],
+    }
+
+
+SECTIONS += (engine_evidence,)

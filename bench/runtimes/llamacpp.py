@@ -38,13 +38,14 @@ class LlamaServer(ManagedProcess):
         # -np: the slots (current builds default to 4 sharing the context), and -c is per slot here
         # as OLLAMA_CONTEXT_LENGTH is; flash attention and the KV cache type explicit (the build's
         # default is 'auto'); threads explicit so two servers don't oversubscribe the cores.
+        # --metrics and --slots: the engine sampler's queue and slot evidence (bench/study/engine_sampler.py).
         return [str(assets.llama_server_binary()), "-m", str(model_file), "--alias", model,
                 "--host", self.host, "--port", str(self.port),
                 "-c", str(config.ctx * settings.num_parallel), "-ngl", str(config.gpu_layers),
                 "-np", str(settings.num_parallel), "-fa", "on" if settings.flash_attention else "off",
                 "-ctk", settings.kv_cache_type, "-ctv", settings.kv_cache_type,
                 "-t", str(self.threads), "-tb", str(self.threads), "--no-webui",
-                "--api-key-file", str(self.key_file)]
+                "--metrics", "--slots", "--api-key-file", str(self.key_file)]
 
     def healthy(self) -> bool:
         try:  # /health needs no key

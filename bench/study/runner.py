@@ -52,7 +52,7 @@ from bench.core.store import PROBES, SAMPLING, SUPERSEDED_DIR, Store, utc_now
 from bench.host import gpu
 from bench.runtimes import Runtime
 from bench.runtimes.docker import stop_agent_containers
-from bench.study import instrument, outliers, overhead, plan_identity, power, probes, scheduler
+from bench.study import engine_sampler, instrument, outliers, overhead, plan_identity, power, probes, scheduler
 from bench.study.outliers import plan_outlier_reruns
 
 log = logging.getLogger("bench")
@@ -110,6 +110,7 @@ class MatrixRunner:
         self._after_load: dict = {}
         self._block_counts: dict[str, int | None] = {}
         self.power = power.PowerMonitor(store)
+        self.engine = engine_sampler.EngineMonitor(store, runtime.engine, {e.name: e.url for e in self.endpoints})
         self.limits = ladder.Limits()
         self._run_attempts: dict[Path, int] = {}  # per run, for new prompt nonces on each attempt
         self._retry: list[RunItem] = []
@@ -272,7 +273,8 @@ class MatrixRunner:
         attempt = self._run_attempts[item.rel_dir] = self._run_attempts.get(item.rel_dir, 0) + 1
         with self.timeline.event("run", cell=item.cell.key, run=item.run_index, lang=eff.lang) as event:
             before = instrument.snapshot()
-            with self.power.measure() as window:  # without NVML: a block of nulls with the reason
+            # without NVML: a power block of nulls with the reason; the engine's queue is polled alongside
+            with self.power.measure() as window, self.engine.sample() as engine_run:
                 job = self._job(item, eff, attempt)
                 doc = self._run_job(item, job, eff.lang)
             client_cost = instrument.client_block(before, instrument.snapshot(),
@@ -280,6 +282,7 @@ class MatrixRunner:
             stored = doc.to_json()  # instrument and power read the document as metrics.json holds it
             event.update(instrument.run_time_parts(stored))  # its requests' union, span and summed time
         return _with_blocks(doc, client_cost=client_cost, power=self.power.block(window, item, stored),
+                            engine=self.engine.block(engine_run, item),
                             run_key=job.run_key, server_settings=self._server_settings(eff),
                             placement=self._placement(eff))
 
