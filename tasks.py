@@ -250,6 +250,7 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
     print(f"\nruns: {plan.run_count} (single {plan.count('single')}, multi {plan.count('multi')}, "
           f"steps {plan.count('steps')}; "
           f"python {plan.count(lang='python')}, rust {plan.count(lang='rust')}) in {len(plan.cells)} configs")
+    _print_search_runs(plan)
     eta = estimate_seconds(loaded.profile, plan)
     if not plan.adaptive:
         print(f"ETA: ~{eta / 60:.1f} min from the profile's speed hints (the progress bar refines it)")
@@ -265,6 +266,25 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
           f"(~{exp_s / 60:.1f} min), {len(most)} at most (~{most_s / 60:.1f} min)"
           + (f"; the time budget stops extra runs at {budget / 60:.1f} min" if budget else ""))
     print(f"  expected runs from the noise per config: {cv.get('source')}; times from the profile's speed hints")
+
+
+def _print_search_runs(plan) -> None:
+    """The capacity search's worst case: per search (model, language, settings) the most probe points
+    it can run times each point's most runs, against stepping every agent count."""
+    from bench.study.capacity_search import worst_case_probes
+
+    searches: dict[tuple, list] = {}
+    for cell in plan.cells:
+        if cell.search is not None:
+            searches.setdefault((cell.model.name, cell.lang, cell.settings_tag), []).append(cell)
+    if not searches:
+        return
+    worst = sum(worst_case_probes(c[0].search.max_agents) * max(x.max_runs for x in c) for c in searches.values())
+    linear = sum(x.max_runs for c in searches.values() for x in c)
+    bound = {c[0].search.max_agents for c in searches.values()}
+    print(f"capacity search: {len(searches)} search(es) over 1..{'/'.join(map(str, sorted(bound)))} agents, "
+          f"at most {worst} runs in the worst case (worst-case probe points × max runs per point); "
+          f"stepping every agent count would take up to {linear}")
 
 
 def _noise_hints(profile, store) -> dict:

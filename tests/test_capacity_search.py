@@ -6,6 +6,7 @@ more agents than the truth allows far more often than the interval rule."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -14,6 +15,8 @@ from scipy import stats as sps
 from bench.config.plan import NOT_PROBED
 from bench.study.capacity_search import MEETS, MISSES, NOT_SHOWN, CapacitySearch, verdict, worst_case_probes
 from bench.study.scheduler import CellSpec, Observation, Scheduler, SearchPoint, Target
+
+from conftest import invoke, smoke_variant
 
 TARGET = 0.95
 
@@ -208,3 +211,85 @@ def test_a_failed_run_attempt_counts_as_a_run_whose_calls_all_missed():
     assert one.verdict == NOT_SHOWN  # one all-missed run among full ones: the correlated interval is wide
     assert sched.search("m/python").result().capacity == 0
 
+
+# ---- the finding (bench/analysis/findings.py search_capacity) -----------------------------------
+
+
+def test_the_finding_replays_the_logged_search_and_names_the_cause_at_the_first_failing_count(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bench.analysis import findings
+    from bench.config.plan import build_plan
+    from bench.config.profile import load_profile
+
+    def searched(d):
+        d["single"]["enabled"] = False
+        d["steps"] = {"enabled": True, "search": {"max_agents": 8}, "runs": 3, "models": ["smollm2-135m"]}
+
+    cells = [c for c in build_plan(load_profile(smoke_variant(tmp_path, searched)).profile).cells if c.suite == "steps"]
+    assert sorted(len(c.agents) for c in cells) == list(range(1, 9))
+    by_n = {len(c.agents): c.key for c in cells}
+    logged = {1: (1.0, 0.97, 1.0), 2: (0.99, 0.96, 1.0), 4: (0.98, 0.955, 1.0), 8: (0.4, 0.3, 0.5),
+              6: (0.97, 0.952, 0.99), 7: (0.9, 0.85, 0.96)}  # capacity 6; 3 and 5 never asked for
+    stops = {by_n[n]: {"reason": "fixed runs", "n": 3, "search": {"n": n, "goodput": g, "low": lo, "high": hi,
+                                                                  "verdict": "", "target": TARGET}}
+             for n, (g, lo, hi) in logged.items()}
+    stops.update({by_n[n]: {"reason": NOT_PROBED, "n": 0} for n in (3, 5)})
+    settings = "np1 fa0 kv f16 · 1 threads"
+    runs = pd.DataFrame([{"cell": by_n[n], "run": r, "server_settings": settings} for n in logged for r in (1, 2, 3)])
+    steps = pd.DataFrame([{"model": "smollm2-135m", "lang": "python", "server_settings": settings, "n_agents": 7,
+                           "efficiency_pct_mean": 55.0, "ttft_inflation_worst": 3.4, "tps_ratio_worst": 0.97}])
+    results = SimpleNamespace(cells=cells, stops=stops, runs=runs, derived={"steps": steps})
+    (found,) = findings.search_capacity(results, (0.85, 2.0))
+    assert [p["n"] for p in found["probes"]] == [1, 2, 4, 8, 6, 7]  # the order the search asked in
+    assert found["capacity"] == 6 and found["first_failing"]["n"] == 7 and found["runs"] == 18
+    assert found["worst_case_probes"] == 6
+    text = found["finding"]
+    assert text.startswith(f"smollm2-135m (python; {settings}): capacity 6 agents, goodput 97.0 % [95.2 %, 99.0 %]")
+    assert "7 not shown (goodput 90.0 % [85.0 %, 96.0 %])" in text
+    assert "at 7 an agent waits for a slot" in text and "raise OLLAMA_NUM_PARALLEL or add an instance" in text
+    from bench.report import plots
+
+    assert plots.plot_capacity([found], tmp_path / "capacity.png").stat().st_size > 10_000
+    from bench.report.issue_summary import verdict_lines
+
+    assert verdict_lines({"capacity_search": [found]}) == [f"capacity under the SLO: **{text}**"]
+    # an interrupted search (its last point not logged yet) says so instead of a capacity
+    del stops[by_n[7]]
+    (short,) = findings.search_capacity(results, (0.85, 2.0))
+    assert short["capacity"] is None and "did not finish (N = 7 not probed yet)" in short["finding"]
+
+
+def test_validate_counts_a_config_the_search_skipped_as_skipped_not_missing(tmp_path):
+    from bench.config.plan import build_plan
+    from bench.config.profile import load_profile
+    from bench.report import validate
+
+    def searched(d):
+        d["single"]["enabled"] = False
+        d["steps"] = {"enabled": True, "search": {"max_agents": 4}, "runs": 2, "models": ["smollm2-135m"]}
+
+    profile = load_profile(smoke_variant(tmp_path, searched)).profile
+    cells = build_plan(profile).cells
+    by_n = {len(c.agents): c.key for c in cells}
+    valid = {by_n[n]: {1, 2} for n in (1, 2, 4)}  # the search ran 1, 2, 4 and never asked for 3
+    before = validate.Validation(tmp_path)
+    validate._check_counts(cells, valid, {}, [], profile, before)
+    assert before.runs_missing == 2  # without the search's stop reason, 3's runs are missing
+    after = validate.Validation(tmp_path)
+    validate._check_counts(cells, valid, {}, [], profile, after, {by_n[3]})
+    assert (after.runs_missing, after.runs_skipped, after.problems) == (0, 2, [])
+
+
+def test_plan_prints_the_search_worst_case_run_count(tmp_path):
+    def searched(d):
+        d["single"]["enabled"] = False
+        d["steps"] = {"enabled": True, "search": {"max_agents": 8}, "runs": 3, "models": ["smollm2-135m"]}
+
+    proc = invoke("plan", "--profile", str(smoke_variant(tmp_path, searched)), results=tmp_path / "results")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # one search over 1..8: at most 6 probe points × 3 runs, against 8 counts × 3 runs stepped
+    assert ("capacity search: 1 search(es) over 1..8 agents, at most 18 runs in the worst case (worst-case probe "
+            "points × max runs per point); stepping every agent count would take up to 24") in proc.stdout

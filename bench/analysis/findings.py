@@ -10,6 +10,7 @@ import pandas as pd
 
 from bench.config.ladder import Skip
 from bench.core import fmt, metrics
+from bench.study.capacity_search import CapacitySearch, worst_case_probes
 
 # Rule thresholds of the recommendations and the central answer, stated in the report.
 CV_LIMIT_PCT = 10.0
@@ -169,6 +170,22 @@ def recommendations(results, downgrades: list[dict], floors: dict[tuple[str, str
     return recs
 
 
+def limit_cause(step: pd.Series, min_tps_ratio: float, max_ttft_inflation: float) -> str:
+    """The cause at an agent-count step (a row of the steps table), from the contention signals of
+    its runs' worst agent, and what would move it: TTFT inflated beyond max_ttft_inflation while the
+    decode rate holds (tps ratio ≥ min_tps_ratio) is a wait for a slot; a decode rate below
+    min_tps_ratio is shared compute."""
+    n, ti, tr = int(step["n_agents"]), step["ttft_inflation_worst"], step["tps_ratio_worst"]
+    if not fmt.missing(ti) and ti > max_ttft_inflation and (fmt.missing(tr) or tr >= min_tps_ratio):
+        return (f"at {n} an agent waits for a slot (its TTFT ×{fmt.num(ti, 2)} while its decode rate holds at "
+                f"{fmt.num(tr, 2)} of alone): raise OLLAMA_NUM_PARALLEL or add an instance")
+    if not fmt.missing(tr) and tr < min_tps_ratio:
+        return (f"at {n} the agents share compute (the slowest decodes at {fmt.num(tr, 2)} of alone, TTFT "
+                f"×{fmt.num(ti, 2)}): more slots will not help; add compute, or run fewer agents")
+    return (f"at {n} efficiency falls to {fmt.pct(step['efficiency_pct_mean'], 0)} without one clear cause "
+            f"(TTFT ×{fmt.num(ti, 2)}, decode {fmt.num(tr, 2)})")
+
+
 def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: float) -> list[dict]:
     """The stated rule, per model and server settings: the steps scale up to the largest N whose
     mean efficiency (speedup / N) stays ≥ SCALE_EFFICIENCY_PCT at every step up to it; at the
@@ -196,22 +213,94 @@ def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: floa
                     f"{SCALE_EFFICIENCY_PCT:.0f} % up to {scaled})")
         else:
             n = int(first_bad["n_agents"])
-            ti, tr = first_bad["ttft_inflation_worst"], first_bad["tps_ratio_worst"]
-            eff = fmt.pct(first_bad["efficiency_pct_mean"], 0)
-            if not fmt.missing(ti) and ti > max_ttft_inflation and (fmt.missing(tr) or tr >= min_tps_ratio):
-                why = (f"at {n} an agent waits for a slot (its TTFT ×{fmt.num(ti, 2)} while its decode rate holds at "
-                       f"{fmt.num(tr, 2)} of alone): raise OLLAMA_NUM_PARALLEL or add an instance")
-            elif not fmt.missing(tr) and tr < min_tps_ratio:
-                why = (f"at {n} the agents share compute (the slowest decodes at {fmt.num(tr, 2)} of alone, TTFT "
-                       f"×{fmt.num(ti, 2)}): more slots will not help; add compute, or run fewer agents")
-            else:
-                why = f"at {n} efficiency falls to {eff} without one clear cause (TTFT ×{fmt.num(ti, 2)}, decode {fmt.num(tr, 2)})"
             text = (f"{label}: scales to {scaled} agent{'s' if scaled != 1 else ''}" if scaled
-                    else f"{label}: does not scale") + f"; {why}"
-            text += f" (efficiency {eff} at {n})"
+                    else f"{label}: does not scale") + f"; {limit_cause(first_bad, min_tps_ratio, max_ttft_inflation)}"
+            text += f" (efficiency {fmt.pct(first_bad['efficiency_pct_mean'], 0)} at {n})"
         out.append({**{k: (None if fmt.missing(v) else v) for k, v in where.items()}, "scales_to": scaled,
                     "finding": text})
     return out
+
+
+def _search_probes(cells, stops: dict[str, dict]) -> tuple[CapacitySearch, dict[int, str]] | None:
+    """One search's probes replayed, in the order it asked for them, from the points the runner logged
+    (sampling.jsonl `search`); with the config key of each agent count. None: no point was logged."""
+    by_n = {len(c.agents): c.key for c in cells}
+    logged = {n: stops[key]["search"] for n, key in by_n.items() if (stops.get(key) or {}).get("search")}
+    if not logged:
+        return None
+    search = CapacitySearch(cells[0].search.max_agents, next(iter(logged.values()))["target"])
+    while (n := search.next_n()) in logged:
+        p = logged[n]
+        search.observe(n, p["goodput"], p["low"], p["high"])
+    return search, by_n
+
+
+def _search_line(search: CapacitySearch, where: dict, steps: pd.DataFrame, contention: tuple[float, float]) -> str:
+    """'capacity N agents at <settings>, goodput [CI] (target); the cause at N + 1; the probe points'."""
+    label = f"{where['model']} ({where['lang']}; {where['server_settings'] or 'pinned settings'})"
+    if not search.done:
+        return f"{label}: the capacity search did not finish (N = {search.next_n()} not probed yet)"
+    res = search.result()
+    points = ", ".join(str(p.n) for p in res.probes)
+    if res.capacity:
+        iv = res.interval
+        text = (f"{label}: capacity {res.capacity} agent{'s' if res.capacity != 1 else ''}, goodput "
+                f"{fmt.pct(iv.goodput * 100)} [{fmt.pct(iv.low * 100)}, {fmt.pct(iv.high * 100)}] ≥ target "
+                f"{fmt.pct(res.target * 100, 0)}")
+    else:
+        text = f"{label}: capacity 0: one agent alone is not shown to meet the SLO"
+    bad = res.first_failing
+    if bad is None:
+        return text + f"; every count up to the search's bound {res.max_agents} meets it (probed {points})"
+    miss = f"goodput {fmt.pct(bad.goodput * 100)} [{fmt.pct(bad.low * 100)}, {fmt.pct(bad.high * 100)}]" \
+        if bad.goodput is not None else "no run completed"
+    step = steps[(steps["model"] == where["model"]) & (steps["lang"] == where["lang"]) & (steps["n_agents"] == bad.n)
+                 & (steps["server_settings"] == where["server_settings"])] if not steps.empty else steps
+    if bad.n == 1:
+        why = "a faster model or more compute would move it, or a looser SLO"
+    elif step.empty:
+        why = f"no steps row at {bad.n} to name the cause"
+    else:
+        why = limit_cause(step.iloc[0], *contention)
+    return text + f"; {bad.n} {bad.verdict} ({miss}); {why} (probed {points})"
+
+
+def search_capacity(results, contention: tuple[float, float]) -> list[dict]:
+    """The capacity search's finding, per model, language and server settings (one search each,
+    bench/study/capacity_search.py): the largest agent count whose goodput interval's lower bound
+    reaches the SLO's target, its interval, the first count that is not shown to (capacity + 1), the
+    cause there by the agent-count rule (limit_cause, from the steps table), and the probe points;
+    `contention`: (min_tps_ratio, max_ttft_inflation). The points are the ones the search ran: its
+    intervals as logged, so the answer is the one that chose them."""
+    out: list[dict] = []
+    groups: dict[tuple, list] = {}
+    for c in results.cells:
+        if c.suite == "steps" and c.search is not None:
+            groups.setdefault((c.model.name, c.lang, c.settings_tag), []).append(c)
+    runs, steps = results.runs, results.derived.get("steps", pd.DataFrame())
+    for (model, lang, _), cells in sorted(groups.items()):
+        replay = _search_probes(cells, results.stops)
+        if replay is None:
+            continue
+        search, by_n = replay
+        probed = runs[runs["cell"].isin([by_n[p.n] for p in search.probes])] if not runs.empty else runs
+        labels = probed["server_settings"].dropna() if "server_settings" in probed else pd.Series(dtype=str)
+        where = {"model": model, "lang": lang, "server_settings": labels.iloc[0] if len(labels) else None}
+        res = search.result() if search.done else None
+        # the runs each point ran, as the runner logged them (the validity gate may keep some out of the tables)
+        ran = {p.n: int(results.stops[by_n[p.n]]["n"]) for p in search.probes}
+        out.append({**where, "done": search.done, "capacity": res.capacity if res else None,
+                    "max_agents": search.max_agents, "target": search.target,
+                    "interval": _probe_json(res.interval) if res and res.interval else None,
+                    "first_failing": _probe_json(res.first_failing) if res and res.first_failing else None,
+                    "probes": [{**_probe_json(p), "runs": ran[p.n]} for p in search.probes],
+                    "runs": sum(ran.values()), "worst_case_probes": worst_case_probes(search.max_agents),
+                    "finding": _search_line(search, where, steps, contention)})
+    return out
+
+
+def _probe_json(p) -> dict:
+    return {"n": p.n, "goodput": p.goodput, "low": p.low, "high": p.high, "verdict": p.verdict}
 
 
 def topology_verdicts(topo: pd.DataFrame) -> list[dict]:
@@ -255,6 +344,7 @@ def build(results, failures: list[dict], client_overhead: dict | None,
         "recommendations": recommendations(results, downgrades, floors),
         "topology": topology_verdicts(results.derived.get("topology", pd.DataFrame())),
         "capacity": capacity(results.derived.get("steps", pd.DataFrame()), *contention),
+        "capacity_search": search_capacity(results, contention),
         "drift_changed": drift_changed(results.derived),
         "placebo": placebo_verdicts(results.derived.get("placebo", pd.DataFrame())),
         "precision": precision_summary(results.derived.get("sampling", pd.DataFrame())),

@@ -1,7 +1,7 @@
 """The paste-ready block `invoke report` writes beside the report (results/<study>/issue_summary.md):
 the host fingerprint in one line, the models with their digests, each bench's headline metric per
 config and model (mean, t-based 95 % CI, n: the analysis' configs table), and the study's verdict
-lines (bench/analysis/findings.py). Short enough to paste into an issue; the report has the rest.
+lines (bench/analysis/findings.py), the capacity search's answer among them. Short enough to paste into an issue; the report has the rest.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def headline_rows(configs: pd.DataFrame, baseline: str | None) -> tuple[list[str
 
 
 def verdict_lines(found: dict) -> list[str]:
-    """The central answers, then each bench's winner verdicts, one line each."""
+    """The central answers, each bench's winner verdicts, then each capacity search's answer, one line each."""
     lines = []
     for key, answer in (found.get("central_answers") or {}).items():
         if answer:
@@ -61,6 +61,8 @@ def verdict_lines(found: dict) -> list[str]:
                                                                          else w["verdict"]))
     for bench, cases in by_bench.items():
         lines.append(f"{metrics.bench_label(bench)} winner: " + "; ".join(cases))
+    for search in found.get("capacity_search") or []:
+        lines.append(f"capacity under the SLO: **{search['finding']}**")
     return lines
 
 

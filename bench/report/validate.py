@@ -7,7 +7,9 @@ Checks, in order:
   and the plan overrides of each recorded `bench` call (the profile's full plan without a
   manifest). A missing run is a problem unless failures.jsonl records a deliberate skip of its
   model or suite (an optional model no rung of the fallback ladder loaded, a skipped Rust suite):
-  those are warnings. A config of a required model that no rung loaded is a problem;
+  those are warnings. A config of a required model that no rung loaded is a problem. A config of a
+  capacity search that the search never asked for (sampling.jsonl: not probed by the search) was
+  planned so the plan stays fixed, and deliberately not run: its runs are skipped, not missing;
 - runs beyond the plan are outlier reruns, at most profile.outliers.max_extra_runs per config;
 - every config with runs has a non-empty summary.json and summary.md that count the same runs;
 - the outlier flags (|x − median| > k × MAD) are listed, never treated as problems.
@@ -23,12 +25,12 @@ from bench.analysis.probe_tables import coldstart_table
 from bench.analysis.tables import Results, cell_flags, load_tables
 from bench.config.ladder import Skip
 from bench.config.manifest_plans import planned_cells, profile_from_manifest
-from bench.config.plan import Cell
+from bench.config.plan import NOT_PROBED, Cell
 from bench.config.profile import LoadedProfile, Profile
 from bench.core import metrics
 from bench.core.errors import BenchError
 from bench.core.manifest import load_manifest
-from bench.core.store import COLDSTART, MANIFEST_NAME, SANITY, TIMELINE, Store
+from bench.core.store import COLDSTART, MANIFEST_NAME, SAMPLING, SANITY, TIMELINE, Store
 
 # Fallbacks that skip a model or a suite on purpose (bench.study.runner): its runs are accounted for.
 DELIBERATE_SKIPS = (Skip.OPTIONAL_MODEL, Skip.RUST_SUITE)
@@ -113,13 +115,16 @@ def _skip_reason(cell: Cell, failures: list[dict]) -> str | None:
 
 
 def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[str, set[int]],
-                  failures: list[dict], profile: Profile, v: Validation) -> None:
+                  failures: list[dict], profile: Profile, v: Validation, not_probed: set[str] = frozenset()) -> None:
     # the last failure of each run; a config no rung loaded accounts for its runs never tried
     failed_runs = {(f.get("cell"), f.get("run_index")): f for f in failures if f.get("run_index") is not None}
     no_rung = {f.get("cell"): f for f in failures if f.get("fallback") == Skip.CONFIG}
     for cell in cells:
         v.runs_planned += cell.runs
         have = valid.get(cell.key, set())
+        if cell.search is not None and cell.key in not_probed and not have:
+            v.runs_skipped += cell.runs  # the capacity search did not need this agent count
+            continue
         if cell.precision is not None:
             _check_adaptive(cell, have, failures, v)
             continue
@@ -255,10 +260,13 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None, results: R
     cells = planned_cells(manifest, profile)
     v.configs = len(cells)
     valid, invalid = _check_metrics_files(store, v)
-    _check_counts(cells, valid, invalid, failures, profile, v)
-    incomplete = set(invalid) | {c.key for c in cells if (len(valid.get(c.key, ())) < c.runs if c.precision
-                                                          else any(k not in valid.get(c.key, ())
-                                                                   for k in range(1, c.runs + 1)))}
+    # the last stop decision per config wins (a resumed study logs its block again)
+    stops = {e["cell"]: e for e in store.read_jsonl(SAMPLING)}
+    not_probed = {k for k, e in stops.items() if e.get("reason") == NOT_PROBED}
+    _check_counts(cells, valid, invalid, failures, profile, v, not_probed)
+    incomplete = set(invalid) | {c.key for c in cells if c.key not in not_probed and (
+        len(valid.get(c.key, ())) < c.runs if c.precision
+        else any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1)))}
     _check_summaries(store, cells, valid, incomplete, v)
     v.warnings += probe_warnings(store, profile)
     results = results if results is not None else load_tables(store, profile.outliers.mad_k)
