@@ -2,7 +2,9 @@
 
 Every figure is drawn from the configs table (means and t-based 95 % CIs), like the report's
 tables: throughput and TTFT by model with CI bars, multi-agent speedup by scenario, and the
-power/throughput frontier when power data exists.
+power/throughput frontier when power data exists. The capacity figure is drawn from the capacity
+search's finding (bench/analysis/findings.py search_capacity): the goodput interval of each point
+it probed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from bench.core import metrics
 from bench.report.outputs import StudyOutputs  # noqa: E402
 
 PLOTS_DIR = "plots"
-FIGURES = ("throughput", "ttft", "speedup", "frontier")  # write_plots' names, in the report's order
+FIGURES = ("throughput", "ttft", "speedup", "frontier", "capacity")  # write_plots' names, in the report's order
 
 
 def _ci_errors(df: pd.DataFrame, metric: str) -> np.ndarray:
@@ -97,7 +99,43 @@ def plot_frontier(frontier: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def write_plots(study_root: Path, configs: pd.DataFrame, frontier: pd.DataFrame) -> dict[str, str]:
+def plot_capacity(searches: list[dict], path: Path) -> Path | None:
+    """Goodput against the agent count, one panel per capacity search: each probed point's goodput
+    with its interval as a band, the SLO's goodput target as a dashed line, the capacity found marked."""
+    searches = [s for s in searches if s["probes"]]
+    if not searches:
+        return None
+    fig, axes = plt.subplots(1, len(searches), figsize=(max(6.0, 4.5 * len(searches)), 4.2), squeeze=False,
+                             sharey=True)
+    for ax, s in zip(axes[0], searches):
+        pts = sorted((p for p in s["probes"] if p["goodput"] is not None), key=lambda p: p["n"])
+        n = [p["n"] for p in pts]
+        ax.fill_between(n, [100 * p["low"] for p in pts], [100 * p["high"] for p in pts], alpha=0.25,
+                        label="goodput interval")
+        ax.plot(n, [100 * p["goodput"] for p in pts], marker="o", label="goodput (probed points)")
+        ax.axhline(100 * s["target"], color="grey", linestyle="--", linewidth=0.8,
+                   label=f"SLO target {100 * s['target']:.0f} %")
+        if s["capacity"]:
+            ax.axvline(s["capacity"], color="green", linewidth=1.2, label=f"capacity {s['capacity']}")
+        ax.set_xticks(range(1, s["max_agents"] + 1))
+        ax.set_xlim(0.5, s["max_agents"] + 0.5)
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("agents at once")
+        ax.set_title(f"{s['model']} ({s['lang']})\n{s.get('server_settings') or ''}", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metrics.label("goodput_pct", "steps"))
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Capacity search: goodput vs agents\nband: the goodput interval · counts the search skipped are "
+                 "left out", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(study_root: Path, configs: pd.DataFrame, frontier: pd.DataFrame,
+                searches: list[dict] = ()) -> dict[str, str]:
     """Draw every figure that has data; returns name → path relative to the study folder."""
     out_dir = study_root / PLOTS_DIR
     if not configs.empty:  # a downgraded config is its own group: its bars are not what the others ran
@@ -114,6 +152,7 @@ def write_plots(study_root: Path, configs: pd.DataFrame, frontier: pd.DataFrame)
                                    "Multi-agent speedup by scenario", out_dir / "speedup.png", hlines=(1.0, 2.0),
                                    note=" · dashed: 1× (no gain), 2× (ideal)"),
         "frontier": plot_frontier(frontier, out_dir / "frontier.png"),
+        "capacity": plot_capacity(list(searches), out_dir / "capacity.png"),
     }
     # Remove figures of an earlier report that this data no longer supports.
     for name, path in made.items():
@@ -130,5 +169,6 @@ def figures(study_root: Path) -> dict[str, str]:
 
 def export(out: StudyOutputs) -> list[Path]:
     """plots/*.png of the study."""
-    drawn = write_plots(out.store.root, out.results.configs, out.results.derived["frontier"])
+    drawn = write_plots(out.store.root, out.results.configs, out.results.derived["frontier"],
+                        (out.results.findings or {}).get("capacity_search", []))
     return [out.store.root / rel for rel in drawn.values()]

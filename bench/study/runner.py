@@ -379,7 +379,7 @@ class MatrixRunner:
             self._model_probes()
             self._fingerprints = self._plan_fingerprints()
             self._set_aside_other_plans(outcome)
-            if self.plan.adaptive:
+            if self.plan.scheduled:
                 self._run_adaptive(outcome, bar)
             else:
                 self._run_fixed(outcome, bar)
@@ -486,17 +486,31 @@ class MatrixRunner:
                   # a fixed suite beside adaptive ones: exactly its runs (its headline for the record)
                   else scheduler.Target((metrics.headline(cell.suite),), 1.0, cell.runs, cell.runs, fixed=True))
         return scheduler.CellSpec(cell.key, cell.model.name, self._server_state(cell), target, cell.suite,
-                                  est_run_s=self._estimated_run_s(cell))
+                                  est_run_s=self._estimated_run_s(cell), search=self._search_point(cell))
+
+    def _search_point(self, cell: Cell) -> scheduler.SearchPoint | None:
+        """A capacity-search config's place in its search: one search per model, language and settings."""
+        if cell.search is None:
+            return None
+        slo = self.profile.slo
+        if slo is None:
+            raise BenchError("steps.search needs the profile's `slo` block: the search measures goodput against it")
+        return scheduler.SearchPoint((cell.model.name, cell.lang, cell.settings_tag), len(cell.agents),
+                                     cell.search.max_agents, slo.goodput_target, slo.confidence)
 
     def _estimated_run_s(self, cell: Cell) -> float:
         from_plan = estimate_seconds(self.profile, Plan([cell], [RunItem(cell, 1)]), switches=False)
         return max(from_plan, 1.0)
 
-    @staticmethod
-    def _observation(doc: RunDocument) -> scheduler.Observation:
+    def _observation(self, doc: RunDocument, cell: Cell) -> scheduler.Observation:
         values = {k: v for k, v in doc.metrics.model_dump().items() if isinstance(v, (int, float))}
         duration = max(0.0, unix_time(doc.finished_at) - unix_time(doc.started_at))
-        return scheduler.Observation(doc.run_index, values, duration)
+        slo = None
+        if cell.search is not None:  # a search point: how many of its calls under load met the SLO
+            calls = [r for r in doc.requests if metrics.counts_for_goodput(cell.suite, r.phase)]
+            slo = (sum(metrics.meets_slo(r.ttft_ms, r.decode_tps_client, r.e2e_ms, self.profile.slo) for r in calls),
+                   len(calls))
+        return scheduler.Observation(doc.run_index, values, duration, slo)
 
     def _resume(self, sched: scheduler.Scheduler, outcome: Outcome) -> None:
         """What the study already holds counts: its valid runs (placed where their config says) and
@@ -510,7 +524,7 @@ class MatrixRunner:
                 sched.record_failure(cell.key, idx)
             for run in self.store.iter_runs(cell.rel_dir):
                 if not outliers.misplaced(run.doc):
-                    sched.record(cell.key, self._observation(run.doc))
+                    sched.record(cell.key, self._observation(run.doc, cell))
                     self.plan.items.append(RunItem(cell, run.doc.run_index))
                     outcome.resumed += 1
         if outcome.resumed:
@@ -553,7 +567,7 @@ class MatrixRunner:
         bar.set_postfix_str(f"{cell.suite}/{cell.lang}/{cell.model.slug}", refresh=False)
         bar.update(1)
         if doc is not None:
-            obs = self._observation(doc)
+            obs = self._observation(doc, cell)
             obs.duration_s = time.perf_counter() - started  # what the next run of it will cost, switch included
             sched.record(cell.key, obs)
         elif cell.model.name in self._failed_models or cell.key in self._failed_cells:
@@ -567,12 +581,15 @@ class MatrixRunner:
         """One sampling.jsonl line per config of a finished block: its runs, why it stopped, and
         its precision metrics' intervals at that point."""
         for key in keys:
-            st = sched.status(key)
+            st, probe = sched.status(key), sched.probe(key)
             self.store.append_jsonl(SAMPLING, {
                 "cell": key, "reason": sched.stop_reason(key), "n": st.n, "clean": st.clean,
                 "intervals": {m: (None if iv is None else {"mean": iv.mean, "low": iv.low, "high": iv.high,
                                                            "rel_half_width": iv.rel_half_width})
-                              for m, iv in st.intervals.items()}})
+                              for m, iv in st.intervals.items()},
+                **({"search": {"n": probe.n, "goodput": probe.goodput, "low": probe.low, "high": probe.high,
+                               "verdict": probe.verdict, "target": self.profile.slo.goodput_target}}
+                   if probe else {})})
 
     def _probe_due(self) -> bool:
         return time.perf_counter() - self._last_probe >= self.profile.sampling.probe_interval_s
@@ -613,7 +630,7 @@ class MatrixRunner:
                 tqdm.write(f"no rung of the fallback ladder loads {cell.key} ({exc.kind}): "
                            f"{ladder.Skip.OPTIONAL_MODEL if cell.model.optional else ladder.Skip.CONFIG}")
             else:
-                if not self._retry_pass and not self.plan.adaptive:  # adaptive: the next round tries again
+                if not self._retry_pass and not self.plan.scheduled:  # scheduled: the next round tries again
                     self._retry.append(item)
                 tqdm.write(f"run failed: {item.rel_dir} ({exc.kind}): {exc}")
             return None
