@@ -703,7 +703,8 @@ def engine_evidence(out: StudyOutputs) -> dict:
     return {
         "engine_lines": [_engine_line(r) for _, r in shared.iterrows()],
         "engine_table": md_table([{"config": r["cell"], "engine": r["engine"],
-                                   "runs with deferred / sampled": f"{r['runs_with_deferred']} / {r['runs_sampled']}",
+                                   "runs with deferred / sampled": f"{r['runs_with_deferred'] if r['queue_metric'] else '–'}"
+                                                                   f" / {r['runs_sampled']}",
                                    "most deferred": fmt.num(r["deferred_max"]),
                                    "deferred s per run": fmt.num(r["deferred_s_mean"]),
                                    "busy slots (max / total)": f"{fmt.num(r['slots_busy_max'])} / "
