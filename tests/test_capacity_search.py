@@ -256,6 +256,17 @@ def test_the_finding_replays_the_logged_search_and_names_the_cause_at_the_first_
     from bench.report.issue_summary import verdict_lines
 
     assert verdict_lines({"capacity_search": [found]}) == [f"capacity under the SLO: **{text}**"]
+    from bench.report import report_sections, templating
+
+    profile = load_profile(smoke_variant(tmp_path, searched)).profile
+    out = SimpleNamespace(results=SimpleNamespace(findings={"capacity_search": [found]}), profile=profile)
+    section = report_sections.capacity_search(out)
+    md = templating.render("_capacity.md.j2", plots={"capacity": "plots/capacity.png"}, **section)
+    assert f"- **{text}**; 18 runs over 6 probe point(s) (at most 6 for a bound of 8)." in md
+    assert "![Capacity search: goodput vs agents](plots/capacity.png)" in md
+    assert f"TTFT ≤ {profile.slo.ttft_ms} ms" in md
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| smollm2")]
+    assert [r[3:] for r in rows][-1] == ["7", "6", "3", "90.0 % [85.0 %, 96.0 %]", "not shown"]  # N, order, runs
     # an interrupted search (its last point not logged yet) says so instead of a capacity
     del stops[by_n[7]]
     (short,) = findings.search_capacity(results, (0.85, 2.0))

@@ -634,6 +634,23 @@ SECTIONS = (title_and_setup, methodology, results_tables, python_vs_rust, instru
             power_and_cost, central_question, failures_and_outliers, precision)
 
 
+def capacity_search(out: StudyOutputs) -> dict:
+    """The capacity section (_capacity.md.j2): each search's line and the goodput of the points it probed."""
+    searches = (out.results.findings or {}).get("capacity_search") or []
+    return {
+        "capacity_search": searches, "slo": out.profile.slo,
+        "capacity_points": md_table([{"model": s["model"], "client": s["lang"], "settings": s["server_settings"] or "–",
+                                      "agents": p["n"], "order": i + 1, "runs": p["runs"],
+                                      "goodput [interval]": "–" if p["goodput"] is None else
+                                      f"{fmt.pct(100 * p['goodput'])} [{fmt.pct(100 * p['low'])}, "
+                                      f"{fmt.pct(100 * p['high'])}]", "verdict": p["verdict"]}
+                                     for s in searches for i, p in enumerate(s["probes"])]),
+    }
+
+
+SECTIONS += (capacity_search,)
+
+
 # ---- goodput against the SLO and the reconciliation gate (bench/analysis/goodput.py, validity.py) ------------
 
 
