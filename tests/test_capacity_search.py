@@ -264,7 +264,7 @@ def test_the_finding_replays_the_logged_search_and_names_the_cause_at_the_first_
     md = templating.render("_capacity.md.j2", plots={"capacity": "plots/capacity.png"}, **section)
     assert f"- **{text}**; 18 runs over 6 probe point(s) (at most 6 for a bound of 8)." in md
     assert "![Capacity search: goodput vs agents](plots/capacity.png)" in md
-    assert f"TTFT ≤ {profile.slo.ttft_ms} ms" in md
+    assert f"TTFT ≤ {profile.slo.ttft_ms:g} ms" in md
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| smollm2")]
     assert [r[3:] for r in rows][-1] == ["7", "6", "3", "90.0 % [85.0 %, 96.0 %]", "not shown"]  # N, order, runs
     # an interrupted search (its last point not logged yet) says so instead of a capacity
@@ -304,3 +304,17 @@ def test_plan_prints_the_search_worst_case_run_count(tmp_path):
     # one search over 1..8: at most 6 probe points × 3 runs, against 8 counts × 3 runs stepped
     assert ("capacity search: 1 search(es) over 1..8 agents, at most 18 runs in the worst case (worst-case probe "
             "points × max runs per point); stepping every agent count would take up to 24") in proc.stdout
+
+
+def test_the_linear_rule_leaves_a_searched_series_to_the_search():
+    import pandas as pd
+
+    from bench.analysis import findings
+
+    steps = pd.DataFrame([{"model": "m", "lang": "python", "server_settings": s, "n_agents": n,
+                           "efficiency_pct_mean": 90.0, "ttft_inflation_worst": 1.1, "tps_ratio_worst": 0.95}
+                          for s in ("np1", "np2") for n in (1, 2, 4)])
+    kept = findings._stepped(steps, [{"model": "m", "lang": "python", "server_settings": "np1"}])
+    assert set(kept["server_settings"]) == {"np2"}
+    (line,) = findings.capacity(kept, 0.85, 2.0)
+    assert line["server_settings"] == "np2"

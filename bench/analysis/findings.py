@@ -299,6 +299,15 @@ def search_capacity(results, contention: tuple[float, float]) -> list[dict]:
     return out
 
 
+def _stepped(steps: pd.DataFrame, searched: list[dict]) -> pd.DataFrame:
+    """The steps of the linear rule: without the agent counts a search probed (not consecutive, so the
+    linear rule's "every step measured" would not hold; the search's finding speaks for them)."""
+    keys = {(s["model"], s["lang"], s["server_settings"]) for s in searched}
+    if steps.empty or not keys or "server_settings" not in steps:
+        return steps
+    return steps[[k not in keys for k in zip(steps["model"], steps["lang"], steps["server_settings"])]]
+
+
 def _probe_json(p) -> dict:
     return {"n": p.n, "goodput": p.goodput, "low": p.low, "high": p.high, "verdict": p.verdict}
 
@@ -330,6 +339,7 @@ def build(results, failures: list[dict], client_overhead: dict | None,
     downgrades = downgrade_rows(ran, failures)
     floors = client_floors(client_overhead)
     win = results.derived["winners"]
+    searched = search_capacity(results, contention)
     return {
         "rules": {"cv_limit_pct": CV_LIMIT_PCT, "contention_share": CONTENTION_SHARE, "significance": SIGNIFICANCE,
                   "scale_efficiency_pct": SCALE_EFFICIENCY_PCT},
@@ -343,8 +353,8 @@ def build(results, failures: list[dict], client_overhead: dict | None,
         "downgrades": downgrades,
         "recommendations": recommendations(results, downgrades, floors),
         "topology": topology_verdicts(results.derived.get("topology", pd.DataFrame())),
-        "capacity": capacity(results.derived.get("steps", pd.DataFrame()), *contention),
-        "capacity_search": search_capacity(results, contention),
+        "capacity": capacity(_stepped(results.derived.get("steps", pd.DataFrame()), searched), *contention),
+        "capacity_search": searched,
         "drift_changed": drift_changed(results.derived),
         "placebo": placebo_verdicts(results.derived.get("placebo", pd.DataFrame())),
         "precision": precision_summary(results.derived.get("sampling", pd.DataFrame())),
