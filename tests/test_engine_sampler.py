@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.clients.streaming import CallContext, StreamingClient
@@ -114,6 +115,32 @@ def test_a_rerun_replaces_its_lines_in_the_log(tmp_path):
     es.append_log(store, "cell", [_tick(0, 3.0, "a", 2), _tick(1, 3.2, "a", 1)], run_index=1)
     lines = [json.loads(x) for x in (store.path("cell") / es.ENGINE_LOG).read_text().splitlines()]
     assert [(x["run_index"], x["requests_deferred"]) for x in lines] == [(2, 0), (1, 2), (1, 1)]
+
+
+def test_the_config_table_counts_the_runs_with_a_queue_beside_the_clients_unaccounted_ttft(tmp_path):
+    import shutil
+
+    from bench.analysis.engine_tables import engine_table
+    from bench.analysis.tables import load_tables
+    from bench.core.store import Store
+    from bench.report.report_sections import _engine_line
+
+    cell = "multi/python/gemma3-270m/chimera_homo_gpu0_ctx1024_temp10"
+    shutil.copytree(FIXTURES / "stored-study" / "smoke" / cell, tmp_path / "smoke" / cell)
+    store = Store("smoke", root=tmp_path)
+    queued = es.summarize("llama.cpp", [_tick(0, 1.0, "a", 2), _tick(1, 1.5, "a", 0)])  # 0.5 s with 2 waiting
+    idle = es.summarize("llama.cpp", [_tick(0, 1.0, "a", 0)])
+    for run, block in zip(sorted(store.path(cell).glob("run_*")), (queued, idle)):  # the others: no block
+        doc = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**doc, "engine": block}))
+    requests = load_tables(store).requests
+    (row,) = engine_table(store.iter_runs(), requests).to_dict("records")
+    assert (row["runs_sampled"], row["runs_with_deferred"], row["deferred_max"]) == (2, 1, 2)
+    assert row["deferred_s_mean"] == pytest.approx((0.5 + 0) / 2)
+    together = requests[requests["phase"] == "together"]["ttft_unaccounted_ms"]  # every run's, as the frame has it
+    assert row["ttft_unaccounted_ms_shared_median"] == pytest.approx(together.median())
+    line = _engine_line(pd.Series(row))
+    assert "held deferred requests in 1 of 2 runs (at most 2 waiting" in line and "the slot wait is the engine's" in line
 
 
 def test_the_runner_stores_each_runs_block_and_log_and_the_report_shows_them(tmp_path, results_dir):

@@ -696,6 +696,10 @@ SECTIONS += (goodput_and_validity,)
 # ---- the engine's own evidence (bench/study/engine_sampler.py samples, bench/analysis/engine_tables.py tabulates) --
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def _engine_line(r: pd.Series) -> str:
     """Whether the config's engine queue shows deferred requests, beside the TTFT the engine did not count."""
     waited = (f"calls that shared the engine waited {fmt.num(r['ttft_unaccounted_ms_shared_median'])} ms before "
@@ -706,9 +710,9 @@ def _engine_line(r: pd.Series) -> str:
                 f"{r['models_loaded'] or 'no model'}; {waited}")
     if r["runs_with_deferred"]:
         return (f"**{r['cell']}**: the engine's queue held deferred requests in {r['runs_with_deferred']} of "
-                f"{r['runs_sampled']} runs (at most {fmt.num(r['deferred_max'])} waiting, "
+                f"{_runs(r['runs_sampled'])} (at most {fmt.num(r['deferred_max'])} waiting, "
                 f"{fmt.num(r['deferred_s_mean'])} s per run on average): the slot wait is the engine's; {waited}")
-    return (f"**{r['cell']}**: no request was deferred by the engine in {r['runs_sampled']} runs: any wait is "
+    return (f"**{r['cell']}**: no request was deferred by the engine in {_runs(r['runs_sampled'])}: any wait is "
             f"not for a slot; {waited}")
 
 
