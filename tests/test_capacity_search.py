@@ -296,7 +296,7 @@ def test_the_finding_replays_the_logged_search_and_names_the_cause_at_the_first_
     (found,) = findings.search_capacity(results, (0.85, 2.0))
     assert [p["n"] for p in found["probes"]] == [1, 2, 4, 8, 6, 7]  # the order the search asked in
     assert found["capacity"] == 6 and found["first_failing"]["n"] == 7 and found["runs"] == 18
-    assert found["worst_case_probes"] == 6
+    assert found["worst_case_probes"] == 6 and found["linear_points"] == 7  # 1..7 stepped: 7 points, searched: 6
     text = found["finding"]
     assert text.startswith(f"smollm2-135m (python; {settings}): capacity 6 agents, goodput 97.0 % [95.2 %, 99.0 %]")
     assert "7 not shown (goodput 90.0 % [85.0 %, 96.0 %])" in text
@@ -313,7 +313,8 @@ def test_the_finding_replays_the_logged_search_and_names_the_cause_at_the_first_
     out = SimpleNamespace(results=SimpleNamespace(findings={"capacity_search": [found]}), profile=profile)
     section = report_sections.capacity_search(out)
     md = templating.render("_capacity.md.j2", plots={"capacity": "plots/capacity.png"}, **section)
-    assert f"- **{text}**; 18 runs over 6 probe point(s) (at most 6 for a bound of 8)." in md
+    assert (f"- **{text}**; 18 runs over 6 probe point(s) (at most 6 for a bound of 8; stepping every count to "
+            f"the same answer takes 7).") in md
     assert "![Capacity search: goodput vs agents](plots/capacity.png)" in md
     assert f"TTFT ≤ {profile.slo.ttft_ms:g} ms" in md
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| smollm2")]

@@ -295,6 +295,8 @@ def search_capacity(results, contention: tuple[float, float]) -> list[dict]:
                     "first_failing": _probe_json(res.first_failing) if res and res.first_failing else None,
                     "probes": [{**_probe_json(p), "runs": ran[p.n]} for p in search.probes],
                     "runs": sum(ran.values()), "worst_case_probes": worst_case_probes(search.max_agents),
+                    # the linear steps to the same answer: every count from 1 to the first failing one
+                    "linear_points": min(res.capacity + 1, search.max_agents) if res else None,
                     "finding": _search_line(search, where, steps, contention)})
     return out
 
