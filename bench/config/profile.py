@@ -331,9 +331,15 @@ class StepsSuite(Strict):
 
     @model_validator(mode="after")
     def _search_or_agents(self):
-        if self.search is not None and "agents" in self.model_fields_set:
-            raise ValueError("give either `agents` (fixed steps) or `search` (the capacity search picks the agent "
-                             "counts), not both")
+        """With `search`, `agents` are the counts the search may probe, 1..max_agents: set here, so a
+        resolved profile (which lists both) loads again; a different explicit list is refused."""
+        if self.search is None:
+            return self
+        counts = list(range(1, self.search.max_agents + 1))
+        if "agents" in self.model_fields_set and self.agents != counts:
+            raise ValueError(f"give either `agents` (fixed steps) or `search` (the capacity search probes agent "
+                             f"counts 1..{self.search.max_agents}), not both")
+        object.__setattr__(self, "agents", counts)
         return self
 
     @field_validator("agents")
