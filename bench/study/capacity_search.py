@@ -14,6 +14,13 @@ asks which N to run next; tests/test_capacity_search.py drives it with a scripte
   the data shows it, never where it merely does not rule it out. With few runs the search thus
   errs low, never high; the report names the straddling points so a reader sees where more runs
   would help. A point whose runs all failed has no interval and is "not shown" too.
+- **An undecided point runs on.** The scheduler keeps a "not shown" point running, one run a round,
+  until its verdict is meets or misses or it reaches the suite's max_runs, so it looks at the verdict
+  after every run from min_runs on. Each look's interval is taken at `look_confidence`: Bonferroni's
+  split of 1 − confidence over the max_runs − min_runs + 1 looks a point can take, so the chance
+  that ANY look wrongly says "meets" (or "misses") stays within 1 − confidence; the final verdict
+  the search reads is the same interval. tests/test_capacity_search.py shows it by simulation, with
+  the unsplit interval looked at after every run as the control that overstates.
 - **Never above max_agents**, and the probe count is bounded: `worst_case_probes(max_agents)`
   plays every sequence of outcomes the search can see (any sequence of bisection outcomes is one
   some monotone curve produces), so `invoke plan` can state the most runs a search may use.
@@ -39,6 +46,22 @@ class Probe:
     @property
     def passed(self) -> bool:
         return self.verdict == MEETS
+
+
+def look_confidence(confidence: float, looks: int) -> float:
+    """1 − (1 − confidence) / looks: the confidence of each look's goodput interval (Bonferroni)
+
+    A point whose verdict is read after each of up to `looks` runs errs if any look errs; by the
+    union bound that chance is at most looks × (1 − look confidence) = 1 − confidence. Unlike the
+    precision intervals' calibrated level (bench/core/sequential.py, for t statistics of normal runs)
+    it needs no model of the goodput interval, whose design effect and run-count factor change
+    with every look.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence is a probability in (0, 1), got {confidence}")
+    if looks < 1:
+        raise ValueError(f"a point takes at least one look, got {looks}")
+    return 1.0 - (1.0 - confidence) / looks
 
 
 def verdict(low: float | None, high: float | None, target: float) -> str:

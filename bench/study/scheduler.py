@@ -25,8 +25,12 @@ feeds it synthetic studies; both drive this same code.
   study's measured overhead factor).
 - **Capacity search** (bench/study/capacity_search.py). The plan holds a steps config for every
   agent count a search may probe; each config with a `SearchPoint` stays dormant (never in a
-  round) until its search asks for it. A probe point then runs under the rules above; when it
-  stops, its goodput interval (over its runs' SLO counts, `Observation.slo`) goes to the search,
+  round) until its search asks for it. A probe point then runs under the rules above, and one
+  more: it stops at its precision target only once its goodput verdict is decided (meets or
+  misses); a "not shown" point runs on, a run a round, to max_runs (or the budget). The verdict is
+  thus read after every run, so its interval (over the runs' SLO counts, `Observation.slo`) is
+  taken at `look_confidence`, Bonferroni's split over the max_runs − min_runs + 1 looks, at every
+  look and for the final verdict alike. When the point stops that interval goes to the search,
   which wakes the next point. When the search is done its unasked points stop as `not probed by
   the search`. A point that failed, or was skipped, has no interval: "not shown", a fail.
 """
@@ -40,7 +44,7 @@ from typing import Callable, Hashable, Sequence
 from bench.config.plan import NOT_PROBED
 from bench.core.sequential import Interval, LookPlan, interval
 from bench.core.stats import goodput_interval
-from bench.study.capacity_search import CapacitySearch, Probe
+from bench.study.capacity_search import NOT_SHOWN, CapacitySearch, Probe, look_confidence, verdict
 from bench.study.outliers import outlier_flags
 
 TARGET_MET = "target met"
@@ -76,7 +80,7 @@ class SearchPoint:
     n: int
     max_agents: int
     goodput_target: float
-    confidence: float = 0.95  # of the goodput interval
+    confidence: float = 0.95  # of the goodput verdict over all its looks (each look: look_confidence)
 
 
 @dataclass(frozen=True)
@@ -250,22 +254,31 @@ class Scheduler:
             if len(cell.runs) >= cell.spec.target.max_runs:
                 cell.stopped = FIXED
             return
-        if self._met(cell):
+        if self._met(cell) and self._decided(cell):
             cell.stopped = TARGET_MET
         elif len(cell.runs) >= cell.spec.target.max_runs:
             cell.stopped = MAX_RUNS
 
+    def _decided(self, cell: _Cell) -> bool:
+        """Not a search point, or its goodput verdict is meets or misses: a "not shown" point runs on."""
+        point = cell.spec.search
+        return point is None or verdict(*self._goodput(cell)[1:], point.goodput_target) != NOT_SHOWN
+
     def _goodput(self, cell: _Cell) -> tuple[float | None, float | None, float | None]:
         """(estimate, low, high) of a point's goodput over its runs' SLO counts; Nones without runs. A
         run attempt that failed (and no later attempt at its index ran) is one more run none of whose
-        calls met the SLO, as the analysis counts it (bench/analysis/goodput.py)."""
+        calls met the SLO, as the analysis counts it (bench/analysis/goodput.py). The interval is at
+        look_confidence over the max_runs − min_runs + 1 looks the point can take (_decide reads it
+        after every run), so the verdict keeps its confidence at whichever look the point stops."""
         counted = [o.slo for o in cell.runs if o.slo is not None and o.slo[1] > 0]
         if not counted:
             return None, None, None
         failed = len(cell.failed - {o.run_index for o in cell.runs})
         size = sorted(c for _, c in counted)[len(counted) // 2]
         counted += [(0, size)] * failed
-        iv = self.goodput_fn([m for m, _ in counted], [c for _, c in counted], cell.spec.search.confidence)
+        target = cell.spec.target
+        confidence = look_confidence(cell.spec.search.confidence, max(1, target.max_runs - target.min_runs + 1))
+        iv = self.goodput_fn([m for m, _ in counted], [c for _, c in counted], confidence)
         return iv.estimate, iv.low, iv.high
 
     def _search_step(self, cell: _Cell) -> None:
