@@ -26,11 +26,12 @@ import pandas as pd
 import yaml
 
 from bench.analysis.tables import build, load_tables
+from bench.config.manifest_plans import profile_from_manifest
 from bench.config.plan import build_plan
 from bench.config.profile import LoadedProfile, Profile, builtin_profiles, load_profile
 from bench.core import metrics
 from bench.core.errors import BenchError
-from bench.core.manifest import Manifest, ModelIdentity, Reproduces, RuntimeDescription, runtime_identity
+from bench.core.manifest import Manifest, ModelIdentity, Reproduces, RuntimeDescription, load_manifest, runtime_identity
 from bench.core.md_table import md_table
 from bench.core.paths import REPO_ROOT, cache_dir
 from bench.core.store import Store, atomic_write_json, atomic_write_text
@@ -252,8 +253,8 @@ def _write_profile(manifest: Manifest, study: str, folder: Path) -> LoadedProfil
 def reproduce(manifest_path: Path, *, allow_mismatch: bool = False, progress: bool = True,
               study: str | None = None) -> Reproduction:
     manifest_path = Path(manifest_path).resolve()
-    manifest = mf.load_manifest(manifest_path)
-    old_profile = mf.profile_from_manifest(manifest)
+    manifest = load_manifest(manifest_path)
+    old_profile = profile_from_manifest(manifest)
     will_run = vet_runtime(old_profile)  # before any runtime exists: the manifest is data
     print(f"reproduce {manifest_path} will run:\n" + "\n".join(f"  {line}" for line in will_run), flush=True)
     new_study = study or new_study_name(old_profile.study)

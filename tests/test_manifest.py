@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from bench.config.manifest_plans import planned_cells, profile_from_manifest
 from bench.config.plan import build_plan
 from bench.core.errors import BenchError
+from bench.core.manifest import load_manifest
 from bench.study import manifest_writer as mf
 
 from test_report import FakeRuntime, make_study
@@ -42,11 +44,11 @@ def test_invocations_accumulate_and_rebuild_the_union_plan(tmp_path):
     plan = build_plan(loaded.profile, langs=["rust"], suites=["single"])
     mf.write_manifest(loaded, plan, FakeRuntime(), store, started_at=mf.utc_now(),
                       overrides={"langs": ["rust"], "suites": ["single"], "models": None})
-    m = mf.load_manifest(store.root / "manifest.json")
+    m = load_manifest(store.root / "manifest.json")
     assert [i.plan_overrides.kwargs() for i in m.invocations] == [{"langs": ["python"]},
                                                                    {"langs": ["rust"], "suites": ["single"]}]
     assert m.started_at == m.invocations[0].started_at
-    keys = {c.key for c in mf.planned_cells(m, mf.profile_from_manifest(m))}
+    keys = {c.key for c in planned_cells(m, profile_from_manifest(m))}
     assert len(keys) == 4 + 2  # python: 2 models × (single + multi); rust: 2 models × single
     assert not any(k.startswith("multi/rust") for k in keys)
 
@@ -56,14 +58,14 @@ def test_overrides_are_checked_and_bad_manifests_refused(tmp_path):
         mf.normalize_overrides({"lang": ["python"]})
     assert mf.normalize_overrides({"runs": "2", "models": None}) == {"runs": 2}
     with pytest.raises(BenchError, match="manifest not found"):
-        mf.load_manifest(tmp_path / "nope.json")
+        load_manifest(tmp_path / "nope.json")
     bad = tmp_path / "manifest.json"
     bad.write_text("{")
     with pytest.raises(BenchError, match="not valid JSON"):
-        mf.load_manifest(bad)
+        load_manifest(bad)
     bad.write_text("{}")
     with pytest.raises(BenchError, match="no resolved profile"):
-        mf.load_manifest(bad)
+        load_manifest(bad)
 
 
 def _gguf(path, arch, kvs):

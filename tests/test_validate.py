@@ -7,12 +7,12 @@ import json
 import pytest
 
 from bench.analysis.tables import load_tables
+from bench.config.manifest_plans import planned_cells
 from bench.core.errors import BenchError
 from bench.core.records import RunDocument
 from bench.core.store import atomic_write_json
 from bench.report.summary import summarize_all
 from bench.report.validate import validate_study
-from bench.study import manifest_writer as mf
 
 from conftest import invoke
 from test_report import default_value, make_study
@@ -23,7 +23,7 @@ RUN = "single/python/gemma3_latest/gpu80_ctx512_temp08/run_2/metrics.json"
 def summarize(loaded, store):
     manifest = json.loads((store.root / "manifest.json").read_text())
     mad_k = loaded.profile.outliers.mad_k
-    summarize_all(store, mf.planned_cells(manifest, loaded.profile), load_tables(store, mad_k), mad_k)
+    summarize_all(store, planned_cells(manifest, loaded.profile), load_tables(store, mad_k), mad_k)
 
 
 def complete_study(tmp_path, **kw):

