@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.analysis import findings, goodput, instrument_tables, probe_tables, tails, validity
+from bench.analysis import engine_tables, findings, goodput, instrument_tables, probe_tables, tails, validity
 from bench.analysis.prefill import verify_prefill
 from bench.config import ladder
+from bench.config.manifest_plans import planned_cells, profile_from_manifest
 from bench.config.plan import Cell
 from bench.config.profile import Profile
 from bench.core import metrics, stats
@@ -46,7 +47,6 @@ from bench.core.store import (
     atomic_write_text,
 )
 from bench.host import fingerprint
-from bench.study.manifest_writer import planned_cells, profile_from_manifest
 from bench.study.outliers import outlier_flags, placement_issues
 
 # A run-level quantity derived here for the cost and power views (tokens_per_j and mean_power_w
@@ -93,6 +93,9 @@ class Results:
     failures: list[dict] = field(default_factory=list)
     # the host drift series (bench/core/drift.py); None without a probe
     drift: HostDrift | None = None
+    # per sampled config, the engine's own queue and slots beside the client's unaccounted TTFT
+    # (bench/analysis/engine_tables.py), tabulated in the same pass over the stored runs
+    engine: pd.DataFrame = field(default_factory=pd.DataFrame)
     # the plan's configs (for their looks, targets and stop reasons) and an adaptive study's stops
     cells: list[Cell] = field(default_factory=list)
     stops: dict[str, dict] = field(default_factory=dict)
@@ -258,20 +261,23 @@ def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] 
     `<metric>_adj` (bench/core/drift.py; the raw value without probes), and each config the repeated
     interval of its looks (`looks`: cell key → LookPlan; the ordinary t-interval for a config the
     plan does not name)."""
-    req_rows, run_rows, asked = [], [], {}
+    req_rows, run_rows, asked, sampled = [], [], {}, []
     provenance = study_provenance(store)
     for run in store.iter_runs():
         asked.setdefault(run.cell_key, _plain(run.doc.requested_config or run.doc.config))
+        if run.doc.engine is not None:
+            sampled.append(run)
         row = run_row(run, provenance)
         run_rows.append(row)
         req_rows += request_rows(run, {k: row[k] for k in BASE_COLUMNS})
     runs = pd.DataFrame(run_rows)
     requests = verify_prefill(pd.DataFrame(req_rows)) if req_rows else pd.DataFrame(req_rows)
     probes, events = store.read_jsonl(PROBES), store.read_jsonl(TIMELINE)
-    model_probes = {"coldstart": store.read_jsonl(COLDSTART), "sanity": store.read_json(SANITY)}
+    stored_beside = {"coldstart": store.read_jsonl(COLDSTART), "sanity": store.read_json(SANITY),
+                     "engine": engine_tables.engine_table(sampled, requests)}
     if runs.empty:
         return Results(requests, runs, pd.DataFrame(), probes=probes, events=events, asked=asked, drift=drift,
-                       **model_probes)
+                       **stored_beside)
     runs = _adjust_for_drift(_count_voided(runs, requests), drift)
     runs = goodput.add_run_goodput(runs, requests, slo)  # slo None: no goodput columns
     runs = validity.add_validity_flags(runs, requests, validity.load_validity())
@@ -285,7 +291,7 @@ def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] 
     return Results(requests, runs, pd.DataFrame(config_rows), misplaced=misplaced.reset_index(drop=True),
                    voided=voided.reset_index(drop=True), probes=probes, events=events, asked=asked, drift=drift,
                    invalid=invalid.reset_index(drop=True) if not invalid.empty else pd.DataFrame(),
-                   **model_probes)
+                   **stored_beside)
 
 
 def config_row(g: pd.DataFrame, look: LookPlan | None, drift: HostDrift | None) -> dict:
@@ -770,6 +776,7 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "topology": topology(runs, looks),
         "steps": steps(runs, looks),
         "goodput": goodput.goodput_table(runs, tables.requests, profile.slo, tables.failures),
+        "engine": tables.engine,
         **probe_tables.derived_tables(tables.coldstart, tables.sanity),
     }
     return tables.derived

@@ -10,7 +10,7 @@ import inspect
 
 import pandas as pd
 
-from bench.analysis import engine_tables, findings, tails, validity
+from bench.analysis import findings, tails, validity
 from bench.analysis.tables import DERIVED_DEFINITIONS
 from bench.config.ladder import Skip
 from bench.config.profile import Profile
@@ -719,7 +719,7 @@ def _engine_line(r: pd.Series) -> str:
 def engine_evidence(out: StudyOutputs) -> dict:
     """The engine section (_engine.md.j2): per steps/multi config, the engine's queue and slots next to
     the client's unaccounted TTFT (tables of every sampled config in bench/analysis/engine_tables.py)."""
-    tab = engine_tables.engine_table(out.store.iter_runs(), out.results.requests)
+    tab = out.results.engine
     shared = tab[tab["suite"].isin(("multi", "steps"))] if not tab.empty else tab
     return {
         "engine_lines": [_engine_line(r) for _, r in shared.iterrows()],
