@@ -408,3 +408,28 @@ def reproduce(c, manifest, allow_mismatch=False, no_progress=False):
     print(f"reproduce: {result.study_root}")
     print(f"  {result.within} of {result.compared} config/metric means lie within the original 95 % CI")
     print(f"  comparison: {result.markdown} (and {result.json.name})")
+
+
+@task(help={"profile": PROFILE_HELP,
+            "ray_address": "the Ray cluster (HEAD:PORT); default: a local single-node Ray, started and stopped here",
+            "hosts": "all (default), label=value (a node label), or a comma list of host or resource names",
+            "allow_mismatch": "run hosts whose harness commit or model identities differ (the report lists them)",
+            "out": "the fleet folder's name under the results root: fleet-<out> (default fleet-<study>)",
+            "runs": "runs per config (overrides the profile)", "no_progress": "hide the per-host progress bars"})
+@_friendly
+def fleet(c, profile=LINE_PROFILE, ray_address=None, hosts="all", allow_mismatch=False, out=None, runs=None,
+          no_progress=False):
+    """Run the profile's study on every selected host of a Ray cluster, one study per host, merged by host
+    (bench/fleet/); a rerun of the same command runs only the runs the head does not hold."""
+    from bench.fleet.driver import run_fleet, summary_line
+
+    result = run_fleet(profile, ray_address=ray_address, hosts=hosts, allow_mismatch=allow_mismatch, out=out,
+                       runs=int(runs) if runs else None, progress=not no_progress)
+    for name, host in result.hosts.items():
+        print(summary_line(name, host))
+    print(f"fleet: {result.fleet_dir / 'fleet.json'} in {result.wall_s:.0f} s")
+    if result.report:
+        print(f"fleet: {result.report}")
+    if not result.ok:
+        raise Exit(f"fleet: {sum(h['status'] != 'ok' for h in result.hosts.values())} host(s) failed; run the same "
+                   f"command again to finish their missing runs", code=1)

@@ -95,7 +95,7 @@ def test_every_imported_package_is_declared():
 # The stages, bottom to top: a module imports only from its own stage or one below it. bench/ itself
 # (reproduce) is the top, above the report; the standalone programs (loopback server, replica
 # builder) stand apart: they import only the core, and any stage may start them.
-STAGES = ("core", "host", "config", "clients", "runtimes", "study", "analysis", "report", "top")
+STAGES = ("core", "host", "config", "clients", "runtimes", "study", "analysis", "report", "fleet", "top")
 APART = "standalone"
 
 
