@@ -1,6 +1,6 @@
 """`invoke compare`: two copies of the stored study, one of them edited, matched and merged.
 
-No engine is needed: the copies are the fixture's real runs, with a model digest, a setting, the
+No engine is needed: the copies are the fixture's real runs, with a model's file, a setting, the
 host or the numbers changed in one of them, and the merged figures are checked by hand.
 """
 
@@ -60,21 +60,22 @@ def double_decode_tps(doc: dict) -> None:
     doc["metrics"]["decode_tps"] *= 2
 
 
-def test_a_changed_model_digest_is_refused_then_listed_when_allowed(tmp_path, results_dir):
+def test_a_changed_model_file_is_refused_then_listed_when_allowed(tmp_path, results_dir):
+    """The model's identity (tests/test_model_identity.py): here its GGUF file's sha256."""
     a = copy_study(tmp_path, "hostA")
-    b = copy_study(tmp_path, "hostB", manifest=lambda m: m["models"][0].update(digest="sha256:" + "0" * 64))
+    b = copy_study(tmp_path, "hostB", manifest=lambda m: m["models"][0].update(file_sha256="0" * 64))
     with pytest.raises(BenchError) as err:
         compare([str(a), str(b)])
     msg = str(err.value)
     assert "refusing to compare" in msg and "--allow-mismatch" in msg
-    assert "model gemma3-270m: digest `cbe2f8ce47f0` in hostA vs `000000000000` in hostB" in msg
+    assert "model gemma3-270m: file_sha256 `a5fd3b62230a` in hostA vs `000000000000` in hostB" in msg
     assert "smollm2" not in msg  # the other model is the same in both
     assert not results_dir.exists()  # nothing written
 
     result = compare([str(a), str(b)], allow_mismatch=True, out="allowed")
     text = result.markdown.read_text()
     assert "## Differences accepted with `--allow-mismatch`" in text
-    assert "- model gemma3-270m: digest `cbe2f8ce47f0` in hostA vs `000000000000` in hostB" in text
+    assert "- model gemma3-270m: file_sha256 `a5fd3b62230a` in hostA vs `000000000000` in hostB" in text
     assert result.matched == 16  # compared by name once allowed
 
 

@@ -136,6 +136,9 @@ def test_describe_records_images_and_versions(tr116_on_test_servers, monkeypatch
     assert c["published_ports"] == {"11434/tcp": ["127.0.0.1:11434"]} and c["endpoint"] == "collector"
     assert c["device_requests"][0]["Driver"] == "nvidia"
     assert info["ollama_version"] == {"collector": "0.12.6", "insight": "0.12.6"}
+    # the settings record the native runtime writes too, from the container's environment
+    assert info["settings"] == {"OLLAMA_NUM_PARALLEL": "1"}
+    assert set(info["instance_settings"]) == {"collector", "insight"}
 
 
 class StoppedDocker(RecordedDocker):

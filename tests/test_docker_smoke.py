@@ -118,6 +118,11 @@ def test_docker_smoke_cycle(engine, project, tmp_path, results_dir):
         assert c["network_mode"] == "host" and not c["published_ports"], c
         assert f"OLLAMA_HOST=127.0.0.1:{port}" in c["env"], c
         assert "OLLAMA_CONTEXT_LENGTH=1024" in c["env"] and "OLLAMA_NOPRUNE=1" in c["env"]
+    # the native runtime's settings record, read from the containers (tests/test_model_identity.py)
+    assert runtime["settings"] == {"OLLAMA_CONTEXT_LENGTH": "1024", "OLLAMA_FLASH_ATTENTION": "0",
+                                   "OLLAMA_KEEP_ALIVE": "30m", "OLLAMA_KV_CACHE_TYPE": "f16",
+                                   "OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_NOPRUNE": "1",
+                                   "OLLAMA_NUM_PARALLEL": "1"}, runtime.get("settings")
     # Between the two models each container unloaded the previous one, and /api/ps then listed
     # nothing else (the runtime raises otherwise).
     unloads = runtime["unloads"]

@@ -13,6 +13,7 @@ model identities, GPUs, /api/ps) keeps every key it came with, typed where a rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ SCHEMA_FILE = DATA_DIR / "manifest.schema.json"
 # What identifies a model in a manifest entry, in the order `invoke reproduce` checks them: the
 # GGUF file's sha256 (the weights), then Ollama's digest (weights, template and parameters).
 MODEL_IDENTITY_KEYS = ("file_sha256", "digest")
+# What Ollama's digest of a model it created from a GGUF file covers beside the file: the template
+# and the parameters it was created with. The digest itself differs between model stores of the
+# same inputs (a native and a container store, same Ollama version, here), so for such a model it
+# is recorded but never matched: the file's sha256 and these two are (ModelIdentity.match_identity).
+CREATED_FROM_FILE_KEYS = ("template", "parameters")
 # Runtime settings that name a place on the host, not how the server runs.
 HOST_PATH_SETTINGS = {"OLLAMA_MODELS"}
 
@@ -201,10 +207,23 @@ class ModelIdentity(_Open):
     file: str | None = None
     error: str | None = None
     gguf: dict[str, Any] | None = None
+    template: str | None = None  # Ollama's /api/show
+    parameters: str | None = None  # Ollama's /api/show: the Modelfile's PARAMETER lines
 
     def identity(self) -> dict[str, str]:
         """The identity keys this entry recorded (empty when it recorded an error)."""
         return {k: getattr(self, k) for k in MODEL_IDENTITY_KEYS if getattr(self, k)}
+
+    def match_identity(self) -> dict[str, str]:
+        """What makes two entries the same model on any host (compare, the plan fingerprint): a
+        model served from a GGUF file by its sha256, with, where Ollama created it, the sha256 of
+        the template and parameters it was created with (CREATED_FROM_FILE_KEYS); a pulled model
+        by its registry digest. Empty when neither was recorded."""
+        if not self.file_sha256:
+            return {"digest": self.digest} if self.digest else {}
+        created = {f"{k}_sha256": hashlib.sha256(getattr(self, k).encode()).hexdigest()
+                   for k in CREATED_FROM_FILE_KEYS if getattr(self, k) is not None}
+        return {"file_sha256": self.file_sha256, **created}
 
 
 class GpuDevice(_Open):

@@ -4,11 +4,14 @@
    resolved profile, the model identities, the runtime, the host fingerprint: bench/host/fingerprint.py)
    and its analysis (bench/analysis.build), so every number is the one its own report shows.
 2. Match configs across studies: the same suite, language, config tag (or scenario), ladder rung
-   and model, where a model is the same when its identity (GGUF sha256, Ollama digest) is, whatever
-   it is called. The settings each run records (its config, the workload's hashes, the server
-   slots and context it was placed on) and the runtime's own settings must agree too. A differing
-   digest or setting is refused with the list of differences, unless `allow_mismatch`, which
-   compares anyway and lists them in the report. Configs only one study holds are listed.
+   and model, where a model is the same when its identity is, whatever it is called: a GGUF file's
+   sha256 (with the template and parameters Ollama created the model with), a pulled model's
+   registry digest (ModelIdentity.match_identity). The Ollama digest of a model created from a file
+   differs from one model store to the next, so it is not compared. The settings each run records
+   (its config, the workload's hashes, the server slots and context it was placed on) and the
+   runtime's own settings (the same keys for every runtime) must agree too. A differing identity or
+   setting is refused with the list of differences, unless `allow_mismatch`, which compares anyway
+   and lists them in the report. Configs only one study holds are listed.
 3. Per matched config and key metric: each study's mean and 95 % interval (its configs table: the
    repeated interval of its own looks, bench/core/sequential.py), and the difference to the reference
    study (the first listed that holds the config) by the reports' comparison rule
@@ -64,7 +67,7 @@ class Study:
     manifest: Manifest
     fingerprint: fingerprint.StudyFingerprint
     results: Results
-    identities: dict[str, dict[str, str]]  # model name → its identity keys
+    identities: dict[str, dict[str, str]]  # model name → ModelIdentity.match_identity()
     settings: dict[tuple[str, str], dict[str, str]]  # (cell, ran_as) → setting → value
     runtime_settings: dict[str, str]  # runtime_identity(manifest).settings
 
@@ -156,7 +159,7 @@ def load(spec: str, label: str | None = None) -> Study:
             merged.setdefault(k, set()).add(v)
     return Study(label=label or root.name, root=root, manifest=manifest,
                  fingerprint=fingerprint.of_manifest(manifest), results=results,
-                 identities={m.name: m.identity() for m in manifest.models if m.name},
+                 identities={m.name: m.match_identity() for m in manifest.models if m.name},
                  settings={k: {s: " | ".join(sorted(vs)) for s, vs in v.items()} for k, v in settings.items()},
                  runtime_settings=runtime_identity(manifest).settings)
 
@@ -175,9 +178,10 @@ def _short(v: str) -> str:
 
 
 def model_keys(studies: list[Study], allow_mismatch: bool) -> tuple[dict[tuple[str, str], str], list[str]]:
-    """Which models are the same across studies: a shared identity value (GGUF sha256 or Ollama
-    digest) joins two names, and so does a shared name. Two joined models whose recorded
-    identities differ are a mismatch; without allow_mismatch they stay apart.
+    """Which models are the same across studies: a shared file sha256 or registry digest joins two
+    names, and so does a shared name. Two joined models whose recorded identities differ (the file,
+    the template or parameters it was created with, the digest) are a mismatch; without
+    allow_mismatch they stay apart.
     Returns ((study, model name) → model key: the names it goes by, and the mismatches)."""
     nodes = [(s.label, name) for s in studies for name in s.identities]
     ident = {(s.label, name): s.identities[name] for s in studies for name in s.identities}
@@ -195,14 +199,17 @@ def model_keys(studies: list[Study], allow_mismatch: bool) -> tuple[dict[tuple[s
         if not shared:
             return [f"no common identity key ({a[0]} recorded {sorted(ia) or 'none'}, {b[0]} {sorted(ib) or 'none'})"]
         return [f"{k} `{_short(ia[k])}` in {a[0]} vs `{_short(ib[k])}` in {b[0]}" for k in
-                MODEL_IDENTITY_KEYS if k in shared and ia[k] != ib[k]]
+                ia if k in shared and ia[k] != ib[k]]
+
+    def joining(n) -> tuple[str, str] | None:  # the file or the registry digest, never a template
+        return next(((k, ident[n][k]) for k in MODEL_IDENTITY_KEYS if k in ident[n]), None)
 
     mismatches = []
     for i, a in enumerate(nodes):
         for b in nodes[i + 1:]:
             if a[0] == b[0]:
                 continue
-            same_value = any(ident[a].get(k) and ident[a].get(k) == ident[b].get(k) for k in ident[a])
+            same_value = joining(a) is not None and joining(a) == joining(b)
             if not (same_value or a[1] == b[1]):
                 continue
             problems = conflicts(a, b)

@@ -40,7 +40,7 @@ from bench.core.errors import BenchError
 from bench.core.paths import REPO_ROOT, results_root
 from bench.host.machine import docker_engine, port_is_free, port_owner
 from bench.runtimes.base import Endpoint
-from bench.runtimes.ollama import OllamaEndpoints, settings_env
+from bench.runtimes.ollama import OllamaEndpoints, recorded_settings, settings_env
 
 log = logging.getLogger("bench")
 
@@ -298,8 +298,26 @@ class DockerRuntime(OllamaEndpoints):
                     entry.update(self._inspect(engine, row.get("ID", "")))
                 containers.append(entry)
         info["containers"] = containers
+        info["settings"] = recorded_settings(self._server_environments(containers))  # as the native runtime's
+        info["instance_settings"] = {n: st.model_dump() for n, st in self.instance_settings.items()}
         info["unloads"] = self.unloads  # between models, on both instances; /api/ps right after each
         return info
+
+    def _server_environments(self, containers: list[dict]) -> dict[str, dict[str, str]]:
+        """Each endpoint's server environment: its container's, as `docker inspect` read it, or,
+        where no container could be read (none running, no engine to ask), the environment
+        `docker compose config` resolves for its service from the same files and override."""
+        inspected = {c["endpoint"]: dict(e.split("=", 1) for e in c["env"] if "=" in e)
+                     for c in containers if c.get("endpoint") and c.get("env") is not None}
+        if inspected:
+            return inspected
+        proc = self._compose("config", "--format", "json", check=False)
+        try:
+            services = json.loads(proc.stdout)["services"] if proc.returncode == 0 else {}
+        except (ValueError, KeyError, TypeError):
+            services = {}
+        return {ep.name: {k: "" if v is None else str(v) for k, v in (services[svc].get("environment") or {}).items()}
+                for svc, ep in self.services.items() if svc in services}
 
     @staticmethod
     def _inspect(engine, container_id: str) -> dict:

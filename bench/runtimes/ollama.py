@@ -36,6 +36,24 @@ def settings_env(settings: ServerSettings) -> dict[str, str]:
             "OLLAMA_KV_CACHE_TYPE": settings.kv_cache_type}
 
 
+# Where a server listens: the endpoints record it; it is no setting of how the server runs.
+LISTEN_SETTING = "OLLAMA_HOST"
+
+
+def recorded_settings(envs: dict[str, dict[str, str]]) -> dict[str, str | dict[str, str | None]]:
+    """The manifest's `settings` of an Ollama runtime, built one way for every runtime from the
+    environment each instance runs with (a native server's, a container's): every OLLAMA_*
+    variable but the listen address, its value where the instances agree, else per instance
+    (None: unset there). An empty value is Ollama's default, as unset is."""
+    keys = sorted({k for env in envs.values() for k, v in env.items()
+                   if k.startswith("OLLAMA_") and k != LISTEN_SETTING and v != ""})
+    out: dict[str, str | dict[str, str | None]] = {}
+    for key in keys:
+        values = {name: env.get(key) or None for name, env in envs.items()}
+        out[key] = next(iter(values.values())) if len(set(values.values())) == 1 else values
+    return out
+
+
 def chat_template(name: str) -> str:
     path = assets.CHAT_TEMPLATES_DIR / f"{name}.gotmpl"
     if not path.is_file():
@@ -352,6 +370,6 @@ class OllamaRuntime(OllamaEndpoints):
                 "ollama_version": self.versions(),
                 "ollama": {"binary": str(self.binary), "binary_sha256": assets.file_sha256(self.binary),
                            "version_output": (out.stdout + out.stderr).strip().splitlines()[-1:]},
-                "settings": self.settings,
+                "settings": recorded_settings({name: server.env for name, server in self.servers.items()}),
                 "instance_settings": {n: st.model_dump() for n, st in self.instance_settings.items()},
                 "endpoints": [e.__dict__ for e in self._endpoints], "servers": servers}

@@ -6,8 +6,11 @@ changed:
 
 - workload: seed, num_predict, ignore_eos, and the sha256 of the prompts (data/workload.yaml and
   the data set's files);
-- model: the run's model identity (GGUF sha256 and/or Ollama digest; the name where a server
-  reports neither);
+- model: the run's model identity (ModelIdentity.match_identity: a GGUF file's sha256 with the
+  template and parameters Ollama created the model with, a pulled model's registry digest; the
+  name where a server reports neither). Not the Ollama digest of a model created from a file: it
+  differs between model stores of the same inputs, so a study resumed on a rebuilt store, or the
+  same study on another host, keeps one plan;
 - runtime: the runtime kind, its engine and the endpoints' APIs;
 - harness_commit: the git commit of the bundle (null outside a git checkout).
 
@@ -52,8 +55,8 @@ def workload_part(spec: WorkloadSpec) -> dict:
 
 
 def model_part(identity: dict, model: ModelSpec) -> dict:
-    """The identity keys a runtime reported for the model, or its name where it reported none."""
-    return ModelIdentity.model_validate(identity).identity() or {"name": model.name}
+    """The identity a runtime reported for the model (match_identity), or its name where it reported none."""
+    return ModelIdentity.model_validate(identity).match_identity() or {"name": model.name}
 
 
 def runtime_part(runtime) -> dict:
