@@ -32,6 +32,7 @@ from bench.host import assets, fingerprint, gpu
 from bench.study.manifest_writer import host_info
 
 POLL_S = 0.5
+STOP_WAIT_S = 60
 PR_SET_PDEATHSIG = 1
 LOG_TAIL_CHARS = 4000
 PROFILE_FILE = "fleet-profile.yaml"
@@ -122,6 +123,8 @@ class HostAgent:
         self.results = self.workdir / "results"
         self.proc: subprocess.Popen | None = None
         self.stopping = False
+        self.finished = threading.Event()
+        self.finished.set()  # no run yet: nothing to wait for
 
     def survey(self, profile_text: str) -> dict:
         """Who this host is and what it would run: node, fingerprint, harness commit, model identities."""
@@ -144,30 +147,37 @@ class HostAgent:
 
     def run(self, profile_text: str, study: str, runs: int | None) -> dict:
         """The bundle's own path on this host; every finished run is shipped as it appears."""
-        path = self._profile(profile_text).path
-        study_root = self.results / study
+        self.finished.clear()
+        try:
+            return self._run(self._profile(profile_text).path, self.results / study, runs)
+        finally:
+            self.finished.set()
+
+    def _run(self, path: Path, study_root: Path, runs: int | None) -> dict:
         shipped = finished_runs(study_root)  # seeded runs: the head has them already
         args = ["up", "bench", "--no-progress", *(["--runs", str(runs)] if runs else []), "report", "down"]
         t0 = time.time()
         rc = self._bundle(args, path, study_root, shipped)
-        if rc != 0:  # `up` may have started servers that the failed chain never stopped
+        if rc != 0:  # failed or stopped: `up` started servers that the broken chain never stopped
             self._bundle(["down"], path, study_root, shipped)
-        self._ship_runs(study_root, study, shipped)
+        self._ship_runs(study_root, study_root.name, shipped)
         data = pack(study_root, ["."], skip_dirs=set(shipped))
-        ray.get(self.sink.put_study_files.remote(self.host, study, data))
+        ray.get(self.sink.put_study_files.remote(self.host, study_root.name, data))
         return {"host": self.host, "rc": rc, "wall_s": time.time() - t0, "stopped": self.stopping,
                 "log_tail": self._log_tail()}
 
     def stop(self) -> None:
-        """Ctrl-C for the bundle on this host: its own cleanup stops the servers it started."""
+        """Ctrl-C for the bundle on this host (its own cleanup runs), then wait until `run` has stopped
+        the servers and shipped what is left: only then may the driver kill this actor."""
         self.stopping = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        self.finished.wait(timeout=STOP_WAIT_S)
 
     def _profile(self, profile_text: str):
         path = self.workdir / PROFILE_FILE
@@ -179,15 +189,21 @@ class HostAgent:
         venv = self.root / ".venv" / "bin" / "python"
         python = str(venv) if venv.is_file() else sys.executable
         env = {**os.environ, "BENCH_RESULTS": str(self.results), "PYTHONUNBUFFERED": "1"}
+        if os.environ.get("TR116_HOST_WORKDIR"):
+            # a host with a work folder of its own gets a temporary folder of its own, and so its own port
+            # locks (bench/host/locks.py): hosts that share this machine's /tmp (network namespaces) do not
+            # share their ports. Without one (a local Ray), the machine's port locks stay in force.
+            env["TMPDIR"] = str(self.workdir / "tmp")
+            (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         with open(self.workdir / LOG_FILE, "a") as log:
-            self.proc = subprocess.Popen([python, "-m", "invoke", *args, "--profile", str(profile)], cwd=self.root,
-                                         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
-            study = study_root.name
-            while self.proc.poll() is None:
-                self._ship_runs(study_root, study, shipped)
+            proc = self.proc = subprocess.Popen(
+                [python, "-m", "invoke", *args, "--profile", str(profile)], cwd=self.root, env=env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent)
+            while proc.poll() is None:
+                self._ship_runs(study_root, study_root.name, shipped)
                 time.sleep(POLL_S)
-        return self.proc.returncode
+        return proc.returncode
 
     def _ship_runs(self, study_root: Path, study: str, shipped: dict[str, int]) -> None:
         """Ship every run folder whose metrics.json is new or rewritten since it was last shipped."""

@@ -42,8 +42,9 @@ FLEET_JSON = "fleet.json"
 # How a host's death reaches the driver in Ray 2.60: its actor, its node, its worker, or the objects it held.
 HOST_DIED = (RayActorError, NodeDiedError, WorkerCrashedError, ObjectLostError, OwnerDiedError, ActorUnavailableError)
 SURVEY_TIMEOUT_S = 300  # hashing the GGUF files of a cold cache
-STOP_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 180  # the agent's: the bundle's own cleanup, then `invoke down`
 POLL_S = 0.5
+LOG_LINES = 8  # of a failed host's bundle log, under its summary line
 
 
 @dataclass(frozen=True)
@@ -295,9 +296,10 @@ def summary_line(name: str, h: dict) -> str:
     missing = f", missing {len(h['missing_runs'])}" if h["missing_runs"] else ""
     per_run = f" ({fmt.bytes_(h['bytes_per_run'])}/run)" if h["bytes_per_run"] else ""
     wall = f", {h['wall_s']:.0f} s" if h["wall_s"] is not None else ""
+    log = "".join(f"\n    {line}" for line in (h["log_tail"] or "").splitlines()[-LOG_LINES:])
     return (f"{name}: {h['status']}, {h['runs_done']}/{h['runs_planned']} runs ({h['runs_seeded']} held before)"
             f"{missing}, shipped {fmt.bytes_(h['bytes_shipped'])}{per_run}{wall}"
-            + (f" — {h['error']}" if h["error"] else ""))
+            + (f" — {h['error']}" if h["error"] else "") + log)
 
 
 def run_fleet(profile: str, *, ray_address: str | None = None, hosts: str = "all", allow_mismatch: bool = False,

@@ -1,0 +1,148 @@
+"""The fleet (bench/fleet/, `invoke fleet`) on a real Ray cluster of two hosts in network namespaces
+(tests/fleet_cluster.py), each running its own two `ollama serve` on its own 127.0.0.1:11434/11435 with
+SmolLM2: two host studies merged by host; a host killed mid-study keeps what it finished and a rerun
+runs only the missing runs; a host on another harness commit is refused with the difference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, invoke, smoke_variant
+from fleet_cluster import fleet_cluster, fleet_hosts, fleet_unavailable  # noqa: F401 (the session fixture)
+
+pytestmark = pytest.mark.fleet
+STUDY = "fleet"
+CONFIG = "single/python/smollm2-135m/gpu0_ctx512_temp08"
+
+
+def fleet_profile(tmp_path: Path) -> Path:
+    """The tiniest study: SmolLM2 only, the single suite in Python, 2 runs of 8 tokens, no floors, cold
+    start, sanity or drift probes; the engines on each host's own 127.0.0.1:11434/11435."""
+
+    def tiny(d):
+        d["study"] = STUDY
+        d["models"] = [{"name": "smollm2-135m", "baseline": True, "source": "gguf"}]
+        d["single"].update(runs=2, precision=None)
+        d["multi"]["precision"] = None
+        d["runtime"]["endpoints"][0]["port"], d["runtime"]["endpoints"][1]["port"] = 11434, 11435
+        d["instrument"]["drift_probes"] = False
+
+    return smoke_variant(tmp_path, tiny, name="fleet-profile.yaml", base="smoke")
+
+
+def fleet(profile: Path, address: str, results: Path, *more: str) -> subprocess.CompletedProcess:
+    return invoke("fleet", "--profile", str(profile), "--ray-address", address, "--no-progress", *more,
+                  results=results, timeout=600)
+
+
+def fleet_doc(results: Path, out: str) -> dict:
+    return json.loads((results / f"fleet-{out}" / "fleet.json").read_text())
+
+
+def run_files(study: Path) -> dict[str, str]:
+    """Every file of every run folder of a study → its sha256."""
+    return {str(p.relative_to(study)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(study.glob(f"{CONFIG}/run_*/*")) if p.is_file()}
+
+
+def test_two_hosts_give_two_host_studies_and_a_comparison_by_host(fleet_hosts, tmp_path):
+    results = tmp_path / "results"
+    t0 = time.monotonic()
+    proc = fleet(fleet_profile(tmp_path), fleet_hosts.address, results, "--out", "two")
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = fleet_doc(results, "two")
+    assert sorted(doc["hosts"]) == ["a", "b"]
+    for name, host in doc["hosts"].items():
+        assert (host["status"], host["runs_done"], host["runs_planned"], host["missing_runs"]) == ("ok", 2, 2, [])
+        assert host["runs_shipped"] == 2 and host["bytes_per_run"] > 0
+        assert host["survey"]["node_ip"] == fleet_hosts.hosts[name].ip  # it ran on its own node
+        study = results / "fleet-two" / "hosts" / name / STUDY
+        assert (study / "manifest.json").is_file() and len(run_files(study)) == 2
+    variance = pd.read_csv(results / "fleet-two" / "variance.csv")
+    host = variance[variance["factor"] == "host"]  # η² of the host beside study, model, config, language
+    assert not host.empty and set(host["levels"]) == {2} and host["eta_sq"].notna().all()
+    report = (results / "fleet-two" / "fleet.md").read_text()
+    assert "## Comparison by host" in report and "## Host fingerprints" in report
+    assert "a: ok, 2/2 runs" in proc.stdout and "b: ok, 2/2 runs" in proc.stdout
+    per_run = [h["bytes_per_run"] for h in doc["hosts"].values()]
+    walls = ", ".join(f"{n} {h['wall_s']:.1f} s" for n, h in doc["hosts"].items())
+    print(f"\nfleet of 2 hosts: {wall:.1f} s wall (driver {doc['wall_s']:.1f} s; host walls {walls}); "
+          f"{sum(per_run) / len(per_run):.0f} bytes shipped per run")
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert proc.poll() is None, f"the fleet ended before {path} appeared: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{path} not there after {timeout} s"
+        time.sleep(0.1)
+
+
+def test_a_killed_host_keeps_its_finished_runs_and_a_rerun_runs_only_the_missing_ones(fleet_hosts, tmp_path):
+    results, profile = tmp_path / "results", fleet_profile(tmp_path)
+    args = [sys.executable, "-m", "invoke", "fleet", "--profile", str(profile), "--ray-address", fleet_hosts.address,
+            "--no-progress", "--out", "kill", "--runs", "3"]
+    env = {**os.environ, "BENCH_RESULTS": str(results)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    b_study = results / "fleet-kill" / "hosts" / "b" / STUDY
+    try:
+        wait_for(b_study / CONFIG / "run_1" / "metrics.json", proc)  # shipped to the head: b's first run
+        fleet_hosts.kill_host("b")  # raylet, workers, bundle and both engines: kill -9
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert proc.returncode == 1, out[-3000:]
+        doc = fleet_doc(results, "kill")
+        a, b = doc["hosts"]["a"], doc["hosts"]["b"]
+        assert (a["status"], a["runs_done"], a["missing_runs"]) == ("ok", 3, [])
+        assert b["status"] == "failed" and "died" in b["error"]
+        kept = run_files(b_study)
+        assert b["runs_done"] == len(kept) >= 1 and b["missing_runs"]  # what it finished is kept
+        assert b["runs_done"] + len(b["missing_runs"]) == 3
+        assert f"b: failed, {b['runs_done']}/3 runs" in out
+    finally:
+        fleet_hosts.restart_host("b")
+    t0 = time.monotonic()
+    again = fleet(profile, fleet_hosts.address, results, "--out", "kill", "--runs", "3")
+    rerun_s = time.monotonic() - t0
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    doc2 = fleet_doc(results, "kill")
+    a2, b2 = doc2["hosts"]["a"], doc2["hosts"]["b"]
+    assert (a2["runs_seeded"], a2["runs_shipped"], a2["runs_done"]) == (3, 0, 3)  # a ran nothing again
+    assert (b2["runs_seeded"], b2["runs_shipped"]) == (b["runs_done"], len(b["missing_runs"]))
+    assert (b2["status"], b2["runs_done"], b2["missing_runs"]) == ("ok", 3, [])
+    after = run_files(b_study)
+    assert {k: after[k] for k in kept} == kept  # the runs kept from before are the same files
+    print(f"\nkill test: b kept {b['runs_done']} of 3 runs, missing {len(b['missing_runs'])}; "
+          f"rerun {rerun_s:.1f} s (b ran {b2['runs_shipped']} run(s), a none)")
+
+
+def test_a_host_on_another_harness_commit_is_refused_with_the_difference(tmp_path):
+    why = fleet_unavailable()
+    if why:
+        pytest.skip(f"fleet test cluster: {why}")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.name=fleet test", "-c", "user.email=fleet@test",
+                    "commit", "-q", "--allow-empty", "-m", "one more commit"], check=True)
+    theirs = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    ours = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results = tmp_path / "results"
+    with fleet_cluster(["a", "b"], roots={"b": clone}) as cluster:
+        proc = fleet(fleet_profile(tmp_path), cluster.address, results, "--out", "refused")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"harness commit {theirs} on b vs {ours} on a" in proc.stderr
+    assert "--allow-mismatch" in proc.stderr
+    assert not (results / "fleet-refused" / "hosts").exists()  # refused before anything ran
