@@ -131,7 +131,7 @@ def _bench(loaded, plan, runs, models, langs, suites, no_progress):
 
     runtime = create_runtime(loaded.profile)
     store = Store(loaded.profile.study)
-    print(f"bench: {plan.run_count} runs in {len(plan.cells)} configs → {store.root}")
+    print(_bench_header(plan, store.root))
     started = manifest.utc_now()
     from bench.study.runner import run_matrix
 
@@ -268,9 +268,10 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
     print(f"  expected runs from the noise per config: {cv.get('source')}; times from the profile's speed hints")
 
 
-def _print_search_runs(plan) -> None:
-    """The capacity search's worst case: per search (model, language, settings) the most probe points
-    it can run times each point's most runs, against stepping every agent count."""
+def _search_runs(plan) -> dict | None:
+    """The capacity search's runs (None without a search): per search (model, language, settings) the
+    most probe points it can run times each point's most runs (`worst`), against stepping every agent
+    count (`linear`); its fewest (`least`: N = 1 fails at its first stop); the plan's runs outside it."""
     from bench.study.capacity_search import worst_case_probes
 
     searches: dict[tuple, list] = {}
@@ -278,13 +279,38 @@ def _print_search_runs(plan) -> None:
         if cell.search is not None:
             searches.setdefault((cell.model.name, cell.lang, cell.settings_tag), []).append(cell)
     if not searches:
-        return
-    worst = sum(worst_case_probes(c[0].search.max_agents) * max(x.max_runs for x in c) for c in searches.values())
-    linear = sum(x.max_runs for c in searches.values() for x in c)
-    bound = {c[0].search.max_agents for c in searches.values()}
-    print(f"capacity search: {len(searches)} search(es) over 1..{'/'.join(map(str, sorted(bound)))} agents, "
-          f"at most {worst} runs in the worst case (worst-case probe points × max runs per point); "
-          f"stepping every agent count would take up to {linear}")
+        return None
+    return {"searches": len(searches), "bounds": sorted({c[0].search.max_agents for c in searches.values()}),
+            "worst": sum(worst_case_probes(c[0].search.max_agents) * max(x.max_runs for x in c)
+                         for c in searches.values()),
+            "linear": sum(x.max_runs for c in searches.values() for x in c),
+            "least": sum(min(x.runs for x in c) for c in searches.values()),
+            "other_runs": sum(1 for i in plan.items if i.cell.search is None),
+            "other_configs": sum(1 for c in plan.cells if c.search is None)}
+
+
+def _search_text(runs: dict) -> str:
+    return (f"{runs['searches']} search(es) over 1..{'/'.join(map(str, runs['bounds']))} agents, at most "
+            f"{runs['worst']} runs in the worst case (worst-case probe points × max runs per point)")
+
+
+def _print_search_runs(plan) -> None:
+    """The capacity search's worst case against stepping every agent count (_search_runs)."""
+    runs = _search_runs(plan)
+    if runs:
+        print(f"capacity search: {_search_text(runs)}; stepping every agent count would take up to {runs['linear']}")
+
+
+def _bench_header(plan, root) -> str:
+    """The line `bench` starts with: the plan's runs (an adaptive plan's: its minimum), and a capacity
+    search counted as `plan` counts it (its worst case), not as every agent count's runs."""
+    least = " at the minimum" if plan.adaptive else ""
+    runs = _search_runs(plan)
+    if runs is None:
+        return f"bench: {plan.run_count} runs{least} in {len(plan.cells)} configs → {root}"
+    others = (f"{runs['other_runs']} runs{least} in {runs['other_configs']} configs, plus "
+              if runs["other_configs"] else "")
+    return f"bench: {others}the capacity search: {_search_text(runs)}, at least {runs['least']} → {root}"
 
 
 def _noise_hints(profile, store) -> dict:

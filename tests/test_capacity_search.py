@@ -263,6 +263,61 @@ def test_a_capacity_search_on_two_one_slot_llama_servers(tmp_path):
     assert "OK: no problems" in proc.stdout and "skipped on purpose" in proc.stdout
 
 
+@pytest.mark.ollama
+def test_a_capacity_search_on_native_ollama(tmp_path):
+    """The same search on two native `ollama serve` instances (profile smoke: Ollama's API, one slot
+    each), SmolLM2 only, three fixed runs a point, an objective every call meets and a 15 % target
+    at 90 % (N = 1's two calls a run show 20.7 % over three runs): the search probes 1, 2, 4, never
+    runs 3, finds capacity 4, logs the level its verdicts read (a fixed point: one look, the SLO's
+    90 %), and the report, findings.json and validate agree. Ollama's evidence is /api/ps, no queue:
+    every run's engine block lists the model loaded, and engine.jsonl the context it was loaded with."""
+    def mutate(d):
+        d["models"] = [{"name": "smollm2-135m", "source": "gguf", "baseline": True}]
+        d["single"]["enabled"] = False
+        d["steps"] = {"enabled": True, "search": {"max_agents": 4}, "runs": 3}
+        d["slo"] = {"ttft_ms": 60000, "decode_tps": 0.01, "e2e_ms": 120000, "goodput_target": 0.15,
+                    "confidence": 0.90}
+        d["instrument"]["drift_probes"] = False
+
+    p = str(smoke_variant(tmp_path, mutate, base="smoke"))
+    results = tmp_path / "results"
+    try:
+        proc = invoke("up", "--profile", p, "bench", "--profile", p, "--no-progress", "report", "--profile", p,
+                      "validate", "--profile", p, results=results)
+    finally:
+        invoke("down", "--profile", p, results=results)
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
+    # the header counts the search as `plan` does: 4 probe points at most (1, 2, 4, then 3) × 3 runs
+    assert "bench: the capacity search: 1 search(es) over 1..4 agents, at most 12 runs" in proc.stdout
+    study = results / "test"
+    cells = "steps/python/smollm2-135m/agents_{}_gpu0_ctx1024_temp10"
+    for n in (1, 2, 4):
+        assert len(list((study / cells.format(n)).glob("run_*/metrics.json"))) == 3
+    assert not (study / cells.format(3)).exists()
+    stops = {e["cell"]: e for e in map(json.loads, (study / "sampling.jsonl").read_text().splitlines())}
+    assert stops[cells.format(3)]["reason"] == NOT_PROBED
+    assert [stops[cells.format(n)]["reason"] for n in (1, 2, 4)] == ["fixed runs"] * 3
+    logged = [stops[cells.format(n)]["search"] for n in (1, 2, 4)]
+    assert [e["verdict"] for e in logged] == [MEETS] * 3 and all(e["goodput"] == 1.0 for e in logged)
+    assert {(e["confidence"], e["looks"], e["overall_confidence"]) for e in logged} == {(0.9, 1, 0.9)}
+    (search,) = json.loads((study / "tables" / "findings.json").read_text())["capacity_search"]
+    assert search["capacity"] == 4 and [pt["n"] for pt in search["probes"]] == [1, 2, 4] and search["runs"] == 9
+    assert search["interval"]["low"] >= 0.15 and search["interval_label"] == "verdict interval at 90 %"
+    for n in (1, 2, 4):
+        for run in (study / cells.format(n)).glob("run_*/metrics.json"):
+            block = json.loads(run.read_text())["engine"]
+            assert block["engine"] == "ollama" and block["available"] and not block["queue_metric"], block
+            assert [m.split(":")[0] for m in block["models_loaded"]] == ["smollm2-135m"]
+            assert block["deferred_max"] is None and block["note"]
+        samples = [json.loads(x) for x in (study / cells.format(n) / "engine.jsonl").read_text().splitlines()]
+        assert {s["run_index"] for s in samples} == {1, 2, 3} and all(s["ok"] for s in samples)
+        assert {m["context_length"] for s in samples for m in s["models"]} == {1024}  # the config's ctx
+    report = (study / "Technical_Report_116.md").read_text()
+    assert "capacity 4 agents" in report and "(verdict interval at 90 %)" in report
+    assert f"**{cells.format(4)}** (ollama): no queue metric" in report
+    assert "OK: no problems" in proc.stdout and "skipped on purpose" in proc.stdout
+
+
 # ---- the finding (bench/analysis/findings.py search_capacity) -----------------------------------
 
 
@@ -318,7 +373,8 @@ def test_the_finding_replays_the_logged_search_and_names_the_cause_at_the_first_
     assert "![Capacity search: goodput vs agents](plots/capacity.png)" in md
     assert f"TTFT ≤ {profile.slo.ttft_ms:g} ms" in md
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| smollm2")]
-    assert [r[3:] for r in rows][-1] == ["7", "6", "3", "90.0 % [85.0 %, 96.0 %]", "not shown"]  # N, order, runs
+    assert [r[3:] for r in rows][-1] == ["7", "6", "3", "90.0 % [85.0 %, 96.0 %]", "not shown",  # N, order, runs
+                                         "verdict interval (its level was not logged)"]  # this log has no level
     # an interrupted search (its last point not logged yet) says so instead of a capacity
     del stops[by_n[7]]
     (short,) = findings.search_capacity(results, (0.85, 2.0))
@@ -445,3 +501,81 @@ def test_looking_after_every_run_keeps_the_verdicts_error_only_with_the_bonferro
     wrong, wrong_naive = split.count(MEETS) / trials, naive.count(MEETS) / trials
     assert wrong <= alpha + margin
     assert wrong_naive > alpha
+
+
+# ---- which interval is shown where: the verdict's (Bonferroni-split) against goodput.csv's plain one ----
+
+
+def test_the_capacity_line_plot_and_points_show_the_verdict_interval_and_the_goodput_table_its_plain_one(tmp_path):
+    """The search's verdicts read each look's interval at look_confidence; the goodput table's is at the
+    SLO's confidence. The scheduler states the level it read, the runner logs it, and the finding, its
+    line, the plot's band and the points table name it; the goodput table names its own level."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bench.analysis import findings
+    from bench.config.plan import build_plan
+    from bench.config.profile import load_profile
+    from bench.report import plots, report_sections, templating
+
+    sched = Scheduler(search_cells(4, LOOKING), seed=6)  # min 3, max 8 runs: six looks
+    assert sched.verdict_level("m/python/agents_1") == (pytest.approx(1 - 0.05 / 6), 6)
+    assert Scheduler(search_cells(1), seed=7).verdict_level("m/python/agents_1") == (0.95, 1)  # fixed: one look
+
+    def searched(d):
+        d["single"]["enabled"] = False
+        d["steps"] = {"enabled": True, "search": {"max_agents": 2}, "runs": 3, "models": ["smollm2-135m"]}
+
+    profile = load_profile(smoke_variant(tmp_path, searched)).profile
+    cells = [c for c in build_plan(profile).cells if c.suite == "steps"]
+    level = {"confidence": 1 - 0.05 / 10, "looks": 10, "overall_confidence": 0.95}  # as the runner logs it
+    stops = {c.key: {"reason": "target met", "n": 12, "search": {"n": len(c.agents), "goodput": 0.99, "low": 0.96,
+                                                                 "high": 1.0, "verdict": MEETS, "target": 0.9, **level}}
+             for c in cells}
+    runs = pd.DataFrame([{"cell": c.key, "run": 1, "server_settings": "np1"} for c in cells])
+    results = SimpleNamespace(cells=cells, stops=stops, runs=runs, derived={"steps": pd.DataFrame()})
+    (found,) = findings.search_capacity(results, (0.85, 2.0))
+    label = "verdict interval at 99.5 % (95 % Bonferroni-split over 10 looks)"
+    assert found["verdict_level"] == level and found["interval_label"] == label
+    assert "goodput 99.0 % [96.0 %, 100.0 %] (verdict interval at 99.5 % (95 % Bonferroni-split" in found["finding"]
+    section = report_sections.capacity_search(SimpleNamespace(results=SimpleNamespace(
+        findings={"capacity_search": [found]}), profile=profile))
+    md = templating.render("_capacity.md.j2", plots={}, **section)
+    assert "goodput [verdict interval]" in md and f"| {label} |" in md
+    svg = plots.plot_capacity([found], tmp_path / "capacity.svg").read_text()  # matplotlib keeps the text in SVG
+    assert "Bonferroni-split over 10 looks" in svg
+    # a log written before the level was logged: the line says so rather than pass it off as another level
+    for entry in stops.values():
+        for k in level:
+            del entry["search"][k]
+    (old,) = findings.search_capacity(results, (0.85, 2.0))
+    assert old["interval_label"] == "verdict interval (its level was not logged)"
+    table = report_sections.goodput_table(pd.DataFrame([{
+        "cell": cells[0].key, "ran_as": "", "runs": 3, "failed_attempts": 0, "calls": 6, "calls_met": 6,
+        "goodput_pct": 100.0, "goodput_ci_low": 20.7, "goodput_ci_high": 100.0, "confidence": 0.9,
+        "design_effect": 1.0, "agent_goodput_pct": 100.0, "slo_ttft_pct": 100.0, "slo_decode_pct": 100.0,
+        "slo_e2e_pct": 100.0, "breaks_first": "none"}]), 0.9)
+    assert "goodput (% of calls) [interval at 90 %]" in table.splitlines()[0]
+
+
+# ---- the bench header counts the search as `plan` does ------------------------------------------
+
+
+def test_the_bench_header_counts_the_search_by_its_worst_case_as_plan_does(tmp_path):
+    """Before: 'bench: 26 runs in 10 configs', every searched count's runs as if all ran. Now the
+    runs outside the search and the search's worst case, the figure `invoke plan` prints."""
+    import tasks
+    from bench.config.plan import build_plan
+    from bench.config.profile import load_profile
+
+    def searched(d):
+        d["steps"] = {"enabled": True, "search": {"max_agents": 8}, "runs": 3, "models": ["smollm2-135m"]}
+
+    plan = build_plan(load_profile(smoke_variant(tmp_path, searched)).profile)
+    assert (plan.run_count, len(plan.cells)) == (26, 10)  # 2 single runs + 8 counts × 3 runs
+    assert tasks._bench_header(plan, tmp_path) == (
+        f"bench: 2 runs in 2 configs, plus the capacity search: 1 search(es) over 1..8 agents, at most 18 runs in "
+        f"the worst case (worst-case probe points × max runs per point), at least 3 → {tmp_path}")
+    unsearched = build_plan(load_profile(smoke_variant(tmp_path, lambda d: None, name="plain.yaml")).profile)
+    assert tasks._bench_header(unsearched, tmp_path) == f"bench: 2 runs in 2 configs → {tmp_path}"

@@ -207,3 +207,80 @@ def test_ollama_ps_shows_the_loaded_model(ollama_runtime):
     assert block["n_samples"] >= 1 and block["n_gaps"] == 0, block["gap_reasons"]
     assert model in " ".join(block["models_loaded"]) and block["vram_bytes_max"] is not None
     assert not block["queue_metric"] and block["deferred_max"] is None
+
+
+# ---- the engine figures are registered metrics (bench/core/metrics.py) ----------------------------
+
+ENGINE_FIGURES = ("deferred_max", "deferred_mean", "deferred_s", "slots_busy_max", "kv_cache_usage_max",
+                  "slot_ctx_fill", "runs_with_deferred", "deferred_s_mean")
+
+
+def test_the_engine_figures_are_registered_metrics_the_methodology_and_the_engine_table_read():
+    """Each figure of the engine block and of the report's engine table is defined once in the metric
+    registry, formula first, and computes what the block holds (the hand-worked ticks above); the
+    methodology lists the engine level, and the engine table heads its columns with the registry's labels."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from bench.report import report_sections
+
+    defined = {d.name: d for d in metrics.definitions("engine")}
+    assert set(ENGINE_FIGURES) <= set(defined)
+    assert all("=" in defined[n].formula and defined[n].description and defined[n].label for n in ENGINE_FIGURES)
+    # ticks at 10.0, 10.3, 10.8 s with 0, 3, 1 deferred (test_the_summary_of_hand_worked_ticks)
+    assert metrics.deferred_s([0, 3, 1], [10.0, 10.3, 10.8], 0.25) == pytest.approx(0.5 + 0.25)
+    assert metrics.deferred_mean([0, 3, 1]) == pytest.approx(4 / 3) and metrics.deferred_max([0, 3, 1]) == 3
+    assert metrics.slot_ctx_fill(58, 24, 512) == pytest.approx(82 / 512)
+    assert metrics.runs_with_deferred([2, 0, None]) == 1 and metrics.deferred_s_mean([0.5, None, 0.0]) == 0.25
+    assert "engine" in dict(report_sections.methodology(None)["metric_levels"])  # the methodology's tables
+    row = {"cell": "steps/python/m/agents_2", "suite": "steps", "engine": "llama.cpp", "queue_metric": True,
+           "runs_sampled": 3, "runs_with_deferred": 2, "deferred_max": 2, "deferred_s_mean": 0.7,
+           "slots_busy_max": 2, "slots_total": 2, "kv_cache_usage_max": None, "slot_ctx_fill_max": 0.2,
+           "models_loaded": "", "samples": 30, "gaps": 0, "interval_s": 0.25,
+           "ttft_unaccounted_ms_shared_median": 900.0, "ttft_unaccounted_ms_shared_max": 2000.0,
+           "ttft_unaccounted_ms_alone_median": 20.0}
+    out = SimpleNamespace(results=SimpleNamespace(engine=pd.DataFrame([row])))
+    with pytest.MonkeyPatch.context() as mp:  # a label changed in the registry changes the table's heading
+        mp.setitem(metrics._REGISTRY, "deferred_s_mean",
+                   replace(metrics.definition("deferred_s_mean"), label="seconds deferred, mean per run"))
+        head = report_sections.engine_evidence(out)["engine_table"].splitlines()[0]
+    for name in ("runs_with_deferred", "deferred_max", "slots_busy_max", "kv_cache_usage_max", "slot_ctx_fill"):
+        assert metrics.heading(name) in head
+    assert "seconds deferred, mean per run" in head
+    with pytest.raises(KeyError, match="no metric 'queue_depth'"):
+        metrics.definition("queue_depth")
+
+
+# ---- which runs are sampled ------------------------------------------------------------------------
+
+
+def test_a_single_suite_run_is_not_sampled_and_a_multi_run_is(tmp_path, results_dir):
+    """The single suite's timings are the study's baseline and one agent has no queue to show: no
+    poller runs beside it (no thread, no block, no engine.jsonl), while a multi run keeps its block."""
+    from bench.config.plan import build_plan
+    from bench.config.profile import load_profile
+    from bench.core.store import Store
+    from bench.runtimes import create_runtime
+    from bench.study.runner import run_matrix
+
+    with FakeOllama(token_s=0.02) as a, FakeOllama(token_s=0.02) as b:
+        def single_and_multi(d):
+            d["runtime"] = {"kind": "external", "endpoints": [{"name": "a", "url": a.url, "api": "ollama"},
+                                                              {"name": "b", "url": b.url, "api": "ollama"}]}
+            d["models"] = [{"name": "gemma3:latest", "baseline": True}]
+            d["multi"].update(enabled=True, scenarios=["chimera_homo"])
+        loaded = load_profile(smoke_variant(tmp_path, single_and_multi))
+        plan = build_plan(loaded.profile)
+        store = Store("test")
+        assert run_matrix(loaded, plan, create_runtime(loaded.profile), store, progress=False).done == 2
+    by_suite = {c.suite: c for c in plan.cells}
+    (single,) = store.iter_runs(by_suite["single"].rel_dir)
+    assert single.doc.engine is None and "engine" not in json.loads(single.path.read_text())
+    assert not (store.path(by_suite["single"].rel_dir) / es.ENGINE_LOG).exists()
+    (multi,) = store.iter_runs(by_suite["multi"].rel_dir)
+    assert multi.doc.engine["n_samples"] >= 2 and (store.path(by_suite["multi"].rel_dir) / es.ENGINE_LOG).is_file()
+    monitor = es.EngineMonitor(store, "ollama", {"a": f"http://127.0.0.1:{free_port()}"})
+    with monitor.sample("single") as none:  # no thread at all
+        assert none is None
+    with monitor.sample("steps") as sampler:
+        assert sampler._thread.is_alive()

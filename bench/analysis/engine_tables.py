@@ -2,7 +2,7 @@
 beside the queue time the client saw but the engine did not count: `ttft_unaccounted_ms` of the
 calls, as the requests frame has it (bench/analysis/tables.py request_rows), over the calls that
 ran with others (phase `together`; the single suite's own calls) and, for contrast, the calls that
-ran alone (phase `alone`)."""
+ran alone (phase `alone`). The per-config figures are the engine metrics of bench/core/metrics.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from bench.core import metrics
 from bench.core.store import StoredRun
 
 # the calls that shared the engine with others, and the ones that had it to themselves
@@ -25,12 +26,11 @@ def _max(values: list) -> float | None:
 def _config_row(blocks: list[dict]) -> dict:
     """One config's engine evidence over its runs' blocks."""
     queued = [b for b in blocks if b.get("queue_metric")]
-    deferred_s = [b["deferred_s"] for b in queued if b.get("deferred_s") is not None]
     return {"engine": blocks[0]["engine"], "interval_s": blocks[0].get("interval_s"),
             "queue_metric": bool(queued), "runs_sampled": len(blocks),
-            "runs_with_deferred": sum(1 for b in queued if (b.get("deferred_max") or 0) >= 1),
+            "runs_with_deferred": metrics.runs_with_deferred(b.get("deferred_max") for b in queued),
             "deferred_max": _max([b.get("deferred_max") for b in queued]),
-            "deferred_s_mean": sum(deferred_s) / len(deferred_s) if deferred_s else None,
+            "deferred_s_mean": metrics.deferred_s_mean(b.get("deferred_s") for b in queued),
             "processing_max": _max([b.get("processing_max") for b in queued]),
             "slots_busy_max": _max([b.get("slots_busy_max") for b in queued]),
             "slots_total": _max([b.get("slots_total") for b in queued]),

@@ -221,9 +221,10 @@ def capacity(steps: pd.DataFrame, min_tps_ratio: float, max_ttft_inflation: floa
     return out
 
 
-def _search_probes(cells, stops: dict[str, dict]) -> tuple[CapacitySearch, dict[int, str]] | None:
+def _search_probes(cells, stops: dict[str, dict]) -> tuple[CapacitySearch, dict[int, str], dict | None] | None:
     """One search's probes replayed, in the order it asked for them, from the points the runner logged
-    (sampling.jsonl `search`); with the config key of each agent count. None: no point was logged."""
+    (sampling.jsonl `search`); with the config key of each agent count and the level of the intervals
+    its verdicts read. None: no point was logged."""
     by_n = {len(c.agents): c.key for c in cells}
     logged = {n: stops[key]["search"] for n, key in by_n.items() if (stops.get(key) or {}).get("search")}
     if not logged:
@@ -232,11 +233,33 @@ def _search_probes(cells, stops: dict[str, dict]) -> tuple[CapacitySearch, dict[
     while (n := search.next_n()) in logged:
         p = logged[n]
         search.observe(n, p["goodput"], p["low"], p["high"])
-    return search, by_n
+    return search, by_n, _verdict_level(logged)
 
 
-def _search_line(search: CapacitySearch, where: dict, steps: pd.DataFrame, contention: tuple[float, float]) -> str:
-    """'capacity N agents at <settings>, goodput [CI] (target); the cause at N + 1; the probe points'."""
+def _verdict_level(logged: dict[int, dict]) -> dict | None:
+    """The level of the intervals a search's verdicts read (the runner logs it with each point: every
+    point of a search shares its suite's runs, so one level): {confidence, looks, overall_confidence};
+    None in a log written before the runner logged it."""
+    entry = next((p for p in logged.values() if p.get("confidence") is not None), None)
+    if entry is None:
+        return None
+    return {k: entry.get(k) for k in ("confidence", "looks", "overall_confidence")}
+
+
+def verdict_interval_label(level: dict | None) -> str:
+    """How the report names the interval a search's verdict read: not the goodput table's plain
+    interval at the SLO's confidence, but each look's, Bonferroni-split over the looks a point can take."""
+    if level is None:
+        return "verdict interval (its level was not logged)"
+    text = f"verdict interval at {100 * level['confidence']:.4g} %"
+    if (level.get("looks") or 1) > 1 and level.get("overall_confidence") is not None:
+        text += f" ({100 * level['overall_confidence']:.4g} % Bonferroni-split over {level['looks']} looks)"
+    return text
+
+
+def _search_line(search: CapacitySearch, where: dict, steps: pd.DataFrame, contention: tuple[float, float],
+                 level: dict | None = None) -> str:
+    """'capacity N agents at <settings>, goodput [CI] (its level) ≥ target; the cause at N + 1; the probe points'."""
     label = f"{where['model']} ({where['lang']}; {where['server_settings'] or 'pinned settings'})"
     if not search.done:
         return f"{label}: the capacity search did not finish (N = {search.next_n()} not probed yet)"
@@ -245,8 +268,8 @@ def _search_line(search: CapacitySearch, where: dict, steps: pd.DataFrame, conte
     if res.capacity:
         iv = res.interval
         text = (f"{label}: capacity {res.capacity} agent{'s' if res.capacity != 1 else ''}, goodput "
-                f"{fmt.pct(iv.goodput * 100)} [{fmt.pct(iv.low * 100)}, {fmt.pct(iv.high * 100)}] ≥ target "
-                f"{fmt.pct(res.target * 100, 0)}")
+                f"{fmt.pct(iv.goodput * 100)} [{fmt.pct(iv.low * 100)}, {fmt.pct(iv.high * 100)}] "
+                f"({verdict_interval_label(level)}) ≥ target {fmt.pct(res.target * 100, 0)}")
     else:
         text = f"{label}: capacity 0: one agent alone is not shown to meet the SLO"
     bad = res.first_failing
@@ -282,7 +305,7 @@ def search_capacity(results, contention: tuple[float, float]) -> list[dict]:
         replay = _search_probes(cells, results.stops)
         if replay is None:
             continue
-        search, by_n = replay
+        search, by_n, level = replay
         probed = runs[runs["cell"].isin([by_n[p.n] for p in search.probes])] if not runs.empty else runs
         labels = probed["server_settings"].dropna() if "server_settings" in probed else pd.Series(dtype=str)
         where = {"model": model, "lang": lang, "server_settings": labels.iloc[0] if len(labels) else None}
@@ -291,13 +314,15 @@ def search_capacity(results, contention: tuple[float, float]) -> list[dict]:
         ran = {p.n: int(results.stops[by_n[p.n]]["n"]) for p in search.probes}
         out.append({**where, "done": search.done, "capacity": res.capacity if res else None,
                     "max_agents": search.max_agents, "target": search.target,
+                    # the level of every interval below: the verdict's, not the goodput table's plain one
+                    "verdict_level": level, "interval_label": verdict_interval_label(level),
                     "interval": _probe_json(res.interval) if res and res.interval else None,
                     "first_failing": _probe_json(res.first_failing) if res and res.first_failing else None,
                     "probes": [{**_probe_json(p), "runs": ran[p.n]} for p in search.probes],
                     "runs": sum(ran.values()), "worst_case_probes": worst_case_probes(search.max_agents),
                     # the linear steps to the same answer: every count from 1 to the first failing one
                     "linear_points": min(res.capacity + 1, search.max_agents) if res else None,
-                    "finding": _search_line(search, where, steps, contention)})
+                    "finding": _search_line(search, where, steps, contention, level)})
     return out
 
 

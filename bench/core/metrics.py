@@ -27,18 +27,19 @@ class MetricDefinition:
     level: str  # "request", "run" or "multi"
     formula: str
     description: str
+    label: str | None = None  # how a table heads it, with its unit (where a table shows it)
 
 
 _REGISTRY: dict[str, MetricDefinition] = {}
 
 
-def metric(name: str, unit: str, level: str) -> Callable[[Callable], Callable]:
+def metric(name: str, unit: str, level: str, label: str | None = None) -> Callable[[Callable], Callable]:
     """Register a metric function; its docstring's first line is the formula."""
 
     def register(fn: Callable) -> Callable:
         doc = inspect.cleandoc(fn.__doc__ or "")
         formula, _, rest = doc.partition("\n")
-        _REGISTRY[name] = MetricDefinition(name, unit, level, formula.strip(), " ".join(rest.split()))
+        _REGISTRY[name] = MetricDefinition(name, unit, level, formula.strip(), " ".join(rest.split()), label)
         return fn
 
     return register
@@ -47,6 +48,19 @@ def metric(name: str, unit: str, level: str) -> Callable[[Callable], Callable]:
 def definitions(level: str | None = None) -> list[MetricDefinition]:
     """The registered metric definitions, in definition order (optionally one level)."""
     return [d for d in _REGISTRY.values() if level is None or d.level == level]
+
+
+def definition(name: str) -> MetricDefinition:
+    """One registered metric's definition; an unregistered name is a clear error."""
+    if name not in _REGISTRY:
+        raise KeyError(f"no metric {name!r} is registered in bench/core/metrics.py")
+    return _REGISTRY[name]
+
+
+def heading(name: str) -> str:
+    """How a table heads a registered metric: its label (its name where it has none)."""
+    d = definition(name)
+    return d.label or d.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,6 +438,95 @@ def legacy_contention(speedup_value: float, threshold: float = 1.5) -> bool:
     the original applied it to its finish-time ratio, not to a true speedup.
     """
     return speedup_value < threshold
+
+
+# --------------------------------------------------------------------------------------------
+# The engine's own queue, polled during each multi-agent and agent-count run
+# (bench/study/engine_sampler.py). A tick is one poll of every instance; over the instances that
+# answered it, deferred(t) = Σ llamacpp:requests_deferred (requests waiting for a free slot) and
+# busy(t) = Σ #(slots with is_processing). Ollama exposes no queue: these are null for it.
+# --------------------------------------------------------------------------------------------
+
+
+@metric("deferred_max", "requests", "engine", "most deferred")
+def deferred_max(deferred: Sequence[int]) -> int | None:
+    """deferred_max = max over the run's answered ticks of deferred(t)
+
+    The most requests the engine held waiting for a slot at one moment of the run. Null without an
+    answered tick.
+    """
+    return max(deferred) if len(deferred) else None
+
+
+@metric("deferred_mean", "requests", "engine", "mean deferred per tick")
+def deferred_mean(deferred: Sequence[int]) -> float | None:
+    """deferred_mean = Σ deferred(t) / #(answered ticks)
+
+    How many requests waited for a slot on average over the run's polls. Null without an answered tick.
+    """
+    return sum(deferred) / len(deferred) if len(deferred) else None
+
+
+@metric("deferred_s", "s", "engine", "time with a deferred request (s)")
+def deferred_s(deferred: Sequence[int], tick_starts_s: Sequence[float], interval_s: float) -> float | None:
+    """deferred_s = Σ over answered ticks with deferred(t) ≥ 1 of (t_next − t), the last tick counting the poll interval
+
+    How long at least one request waited for a slot: each answered tick stands for the time until
+    the next answered one. Null without an answered tick.
+    """
+    if not len(deferred):
+        return None
+    spans = [b - a for a, b in zip(tick_starts_s, tick_starts_s[1:])] + [interval_s]
+    return sum(dt for d, dt in zip(deferred, spans) if d >= 1)
+
+
+@metric("slots_busy_max", "slots", "engine", "busy slots (max)")
+def slots_busy_max(busy: Sequence[int]) -> int | None:
+    """slots_busy_max = max over the run's answered ticks of busy(t)
+
+    The most slots decoding at once, from llama-server's /slots. Null without an answered tick.
+    """
+    return max(busy) if len(busy) else None
+
+
+@metric("kv_cache_usage_max", "ratio", "engine", "KV cache use (max)")
+def kv_cache_usage_max(ratios: Iterable[float | None]) -> float | None:
+    """kv_cache_usage_max = max over the run's answered polls of llamacpp:kv_cache_usage_ratio
+
+    The fullest the engine's KV cache was. Null where the build does not export the ratio (the
+    busy slots' context fill, slot_ctx_fill, stands in).
+    """
+    known = [r for r in ratios if r is not None]
+    return max(known) if known else None
+
+
+@metric("slot_ctx_fill", "ratio", "engine", "slot context fill (max)")
+def slot_ctx_fill(n_prompt_tokens: int, n_decoded: int, n_ctx: int) -> float | None:
+    """slot_ctx_fill = (n_prompt_tokens + n_decoded) / n_ctx of a busy slot (/slots)
+
+    How much of its context a busy slot was using; the run's block keeps the largest over its
+    slots and ticks (slot_ctx_fill_max). Null without a positive n_ctx.
+    """
+    return (n_prompt_tokens + n_decoded) / n_ctx if n_ctx > 0 else None
+
+
+@metric("runs_with_deferred", "runs", "engine", "runs with deferred")
+def runs_with_deferred(run_deferred_max: Iterable[int | None]) -> int:
+    """runs_with_deferred = #(a config's runs with deferred_max ≥ 1)
+
+    In how many of a config's sampled runs the engine made a request wait for a slot.
+    """
+    return sum(1 for d in run_deferred_max if (d or 0) >= 1)
+
+
+@metric("deferred_s_mean", "s", "engine", "deferred s per run")
+def deferred_s_mean(run_deferred_s: Iterable[float | None]) -> float | None:
+    """deferred_s_mean = Σ deferred_s / #(runs with deferred_s), over a config's runs
+
+    The mean time per run that a request waited for a slot. Null when no run has a queue metric.
+    """
+    known = [d for d in run_deferred_s if d is not None]
+    return sum(known) / len(known) if known else None
 
 
 # --------------------------------------------------------------------------------------------

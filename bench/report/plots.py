@@ -3,8 +3,8 @@
 Every figure is drawn from the configs table (means and t-based 95 % CIs), like the report's
 tables: throughput and TTFT by model with CI bars, multi-agent speedup by scenario, and the
 power/throughput frontier when power data exists. The capacity figure is drawn from the capacity
-search's finding (bench/analysis/findings.py search_capacity): the goodput interval of each point
-it probed.
+search's finding (bench/analysis/findings.py search_capacity): the interval each probed point's
+verdict read (at its Bonferroni-split level, which the legend states).
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def plot_frontier(frontier: pd.DataFrame, path: Path) -> Path | None:
 
 def plot_capacity(searches: list[dict], path: Path) -> Path | None:
     """Goodput against the agent count, one panel per capacity search: each probed point's goodput
-    with its interval as a band, the SLO's goodput target as a dashed line, the capacity found marked."""
+    with the interval its verdict read as a band (labelled with that interval's level), the SLO's
+    goodput target as a dashed line, the capacity found marked."""
     searches = [s for s in searches if s["probes"]]
     if not searches:
         return None
@@ -110,8 +111,9 @@ def plot_capacity(searches: list[dict], path: Path) -> Path | None:
     for ax, s in zip(axes[0], searches):
         pts = sorted((p for p in s["probes"] if p["goodput"] is not None), key=lambda p: p["n"])
         n = [p["n"] for p in pts]
+        # the interval the search's verdict read (findings.verdict_interval_label), not goodput.csv's plain one
         ax.fill_between(n, [100 * p["low"] for p in pts], [100 * p["high"] for p in pts], alpha=0.25,
-                        label="goodput interval")
+                        label=s.get("interval_label") or "verdict interval")
         ax.plot(n, [100 * p["goodput"] for p in pts], marker="o", label="goodput (probed points)")
         ax.axhline(100 * s["target"], color="grey", linestyle="--", linewidth=0.8,
                    label=f"SLO target {100 * s['target']:.0f} %")
@@ -125,8 +127,8 @@ def plot_capacity(searches: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metrics.label("goodput_pct", "steps"))
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Capacity search: goodput vs agents\nband: the goodput interval · counts the search skipped are "
-                 "left out", fontsize=10)
+    fig.suptitle("Capacity search: goodput vs agents\nband: the interval each verdict read (its level in the "
+                 "legend) · counts the search skipped are left out", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

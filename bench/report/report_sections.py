@@ -451,7 +451,8 @@ def methodology(out: StudyOutputs) -> dict:
     return {
         "metric_levels": [("request", "Per request"), ("run", "Per agent run (single suite)"),
                           ("multi", "Multi-agent run"), ("steps", "Agent-count step"),
-                          ("power", "Power (GPU hosts, NVML)")],
+                          ("power", "Power (GPU hosts, NVML)"),
+                          ("engine", "The engine's own queue (polled during multi-agent and agent-count runs)")],
         "definitions": metrics.definitions, "derived_definitions": DERIVED_DEFINITIONS,
         "outlier_metrics": {suite: metrics.outlier_metrics(suite) for suite in metrics.SUITES},
         "method": methodology_texts(),
@@ -641,9 +642,10 @@ def capacity_search(out: StudyOutputs) -> dict:
         "capacity_search": searches, "slo": out.profile.slo,
         "capacity_points": md_table([{"model": s["model"], "client": s["lang"], "settings": s["server_settings"] or "–",
                                       "agents": p["n"], "order": i + 1, "runs": p["runs"],
-                                      "goodput [interval]": "–" if p["goodput"] is None else
+                                      "goodput [verdict interval]": "–" if p["goodput"] is None else
                                       f"{fmt.pct(100 * p['goodput'])} [{fmt.pct(100 * p['low'])}, "
-                                      f"{fmt.pct(100 * p['high'])}]", "verdict": p["verdict"]}
+                                      f"{fmt.pct(100 * p['high'])}]", "verdict": p["verdict"],
+                                      "interval": s.get("interval_label") or "–"}
                                      for s in searches for i, p in enumerate(s["probes"])]),
     }
 
@@ -654,8 +656,9 @@ SECTIONS += (capacity_search,)
 # ---- goodput against the SLO and the reconciliation gate (bench/analysis/goodput.py, validity.py) ------------
 
 
-def goodput_table(tab: pd.DataFrame) -> str | None:
-    """Per config: goodput [interval], agent goodput, attainment per objective, what breaks first."""
+def goodput_table(tab: pd.DataFrame, confidence: float | None) -> str | None:
+    """Per config: goodput [interval at `confidence`, the SLO's], agent goodput, attainment per
+    objective, what breaks first."""
     if tab.empty:
         return None
 
@@ -666,9 +669,11 @@ def goodput_table(tab: pd.DataFrame) -> str | None:
     def interval(r) -> str:
         return f"{fmt.pct(r['goodput_pct'])} [{fmt.pct(r['goodput_ci_low'])}, {fmt.pct(r['goodput_ci_high'])}]"
 
+    # the plain interval at the SLO's confidence: not the capacity search's verdict interval (Bonferroni-split)
+    level = f"interval at {100 * confidence:.4g} %"
     return md_table([{"config": config(r), "runs": r["runs"] if not r["failed_attempts"] else
                       f"{r['runs']} ({r['failed_attempts']} failed)", "calls met": f"{r['calls_met']} of {r['calls']}",
-                      f"{metrics.label('goodput_pct')} [interval]": interval(r),
+                      f"{metrics.label('goodput_pct')} [{level}]": interval(r),
                       "design effect": fmt.num(r["design_effect"], 2),
                       metrics.label("agent_goodput_pct"): fmt.pct(r["agent_goodput_pct"]),
                       **{metrics.label(f"slo_{o}_pct"): fmt.pct(r[f"slo_{o}_pct"]) for o in metrics.SLO_OBJECTIVES},
@@ -682,7 +687,8 @@ def goodput_and_validity(out: StudyOutputs) -> dict:
     return {
         "goodput_slo": out.profile.slo,
         "goodput_method": _first_line(stats.goodput_interval),
-        "goodput_table": goodput_table(out.results.derived.get("goodput", pd.DataFrame())),
+        "goodput_table": goodput_table(out.results.derived.get("goodput", pd.DataFrame()),
+                                       out.profile.slo.confidence if out.profile.slo else None),
         "validity_bounds": validity.load_validity().model_dump(),
         "validity_gated": validity.GATED_CALLS,
         "invalid_runs": md_table([{"config": r["cell"], "run": r["run"], "reason": r["validity_flag"]}
@@ -719,19 +725,21 @@ def _engine_line(r: pd.Series) -> str:
 def engine_evidence(out: StudyOutputs) -> dict:
     """The engine section (_engine.md.j2): per steps/multi config, the engine's queue and slots next to
     the client's unaccounted TTFT (tables of every sampled config in bench/analysis/engine_tables.py)."""
-    tab = out.results.engine
+    tab, head = out.results.engine, metrics.heading
     shared = tab[tab["suite"].isin(("multi", "steps"))] if not tab.empty else tab
     return {
         "engine_lines": [_engine_line(r) for _, r in shared.iterrows()],
         "engine_table": md_table([{"config": r["cell"], "engine": r["engine"],
-                                   "runs with deferred / sampled": f"{r['runs_with_deferred'] if r['queue_metric'] else '–'}"
-                                                                   f" / {r['runs_sampled']}",
-                                   "most deferred": fmt.num(r["deferred_max"]),
-                                   "deferred s per run": fmt.num(r["deferred_s_mean"]),
-                                   "busy slots (max / total)": f"{fmt.num(r['slots_busy_max'])} / "
-                                                               f"{fmt.num(r['slots_total'])}",
-                                   "KV cache use (max)": fmt.num(r["kv_cache_usage_max"]),
-                                   "slot context fill (max)": fmt.num(r["slot_ctx_fill_max"]),
+                                   # headings from the registry, where each is defined (bench/core/metrics.py)
+                                   f"{head('runs_with_deferred')} / sampled":
+                                       f"{r['runs_with_deferred'] if r['queue_metric'] else '–'} / "
+                                       f"{r['runs_sampled']}",
+                                   head("deferred_max"): fmt.num(r["deferred_max"]),
+                                   head("deferred_s_mean"): fmt.num(r["deferred_s_mean"]),
+                                   f"{head('slots_busy_max')} / total": f"{fmt.num(r['slots_busy_max'])} / "
+                                                                        f"{fmt.num(r['slots_total'])}",
+                                   head("kv_cache_usage_max"): fmt.num(r["kv_cache_usage_max"]),
+                                   head("slot_ctx_fill"): fmt.num(r["slot_ctx_fill_max"]),
                                    "TTFT unaccounted, shared: median / max (ms)":
                                        f"{fmt.num(r['ttft_unaccounted_ms_shared_median'])} / "
                                        f"{fmt.num(r['ttft_unaccounted_ms_shared_max'])}",

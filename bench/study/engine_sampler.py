@@ -15,11 +15,13 @@ not only inferred from the client's timings.
   never raises into the run. The thread stops when the `with` block ends, however it ends.
 
 The run's `engine` block (metrics.json, schema in bench/data/metrics.schema.json) summarises the
-samples; every sample goes to the config's `engine.jsonl` (a rerun replaces its run's lines).
-Per tick t (one poll of every endpoint), over the endpoints that answered:
-    deferred(t) = Σ requests_deferred,  processing(t) = Σ requests_processing
-    deferred_s = Σ over ticks with deferred(t) ≥ 1 of (t_next − t)  (the last tick counts interval_s)
-    deferred_mean = mean of deferred(t) over the ticks with an answer
+samples with the engine metrics of bench/core/metrics.py (deferred_max, deferred_mean, deferred_s,
+slots_busy_max, kv_cache_usage_max, slot_ctx_fill: formulas there, in the report's methodology);
+every sample goes to the config's `engine.jsonl` (a rerun replaces its run's lines).
+
+Only runs where agents share the engine are sampled (multi and steps, the capacity search's
+points): a single-suite run has one agent, so no queue to show, and its timings are the study's
+baseline, which a poller on a 2-core host must not disturb (`EngineMonitor.sample`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.clients.streaming import api_key_for, loopback_session
 from bench.config.plan import RunItem
+from bench.core import metrics
 from bench.core.store import Store, atomic_write_text
 
 # 4 Hz: a smoke-profile call lasts about a second and a slot wait a few hundred ms, so a wait
@@ -53,6 +56,9 @@ SOURCES = {"llama.cpp": "llama-server /metrics + /slots", "ollama": "ollama /api
 NO_QUEUE_METRIC = ("Ollama exposes no queue metric (its scheduler queue is not in /api/ps): the slot "
                    "wait is inferred from the client's timings only")
 MAX_GAP_REASONS = 5
+OLLAMA_PS_FIELDS = ("name", "size", "size_vram", "expires_at", "context_length")
+# the suites whose runs are sampled: agents that share the engine (see the module docstring)
+SAMPLED_SUITES = ("multi", "steps")
 
 
 def parse_llama_metrics(text: str) -> dict:
@@ -73,12 +79,12 @@ def parse_llama_metrics(text: str) -> dict:
 
 
 def _slot_fill(slot: dict) -> float | None:
-    """A busy slot's context in use: (prompt tokens + decoded tokens) / n_ctx."""
+    """A busy slot's context in use (metrics.slot_ctx_fill)."""
     n_ctx = slot.get("n_ctx")
     decoded = sum(t.get("n_decoded", 0) for t in slot.get("next_token") or [])
-    if not isinstance(n_ctx, int) or n_ctx <= 0 or not isinstance(slot.get("n_prompt_tokens"), int):
+    if not isinstance(n_ctx, int) or not isinstance(slot.get("n_prompt_tokens"), int):
         return None
-    return (slot["n_prompt_tokens"] + decoded) / n_ctx
+    return metrics.slot_ctx_fill(slot["n_prompt_tokens"], decoded, n_ctx)
 
 
 def parse_llama_slots(body) -> dict:
@@ -94,12 +100,13 @@ def parse_llama_slots(body) -> dict:
 
 
 def parse_ollama_ps(body) -> dict:
-    """The loaded models (name, size, size_vram, expires_at) from an Ollama /api/ps body."""
+    """The loaded models (name, size, size_vram, expires_at, context_length: the context the runner
+    was loaded with, null where the Ollama build does not report it) from an Ollama /api/ps body."""
     models = body.get("models") if isinstance(body, dict) else None
     if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str)
                                                for m in models):
         raise ValueError(f"/api/ps has no list of named models: {str(body)[:120]}")
-    return {"models": [{k: m.get(k) for k in ("name", "size", "size_vram", "expires_at")} for m in models]}
+    return {"models": [{k: m.get(k) for k in OLLAMA_PS_FIELDS} for m in models]}
 
 
 @dataclass
@@ -198,23 +205,21 @@ def _max(values) -> float | None:
 
 
 def _queue_summary(ticks: list[tuple[int, list[dict]]], interval_s: float) -> dict:
-    """llama-server's queue over the run (formulas in the module docstring)."""
+    """llama-server's queue over the run (the engine metrics of bench/core/metrics.py)."""
     answered = [(t, group) for t, group in ticks if group]
     deferred = [sum(s["requests_deferred"] for s in group) for _, group in answered]
-    starts = [t for t, _ in answered]
-    spans = [(b - a) / 1e9 for a, b in zip(starts, starts[1:])] + [interval_s] if answered else []
     samples = [s for _, group in answered for s in group]
     by_endpoint: dict[str, int] = {}
     for s in samples:
         by_endpoint[s["endpoint"]] = max(by_endpoint.get(s["endpoint"], 0), s["requests_deferred"])
     return {"queue_metric": True,
-            "deferred_max": max(deferred) if deferred else None,
-            "deferred_mean": sum(deferred) / len(deferred) if deferred else None,
-            "deferred_s": sum(dt for d, dt in zip(deferred, spans) if d >= 1) if answered else None,
+            "deferred_max": metrics.deferred_max(deferred),
+            "deferred_mean": metrics.deferred_mean(deferred),
+            "deferred_s": metrics.deferred_s(deferred, [t / 1e9 for t, _ in answered], interval_s),
             "deferred_max_by_endpoint": by_endpoint,
             "processing_max": _max(sum(s["requests_processing"] for s in g) for _, g in answered),
-            "kv_cache_usage_max": _max(s["kv_cache_usage_ratio"] for s in samples),
-            "slots_busy_max": _max(sum(s["slots_busy"] for s in g) for _, g in answered),
+            "kv_cache_usage_max": metrics.kv_cache_usage_max(s["kv_cache_usage_ratio"] for s in samples),
+            "slots_busy_max": metrics.slots_busy_max([sum(s["slots_busy"] for s in g) for _, g in answered]),
             "slots_total": _max(sum(s["slots_total"] for s in g) for _, g in answered),
             "slot_ctx_fill_max": _max(s["slot_ctx_fill_max"] for s in samples),
             "models_loaded": None, "vram_bytes_max": None}
@@ -276,16 +281,26 @@ class EngineMonitor:
     def supported(self) -> bool:
         return self.engine in SOURCES
 
+    @staticmethod
+    def sampled(suite: str) -> bool:
+        """Whether a suite's runs are sampled (SAMPLED_SUITES: agents that share the engine)."""
+        return suite in SAMPLED_SUITES
+
     @contextmanager
-    def sample(self) -> Iterator[EngineSampler | None]:
-        if not self.supported:
+    def sample(self, suite: str) -> Iterator[EngineSampler | None]:
+        """A sampler around a run of `suite`; None (no thread at all) for a suite that is not sampled
+        or an engine without a sampler."""
+        if not self.supported or not self.sampled(suite):
             yield None
             return
         with EngineSampler(self.engine, self.endpoints, self.interval_s) as sampler:
             yield sampler
 
-    def block(self, sampler: EngineSampler | None, item: RunItem) -> dict:
-        """The run's engine block; its samples go to the config's engine.jsonl."""
+    def block(self, sampler: EngineSampler | None, item: RunItem) -> dict | None:
+        """The run's engine block (None for a suite that is not sampled); its samples go to the
+        config's engine.jsonl."""
+        if not self.sampled(item.cell.suite):
+            return None
         if sampler is None:
             return unavailable_block(self.engine, f"no sampler for engine {self.engine!r} "
                                                   f"(llama.cpp and Ollama only)")

@@ -274,17 +274,18 @@ class MatrixRunner:
         with self.timeline.event("run", cell=item.cell.key, run=item.run_index, lang=eff.lang) as event:
             before = instrument.snapshot()
             # without NVML: a power block of nulls with the reason; the engine's queue is polled alongside
-            with self.power.measure() as window, self.engine.sample() as engine_run:
+            # where agents share it (multi, steps: engine_sampler.SAMPLED_SUITES)
+            with self.power.measure() as window, self.engine.sample(eff.suite) as engine_run:
                 job = self._job(item, eff, attempt)
                 doc = self._run_job(item, job, eff.lang)
             client_cost = instrument.client_block(before, instrument.snapshot(),
                                                   "python" if eff.lang == "python" else self._rust_cpu)
             stored = doc.to_json()  # instrument and power read the document as metrics.json holds it
             event.update(instrument.run_time_parts(stored))  # its requests' union, span and summed time
+        engine = self.engine.block(engine_run, item)  # None: a suite that is not sampled, no block
         return _with_blocks(doc, client_cost=client_cost, power=self.power.block(window, item, stored),
-                            engine=self.engine.block(engine_run, item),
-                            run_key=job.run_key, server_settings=self._server_settings(eff),
-                            placement=self._placement(eff))
+                            **({"engine": engine} if engine is not None else {}), run_key=job.run_key,
+                            server_settings=self._server_settings(eff), placement=self._placement(eff))
 
     def _walk_ladder(self, item: RunItem) -> RunDocument:
         """Run `item` on the first rung of its ladder that loads (bench/config/ladder.py). Rungs that
@@ -587,9 +588,15 @@ class MatrixRunner:
                 "intervals": {m: (None if iv is None else {"mean": iv.mean, "low": iv.low, "high": iv.high,
                                                            "rel_half_width": iv.rel_half_width})
                               for m, iv in st.intervals.items()},
-                **({"search": {"n": probe.n, "goodput": probe.goodput, "low": probe.low, "high": probe.high,
-                               "verdict": probe.verdict, "target": self.profile.slo.goodput_target}}
-                   if probe else {})})
+                **({"search": self._search_entry(sched, key, probe)} if probe else {})})
+
+    def _search_entry(self, sched: scheduler.Scheduler, key: str, probe) -> dict:
+        """A probed point as the search read it: its goodput interval, the verdict, and the level of
+        that interval (each look's, Bonferroni over its looks, so the report can say which interval it shows)."""
+        level, looks = sched.verdict_level(key)
+        return {"n": probe.n, "goodput": probe.goodput, "low": probe.low, "high": probe.high, "verdict": probe.verdict,
+                "target": self.profile.slo.goodput_target, "confidence": level, "looks": looks,
+                "overall_confidence": self.profile.slo.confidence}
 
     def _probe_due(self) -> bool:
         return time.perf_counter() - self._last_probe >= self.profile.sampling.probe_interval_s

@@ -276,10 +276,17 @@ class Scheduler:
         failed = len(cell.failed - {o.run_index for o in cell.runs})
         size = sorted(c for _, c in counted)[len(counted) // 2]
         counted += [(0, size)] * failed
-        target = cell.spec.target
-        confidence = look_confidence(cell.spec.search.confidence, max(1, target.max_runs - target.min_runs + 1))
-        iv = self.goodput_fn([m for m, _ in counted], [c for _, c in counted], confidence)
+        iv = self.goodput_fn([m for m, _ in counted], [c for _, c in counted], self.verdict_level(cell.spec.key)[0])
         return iv.estimate, iv.low, iv.high
+
+    def verdict_level(self, key: str) -> tuple[float, int]:
+        """(the confidence of a search point's goodput interval at each look and for its verdict, the
+        looks it can take: max_runs − min_runs + 1, one for a fixed point): look_confidence."""
+        spec = self._cells[key].spec
+        if spec.search is None:
+            raise ValueError(f"{key} is not a capacity-search point")
+        looks = max(1, spec.target.max_runs - spec.target.min_runs + 1)
+        return look_confidence(spec.search.confidence, looks), looks
 
     def _search_step(self, cell: _Cell) -> None:
         if cell.spec.search is not None and cell.stopped is not None:
