@@ -146,3 +146,31 @@ def test_a_host_on_another_harness_commit_is_refused_with_the_difference(tmp_pat
     assert f"harness commit {theirs} on b vs {ours} on a" in proc.stderr
     assert "--allow-mismatch" in proc.stderr
     assert not (results / "fleet-refused" / "hosts").exists()  # refused before anything ran
+
+
+def test_a_differing_model_file_is_a_difference_and_the_same_file_is_not():
+    from bench.fleet.driver import differences
+
+    def survey(host, sha):
+        return {"host": host, "harness_commit": "c0ffee", "models": {"smollm2-135m": {"file_sha256": sha}}}
+
+    assert differences(survey("a", "1" * 64), survey("b", "1" * 64)) == []
+    assert differences(survey("a", "1" * 64), survey("b", "2" * 64)) == [
+        f"model smollm2-135m: file_sha256 {'2' * 64} on b vs {'1' * 64} on a"]
+
+
+def test_a_run_folder_travels_whole_and_lands_metrics_last(tmp_path):
+    from bench.fleet.transfer import finished_runs, pack, unpack
+
+    src = tmp_path / "src"
+    run = src / CONFIG / "run_1"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"ok": true}')
+    (run / "extra.txt").write_text("x" * 1000)
+    (src / ".superseded" / CONFIG / "run_9").mkdir(parents=True)
+    (src / ".superseded" / CONFIG / "run_9" / "metrics.json").write_text("{}")
+    assert list(finished_runs(src)) == [f"{CONFIG}/run_1"]  # a dot folder is no part of the study
+    written = unpack(pack(src, [f"{CONFIG}/run_1"]), tmp_path / "dest")
+    assert written == [f"{CONFIG}/run_1/extra.txt", f"{CONFIG}/run_1/metrics.json"]
+    assert (tmp_path / "dest" / CONFIG / "run_1" / "extra.txt").read_text() == "x" * 1000
+    assert not list((tmp_path / "dest").glob(".incoming-*"))
