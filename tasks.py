@@ -264,7 +264,9 @@ def plan_(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=No
     budget = loaded.profile.sampling.budget_s
     print(f"adaptive: {plan.run_count} runs at the minimum (~{eta / 60:.1f} min), {len(expected)} expected "
           f"(~{exp_s / 60:.1f} min), {len(most)} at most (~{most_s / 60:.1f} min)"
-          + (f"; the time budget stops extra runs at {budget / 60:.1f} min" if budget else ""))
+          + (f"; the time budget stops extra runs at {budget / 60:.1f} min"
+             + (" (not a capacity search's: it runs until each point's verdict is decided)"
+                if any(c.search for c in plan.cells) else "") if budget else ""))
     print(f"  expected runs from the noise per config: {cv.get('source')}; times from the profile's speed hints")
 
 

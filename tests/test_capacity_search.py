@@ -178,6 +178,29 @@ def test_an_adaptive_probe_point_runs_until_its_precision_target_then_the_search
     assert {sched.stop_reason(f"m/python/agents_{n}") for n in (1, 2, 4)} <= {"target met", "max runs"}
 
 
+def test_the_time_budget_never_cuts_an_undecided_probe_point_short():
+    """Every call meets the SLO, but a point's verdict needs more than its min runs (2 calls a run):
+    a budget spent after the first round must not stop a point while it is "not shown" (that would
+    read as a fail, capacity 0), only the precision runs of points already decided."""
+    wide = Target(metrics=("efficiency_pct",), rel_half_width=0.01, min_runs=3, max_runs=16)
+    cells = [CellSpec(f"m/python/agents_{n}", "m", ("state", n), wide, suite="steps", est_run_s=10.0,
+                      search=SearchPoint("m/python", n, 4, 0.75, 0.9)) for n in range(1, 5)]
+    sched = Scheduler(cells, seed=1, budget_s=30.0)
+    elapsed, ran = 0.0, []
+    while keys := sched.next_round("m", elapsed_s=elapsed):
+        for key in keys:
+            n = int(key.rsplit("_", 1)[1])
+            sched.record(key, Observation(sched.next_index(key), {"efficiency_pct": 100.0 + len(ran) % 7}, 10.0,
+                                          (2 * n, 2 * n)))
+            ran.append(n)
+            elapsed += 10.0
+    assert sched.search("m/python").result().capacity == 4
+    assert ran.count(1) == 14  # 1 agent: 28 of 28 calls met shows 75 % at 90 % only at the 14th run
+    assert all(sched.probe(f"m/python/agents_{n}").verdict == MEETS for n in (1, 2, 4))
+    # decided, its precision runs then left to the budget, which stopped it and woke the next point
+    assert sched.stop_reason("m/python/agents_1") == "budget"
+
+
 def test_a_resumed_study_replays_its_stored_runs_into_the_same_search():
     rng = random.Random(5)
     first = Scheduler(search_cells(8), seed=1)

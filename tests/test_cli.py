@@ -47,11 +47,14 @@ def test_plan_counts_runs(tmp_path):
     proc = invoke("plan", "--profile", "smoke", results=tmp_path / "r", timeout=60)
     assert proc.returncode == 0, proc.stderr
     # smoke, adaptive, at its min runs: 3 models (the placebo in single only) × single 2 langs × 3
-    # runs, 2 models × multi 2 langs × 3 runs, and steps for one model: 2 agent counts × 3 runs
-    assert "runs: 36 (single 18, multi 12, steps 6; python 21, rust 15) in 12 configs" in proc.stdout
-    assert "adaptive: 36 runs at the minimum" in proc.stdout and "the time budget stops extra runs" in proc.stdout
+    # runs, 2 models × multi 2 langs × 3 runs, and the capacity search for one model: a config for
+    # each of 1..4 agents × 3 runs (the plan holds every count it may probe), worst case 4 × 16
+    assert "runs: 42 (single 18, multi 12, steps 12; python 27, rust 15) in 14 configs" in proc.stdout
+    assert "at most 64 runs in the worst case" in proc.stdout
+    assert "adaptive: 42 runs at the minimum" in proc.stdout and "the time budget stops extra runs" in proc.stdout
+    assert "not a capacity search's" in proc.stdout
     proc = invoke("plan", "--profile", "smoke", "--runs", "2", results=tmp_path / "r", timeout=60)
-    assert "runs: 24 " in proc.stdout and "ETA: ~" in proc.stdout  # --runs: the fixed mode
+    assert "runs: 28 " in proc.stdout and "ETA: ~" in proc.stdout  # --runs: the fixed mode
 
 
 def test_list_has_one_line_help_per_task(tmp_path):

@@ -18,7 +18,10 @@ feeds it synthetic studies; both drive this same code.
   the data, and "rerun until enough clean runs" is part of stopping); `max runs` at `max_runs`;
   `budget` when the study's time budget cannot pay for another run of it; `failed` when the runner
   gives up on it (no rung of the fallback ladder loads, or it keeps failing).
-- **Budget.** The first `min_runs` of every config are always run. Beyond them, each block gets a
+- **Budget.** The first `min_runs` of every config are always run, and so is every run a capacity
+  search point takes until its goodput verdict is decided: a point the budget cut short would be
+  "not shown", a fail, and the search would claim a capacity the data never tested (the search is
+  bounded by its own worst case instead, which `invoke plan` prints). Beyond them, each block gets a
   share of the budget left when it starts, in proportion to its configs' cost at min runs; within
   a round the configs furthest from their target (largest half-width ÷ target) go first, while the
   round's predicted cost fits the block's share (each config's mean run time so far, times the
@@ -222,10 +225,11 @@ class Scheduler:
     def next_round(self, block: str, elapsed_s: float = 0.0) -> list[str]:
         """The configs of `block` to run next, in order (empty: the block is done). `elapsed_s`:
         the study's time so far, for the budget."""
-        active = self.active(block)
-        if not active:
-            return []
-        chosen = self._within_budget(block, active, elapsed_s)
+        active, chosen = self.active(block), []
+        while active and not chosen:
+            chosen = self._within_budget(block, active, elapsed_s)
+            # a search point the budget stopped wakes the search's next point: a round for that one
+            active = self.active(block)
         if not chosen:
             return []
         r = self._round[block]
@@ -327,7 +331,8 @@ class Scheduler:
         return max(1.0, elapsed_s / run_s) if run_s > 0 else 1.0
 
     def _within_budget(self, block: str, active: list[str], elapsed_s: float) -> list[str]:
-        mandatory = [k for k in active if len(self._cells[k].runs) < self._cells[k].spec.target.min_runs]
+        mandatory = [k for k in active if len(self._cells[k].runs) < self._cells[k].spec.target.min_runs
+                     or not self._decided(self._cells[k])]
         if self.budget_s is None:
             return active
         if block not in self._share:  # the block's share of what is left, by its cost at min runs
