@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, invoke, smoke_variant
-from fleet_cluster import fleet_cluster, fleet_hosts, fleet_unavailable  # noqa: F401 (the session fixture)
+from fleet_cluster import fleet_cluster, fleet_hosts, fleet_unavailable, netns_pids  # noqa: F401 (the session fixture)
 
 pytestmark = pytest.mark.fleet
 STUDY = "fleet"
@@ -129,6 +130,37 @@ def test_a_killed_host_keeps_its_finished_runs_and_a_rerun_runs_only_the_missing
     assert {k: after[k] for k in kept} == kept  # the runs kept from before are the same files
     print(f"\nkill test: b kept {b['runs_done']} of 3 runs, missing {len(b['missing_runs'])}; "
           f"rerun {rerun_s:.1f} s (b ran {b2['runs_shipped']} run(s), a none)")
+
+
+def bundle_processes(netns: str) -> list[str]:
+    """The bundle's processes in a host's namespace (an `invoke` task or an engine), not Ray's own."""
+    out = []
+    for pid in netns_pids(netns):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "invoke" in cmd or "ollama" in cmd:
+            out.append(f"{pid} {cmd[:120]}")
+    return out
+
+
+def test_ctrl_c_stops_every_host_s_bundle_and_engines(fleet_hosts, tmp_path):
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "invoke", "fleet", "--profile", str(fleet_profile(tmp_path)), "--ray-address",
+            fleet_hosts.address, "--no-progress", "--out", "ctrlc", "--runs", "6"]
+    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "BENCH_RESULTS": str(results)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(results / "fleet-ctrlc" / "hosts" / "a" / STUDY / CONFIG / "run_1" / "metrics.json", proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    left = {name: bundle_processes(host.netns) for name, host in fleet_hosts.hosts.items()}
+    assert left == {"a": [], "b": []}, left  # servers stopped by the bundle's own `down`, agents gone
 
 
 def test_a_host_on_another_harness_commit_is_refused_with_the_difference(tmp_path):
