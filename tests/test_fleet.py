@@ -21,6 +21,12 @@ import pytest
 from conftest import REPO, invoke, smoke_variant
 from fleet_cluster import fleet_cluster, fleet_hosts, fleet_unavailable, netns_pids  # noqa: F401 (the session fixture)
 
+if not os.environ.get("CI"):  # in CI a missing fleet extra fails, as a missing engine does
+    pytest.importorskip("ray", reason="the fleet extra is not installed (scripts/setup.sh --fleet)")
+from bench.fleet.agent import pulled_digest  # noqa: E402
+from bench.fleet.driver import differences  # noqa: E402
+from bench.fleet.transfer import finished_runs, pack, unpack  # noqa: E402
+
 pytestmark = pytest.mark.fleet
 STUDY = "fleet"
 CONFIG = "single/python/smollm2-135m/gpu0_ctx512_temp08"
@@ -70,6 +76,10 @@ def test_two_hosts_give_two_host_studies_and_a_comparison_by_host(fleet_hosts, t
         assert host["survey"]["node_ip"] == fleet_hosts.hosts[name].ip  # it ran on its own node
         study = results / "fleet-two" / "hosts" / name / STUDY
         assert (study / "manifest.json").is_file() and len(run_files(study)) == 2
+        # the store digest reader (pulled models' identity at the survey) gives Ollama's own digest
+        recorded = json.loads((study / "manifest.json").read_text())["models"][0]
+        store = fleet_hosts.hosts[name].workdir / "cache" / "ollama" / "models"
+        assert pulled_digest(recorded["name"], store) == recorded["digest"]
     variance = pd.read_csv(results / "fleet-two" / "variance.csv")
     host = variance[variance["factor"] == "host"]  # η² of the host beside study, model, config, language
     assert not host.empty and set(host["levels"]) == {2} and host["eta_sq"].notna().all()
@@ -186,8 +196,6 @@ def test_a_host_on_another_harness_commit_is_refused_with_the_difference(tmp_pat
 
 
 def test_a_differing_model_file_is_a_difference_and_the_same_file_is_not():
-    from bench.fleet.driver import differences
-
     def survey(host, sha):
         return {"host": host, "harness_commit": "c0ffee", "models": {"smollm2-135m": {"file_sha256": sha}}}
 
@@ -196,9 +204,15 @@ def test_a_differing_model_file_is_a_difference_and_the_same_file_is_not():
         f"model smollm2-135m: file_sha256 {'2' * 64} on b vs {'1' * 64} on a"]
 
 
-def test_a_run_folder_travels_whole_and_lands_metrics_last(tmp_path):
-    from bench.fleet.transfer import finished_runs, pack, unpack
+def test_a_pulled_model_s_digest_counts_where_both_hosts_have_pulled_it():
+    def survey(host, **digest):
+        return {"host": host, "harness_commit": "c0ffee", "models": {"m": {"pull": "llama3.1:8b", **digest}}}
 
+    assert differences(survey("a", digest="d1"), survey("b")) == []  # b pulls it when it runs: compare checks
+    assert differences(survey("a", digest="d1"), survey("b", digest="d2")) == ["model m: digest d2 on b vs d1 on a"]
+
+
+def test_a_run_folder_travels_whole_and_lands_metrics_last(tmp_path):
     src = tmp_path / "src"
     run = src / CONFIG / "run_1"
     run.mkdir(parents=True)

@@ -11,6 +11,7 @@ parent-death signal) and servers it left are stopped with `invoke down`.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ import ray
 
 from bench.config.profile import Profile, load_profile
 from bench.core.manifest import Fingerprint, FingerprintGpu
-from bench.core.paths import REPO_ROOT
+from bench.core.paths import REPO_ROOT, cache_dir
 from bench.core.store import TIMELINE
 from bench.fleet.transfer import finished_runs, pack, unpack
 from bench.host import assets, fingerprint, gpu
@@ -37,6 +38,10 @@ PR_SET_PDEATHSIG = 1
 LOG_TAIL_CHARS = 4000
 PROFILE_FILE = "fleet-profile.yaml"
 LOG_FILE = "fleet-run.log"
+
+
+def ollama_store() -> Path:
+    return cache_dir() / "ollama" / "models"  # the native runtime's model store (bench/runtimes/ollama.py)
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -61,18 +66,29 @@ def engine_version(profile: Profile) -> str | None:
     return None
 
 
+def pulled_digest(name: str, models_dir: Path) -> str | None:
+    """The digest Ollama reports for a pulled model (/api/tags): the sha256 of its manifest file in the
+    model store, read without a server. None where this host has not pulled it yet."""
+    repo, _, tag = name.partition(":")
+    parts = repo.split("/")
+    prefix = {1: ["registry.ollama.ai", "library"], 2: ["registry.ollama.ai"]}.get(len(parts), [])
+    path = models_dir.joinpath("manifests", *prefix, *parts, tag or "latest")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def model_identities(profile: Profile) -> dict[str, dict[str, str]]:
     """Each model's identity as the fleet compares it before anything runs: a GGUF-created model by
-    its file's sha256 (the same file gives the same model in every host's store), a pulled one by the
-    registry name and tag it asks for (its digest is in each host's manifest once it is pulled)."""
+    its file's sha256 (the same file gives the same model in every host's store, whatever digest each
+    store gives it), a pulled one by its registry name and, where this host's native Ollama store holds
+    it already, the digest the registry gave it."""
     out = {}
     for m in profile.models:
         weights = profile.weights_of(m)
         if weights.source == "gguf":
-            path = assets.model_file(weights.name, weights.file)
-            out[m.name] = {"file_sha256": assets.file_sha256(path)}
-        else:
-            out[m.name] = {"pull": weights.name}
+            out[m.name] = {"file_sha256": assets.file_sha256(assets.model_file(weights.name, weights.file))}
+            continue
+        digest = pulled_digest(weights.name, ollama_store()) if profile.runtime.kind == "ollama" else None
+        out[m.name] = {"pull": weights.name, **({"digest": digest} if digest else {})}
     return out
 
 

@@ -122,10 +122,15 @@ def differences(reference: dict, other: dict) -> list[str]:
         out.append(f"harness commit {other['harness_commit'] or 'unknown'} on {name} vs "
                    f"{reference['harness_commit'] or 'unknown'} on {ref}")
     for model in sorted(set(reference["models"]) | set(other["models"])):
-        a, b = reference["models"].get(model, {}), other["models"].get(model, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"model {model}: {key} {b.get(key) or 'none'} on {name} vs {a.get(key) or 'none'} on {ref}")
+        a, b = reference["models"].get(model), other["models"].get(model)
+        if a is None or b is None:
+            out.append(f"model {model}: {'not in the profile' if b is None else 'in the profile'} on {name}")
+            continue
+        # a key only one host could read (a digest of a model the other has not pulled yet) is left to
+        # compare, which checks the digests every host study records
+        for key in sorted(set(a) & set(b)):
+            if a[key] != b[key]:
+                out.append(f"model {model}: {key} {b[key]} on {name} vs {a[key]} on {ref}")
     return out
 
 
