@@ -136,15 +136,15 @@ def differences(reference: dict, other: dict) -> list[str]:
 
 @contextmanager
 def ray_session(address: str | None):
-    """Ray for the driver: the cluster at `address`, or a new single-node Ray on the loopback that
-    is shut down (every process it started) on the way out."""
+    """Ray for the driver: the cluster at `address`, or a new single-node Ray of this machine, shut down
+    (every process it started) on the way out. Ray binds a local node to the machine's own address
+    (it turns 127.0.0.1 into that address itself), so nothing leaves the machine."""
     if ray.is_initialized():
         raise BenchError("Ray is already initialised in this process: the fleet starts and ends its own session")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=1, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
