@@ -110,14 +110,21 @@ def up(c, profile=LINE_PROFILE):
     print(f"up: {runtime.kind} runtime ready in {time.perf_counter() - t0:.1f} s")
 
 
-@task(help=FILTER_HELP | {"no_progress": "hide the progress bar"})
+SHARD_HELP = ("K/H: run only host K's share of every config's runs, of H hosts (run r where (r - 1) mod H == K); "
+              "`invoke fleet --shard` gives each host its own")
+
+
+@task(help=FILTER_HELP | {"no_progress": "hide the progress bar", "shard": SHARD_HELP})
 @_friendly
-def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None, no_progress=False):
+def bench(c, profile=LINE_PROFILE, runs=None, models=None, langs=None, suites=None, no_progress=False, shard=None):
     """Run the benchmark matrix (resumes an interrupted study; finished runs are kept)."""
+    from bench.config.plan import Shard, shard_plan
     from bench.host import locks
 
     loaded = _load(profile)
     plan = _plan(loaded, models, langs, suites, runs)
+    if shard:
+        plan = shard_plan(plan, Shard.parse(shard))
     # the whole task, analysis included: a second bench (or a down) on this study or these ports
     # refuses at once instead of sharing the servers and stopping them under this one
     with locks.for_profile("bench", loaded.profile):
@@ -172,7 +179,7 @@ def _bench(loaded, plan, runs, models, langs, suites, no_progress):
         per = ", ".join(f"{n} runs: {k}" for n, k in precision["runs_per_config"].items())
         why = ", ".join(f"{k} {v}" for k, v in precision["stop_reasons"].items())
         print(f"  sampling: {precision['runs']} runs in {precision['configs']} configs ({per} configs); stopped: {why}")
-    check = validate_study(loaded, store, results)
+    check = validate_study(loaded, store, results, shard=plan.shard)
     if not check.ok:
         for problem in check.problems:
             print(f"  - {problem}")
@@ -390,13 +397,14 @@ def test(c, fast=False):
         c.run("cd rust-agents && cargo test --release --locked -q", pty=False)
 
 
-@task(help={"profile": PROFILE_HELP})
+@task(help={"profile": PROFILE_HELP, "shard": "K/H: the study holds only that shard's runs (`invoke bench --shard`)"})
 @_friendly
-def validate(c, profile=LINE_PROFILE):
+def validate(c, profile=LINE_PROFILE, shard=None):
     """Check a study: schema of every metrics.json, run counts per config, summaries; lists outlier flags."""
+    from bench.config.plan import Shard
     from bench.report.validate import validate_study
 
-    result = validate_study(_load(profile))
+    result = validate_study(_load(profile), shard=Shard.parse(shard) if shard else None)
     print(result.render())
     result.raise_for_problems()
 
@@ -443,16 +451,18 @@ def reproduce(c, manifest, allow_mismatch=False, no_progress=False):
             "hosts": "all (default), label=value (a node label), or a comma list of host or resource names",
             "allow_mismatch": "run hosts whose harness commit or model identities differ (the report lists them)",
             "out": "the fleet folder's name under the results root: fleet-<out> (default fleet-<study>)",
-            "runs": "runs per config (overrides the profile)", "no_progress": "hide the per-host progress bars"})
+            "runs": "runs per config (overrides the profile)", "no_progress": "hide the per-host progress bars",
+            "shard": "one study's runs spread over identical hosts (GPU model, driver, engine version), every config "
+                     "on every host, merged into one study with the host per run; needs fixed runs (--runs N)"})
 @_friendly
 def fleet(c, profile=LINE_PROFILE, ray_address=None, hosts="all", allow_mismatch=False, out=None, runs=None,
-          no_progress=False):
+          no_progress=False, shard=False):
     """Run the profile's study on every selected host of a Ray cluster, one study per host, merged by host
     (bench/fleet/); a rerun of the same command runs only the runs the head does not hold."""
     from bench.fleet.driver import run_fleet, summary_line
 
     result = run_fleet(profile, ray_address=ray_address, hosts=hosts, allow_mismatch=allow_mismatch, out=out,
-                       runs=int(runs) if runs else None, progress=not no_progress)
+                       runs=int(runs) if runs else None, progress=not no_progress, shard=shard)
     for name, host in result.hosts.items():
         print(summary_line(name, host))
     print(f"fleet: {result.fleet_dir / 'fleet.json'} in {result.wall_s:.0f} s")

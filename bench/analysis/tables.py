@@ -36,6 +36,7 @@ from bench.core.sequential import Interval, LookPlan, compare, interval, widen
 from bench.core.store import (
     CLIENT_OVERHEAD_NAME,
     COLDSTART,
+    FLEET_HOSTS,
     MANIFEST_NAME,
     PROBES,
     SAMPLING,
@@ -111,6 +112,7 @@ class Results:
 
 # where a table row was made, in every runs.csv and configs.csv row (study_provenance)
 PROVENANCE_COLUMNS = ("host_id", "harness_commit")
+FLEET_HOST = "fleet_host"  # runs.csv: the fleet host that ran the run (a study merged from shards only)
 
 
 def study_provenance(store: Store) -> dict:
@@ -123,6 +125,17 @@ def study_provenance(store: Store) -> dict:
         return dict.fromkeys(PROVENANCE_COLUMNS)
     manifest = as_manifest(manifest)
     return {"host_id": fingerprint.of_manifest(manifest).host_id, "harness_commit": manifest.harness.commit}
+
+
+def run_hosts(store: Store) -> dict[str, str] | None:
+    """Run folder → the host that ran it, for a study merged from a fleet's shards (FLEET_HOSTS);
+    None for a study of one host (its runs.csv has no `fleet_host` column)."""
+    doc = store.read_json(FLEET_HOSTS)
+    if doc is None:
+        return None
+    if not isinstance(doc.get("runs"), dict):
+        raise BenchError(f"{store.root / FLEET_HOSTS}: no 'runs' mapping of run folder to host")
+    return {str(k): str(v) for k, v in doc["runs"].items()}
 
 
 def run_row(run: StoredRun, provenance: dict | None = None) -> dict:
@@ -263,11 +276,12 @@ def load_tables(store: Store, mad_k: float = 2.0, *, looks: dict[str, LookPlan] 
     plan does not name)."""
     req_rows, run_rows, asked, sampled = [], [], {}, []
     provenance = study_provenance(store)
+    ran_on = run_hosts(store)
     for run in store.iter_runs():
         asked.setdefault(run.cell_key, _plain(run.doc.requested_config or run.doc.config))
         if run.doc.engine is not None:
             sampled.append(run)
-        row = run_row(run, provenance)
+        row = run_row(run, provenance if ran_on is None else {**provenance, FLEET_HOST: ran_on.get(str(run.rel_dir))})
         run_rows.append(row)
         req_rows += request_rows(run, {k: row[k] for k in BASE_COLUMNS})
     runs = pd.DataFrame(run_rows)
@@ -568,13 +582,35 @@ def eta_squared_table(runs: pd.DataFrame, specs, factors: dict[str, str], within
 
 
 def variance_shares(runs: pd.DataFrame) -> pd.DataFrame:
-    """η² of model, language, case (and the server settings, where they varied) per variance
-    metric; `config (all factors)` groups by the whole cell (eta_squared_table)."""
-    factors = {"model": "model", "language": "lang", "case": "case", "config (all factors)": "cell"}
+    """η² of model, language, case (and the server settings, where they varied; the fleet host, in a
+    study merged from a fleet's shards) per variance metric; `config (all factors)` groups by the
+    whole cell, and by cell and host where the host is a factor (eta_squared_table)."""
+    factors = {"model": "model", "language": "lang", "case": "case"}
     if "server_settings" in runs and runs["server_settings"].notna().any():
-        factors = {**dict(list(factors.items())[:3]), "server settings": "server_settings",
-                   "config (all factors)": "cell"}
+        factors["server settings"] = "server_settings"
+    if FLEET_HOST in runs and runs[FLEET_HOST].notna().any():
+        factors["host"] = FLEET_HOST
+        runs = runs.assign(cell_host=runs["cell"] + " @ " + runs[FLEET_HOST].astype(str))
+        factors["config × host (all factors)"] = "cell_host"
+    else:
+        factors["config (all factors)"] = "cell"
     return eta_squared_table(runs, metrics.role_pairs(metrics.VARIANCE), factors, "run-to-run (within config)")
+
+
+def host_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per config and variance metric, the mean of each fleet host's runs and its difference from the
+    config's mean over every host (%): where the host's blocking effect shows, config by config."""
+    rows: list[dict] = []
+    for suite, metric in metrics.role_pairs(metrics.VARIANCE):
+        sub = runs[(runs["suite"] == suite) & runs[FLEET_HOST].notna()] if metric in runs else runs.iloc[0:0]
+        sub = sub[sub[metric].notna()] if not sub.empty else sub
+        for cell, g in sub.groupby("cell", sort=True):
+            overall = g[metric].mean()
+            for host, h in g.groupby(FLEET_HOST, sort=True):
+                rows.append({"cell": cell, "suite": suite, "metric": metric, "fleet_host": host, "n": len(h),
+                             "mean": h[metric].mean(), "config_mean": overall,
+                             "vs_config_pct": (h[metric].mean() / overall - 1) * 100 if overall else None})
+    return pd.DataFrame(rows)
 
 
 def outlier_list(runs: pd.DataFrame) -> pd.DataFrame:
@@ -779,6 +815,8 @@ def derive(tables: Results, profile: Profile) -> dict[str, pd.DataFrame]:
         "engine": tables.engine,
         **probe_tables.derived_tables(tables.coldstart, tables.sanity),
     }
+    if FLEET_HOST in runs:  # a study merged from a fleet's shards: the host of each run is a factor
+        tables.derived["host_means"] = host_means(runs)
     return tables.derived
 
 

@@ -23,6 +23,7 @@ from bench.config.profile import (
     ServerSettings,
 )
 from bench.config.workload import load_workload
+from bench.core.errors import BenchError
 from bench.core.sequential import LookPlan, critical_value
 
 AGENTS_MULTI = ("collector", "insight")
@@ -138,10 +139,39 @@ class RunItem:
         return self.cell.rel_dir / f"run_{self.run_index}"
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Host `index` of `count` in a sharded study (`invoke fleet --shard`): it runs the run indices r
+    with (r − 1) mod count == index of every config, so every config runs on every host that has a
+    run of it (the host is a blocking factor, never confounded with the config)."""
+
+    index: int  # 0-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'K/H' with 0 ≤ K < H."""
+        k, sep, h = str(text).partition("/")
+        try:
+            shard = cls(int(k), int(h)) if sep else None
+        except ValueError:
+            shard = None
+        if shard is None or not 0 <= shard.index < shard.count:
+            raise BenchError(f"--shard {text!r}: expected K/H with 0 <= K < H (host K of H hosts, e.g. 0/2)")
+        return shard
+
+    def holds(self, run_index: int) -> bool:
+        return (run_index - 1) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 @dataclass
 class Plan:
     cells: list[Cell]
     items: list[RunItem] = field(default_factory=list)
+    shard: Shard | None = None  # only this shard's runs are in items (shard_plan)
 
     @property
     def run_count(self) -> int:
@@ -259,6 +289,19 @@ def build_plan(profile: Profile, *, models: list[str] | None = None, langs: list
     cells = [c for model in chosen for suite, expand in SUITE_CELLS.items() if wanted(model, suite)
              for c in expand(x, model)]
     return Plan(cells, _run_order(profile, chosen, cells))
+
+
+def shard_plan(plan: Plan, shard: Shard) -> Plan:
+    """The plan's runs of one shard, in the plan's order; its cells stay whole, so each run's plan
+    fingerprint and folder are the same as in the whole study's. Fixed runs only: an adaptive config
+    stops, and a capacity search picks its next agent count, on all of a config's runs at once."""
+    if plan.adaptive:
+        raise BenchError("a sharded study needs fixed run counts: adaptive stopping decides on all of a config's "
+                         "runs at once; give --runs N")
+    if plan.scheduled:
+        raise BenchError("a sharded study cannot run a capacity search: it picks the next agent count from all of "
+                         "a count's runs at once; leave the steps suite's search out of the profile")
+    return Plan(plan.cells, [i for i in plan.items if shard.holds(i.run_index)], shard=shard)
 
 
 def expected_runs(cell: Cell, cv_pct: dict[str, float]) -> int:

@@ -51,6 +51,10 @@ COMPARISON_VARIANCE = "variance.csv"  # η² of host, study, model, config and l
 COMPARISON_STUDIES = "studies.csv"  # one row per study: its fingerprint
 SUPERSEDED_DIR = ".superseded"  # runs of another plan, moved aside on resume (Store.set_aside)
 SUPERSEDED_NAME = "superseded.json"  # in each moved run folder: why
+# A study merged from the shards of several hosts (`invoke fleet --shard`, bench/fleet/shard.py):
+# {"hosts": {host: what the fleet knows of it}, "runs": {run folder: host}}; the analysis reads the
+# host of each run from it (runs.csv `fleet_host`), so no host's metrics.json is ever rewritten.
+FLEET_HOSTS = "fleet_hosts.json"
 
 
 def _umask() -> int:

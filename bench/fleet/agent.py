@@ -161,17 +161,20 @@ class HostAgent:
             shutil.rmtree(stale, ignore_errors=True)
         return len(unpack(data, study_root)) if data else 0
 
-    def run(self, profile_text: str, study: str, runs: int | None) -> dict:
-        """The bundle's own path on this host; every finished run is shipped as it appears."""
+    def run(self, profile_text: str, study: str, runs: int | None, shard: str | None = None) -> dict:
+        """The bundle's own path on this host; every finished run is shipped as it appears. `shard`
+        ('K/H'): only this host's share of every config's runs, and no report (the head reports on
+        the merged study)."""
         self.finished.clear()
         try:
-            return self._run(self._profile(profile_text).path, self.results / study, runs)
+            return self._run(self._profile(profile_text).path, self.results / study, runs, shard)
         finally:
             self.finished.set()
 
-    def _run(self, path: Path, study_root: Path, runs: int | None) -> dict:
+    def _run(self, path: Path, study_root: Path, runs: int | None, shard: str | None = None) -> dict:
         shipped = finished_runs(study_root)  # seeded runs: the head has them already
-        args = ["up", "bench", "--no-progress", *(["--runs", str(runs)] if runs else []), "report", "down"]
+        args = ["up", "bench", "--no-progress", *(["--runs", str(runs)] if runs else []),
+                *(["--shard", shard] if shard else ["report"]), "down"]
         t0 = time.time()
         rc = self._bundle(args, path, study_root, shipped)
         if rc != 0:  # failed or stopped: `up` started servers that the broken chain never stopped

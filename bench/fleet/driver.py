@@ -24,16 +24,17 @@ from ray.exceptions import (
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
-from bench.config.plan import Plan, build_plan
+from bench.config.plan import Plan, Shard, build_plan, shard_plan
 from bench.config.profile import LoadedProfile, resolve_profile
 from bench.core import fmt
 from bench.core.errors import BenchError
-from bench.core.store import atomic_write_json, utc_now
-from bench.fleet import report
+from bench.core.store import Store, atomic_write_json, utc_now
+from bench.fleet import report, shard
 from bench.fleet.actors import Progress, ResultSink, host_study
 from bench.fleet.agent import HostAgent
 from bench.fleet.transfer import finished_runs, pack
 from bench.report.compare import output_folder
+from bench.report.markdown import write_report
 
 HOST_RESOURCE = "tr116-host"  # a node that offers it is a fleet host (tests/fleet_cluster.py, the deploy files)
 HOST_LABEL = "tr116.host"  # its name
@@ -62,6 +63,7 @@ class Job:
     plan: Plan
     fleet_dir: Path
     runs: int | None
+    shards: dict[str, Shard] | None = None  # shard mode: each host's share of every config's runs
 
     @property
     def study(self) -> str:
@@ -71,6 +73,10 @@ class Job:
     def planned(self) -> list[str]:
         return [str(item.rel_dir) for item in self.plan.items]
 
+    def planned_for(self, host: str) -> list[str]:
+        """The run folders a host must hold: all of the plan's, or its shard's."""
+        return shard.planned_runs(self.plan, self.shards[host]) if self.shards else self.planned
+
 
 @dataclass
 class FleetResult:
@@ -78,6 +84,7 @@ class FleetResult:
     hosts: dict[str, dict]
     report: Path | None
     wall_s: float
+    merged: Path | None = None  # shard mode: the merged study
 
     @property
     def ok(self) -> bool:
@@ -214,17 +221,16 @@ def seed(job: Job, actors: Actors, names: list[str]) -> dict[str, int]:
         for n in names}
     for ref in refs.values():
         ray.get(ref, timeout=SURVEY_TIMEOUT_S)
-    planned = set(job.planned)
-    return {n: len(set(held[n]) & planned) for n in names}
+    return {n: len(set(held[n]) & set(job.planned_for(n))) for n in names}
 
 
 class Bars:
     """One bar per host on the head: runs done / planned, ETA (tqdm's, from this session's pace),
     and the config the host is on."""
 
-    def __init__(self, seeded: dict[str, int], planned: int, enabled: bool):
+    def __init__(self, seeded: dict[str, int], planned: dict[str, int], enabled: bool):
         width = max(map(len, seeded)) if seeded else 0
-        self.bars = {n: tqdm(total=planned, initial=done, desc=n.ljust(width), unit="run", position=i,
+        self.bars = {n: tqdm(total=planned[n], initial=done, desc=n.ljust(width), unit="run", position=i,
                              disable=not enabled, leave=True, dynamic_ncols=True)
                      for i, (n, done) in enumerate(sorted(seeded.items()))}
 
@@ -245,11 +251,13 @@ class Bars:
 def run_hosts(job: Job, actors: Actors, names: list[str], seeded: dict[str, int],
               progress: bool) -> dict[str, dict]:
     """Every host's run at once; returns per host its result, or how it failed."""
+    planned = {n: len(job.planned_for(n)) for n in names}
     for n in names:
-        actors.progress.start.remote(n, len(job.planned), seeded[n])
+        actors.progress.start.remote(n, planned[n], seeded[n])
     profile_text = job.loaded.path.read_text()
-    pending = {actors.agents[n].run.remote(profile_text, job.study, job.runs): n for n in names}
-    bars = Bars(seeded, len(job.planned), progress)
+    pending = {actors.agents[n].run.remote(profile_text, job.study, job.runs,
+                                           str(job.shards[n]) if job.shards else None): n for n in names}
+    bars = Bars(seeded, planned, progress)
     outcomes: dict[str, dict] = {}
     try:
         while pending:
@@ -281,13 +289,14 @@ def host_entries(job: Job, outcomes: dict[str, dict], surveys: dict[str, dict], 
     for name in sorted(set(outcomes) | set(surveys)):
         result = outcomes.get(name, {"error": "not run (no survey)"})
         held = set(finished_runs(host_study(job.fleet_dir, name, job.study)))
-        missing = [r for r in job.planned if r not in held]
+        planned = job.planned_for(name) if not job.shards or name in job.shards else []  # [] : no survey
+        missing = [r for r in planned if r not in held]
         shipped = stats.get(name, {})
         ok = result.get("rc") == 0 and not missing
         error = result.get("error") or (None if ok else f"the bundle exited with {result.get('rc')}" if
                                          result.get("rc") else f"{len(missing)} planned run(s) missing")
-        out[name] = {"status": "ok" if ok else "failed", "error": error, "runs_planned": len(job.planned),
-                     "runs_done": len(job.planned) - len(missing), "runs_seeded": seeded.get(name, 0),
+        out[name] = {"status": "ok" if ok else "failed", "error": error, "runs_planned": len(planned),
+                     "runs_done": len(planned) - len(missing), "runs_seeded": seeded.get(name, 0),
                      "missing_runs": missing, "runs_shipped": shipped.get("runs_shipped", 0),
                      "bytes_shipped": shipped.get("run_bytes", 0) + shipped.get("study_file_bytes", 0),
                      "bytes_per_run": (shipped["run_bytes"] / shipped["runs_shipped"]) if shipped.get("runs_shipped")
@@ -308,11 +317,15 @@ def summary_line(name: str, h: dict) -> str:
 
 
 def run_fleet(profile: str, *, ray_address: str | None = None, hosts: str = "all", allow_mismatch: bool = False,
-              out: str | None = None, runs: int | None = None, progress: bool = True) -> FleetResult:
-    """The whole fleet: see the module docstring. Raises BenchError for a refused fleet."""
+              out: str | None = None, runs: int | None = None, progress: bool = True,
+              shard: bool = False) -> FleetResult:
+    """The whole fleet: see the module docstring. Raises BenchError for a refused fleet. `shard`: one
+    study spread over identical hosts and merged (bench/fleet/shard.py)."""
     loaded = resolve_profile(profile)
-    job = Job(loaded, build_plan(loaded.profile, runs=runs), output_folder(FLEET_PREFIX + (out or loaded.profile.study)),
-              runs)
+    plan = build_plan(loaded.profile, runs=runs)
+    if shard:
+        shard_plan(plan, Shard(0, 1))  # refuses an adaptive plan or a capacity search before Ray starts
+    job = Job(loaded, plan, output_folder(FLEET_PREFIX + (out or loaded.profile.study)), runs)
     t0, started = time.time(), utc_now()
     with ray_session(ray_address):
         actors = Actors(job.fleet_dir)
@@ -320,6 +333,8 @@ def run_fleet(profile: str, *, ray_address: str | None = None, hosts: str = "all
             chosen = select_hosts(hosts_of(ray.nodes()), hosts)
             surveys, unreachable = survey(actors, chosen, loaded.path.read_text())
             mismatches = refuse_mismatches(surveys, allow_mismatch)
+            if shard:
+                _shard_hosts(job, surveys, unreachable)
             seeded = seed(job, actors, sorted(surveys))
             outcomes = run_hosts(job, actors, sorted(surveys), seeded, progress)
             outcomes |= {n: {"error": why} for n, why in unreachable.items()}
@@ -329,7 +344,27 @@ def run_fleet(profile: str, *, ray_address: str | None = None, hosts: str = "all
     entries = host_entries(job, outcomes, surveys, seeded, stats, mismatches)
     doc = {"fleet": job.fleet_dir.name, "study": job.study, "profile": str(loaded.path), "started_at": started,
            "wall_s": round(time.time() - t0, 3), "ray_address": ray_address or "local", "allow_mismatch": allow_mismatch,
-           "runs_planned_per_host": len(job.planned), "hosts": entries}
+           "runs_planned_per_host": {n: h["runs_planned"] for n, h in entries.items()} if shard else len(job.planned),
+           "shards": {n: str(s) for n, s in job.shards.items()} if job.shards else None, "hosts": entries}
+    merged = _merge(job, entries, surveys) if shard else None
+    doc["merged"] = merged and {"study": str(merged[0]), "report": str(merged[1])}
     atomic_write_json(job.fleet_dir / FLEET_JSON, doc)
-    path = report.write(job.fleet_dir, job.study, entries, allow_mismatch)
-    return FleetResult(job.fleet_dir, entries, path, doc["wall_s"])
+    path = report.write(job.fleet_dir, job.study, entries, allow_mismatch, merged=merged and merged[0])
+    return FleetResult(job.fleet_dir, entries, path, doc["wall_s"], merged=merged and merged[0])
+
+
+def _shard_hosts(job: Job, surveys: dict[str, dict], unreachable: dict[str, str]) -> None:
+    """Shard mode: every selected host answered and is identical (else refused); each gets its shard."""
+    if unreachable:
+        raise BenchError("refusing the sharded study: no survey from " + "; ".join(
+            f"{n} ({why})" for n, why in sorted(unreachable.items())) + "; its shard of every config would be missing")
+    shard.refuse_unlike_hosts(surveys)
+    job.shards = shard.assign(list(surveys))
+
+
+def _merge(job: Job, entries: dict[str, dict], surveys: dict[str, dict]) -> tuple[Path, Path] | None:
+    """The merged study and its report, once every host holds its whole shard (else a rerun finishes it)."""
+    if not all(h["status"] == "ok" for h in entries.values()):
+        return None
+    merged = shard.merge(job.fleet_dir, job.study, job.shards, surveys)
+    return merged, write_report(job.loaded, Store(job.study, root=merged.parent))

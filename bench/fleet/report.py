@@ -8,14 +8,25 @@ import statistics
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import pandas as pd
+
 from bench.core import fmt
 from bench.core.csvsafe import csv_text
 from bench.core.errors import BenchError
 from bench.core.manifest import Fingerprint
 from bench.core.md_table import md_table
-from bench.core.store import COMPARISON_STUDIES, COMPARISON_TABLE, COMPARISON_VARIANCE, MANIFEST_NAME, atomic_write_text, utc_now
+from bench.core.store import (
+    COMPARISON_STUDIES,
+    COMPARISON_TABLE,
+    COMPARISON_VARIANCE,
+    FLEET_HOSTS,
+    MANIFEST_NAME,
+    atomic_write_text,
+    utc_now,
+)
 from bench.host import fingerprint
 from bench.report import compare
+from bench.report.outputs import REPORT_NAME
 
 FLEET_REPORT = "fleet.md"
 # A host whose reference probe (its baseline's decode tok/s at the study's start) is below this share of
@@ -94,7 +105,30 @@ def _comparison(fleet_dir: Path, studies: list[HostStudy], allow_mismatch: bool)
     return body.replace("# Comparison:", "## Comparison by host:", 1)
 
 
-def write(fleet_dir: Path, study: str, hosts: dict[str, dict], allow_mismatch: bool) -> Path:
+def _merged_section(merged: Path) -> str:
+    """Shard mode: where the merged study is, the host's share of each metric's variance in it, and
+    per config the mean of each host (its tables/variance.csv and tables/host_means.csv)."""
+    tables = merged / "tables"
+    var = pd.read_csv(tables / "variance.csv") if (tables / "variance.csv").is_file() else pd.DataFrame()
+    host = var[var["factor"] == "host"] if not var.empty else var
+    means = pd.read_csv(tables / "host_means.csv") if (tables / "host_means.csv").is_file() else pd.DataFrame()
+    parts = ["## Merged study (shard mode)", "",
+             f"Every host ran its shard of every config; the merged study `{merged}` records the host of each run "
+             f"(`{FLEET_HOSTS}`, runs.csv `fleet_host`) and has its own report, `{merged / REPORT_NAME}`.", "",
+             "η² of the host (tables/variance.csv):", "",
+             md_table([{"suite": r.suite, "metric": r.metric, "hosts": r.levels, "runs": r.n,
+                        "η²": fmt.num(r.eta_sq, 3), "p": fmt.num(r.p_value)} for r in host.itertuples()]) or "none", "",
+             "Mean per host, per config (tables/host_means.csv):", "",
+             md_table([{"config": r.cell, "metric": r.metric, "host": r.fleet_host, "runs": r.n,
+                        "mean": fmt.num(r.mean), "vs config mean": f"{r.vs_config_pct:+.1f} %"}
+                       for r in means.itertuples()]) or "none"]
+    return "\n".join(parts)
+
+
+def write(fleet_dir: Path, study: str, hosts: dict[str, dict], allow_mismatch: bool,
+          merged: Path | None = None) -> Path:
+    """fleet.md; `merged`: shard mode's merged study, shown instead of the comparison of the host studies
+    (each holds only its shard of every config)."""
     studies = host_studies(hosts)
     parts = [f"# Fleet {fleet_dir.name}: study {study} on {len(hosts)} host(s)", "",
              f"*Written by `invoke fleet` at {utc_now()}; the numbers per host are fleet.json's.*", "",
@@ -109,7 +143,8 @@ def write(fleet_dir: Path, study: str, hosts: dict[str, dict], allow_mismatch: b
     parts += ["## Host fingerprints", "", md_table(_fingerprint_rows(hosts)) or "none", "",
               "## Slow hosts", "", *([f"- {s}" for s in slow] or [
                   f"None below {SLOW_SHARE:.0%} of the hosts' median reference probe (or fewer than two hosts "
-                  f"ran the probe)."]), "", _comparison(fleet_dir, studies, allow_mismatch), ""]
+                  f"ran the probe)."]), "",
+              _merged_section(merged) if merged else _comparison(fleet_dir, studies, allow_mismatch), ""]
     path = fleet_dir / FLEET_REPORT
     atomic_write_text(path, "\n".join(parts))
     return path

@@ -25,7 +25,7 @@ from bench.analysis.probe_tables import coldstart_table
 from bench.analysis.tables import Results, cell_flags, load_tables
 from bench.config.ladder import Skip
 from bench.config.manifest_plans import planned_cells, profile_from_manifest
-from bench.config.plan import NOT_PROBED, Cell
+from bench.config.plan import NOT_PROBED, Cell, Shard
 from bench.config.profile import LoadedProfile, Profile
 from bench.core import metrics
 from bench.core.errors import BenchError
@@ -114,13 +114,19 @@ def _skip_reason(cell: Cell, failures: list[dict]) -> str | None:
     return None
 
 
+def _expected(cell: Cell, shard: Shard | None) -> list[int]:
+    """The run indices a fixed config's study must hold: all of them, or its shard's."""
+    return [k for k in range(1, cell.runs + 1) if shard is None or shard.holds(k)]
+
+
 def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[str, set[int]],
-                  failures: list[dict], profile: Profile, v: Validation, not_probed: set[str] = frozenset()) -> None:
+                  failures: list[dict], profile: Profile, v: Validation, not_probed: set[str] = frozenset(),
+                  shard: Shard | None = None) -> None:
     # the last failure of each run; a config no rung loaded accounts for its runs never tried
     failed_runs = {(f.get("cell"), f.get("run_index")): f for f in failures if f.get("run_index") is not None}
     no_rung = {f.get("cell"): f for f in failures if f.get("fallback") == Skip.CONFIG}
     for cell in cells:
-        v.runs_planned += cell.runs
+        v.runs_planned += len(_expected(cell, shard)) if cell.precision is None else cell.runs
         have = valid.get(cell.key, set())
         if cell.search is not None and cell.key in not_probed and not have:
             v.runs_skipped += cell.runs  # the capacity search did not need this agent count
@@ -128,7 +134,7 @@ def _check_counts(cells: list[Cell], valid: dict[str, set[int]], invalid: dict[s
         if cell.precision is not None:
             _check_adaptive(cell, have, failures, v)
             continue
-        missing = [k for k in range(1, cell.runs + 1) if k not in have and k not in invalid.get(cell.key, ())]
+        missing = [k for k in _expected(cell, shard) if k not in have and k not in invalid.get(cell.key, ())]
         v.runs_missing += sum(1 for k in invalid.get(cell.key, ()) if k is not None and k <= cell.runs)
         if missing:
             reason = _skip_reason(cell, failures)
@@ -229,9 +235,11 @@ def probe_warnings(store: Store, profile: Profile) -> list[str]:
     return out
 
 
-def validate_study(loaded: LoadedProfile, store: Store | None = None, results: Results | None = None) -> Validation:
+def validate_study(loaded: LoadedProfile, store: Store | None = None, results: Results | None = None,
+                   shard: Shard | None = None) -> Validation:
     """Every check of the module docstring; `results`: the study's analysis when the caller has
-    it already (the report), so the outlier flags are not computed twice."""
+    it already (the report), so the outlier flags are not computed twice; `shard`: the study holds
+    only that shard's runs of each config (`invoke bench --shard`, bench/config/plan.py)."""
     store = store or Store(loaded.profile.study)
     v = Validation(store.root)
     if not store.root.is_dir():
@@ -263,10 +271,10 @@ def validate_study(loaded: LoadedProfile, store: Store | None = None, results: R
     # the last stop decision per config wins (a resumed study logs its block again)
     stops = {e["cell"]: e for e in store.read_jsonl(SAMPLING)}
     not_probed = {k for k, e in stops.items() if e.get("reason") == NOT_PROBED}
-    _check_counts(cells, valid, invalid, failures, profile, v, not_probed)
+    _check_counts(cells, valid, invalid, failures, profile, v, not_probed, shard)
     incomplete = set(invalid) | {c.key for c in cells if c.key not in not_probed and (
         len(valid.get(c.key, ())) < c.runs if c.precision
-        else any(k not in valid.get(c.key, ()) for k in range(1, c.runs + 1)))}
+        else any(k not in valid.get(c.key, ()) for k in _expected(c, shard)))}
     _check_summaries(store, cells, valid, incomplete, v)
     v.warnings += probe_warnings(store, profile)
     results = results if results is not None else load_tables(store, profile.outliers.mad_k)

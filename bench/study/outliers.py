@@ -71,10 +71,12 @@ def plan_outlier_reruns(profile: Profile, store: Store, plan: Plan) -> list[RunI
 
     For each cell: need = planned runs − unflagged runs; budget = max_extra_runs − extra
     indices already tried (stored or failed); the new items get run indices after the last
-    one seen. Returns [] when nothing is flagged or the budget is spent.
+    one seen. Returns [] when nothing is flagged, the budget is spent, or the plan is a shard.
     """
     budget_total = profile.outliers.max_extra_runs
-    if budget_total <= 0:
+    # a shard holds part of each config's runs: its flags are not the config's, and the rerun indices
+    # it would pick are another host's (bench/config/plan.py Shard)
+    if budget_total <= 0 or plan.shard is not None:
         return []
     failed = _attempted_indices(store)
     extra: list[RunItem] = []
