@@ -29,7 +29,8 @@ from bench.config.profile import LoadedProfile, resolve_profile
 from bench.core import fmt
 from bench.core.errors import BenchError
 from bench.core.store import Store, atomic_write_json, utc_now
-from bench.fleet import report, shard
+from bench.fleet import report
+from bench.fleet import shard as shard_mode
 from bench.fleet.actors import Progress, ResultSink, host_study
 from bench.fleet.agent import HostAgent
 from bench.fleet.transfer import finished_runs, pack
@@ -75,7 +76,7 @@ class Job:
 
     def planned_for(self, host: str) -> list[str]:
         """The run folders a host must hold: all of the plan's, or its shard's."""
-        return shard.planned_runs(self.plan, self.shards[host]) if self.shards else self.planned
+        return shard_mode.planned_runs(self.plan, self.shards[host]) if self.shards else self.planned
 
 
 @dataclass
@@ -358,13 +359,13 @@ def _shard_hosts(job: Job, surveys: dict[str, dict], unreachable: dict[str, str]
     if unreachable:
         raise BenchError("refusing the sharded study: no survey from " + "; ".join(
             f"{n} ({why})" for n, why in sorted(unreachable.items())) + "; its shard of every config would be missing")
-    shard.refuse_unlike_hosts(surveys)
-    job.shards = shard.assign(list(surveys))
+    shard_mode.refuse_unlike_hosts(surveys)
+    job.shards = shard_mode.assign(list(surveys))
 
 
 def _merge(job: Job, entries: dict[str, dict], surveys: dict[str, dict]) -> tuple[Path, Path] | None:
     """The merged study and its report, once every host holds its whole shard (else a rerun finishes it)."""
     if not all(h["status"] == "ok" for h in entries.values()):
         return None
-    merged = shard.merge(job.fleet_dir, job.study, job.shards, surveys)
+    merged = shard_mode.merge(job.fleet_dir, job.study, job.shards, surveys)
     return merged, write_report(job.loaded, Store(job.study, root=merged.parent))
