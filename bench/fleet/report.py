@@ -120,7 +120,7 @@ def _merged_section(merged: Path) -> str:
                         "η²": fmt.num(r.eta_sq, 3), "p": fmt.num(r.p_value)} for r in host.itertuples()]) or "none", "",
              "Mean per host, per config (tables/host_means.csv):", "",
              md_table([{"config": r.cell, "metric": r.metric, "host": r.fleet_host, "runs": r.n,
-                        "mean": fmt.num(r.mean), "vs config mean": f"{r.vs_config_pct:+.1f} %"}
+                        "mean": fmt.num(r.mean), "vs config mean": "–" if pd.isna(r.vs_config_pct) else f"{r.vs_config_pct:+.1f} %"}
                        for r in means.itertuples()]) or "none"]
     return "\n".join(parts)
 
