@@ -32,7 +32,7 @@ import sys
 
 import pandas as pd
 
-from bench import analysis, instrument
+from bench.analysis import instrument_tables as instrument
 from bench.config.profile import resolve_profile
 from bench.core.store import Store
 
@@ -67,6 +67,10 @@ if "prefill" in tables:
 if "tails" in tables:
     t = tables["tails"]
     print("tails: " + "; ".join(f"{q} {t[f'{q}_status'].value_counts().to_dict()}" for q in ("p50", "p95", "p99")))
+for c in found.get("capacity_search", []):
+    runs = ", ".join(f"{p['n']}: {p.get('runs')}" for p in c.get("probes", []))
+    print(f"capacity search: {c['finding']}; {c['runs']} runs (per count: {runs}), "
+          f"at most {c['worst_case_probes']} counts probed")
 events = store.read_jsonl("timeline.jsonl")
 ratio, _ = instrument.study_overhead(events)
 print(f"study overhead: {ratio:.2f}× the union of each run's request spans; "

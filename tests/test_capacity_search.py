@@ -181,8 +181,8 @@ def test_an_adaptive_probe_point_runs_until_its_precision_target_then_the_search
 def test_the_time_budget_never_cuts_an_undecided_probe_point_short():
     """Every call meets the SLO, but a point's verdict needs more than its min runs (2 calls a run):
     a budget spent after the first round must not stop a point while it is "not shown" (that would
-    read as a fail, capacity 0), only the precision runs of points already decided."""
-    wide = Target(metrics=("efficiency_pct",), rel_half_width=0.01, min_runs=3, max_runs=16)
+    read as a fail, capacity 0)."""
+    wide = Target(metrics=("efficiency_pct",), rel_half_width=1.0, min_runs=3, max_runs=16)  # met at once
     cells = [CellSpec(f"m/python/agents_{n}", "m", ("state", n), wide, suite="steps", est_run_s=10.0,
                       search=SearchPoint("m/python", n, 4, 0.75, 0.9)) for n in range(1, 5)]
     sched = Scheduler(cells, seed=1, budget_s=30.0)
@@ -197,8 +197,29 @@ def test_the_time_budget_never_cuts_an_undecided_probe_point_short():
     assert sched.search("m/python").result().capacity == 4
     assert ran.count(1) == 14  # 1 agent: 28 of 28 calls met shows 75 % at 90 % only at the 14th run
     assert all(sched.probe(f"m/python/agents_{n}").verdict == MEETS for n in (1, 2, 4))
-    # decided, its precision runs then left to the budget, which stopped it and woke the next point
-    assert sched.stop_reason("m/python/agents_1") == "budget"
+    assert sched.stop_reason("m/python/agents_1") == "target met"  # its precision was met long before
+
+
+def test_the_searches_time_is_not_charged_to_the_budget_of_the_configs_after_it():
+    """A search block that takes 200 s, then a block of ordinary adaptive configs with a 60 s budget:
+    the later configs still get their precision runs beyond min runs (before, the search's time had
+    spent the budget, and they stopped on it at their min runs)."""
+    search = [CellSpec(f"s/python/agents_{n}", "s", ("state", n), FIXED, suite="steps", est_run_s=10.0,
+                       search=SearchPoint("s/python", n, 2, 0.5, 0.9)) for n in (1, 2)]
+    noisy = Target(metrics=("efficiency_pct",), rel_half_width=0.01, min_runs=3, max_runs=6)
+    plain = [CellSpec(f"m/python/c{i}", "m", ("state", 0), noisy, suite="steps", est_run_s=5.0) for i in (1, 2)]
+    sched = Scheduler(search + plain, seed=1, budget_s=60.0)
+    elapsed, rng = 0.0, random.Random(2)
+    for block in ("s", "m"):
+        while keys := sched.next_round(block, elapsed_s=elapsed):
+            for key in keys:
+                cost = 20.0 if block == "s" else 5.0
+                sched.record(key, Observation(sched.next_index(key), {"efficiency_pct": 50 + 50 * rng.random()},
+                                              cost, (4, 4) if block == "s" else None))
+                elapsed += cost
+    assert elapsed >= 200.0  # the search's ten runs
+    assert [sched.status(f"m/python/c{i}").n for i in (1, 2)] == [6, 6]  # 60 s pays for their 12 runs of 5 s
+    assert {sched.stop_reason(f"m/python/c{i}") for i in (1, 2)} == {"max runs"}
 
 
 def test_a_resumed_study_replays_its_stored_runs_into_the_same_search():

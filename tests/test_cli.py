@@ -48,9 +48,9 @@ def test_plan_counts_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # smoke, adaptive, at its min runs: 3 models (the placebo in single only) × single 2 langs × 3
     # runs, 2 models × multi 2 langs × 3 runs, and the capacity search for one model: a config for
-    # each of 1..4 agents × 3 runs (the plan holds every count it may probe), worst case 4 × 16
+    # each of 1..4 agents × 3 runs (the plan holds every count it may probe), worst case 4 × 20
     assert "runs: 42 (single 18, multi 12, steps 12; python 27, rust 15) in 14 configs" in proc.stdout
-    assert "at most 64 runs in the worst case" in proc.stdout
+    assert "at most 80 runs in the worst case" in proc.stdout
     assert "adaptive: 42 runs at the minimum" in proc.stdout and "the time budget stops extra runs" in proc.stdout
     assert "not a capacity search's" in proc.stdout
     proc = invoke("plan", "--profile", "smoke", "--runs", "2", results=tmp_path / "r", timeout=60)

@@ -190,14 +190,14 @@ def test_slo_bounds_and_keys_are_validated(tmp_path):
 
 
 def test_steps_search_replaces_the_fixed_agent_list(tmp_path):
-    steps = load_profile(write(tmp_path, lambda d: (d["steps"].pop("agents"), d["steps"].update(search={}))))
+    steps = load_profile(write(tmp_path, lambda d: (d["steps"].pop("agents", None), d["steps"].update(search={}))))
     assert steps.profile.steps.search.max_agents == 4
     assert steps.profile.steps.agents == [1, 2, 3, 4]  # the counts the search may probe
     # a manifest's resolved profile lists both: it loads again as the same profile
     assert type(steps.profile).model_validate(steps.profile.model_dump(mode="json")) == steps.profile
-    msg = error_of(write(tmp_path, lambda d: d["steps"].update(search={"max_agents": 3})))
+    msg = error_of(write(tmp_path, lambda d: d["steps"].update(agents=[2, 3], search={"max_agents": 3})))
     assert "either `agents`" in msg and "not both" in msg
-    msg = error_of(write(tmp_path, lambda d: (d["steps"].pop("agents"), d["steps"].update(search={"max_agents": 9}))))
+    msg = error_of(write(tmp_path, lambda d: (d["steps"].pop("agents", None), d["steps"].update(search={"max_agents": 9}))))
     assert "steps.search.max_agents" in msg
-    msg = error_of(write(tmp_path, lambda d: (d["steps"].pop("agents"), d["steps"].update(search={"max": 3}))))
+    msg = error_of(write(tmp_path, lambda d: (d["steps"].pop("agents", None), d["steps"].update(search={"max": 3}))))
     assert "steps.search.max: unknown key" in msg and "max_agents" in msg

@@ -20,8 +20,9 @@ feeds it synthetic studies; both drive this same code.
   gives up on it (no rung of the fallback ladder loads, or it keeps failing).
 - **Budget.** The first `min_runs` of every config are always run, and so is every run a capacity
   search point takes until its goodput verdict is decided: a point the budget cut short would be
-  "not shown", a fail, and the search would claim a capacity the data never tested (the search is
-  bounded by its own worst case instead, which `invoke plan` prints). Beyond them, each block gets a
+  "not shown", a fail, and the search would claim a capacity the data never tested. The searches'
+  runs are outside the budget altogether (their time is not charged to it; they are bounded by their
+  own worst case, which `invoke plan` prints). Beyond them, each block gets a
   share of the budget left when it starts, in proportion to its configs' cost at min runs; within
   a round the configs furthest from their target (largest half-width ÷ target) go first, while the
   round's predicted cost fits the block's share (each config's mean run time so far, times the
@@ -326,19 +327,25 @@ class Scheduler:
         return cell.spec.est_run_s
 
     def _overhead_factor(self, elapsed_s: float) -> float:
-        """The study's wall time ÷ the time its runs took, so far (≥ 1)."""
-        run_s = sum(o.duration_s for c in self._cells.values() for o in c.runs)
+        """The budgeted time so far ÷ the time its runs took (≥ 1); search points' runs are outside both."""
+        run_s = sum(o.duration_s for c in self._cells.values() if c.spec.search is None for o in c.runs)
         return max(1.0, elapsed_s / run_s) if run_s > 0 else 1.0
+
+    def _search_s(self) -> float:
+        """The time the capacity searches' runs took: outside the budget (bounded by their worst case)."""
+        return sum(o.duration_s for c in self._cells.values() if c.spec.search is not None for o in c.runs)
 
     def _within_budget(self, block: str, active: list[str], elapsed_s: float) -> list[str]:
         mandatory = [k for k in active if len(self._cells[k].runs) < self._cells[k].spec.target.min_runs
                      or not self._decided(self._cells[k])]
         if self.budget_s is None:
             return active
+        elapsed_s = max(0.0, elapsed_s - self._search_s())
         if block not in self._share:  # the block's share of what is left, by its cost at min runs
             left = max(0.0, self.budget_s - elapsed_s)
             weight = {b: sum(c.spec.est_run_s * c.spec.target.min_runs for c in self._cells.values()
-                             if c.spec.block == b) for b in self._blocks[self._blocks.index(block):]}
+                             if c.spec.block == b and c.spec.search is None)
+                      for b in self._blocks[self._blocks.index(block):]}
             total = sum(weight.values())
             self._share[block] = (elapsed_s, left * weight[block] / total if total else left)
         start, share = self._share[block]
