@@ -169,3 +169,20 @@ def test_the_readme_shows_the_package_tree():
     shown = re.search(r"<!-- package tree -->\n```text\n(.*?)\n```", readme, re.S)
     assert shown, "README.md has no package tree block"
     assert shown.group(1) == package_tree(), "README.md's package tree is stale: print package_tree() and paste it"
+
+
+def test_only_the_fleet_imports_ray():
+    """Ray is the optional `fleet` extra: without it every other module, and tasks.py (its fleet task
+    imports bench.fleet inside the task), must import."""
+    def imports_ray(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                return True
+        return False
+
+    offenders = [str(p) for p in MODULES if "fleet" not in p.relative_to(PACKAGE).parts and imports_ray(p)]
+    assert not offenders, offenders
+    assert not imports_ray(PACKAGE.parent / "tasks.py")
+    assert any(imports_ray(p) for p in MODULES if "fleet" in p.relative_to(PACKAGE).parts)  # the check sees them
