@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 
 from bench.config.profile import Profile, load_profile
-from bench.core.manifest import Fingerprint, FingerprintGpu
+from bench.core.manifest import GpuDevice, Host
 from bench.core.paths import REPO_ROOT, cache_dir
 from bench.core.store import TIMELINE
 from bench.fleet.transfer import finished_runs, pack, unpack
@@ -85,7 +85,7 @@ def model_identities(profile: Profile) -> dict[str, dict[str, str]]:
     for m in profile.models:
         weights = profile.weights_of(m)
         if weights.source == "gguf":
-            out[m.name] = {"file_sha256": assets.file_sha256(assets.model_file(weights.name, weights.file))}
+            out[m.name] = {"file_sha256": assets.gguf_identity(weights)["file_sha256"]}
             continue
         digest = pulled_digest(weights.name, ollama_store()) if profile.runtime.kind == "ollama" else None
         out[m.name] = {"pull": weights.name, **({"digest": digest} if digest else {})}
@@ -94,15 +94,9 @@ def model_identities(profile: Profile) -> dict[str, dict[str, str]]:
 
 def host_fingerprint(profile: Profile, commit: str | None) -> dict:
     """The host's fingerprint block (bench/host/fingerprint.py), from the machine itself."""
-    info, gpus = host_info(), gpu.describe_gpus()
-    devices = [] if isinstance(gpus, str) else gpus
-    fp = Fingerprint(cpu=info["cpu"], cores_physical=info["physical_cores"], cores_logical=info["cores"],
-                     ram_bytes=info["ram_bytes"], os=info["os"], kernel=info["kernel"],
-                     gpus=[FingerprintGpu(name=g.get("name"), vram_total_bytes=g.get("vram_total_bytes"))
-                           for g in devices],
-                     gpu_driver=" / ".join(sorted({g["driver"] for g in devices if g.get("driver")})) or None,
-                     engine=profile.runtime.kind, engine_version=engine_version(profile), harness_commit=commit)
-    fp.host_id = fingerprint.host_id(fp)
+    gpus = gpu.describe_gpus()
+    devices = gpus if isinstance(gpus, str) else [GpuDevice(**g) for g in gpus]
+    fp = fingerprint.build(Host(**host_info()), devices, profile.runtime.kind, engine_version(profile), commit)
     return fp.model_dump()
 
 

@@ -14,7 +14,15 @@ import json
 from pathlib import Path
 
 from bench.core import fmt
-from bench.core.manifest import Fingerprint, FingerprintGpu, GpuDevice, Manifest, ModelIdentity, runtime_identity
+from bench.core.manifest import (
+    Fingerprint,
+    FingerprintGpu,
+    GpuDevice,
+    Host,
+    Manifest,
+    ModelIdentity,
+    runtime_identity,
+)
 
 HOST_ID_CHARS = 12
 SYS_CPU = Path("/sys/devices/system/cpu")
@@ -69,12 +77,17 @@ def host_id(fp: Fingerprint) -> str | None:
 
 def derive(manifest: Manifest) -> Fingerprint:
     """The fingerprint block from a manifest's host, gpu, runtime and harness entries."""
-    host, runtime = manifest.host, runtime_identity(manifest)
-    gpus, driver = _gpus(manifest.gpu)
+    runtime = runtime_identity(manifest)
+    return build(manifest.host, manifest.gpu, runtime.engine, runtime.engine_version, manifest.harness.commit)
+
+
+def build(host: Host, gpu: list[GpuDevice] | str | None, engine: str | None, engine_version: str | None,
+          commit: str | None) -> Fingerprint:
+    """The fingerprint block from its parts: a manifest's (derive), or a fleet host's own survey."""
+    gpus, driver = _gpus(gpu)
     fp = Fingerprint(cpu=host.cpu, cores_physical=host.physical_cores, cores_logical=host.cores,
                      ram_bytes=host.ram_bytes, gpus=gpus, gpu_driver=driver, os=host.os, kernel=host.kernel,
-                     engine=runtime.engine, engine_version=runtime.engine_version,
-                     harness_commit=manifest.harness.commit)
+                     engine=engine, engine_version=engine_version, harness_commit=commit)
     fp.unknown = [k for k in FIELDS if getattr(fp, k) is None and not (k == "gpu_driver" and gpus == [])]
     fp.host_id = host_id(fp)
     return fp
