@@ -11,6 +11,7 @@ parent-death signal) and servers it left are stopped with `invoke down`.
 from __future__ import annotations
 
 import ctypes
+import json
 import hashlib
 import os
 import shutil
@@ -116,11 +117,12 @@ def current_config(study_root: Path) -> str | None:
     except OSError:
         return None
     for line in reversed(tail.splitlines()):
-        at = line.find('"cell": "')
-        if at >= 0:
-            cell = line[at + 9:].split('"', 1)[0]
-            if cell != "pinned":
-                return cell
+        try:
+            cell = json.loads(line).get("cell")
+        except (ValueError, AttributeError):  # the first line read may be cut; the last may be half written
+            continue
+        if isinstance(cell, str) and cell != "pinned":
+            return cell
     return None
 
 
